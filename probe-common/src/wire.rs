@@ -1,0 +1,218 @@
+//! Wire layout of a probe: IPv4 header, ICMP echo header, then our [`ProbeHeader`].
+//!
+//! All multi-byte fields are big-endian on the wire. The header is made of byte arrays so that it
+//! has alignment 1 and can be read in place at any offset inside a packet (the XDP program does).
+
+/// Identifies our payload among other echo traffic: "XDPR".
+pub const PROBE_MAGIC: u32 = 0x5844_5052;
+
+pub const ETH_HDR_LEN: usize = 14;
+pub const ETH_P_IPV4: u16 = 0x0800;
+pub const IPV4_HDR_LEN: usize = 20;
+pub const IPPROTO_ICMP: u8 = 1;
+pub const ICMP_HDR_LEN: usize = 8;
+pub const ICMP_ECHO_REPLY: u8 = 0;
+pub const ICMP_ECHO_REQUEST: u8 = 8;
+
+/// Bytes of an echo packet as we send it (no link-layer header).
+pub const ECHO_PACKET_LEN: usize = IPV4_HDR_LEN + ICMP_HDR_LEN + ProbeHeader::LEN;
+
+/// Our payload, carried in the echo request and returned verbatim in the reply.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ProbeHeader {
+    magic: [u8; 4],
+    window: [u8; 4],
+    cookie: [u8; 4],
+    seq: [u8; 4],
+    /// CLOCK_MONOTONIC nanoseconds at send time (the clock `bpf_ktime_get_ns` reads).
+    sent_ns: [u8; 8],
+}
+
+impl ProbeHeader {
+    pub const LEN: usize = core::mem::size_of::<ProbeHeader>();
+
+    pub const fn new(window: u32, cookie: u32, seq: u32, sent_ns: u64) -> Self {
+        Self {
+            magic: PROBE_MAGIC.to_be_bytes(),
+            window: window.to_be_bytes(),
+            cookie: cookie.to_be_bytes(),
+            seq: seq.to_be_bytes(),
+            sent_ns: sent_ns.to_be_bytes(),
+        }
+    }
+
+    #[inline(always)]
+    pub fn magic(&self) -> u32 {
+        u32::from_be_bytes(self.magic)
+    }
+    #[inline(always)]
+    pub fn window(&self) -> u32 {
+        u32::from_be_bytes(self.window)
+    }
+    #[inline(always)]
+    pub fn cookie(&self) -> u32 {
+        u32::from_be_bytes(self.cookie)
+    }
+    #[inline(always)]
+    pub fn seq(&self) -> u32 {
+        u32::from_be_bytes(self.seq)
+    }
+    #[inline(always)]
+    pub fn sent_ns(&self) -> u64 {
+        u64::from_be_bytes(self.sent_ns)
+    }
+
+    /// Reads a header from its wire bytes (no validation: see [`crate::verdict::judge`]).
+    pub fn from_bytes(b: [u8; Self::LEN]) -> Self {
+        let mut h = Self::default();
+        h.magic.copy_from_slice(&b[0..4]);
+        h.window.copy_from_slice(&b[4..8]);
+        h.cookie.copy_from_slice(&b[8..12]);
+        h.seq.copy_from_slice(&b[12..16]);
+        h.sent_ns.copy_from_slice(&b[16..24]);
+        h
+    }
+
+    pub fn to_bytes(&self) -> [u8; Self::LEN] {
+        let mut out = [0u8; Self::LEN];
+        out[0..4].copy_from_slice(&self.magic);
+        out[4..8].copy_from_slice(&self.window);
+        out[8..12].copy_from_slice(&self.cookie);
+        out[12..16].copy_from_slice(&self.seq);
+        out[16..24].copy_from_slice(&self.sent_ns);
+        out
+    }
+}
+
+/// One echo packet (request or reply) as far as we care about it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EchoPacket {
+    /// Source address octets; all zero lets the kernel choose (raw sockets with `IP_HDRINCL`).
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub icmp_type: u8,
+    pub ident: u16,
+    pub seq: u16,
+    pub probe: ProbeHeader,
+}
+
+impl EchoPacket {
+    /// Writes the IPv4 + ICMP + probe bytes, both checksums included.
+    pub fn write(&self, buf: &mut [u8; ECHO_PACKET_LEN]) {
+        let total = ECHO_PACKET_LEN as u16;
+        let ip = &mut buf[..IPV4_HDR_LEN];
+        ip[0] = 0x45; // version 4, 5 words
+        ip[1] = 0; // tos
+        ip[2..4].copy_from_slice(&total.to_be_bytes());
+        ip[4..6].copy_from_slice(&0u16.to_be_bytes()); // id: the kernel fills a zero id in
+        ip[6..8].copy_from_slice(&0x4000u16.to_be_bytes()); // don't fragment
+        ip[8] = 64; // ttl
+        ip[9] = IPPROTO_ICMP;
+        ip[10..12].copy_from_slice(&[0, 0]);
+        ip[12..16].copy_from_slice(&self.src);
+        ip[16..20].copy_from_slice(&self.dst);
+        let ip_sum = checksum(ip);
+        ip[10..12].copy_from_slice(&ip_sum.to_be_bytes());
+
+        let icmp = &mut buf[IPV4_HDR_LEN..];
+        icmp[0] = self.icmp_type;
+        icmp[1] = 0;
+        icmp[2..4].copy_from_slice(&[0, 0]);
+        icmp[4..6].copy_from_slice(&self.ident.to_be_bytes());
+        icmp[6..8].copy_from_slice(&self.seq.to_be_bytes());
+        icmp[ICMP_HDR_LEN..].copy_from_slice(&self.probe.to_bytes());
+        let icmp_sum = checksum(icmp);
+        icmp[2..4].copy_from_slice(&icmp_sum.to_be_bytes());
+    }
+}
+
+/// The Internet checksum (RFC 1071) of `data`, ready to store big-endian.
+pub fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    let mut chunks = data.chunks_exact(2);
+    for pair in &mut chunks {
+        sum += u32::from(u16::from_be_bytes([pair[0], pair[1]]));
+    }
+    if let [last] = chunks.remainder() {
+        sum += u32::from(*last) << 8;
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etherparse::{IcmpEchoHeader, Icmpv4Type, Ipv4Slice, Icmpv4Slice};
+
+    fn sample() -> EchoPacket {
+        EchoPacket {
+            src: [192, 0, 2, 2],
+            dst: [192, 0, 2, 1],
+            icmp_type: ICMP_ECHO_REQUEST,
+            ident: 0xbeef,
+            seq: 7,
+            probe: ProbeHeader::new(41, 0xdead_cafe, 3, 123_456_789_000),
+        }
+    }
+
+    #[test]
+    fn probe_header_is_24_bytes_with_alignment_one() {
+        assert_eq!(ProbeHeader::LEN, 24);
+        assert_eq!(core::mem::align_of::<ProbeHeader>(), 1);
+        assert_eq!(ECHO_PACKET_LEN, 52);
+    }
+
+    #[test]
+    fn probe_header_round_trips_fields() {
+        let h = ProbeHeader::new(u32::MAX, 1, 2, u64::MAX - 5);
+        assert_eq!(h.magic(), PROBE_MAGIC);
+        assert_eq!(h.window(), u32::MAX);
+        assert_eq!(h.cookie(), 1);
+        assert_eq!(h.seq(), 2);
+        assert_eq!(h.sent_ns(), u64::MAX - 5);
+        assert_eq!(&h.to_bytes()[..4], b"XDPR");
+        assert_eq!(ProbeHeader::from_bytes(h.to_bytes()), h);
+    }
+
+    #[test]
+    fn echo_packet_parses_as_valid_ipv4_icmp_in_an_independent_parser() {
+        let mut buf = [0u8; ECHO_PACKET_LEN];
+        sample().write(&mut buf);
+        let ip = Ipv4Slice::from_slice(&buf).expect("valid IPv4");
+        let hdr = ip.header().to_header();
+        assert_eq!(hdr.source, [192, 0, 2, 2]);
+        assert_eq!(hdr.destination, [192, 0, 2, 1]);
+        assert_eq!(hdr.protocol, etherparse::IpNumber::ICMP);
+        assert_eq!(hdr.header_checksum, hdr.calc_header_checksum());
+        let icmp = Icmpv4Slice::from_slice(ip.payload().payload).expect("valid ICMP");
+        assert_eq!(
+            icmp.icmp_type(),
+            Icmpv4Type::EchoRequest(IcmpEchoHeader { id: 0xbeef, seq: 7 })
+        );
+        let expected = icmp
+            .header()
+            .icmp_type
+            .calc_checksum(icmp.payload());
+        assert_eq!(icmp.checksum(), expected);
+        assert_eq!(icmp.payload(), &sample().probe.to_bytes());
+    }
+
+    #[test]
+    fn checksum_of_data_with_its_checksum_is_zero() {
+        let mut buf = [0u8; ECHO_PACKET_LEN];
+        sample().write(&mut buf);
+        assert_eq!(checksum(&buf[..IPV4_HDR_LEN]), 0);
+        assert_eq!(checksum(&buf[IPV4_HDR_LEN..]), 0);
+    }
+
+    #[test]
+    fn checksum_handles_odd_lengths() {
+        // RFC 1071 pads an odd trailing byte with zero.
+        assert_eq!(checksum(&[0x01]), checksum(&[0x01, 0x00]));
+        assert_eq!(checksum(&[]), 0xffff);
+    }
+}
