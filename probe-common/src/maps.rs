@@ -107,10 +107,16 @@ mod tests {
         let mut slot = HostSlot::default();
         slot.record_reply(5, 1_000, 400);
         slot.record_reply(5, 2_000, 1_500);
-        assert_eq!((slot.window, slot.window_replies, slot.total_replies), (5, 2, 2));
+        assert_eq!(
+            (slot.window, slot.window_replies, slot.total_replies),
+            (5, 2, 2)
+        );
         assert_eq!(slot.rtt_ns, 500);
         slot.record_reply(6, 3_000, 2_900);
-        assert_eq!((slot.window, slot.window_replies, slot.total_replies), (6, 1, 3));
+        assert_eq!(
+            (slot.window, slot.window_replies, slot.total_replies),
+            (6, 1, 3)
+        );
         assert_eq!((slot.rtt_ns, slot.last_reply_ns), (100, 3_000));
     }
 

@@ -63,7 +63,10 @@ mod tests {
     #[test]
     fn disabled_config_counts_nothing() {
         let probe = ProbeHeader::new(0, 0, 0, 1);
-        let config = ProbeConfig { enabled: 0, ..CONFIG };
+        let config = ProbeConfig {
+            enabled: 0,
+            ..CONFIG
+        };
         assert_eq!(judge(0x1234, &probe, &config), Verdict::NotOurs);
     }
 

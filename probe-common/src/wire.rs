@@ -146,7 +146,7 @@ pub fn checksum(data: &[u8]) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use etherparse::{IcmpEchoHeader, Icmpv4Type, Ipv4Slice, Icmpv4Slice};
+    use etherparse::{IcmpEchoHeader, Icmpv4Slice, Icmpv4Type, Ipv4Slice};
 
     fn sample() -> EchoPacket {
         EchoPacket {
@@ -193,10 +193,7 @@ mod tests {
             icmp.icmp_type(),
             Icmpv4Type::EchoRequest(IcmpEchoHeader { id: 0xbeef, seq: 7 })
         );
-        let expected = icmp
-            .header()
-            .icmp_type
-            .calc_checksum(icmp.payload());
+        let expected = icmp.header().icmp_type.calc_checksum(icmp.payload());
         assert_eq!(icmp.checksum(), expected);
         assert_eq!(icmp.payload(), &sample().probe.to_bytes());
     }
