@@ -166,3 +166,224 @@ fn take(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {
     ebpf.take_map(name)
         .ok_or_else(|| anyhow!("map {name} missing from the XDP object"))
 }
+
+#[cfg(test)]
+impl XdpProbe {
+    /// Runs the loaded (not necessarily attached) program once on `frame` with
+    /// `BPF_PROG_TEST_RUN`; returns the XDP action.
+    fn test_run(&self, frame: &[u8]) -> anyhow::Result<u32> {
+        use aya::programs::{TestRun as _, TestRunOptions};
+        let program: &Xdp = self
+            .ebpf
+            .program(PROGRAM_NAME)
+            .ok_or_else(|| anyhow!("program {PROGRAM_NAME} missing"))?
+            .try_into()?;
+        let result = program.test_run(TestRunOptions {
+            data_in: Some(frame),
+            ..Default::default()
+        })?;
+        Ok(result.return_value)
+    }
+
+    fn slot(&self, index: u32) -> HostSlot {
+        self.slots.get(&index, 0).expect("slot readable")
+    }
+}
+
+/// The program itself, run by the kernel on crafted frames (`BPF_PROG_TEST_RUN`).
+/// Needs root (CAP_BPF + CAP_NET_ADMIN), as every test run by `cargo xtask test`.
+#[cfg(test)]
+mod tests {
+    use probe_common::wire::{
+        EchoPacket, ProbeHeader, ECHO_PACKET_LEN, ETH_HDR_LEN, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST,
+    };
+
+    use super::*;
+    use crate::clock::monotonic_ns;
+
+    const PRIMARY: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+    const OTHER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 9);
+    const ME: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+    const IDENT: u16 = 0x4242;
+    const WINDOW: u32 = 7;
+    const COOKIE: u32 = 0x0bad_cafe;
+    // enum xdp_action in <linux/bpf.h>.
+    const DROP: u32 = 1;
+    const PASS: u32 = 2;
+
+    fn probe() -> XdpProbe {
+        let mut xdp = XdpProbe::load(&[PRIMARY], false).expect("load (needs root)");
+        xdp.set_config(ProbeConfig {
+            ident: IDENT.into(),
+            window: WINDOW,
+            cookie: COOKIE,
+            enabled: 1,
+        })
+        .unwrap();
+        xdp
+    }
+
+    fn ethernet(ether_type: u16, payload: &[u8]) -> Vec<u8> {
+        let mut frame = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
+        frame.extend_from_slice(&ether_type.to_be_bytes());
+        frame.extend_from_slice(payload);
+        frame
+    }
+
+    fn reply_from(src: Ipv4Addr, ident: u16, window: u32, cookie: u32, sent_ns: u64) -> Vec<u8> {
+        let mut ip = [0u8; ECHO_PACKET_LEN];
+        EchoPacket {
+            src: src.octets(),
+            dst: ME.octets(),
+            icmp_type: ICMP_ECHO_REPLY,
+            ident,
+            seq: 1,
+            probe: ProbeHeader::new(window, cookie, 1, sent_ns),
+        }
+        .write(&mut ip);
+        ethernet(0x0800, &ip)
+    }
+
+    fn valid() -> Vec<u8> {
+        reply_from(PRIMARY, IDENT, WINDOW, COOKIE, monotonic_ns() - 1_000_000)
+    }
+
+    #[test]
+    fn a_valid_reply_is_counted_with_its_rtt_and_dropped() {
+        let xdp = probe();
+        assert_eq!(xdp.test_run(&valid()).unwrap(), DROP);
+        assert_eq!(xdp.test_run(&valid()).unwrap(), DROP);
+        let slot = xdp.slot(0);
+        assert_eq!(
+            (slot.window, slot.window_replies, slot.total_replies),
+            (WINDOW, 2, 2)
+        );
+        // Sent 1 ms "ago": the kernel's RTT is at least that, and sane.
+        assert!(
+            (1_000_000..5_000_000_000).contains(&slot.rtt_ns),
+            "rtt {}",
+            slot.rtt_ns
+        );
+        assert_eq!(xdp.stats().unwrap()[Stat::Counted as usize], 2);
+    }
+
+    #[test]
+    fn replies_that_are_not_ours_pass_untouched_and_count_nothing() {
+        let xdp = probe();
+        let now = monotonic_ns();
+        let cases: [(&str, Vec<u8>, Option<Stat>); 5] = [
+            (
+                "wrong identifier",
+                reply_from(PRIMARY, IDENT + 1, WINDOW, COOKIE, now),
+                None,
+            ),
+            (
+                "wrong cookie",
+                reply_from(PRIMARY, IDENT, WINDOW, COOKIE ^ 1, now),
+                Some(Stat::WrongCookie),
+            ),
+            (
+                "stale window",
+                reply_from(PRIMARY, IDENT, WINDOW - 1, COOKIE, now),
+                Some(Stat::StaleWindow),
+            ),
+            (
+                "future window",
+                reply_from(PRIMARY, IDENT, WINDOW + 1, COOKIE, now),
+                Some(Stat::StaleWindow),
+            ),
+            (
+                "unknown host",
+                reply_from(OTHER, IDENT, WINDOW, COOKIE, now),
+                Some(Stat::UnknownHost),
+            ),
+        ];
+        for (name, frame, stat) in cases {
+            let before = xdp.stats().unwrap();
+            assert_eq!(xdp.test_run(&frame).unwrap(), PASS, "{name}");
+            let after = xdp.stats().unwrap();
+            for s in Stat::ALL {
+                let expected = before[s as usize] + u64::from(Some(s) == stat);
+                assert_eq!(after[s as usize], expected, "{name}: counter {s:?}");
+            }
+        }
+        assert_eq!(xdp.slot(0), HostSlot::default());
+    }
+
+    #[test]
+    fn truncated_malformed_and_other_frames_pass() {
+        let xdp = probe();
+        let full = valid();
+        let mut cases: Vec<(String, Vec<u8>)> = Vec::new();
+        // Truncated inside IPv4, ICMP and our header (BPF_PROG_TEST_RUN refuses frames shorter
+        // than an Ethernet header, so no shorter case can reach the program).
+        for len in [
+            ETH_HDR_LEN,
+            ETH_HDR_LEN + 10,
+            ETH_HDR_LEN + 19,
+            ETH_HDR_LEN + 27,
+            full.len() - 1,
+        ] {
+            cases.push((format!("truncated to {len}"), full[..len].to_vec()));
+        }
+        let mut arp = full.clone();
+        arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+        cases.push(("ARP ethertype".into(), arp));
+        let mut v6 = full.clone();
+        v6[ETH_HDR_LEN] = 0x65;
+        cases.push(("IP version 6 in an IPv4 frame".into(), v6));
+        let mut short_ihl = full.clone();
+        short_ihl[ETH_HDR_LEN] = 0x44;
+        cases.push(("IHL below 5".into(), short_ihl));
+        let mut udp = full.clone();
+        udp[ETH_HDR_LEN + 9] = 17;
+        cases.push(("UDP".into(), udp));
+        let mut fragment = full.clone();
+        fragment[ETH_HDR_LEN + 6] = 0x20; // more fragments
+        cases.push(("first fragment".into(), fragment));
+        let mut request = full.clone();
+        request[ETH_HDR_LEN + 20] = ICMP_ECHO_REQUEST;
+        cases.push(("echo request".into(), request));
+        let mut ihl_too_long = full.clone();
+        ihl_too_long[ETH_HDR_LEN] = 0x4f; // 60-byte header: our payload would lie past the end
+        cases.push(("IHL beyond the frame".into(), ihl_too_long));
+        for (name, frame) in cases {
+            assert_eq!(xdp.test_run(&frame).unwrap(), PASS, "{name}");
+        }
+        assert_eq!(xdp.slot(0), HostSlot::default());
+        assert_eq!(xdp.stats().unwrap(), [0; Stat::COUNT as usize]);
+    }
+
+    #[test]
+    fn ip_options_shift_the_icmp_header_and_are_handled() {
+        let xdp = probe();
+        let plain = valid();
+        // Insert 4 bytes of options (NOPs + end of list) after the 20-byte IPv4 header.
+        let mut frame = plain[..ETH_HDR_LEN + 20].to_vec();
+        frame[ETH_HDR_LEN] = 0x46;
+        frame.extend_from_slice(&[1, 1, 1, 0]);
+        frame.extend_from_slice(&plain[ETH_HDR_LEN + 20..]);
+        assert_eq!(xdp.test_run(&frame).unwrap(), DROP);
+        assert_eq!(xdp.slot(0).total_replies, 1);
+    }
+
+    #[test]
+    fn nothing_counts_before_the_first_window_is_published() {
+        let mut xdp = XdpProbe::load(&[PRIMARY], false).expect("load (needs root)");
+        assert_eq!(xdp.test_run(&valid()).unwrap(), PASS);
+        xdp.set_config(ProbeConfig {
+            ident: IDENT.into(),
+            window: WINDOW,
+            cookie: COOKIE,
+            enabled: 1,
+        })
+        .unwrap();
+        assert_eq!(xdp.test_run(&valid()).unwrap(), DROP);
+    }
+
+    #[test]
+    fn loads_with_kernel_diagnostics_on() {
+        let xdp = XdpProbe::load(&[PRIMARY, OTHER], true).expect("load with debug logging");
+        assert_eq!(xdp.test_run(&valid()).unwrap(), PASS);
+    }
+}
