@@ -1,1 +1,57 @@
-fn main(){}
+//! Developer tasks for xdprobe: `cargo xtask setup | build | run | test | demo`.
+//!
+//! Every command first runs `setup`, which installs whatever the build is missing.
+mod cargo_cmd;
+mod cmd;
+mod setup;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    about = "Build, run, test and demo xdprobe",
+    arg_required_else_help = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what the build and the tests need (Debian packages, nightly rust-src,
+    /// bpf-linker); quick when everything is there.
+    Setup,
+    /// Build xdprobe, with its eBPF program.
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match execute(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err}");
+            for cause in err.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn execute(task: Task) -> anyhow::Result<()> {
+    setup::setup()?;
+    match task {
+        Task::Setup => {
+            println!("setup: every tool the build and the tests need is installed");
+            Ok(())
+        }
+        Task::Build { release } => cargo_cmd::build_xdprobe(release).map(drop),
+    }
+}
