@@ -3,6 +3,7 @@
 //! Every command first runs `setup`, which installs whatever the build is missing.
 mod cargo_cmd;
 mod cmd;
+mod run;
 mod setup;
 
 use std::process::ExitCode;
@@ -29,6 +30,14 @@ enum Task {
         #[arg(long)]
         release: bool,
     },
+    /// Build xdprobe and run it as root with the given arguments; exits with xdprobe's code.
+    Run {
+        #[arg(long)]
+        release: bool,
+        /// Arguments for xdprobe (after `--`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -53,5 +62,6 @@ fn execute(task: Task) -> anyhow::Result<()> {
             Ok(())
         }
         Task::Build { release } => cargo_cmd::build_xdprobe(release).map(drop),
+        Task::Run { release, args } => run::run(release, &args),
     }
 }
