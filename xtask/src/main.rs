@@ -5,6 +5,7 @@ mod cargo_cmd;
 mod cmd;
 mod run;
 mod setup;
+mod testsuite;
 
 use std::process::ExitCode;
 
@@ -38,6 +39,8 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Formatting, clippy, unit tests, then the integration tests (as root).
+    Test,
 }
 
 fn main() -> ExitCode {
@@ -63,5 +66,6 @@ fn execute(task: Task) -> anyhow::Result<()> {
         }
         Task::Build { release } => cargo_cmd::build_xdprobe(release).map(drop),
         Task::Run { release, args } => run::run(release, &args),
+        Task::Test => testsuite::test(),
     }
 }
