@@ -3,6 +3,10 @@
 //! Every command first runs `setup`, which installs whatever the build is missing.
 mod cargo_cmd;
 mod cmd;
+mod daemon;
+mod demo;
+mod lab;
+mod netns;
 mod run;
 mod setup;
 mod testsuite;
@@ -41,6 +45,12 @@ enum Task {
     },
     /// Formatting, clippy, unit tests, then the integration tests (as root).
     Test,
+    /// Show a live virtual-IP takeover between network namespaces.
+    Demo {
+        /// The failure-detection window passed to xdprobe.
+        #[arg(long, default_value = "100ms")]
+        window: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -67,5 +77,6 @@ fn execute(task: Task) -> anyhow::Result<()> {
         Task::Build { release } => cargo_cmd::build_xdprobe(release).map(drop),
         Task::Run { release, args } => run::run(release, &args),
         Task::Test => testsuite::test(),
+        Task::Demo { window } => demo::demo(&window),
     }
 }

@@ -1,0 +1,146 @@
+//! `cargo xtask demo`: a live virtual-IP takeover, narrated, in a throwaway namespace lab.
+use std::{
+    path::Path,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::{
+    cargo_cmd, cmd,
+    daemon::Daemon,
+    lab::{self, Lab, CLIENT, IFACE, PRIMARY, STANDBY, VIP},
+};
+
+/// How long xdprobe probes the healthy primary before we kill it.
+const WARM_UP: Duration = Duration::from_secs(3);
+const TAKEOVER_POLL: Duration = Duration::from_millis(5);
+const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub fn demo(window: &str) -> Result<()> {
+    if !cmd::is_root()? {
+        bail!("the demo creates network namespaces and needs root; run `cargo xtask demo` as root");
+    }
+    let bin = cargo_cmd::build_xdprobe(false)?;
+
+    say(&format!(
+        "building the lab: namespaces {}{{sw,primary,standby,client}}, one bridge, three hosts",
+        Lab::prefix()
+    ));
+    let lab = Lab::build()?;
+    say(&format!(
+        "primary 192.0.2.1 holds the VIP {VIP}; standby is 192.0.2.2, client 192.0.2.3"
+    ));
+
+    // Declared after `lab`, so it is dropped (stopped) before the lab is torn down.
+    let mut xdprobe = start_xdprobe(&lab, &bin, window)?;
+    say(&format!(
+        "xdprobe (pid {}) runs on the standby and probes the primary; waiting {}s",
+        xdprobe.pid(),
+        WARM_UP.as_secs()
+    ));
+    xdprobe.watch_for(WARM_UP)?;
+
+    say(&format!(
+        "the client pings the VIP {VIP}: the primary answers"
+    ));
+    ping_vip(&lab).context("the VIP does not answer before the failover")?;
+
+    say("killing the primary: its eth0 goes down");
+    lab.ip(PRIMARY, &["link", "set", IFACE, "down"])?;
+    let killed = Instant::now();
+    let took = wait_for_vip_on_standby(&lab, &mut xdprobe, killed)?;
+    say(&format!(
+        "the standby took over the VIP {} ms after the primary died",
+        took.as_millis()
+    ));
+
+    say(&format!(
+        "the standby's {IFACE} now (note the {} label):",
+        lab::VIP_LABEL
+    ));
+    print!("{}", lab.ip(STANDBY, &["addr", "show", "dev", IFACE])?);
+
+    say("the client forgets the old MAC for the VIP and pings again: the standby answers");
+    lab.ip(CLIENT, &["neigh", "flush", VIP])?;
+    ping_vip(&lab).context("the VIP does not answer after the takeover")?;
+    show_vip_owner(&lab)?;
+
+    say("stopping xdprobe with SIGTERM");
+    let status = xdprobe.stop()?;
+    say(&format!("xdprobe exited ({status})"));
+    if !status.success() {
+        bail!("xdprobe did not exit cleanly on SIGTERM ({status})");
+    }
+    Ok(())
+}
+
+fn say(line: &str) {
+    println!("demo: {line}");
+}
+
+fn start_xdprobe(lab: &Lab, bin: &Path, window: &str) -> Result<Daemon> {
+    let mut command = lab.exec(STANDBY, bin)?;
+    command.args([
+        "run",
+        "--iface",
+        IFACE,
+        "--watch",
+        lab::PRIMARY_ADDR,
+        "--vip",
+        lab::VIP_CIDR,
+        "--window",
+        window,
+    ]);
+    say(&format!(
+        "starting on the standby: {}",
+        cmd::describe(&command)
+    ));
+    Daemon::spawn("xdprobe", command)
+}
+
+fn ping_vip(lab: &Lab) -> Result<()> {
+    let mut ping = lab.exec(CLIENT, "ping")?;
+    ping.args(["-c", "3", "-i", "0.2", "-W", "1", VIP]);
+    let status = cmd::status(&mut ping)?;
+    if !status.success() {
+        bail!("`{}` failed ({status})", cmd::describe(&ping));
+    }
+    Ok(())
+}
+
+/// Polls the standby's addresses until the VIP shows up; returns the time since `since`.
+fn wait_for_vip_on_standby(lab: &Lab, xdprobe: &mut Daemon, since: Instant) -> Result<Duration> {
+    loop {
+        let addrs = lab.ip(STANDBY, &["-4", "addr", "show", "dev", IFACE])?;
+        if lab::has_ipv4(&addrs, VIP) {
+            return Ok(since.elapsed());
+        }
+        if since.elapsed() > TAKEOVER_TIMEOUT {
+            bail!(
+                "the standby did not take over {VIP} within {}s",
+                TAKEOVER_TIMEOUT.as_secs()
+            );
+        }
+        xdprobe.ensure_running()?;
+        thread::sleep(TAKEOVER_POLL);
+    }
+}
+
+/// Shows that the client now reaches the VIP at the standby's MAC address.
+fn show_vip_owner(lab: &Lab) -> Result<()> {
+    let neigh = lab.ip(CLIENT, &["neigh", "show", VIP])?;
+    let standby = lab.ip(STANDBY, &["-br", "link", "show", "dev", IFACE])?;
+    let client_sees = neigh
+        .split_whitespace()
+        .skip_while(|w| *w != "lladdr")
+        .nth(1);
+    let standby_mac = standby.split_whitespace().nth(2);
+    say(&format!(
+        "the client reaches the VIP at {}; the standby's {IFACE} is {}",
+        client_sees.unwrap_or("?"),
+        standby_mac.unwrap_or("?")
+    ));
+    Ok(())
+}
