@@ -84,6 +84,21 @@ pub fn recovery_notice(event: &HostEvent, vip: &str, node: &str) -> Notice {
     }
 }
 
+pub fn start_notice(watch: Ipv4Addr, takeover: &Takeover, holding: bool) -> Notice {
+    let now = if holding {
+        format!("It already holds {} and keeps it.", takeover.vip)
+    } else {
+        format!(
+            "When {watch} goes DOWN it will take over {} on {} (label {}).",
+            takeover.vip, takeover.iface, takeover.label
+        )
+    };
+    Notice {
+        subject: format!("xdprobe: {} is watching {watch}", takeover.node),
+        body: format!("xdprobe on {} started watching {watch}.\n{now}\n", takeover.node),
+    }
+}
+
 fn round_ms(d: Duration) -> Duration {
     Duration::from_millis(d.as_millis() as u64)
 }
@@ -149,6 +164,15 @@ mod tests {
         let n = takeover_notice(&down_event(), &takeover(Err("permission denied".into())));
         assert!(n.subject.contains("FAILED"), "{}", n.subject);
         assert!(n.body.contains("FAILED: permission denied"), "{}", n.body);
+    }
+
+    #[test]
+    fn start_notice_says_what_will_happen() {
+        let n = start_notice("192.0.2.1".parse().unwrap(), &takeover(Ok(())), false);
+        assert_eq!(n.subject, "xdprobe: standby is watching 192.0.2.1");
+        assert!(n.body.contains("take over 192.0.2.100/24 on eth0 (label eth0:1)"), "{}", n.body);
+        let n = start_notice("192.0.2.1".parse().unwrap(), &takeover(Ok(())), true);
+        assert!(n.body.contains("already holds 192.0.2.100/24"), "{}", n.body);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use crate::{
-    events::{recovery_notice, takeover_notice, HostEvent, Takeover},
+    events::{recovery_notice, start_notice, takeover_notice, HostEvent, Takeover},
     health::State,
     mail::Notifier,
     vip::{Added, Vip},
@@ -28,13 +28,18 @@ impl Failover {
         mut events: mpsc::UnboundedReceiver<HostEvent>,
         shutdown: CancellationToken,
     ) {
-        match self.vip.is_present().await {
+        let holding = match self.vip.is_present().await {
             Ok(true) => {
-                info!(vip = %self.vip.net(), iface = %self.iface, "VIP already on this interface; holding it")
+                info!(vip = %self.vip.net(), iface = %self.iface, "VIP already on this interface; holding it");
+                true
             }
-            Ok(false) => {}
-            Err(e) => error!(error = %format!("{e:#}"), "cannot list addresses"),
-        }
+            Ok(false) => false,
+            Err(e) => {
+                error!(error = %format!("{e:#}"), "cannot list addresses");
+                false
+            }
+        };
+        self.notifier.send(start_notice(self.watch, &self.takeover(Ok(())), holding));
         loop {
             let event = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -86,13 +91,16 @@ impl Failover {
                 Err(reason)
             }
         };
-        let takeover = Takeover {
+        self.notifier.send(takeover_notice(event, &self.takeover(outcome)));
+    }
+
+    fn takeover(&self, outcome: Result<(), String>) -> Takeover {
+        Takeover {
             vip: self.vip.net().to_string(),
             iface: self.iface.clone(),
             label: self.vip.label().to_string(),
             node: self.node.clone(),
             outcome,
-        };
-        self.notifier.send(takeover_notice(event, &takeover));
+        }
     }
 }

@@ -127,7 +127,7 @@ mod tests {
     }
 
     #[test]
-    #[ignore = "needs root: builds network namespaces (cargo test -p xtask -- --ignored)"]
+    // Needs root, like every test `cargo xtask test` runs.
     fn lab_connects_the_hosts_and_leaves_nothing_behind() {
         let names: Vec<String> = {
             let lab = Lab::build().expect("lab builds");

@@ -1,0 +1,177 @@
+//! The whole loop against real hosts: a primary and a standby on a bridge, each in its own
+//! network namespace; the real `xdprobe` runs on the standby and watches the primary.
+
+use std::time::{Duration, Instant};
+
+use xdprobe_tests::{AddrWatch, Daemon, Lab, Silent, Smtp};
+
+const WINDOW_MS: u64 = 100;
+const VIP: &str = "192.0.2.100";
+const VIP_NET: &str = "192.0.2.100/24";
+/// The bound: the VIP is up on the standby within 2 windows + 50 ms of the primary
+/// going silent.
+const BOUND: Duration = Duration::from_millis(2 * WINDOW_MS + 50);
+
+fn lab() -> Lab {
+    let lab = Lab::with_hosts(&[("primary", "192.0.2.1/24"), ("standby", "192.0.2.2/24")])
+        .expect("building the lab");
+    // The primary holds the VIP, as in production.
+    lab.ip("primary", &["addr", "add", VIP_NET, "dev", "eth0", "label", "eth0:1"])
+        .expect("VIP on primary");
+    lab
+}
+
+fn start(lab: &Lab, extra: &[&str]) -> Daemon {
+    let window = format!("{WINDOW_MS}ms");
+    let mut args = vec![
+        "run", "--iface", "eth0", "--watch", "192.0.2.1", "--vip", VIP_NET, "--window", &window,
+    ];
+    args.extend_from_slice(extra);
+    let mut daemon = Daemon::start(&lab.ns("standby"), &args).expect("starting xdprobe");
+    daemon
+        .wait_for_log("host UP", Duration::from_secs(5))
+        .expect("xdprobe sees the primary up");
+    daemon
+}
+
+/// Kills the primary and returns how long until the VIP appeared on the standby.
+fn kill_and_time(lab: &Lab, watch: &AddrWatch, daemon: &Daemon) -> Duration {
+    let silent_from = Instant::now();
+    lab.kill("primary").expect("killing the primary");
+    let (seen_at, line) = watch
+        .wait_for(VIP, Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("VIP never appeared on the standby; log:\n{}", daemon.log()));
+    assert!(line.contains("eth0:1"), "VIP added without its label: {line}");
+    seen_at - silent_from
+}
+
+fn assert_detached(lab: &Lab) {
+    let link = lab.ip("standby", &["link", "show", "dev", "eth0"]).expect("ip link");
+    assert!(!link.contains("xdp"), "XDP program still attached after exit:\n{link}");
+}
+
+#[test]
+fn no_takeover_while_the_primary_answers() {
+    let lab = lab();
+    let watch = lab.watch_addrs("standby").expect("ip monitor");
+    let daemon = start(&lab, &[]);
+    std::thread::sleep(Duration::from_millis(25 * WINDOW_MS));
+    let (status, log) = daemon.stop().expect("stopping xdprobe");
+
+    assert!(status.success(), "exit {status}:\n{log}");
+    assert!(watch.seen(VIP).is_empty(), "VIP appeared on the standby:\n{log}");
+    assert!(!lab.addrs("standby").unwrap().contains(VIP));
+    assert!(!log.contains("host DOWN") && !log.contains("took over"), "{log}");
+    // The daemon reports how many windows it ran: at least 20, with every probe answered
+    // and counted in the kernel.
+    let windows = field(&log, "windows=").expect("stop summary in the log");
+    let counted = field(&log, "counted=").expect("stop summary in the log");
+    assert!(windows >= 20, "only {windows} windows ran:\n{log}");
+    assert!(counted >= 3 * (windows - 1), "{counted} replies counted in {windows} windows:\n{log}");
+    assert_detached(&lab);
+}
+
+#[test]
+fn takeover_within_two_windows_and_fifty_ms() {
+    let mut figures = Vec::new();
+    for trial in 0..3 {
+        let lab = lab();
+        let watch = lab.watch_addrs("standby").expect("ip monitor");
+        let daemon = start(&lab, &[]);
+        // Kill at a different phase of the window each time.
+        std::thread::sleep(Duration::from_millis(500 + 37 * trial));
+        let took = kill_and_time(&lab, &watch, &daemon);
+        figures.push(took);
+        let addrs = lab.addrs("standby").unwrap();
+        assert!(addrs.contains(VIP_NET) && addrs.contains("eth0:1"), "{addrs}");
+        let (status, log) = daemon.stop().expect("stopping xdprobe");
+        assert!(status.success(), "exit {status}:\n{log}");
+        assert!(log.contains("host DOWN") && log.contains("took over the VIP"), "{log}");
+        assert_detached(&lab);
+        // The VIP is kept on exit: the standby now serves it.
+        assert!(lab.addrs("standby").unwrap().contains(VIP_NET));
+    }
+    println!("takeover at a {WINDOW_MS} ms window: {figures:?} (bound {BOUND:?})");
+    for took in figures {
+        assert!(took <= BOUND, "takeover took {took:?}, bound {BOUND:?}");
+    }
+}
+
+#[test]
+fn notification_email_arrives_with_the_facts() {
+    let lab = lab();
+    let smtp = Smtp::start(&lab.ns("standby"), 2525).expect("SMTP server");
+    // Mail settings from a config file, the rest from flags.
+    let config = std::env::temp_dir().join(format!("xdprobe-mail-{}.toml", lab.ns("cfg")));
+    std::fs::write(
+        &config,
+        "notify = \"ops@example.org\"\nsmtp = \"127.0.0.1:2525\"\nfrom = \"xdprobe@example.org\"\n",
+    )
+    .unwrap();
+    let watch = lab.watch_addrs("standby").expect("ip monitor");
+    let daemon = start(&lab, &["--config", config.to_str().unwrap()]);
+    let took = kill_and_time(&lab, &watch, &daemon);
+    let messages = smtp.wait_messages(2, Duration::from_secs(10));
+    let (status, log) = daemon.stop().expect("stopping xdprobe");
+    let _ = std::fs::remove_file(&config);
+    assert!(status.success(), "exit {status}:\n{log}");
+    assert!(took <= BOUND, "takeover took {took:?} with mail configured");
+
+    let down = messages
+        .iter()
+        .find(|m| m.contains("is DOWN"))
+        .unwrap_or_else(|| panic!("no takeover e-mail among {messages:?}\nlog:\n{log}"));
+    for needle in [
+        "From: xdprobe@example.org",
+        "To: ops@example.org",
+        "Subject: xdprobe: 192.0.2.1 is DOWN, 192.0.2.100/24 taken over",
+        "Host 192.0.2.1 stopped answering and was declared DOWN at 20",
+        "(window ",
+        "after 2 failed windows of 100ms",
+        "The virtual IP 192.0.2.100/24 was taken over",
+        "(label eth0:1)",
+    ] {
+        assert!(down.contains(needle), "missing {needle:?} in:\n{down}");
+    }
+    assert!(
+        messages.iter().any(|m| m.contains("is watching 192.0.2.1")),
+        "no start-up notice among {messages:?}"
+    );
+}
+
+#[test]
+fn takeover_is_as_fast_when_smtp_is_down_or_hanging() {
+    let mail = ["--notify", "ops@example.org", "--from", "xdprobe@example.org", "--smtp"];
+    // Nobody listening: every attempt is refused and retried with backoff.
+    {
+        let lab = lab();
+        let watch = lab.watch_addrs("standby").expect("ip monitor");
+        let daemon = start(&lab, &[&mail[..], &["127.0.0.1:2599"]].concat());
+        let took = kill_and_time(&lab, &watch, &daemon);
+        std::thread::sleep(Duration::from_millis(1500));
+        let (status, log) = daemon.stop().expect("stopping xdprobe");
+        println!("takeover with SMTP refusing: {took:?}");
+        assert!(took <= BOUND, "takeover took {took:?} with SMTP down:\n{log}");
+        assert!(status.success(), "exit {status}:\n{log}");
+        assert!(log.contains("sending notification failed"), "no retry logged:\n{log}");
+    }
+    // A server that accepts and never answers: the start-up notice is stuck in it when the
+    // primary dies.
+    {
+        let lab = lab();
+        let _silent = Silent::start(&lab.ns("standby"), 2598).expect("silent server");
+        let watch = lab.watch_addrs("standby").expect("ip monitor");
+        let daemon = start(&lab, &[&mail[..], &["127.0.0.1:2598"]].concat());
+        let took = kill_and_time(&lab, &watch, &daemon);
+        let (status, log) = daemon.stop().expect("stopping xdprobe");
+        println!("takeover with SMTP hanging: {took:?}");
+        assert!(took <= BOUND, "takeover took {took:?} with SMTP hanging:\n{log}");
+        assert!(status.success(), "exit {status}:\n{log}");
+    }
+}
+
+/// The number after `key` in the log (e.g. `windows=31`).
+fn field(log: &str, key: &str) -> Option<u64> {
+    let rest = &log[log.rfind(key)? + key.len()..];
+    rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
