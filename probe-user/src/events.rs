@@ -95,7 +95,10 @@ pub fn start_notice(watch: Ipv4Addr, takeover: &Takeover, holding: bool) -> Noti
     };
     Notice {
         subject: format!("xdprobe: {} is watching {watch}", takeover.node),
-        body: format!("xdprobe on {} started watching {watch}.\n{now}\n", takeover.node),
+        body: format!(
+            "xdprobe on {} started watching {watch}.\n{now}\n",
+            takeover.node
+        ),
     }
 }
 
@@ -170,9 +173,18 @@ mod tests {
     fn start_notice_says_what_will_happen() {
         let n = start_notice("192.0.2.1".parse().unwrap(), &takeover(Ok(())), false);
         assert_eq!(n.subject, "xdprobe: standby is watching 192.0.2.1");
-        assert!(n.body.contains("take over 192.0.2.100/24 on eth0 (label eth0:1)"), "{}", n.body);
+        assert!(
+            n.body
+                .contains("take over 192.0.2.100/24 on eth0 (label eth0:1)"),
+            "{}",
+            n.body
+        );
         let n = start_notice("192.0.2.1".parse().unwrap(), &takeover(Ok(())), true);
-        assert!(n.body.contains("already holds 192.0.2.100/24"), "{}", n.body);
+        assert!(
+            n.body.contains("already holds 192.0.2.100/24"),
+            "{}",
+            n.body
+        );
     }
 
     #[test]

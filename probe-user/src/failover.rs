@@ -39,7 +39,8 @@ impl Failover {
                 false
             }
         };
-        self.notifier.send(start_notice(self.watch, &self.takeover(Ok(())), holding));
+        self.notifier
+            .send(start_notice(self.watch, &self.takeover(Ok(())), holding));
         loop {
             let event = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -91,7 +92,8 @@ impl Failover {
                 Err(reason)
             }
         };
-        self.notifier.send(takeover_notice(event, &self.takeover(outcome)));
+        self.notifier
+            .send(takeover_notice(event, &self.takeover(outcome)));
     }
 
     fn takeover(&self, outcome: Result<(), String>) -> Takeover {

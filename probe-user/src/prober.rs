@@ -1,5 +1,5 @@
-//! The probe loop: one task that, every round, judges the previous round from the kernel's
-//! counters, rolls the window (new number and cookie) when one ends, and sends the next round.
+//! The probe loop: one task that, every round, rolls the window (new number and cookie) when one
+//! begins, sends the round, and judges it from the kernel's counters once its replies are due.
 
 use std::{
     net::Ipv4Addr,
@@ -83,7 +83,6 @@ impl Prober {
                 tick = ticker.tick() => tick,
             };
             let k = round_index(tick - start, round);
-
             if let Some(prev) = last_sent {
                 if k > prev + 1 {
                     late_rounds += k - prev - 1;
@@ -92,8 +91,6 @@ impl Prober {
                         "probe rounds skipped: the loop ran late"
                     );
                 }
-                let closes_window = prev / per_window != k / per_window;
-                self.judge(window, closes_window)?;
             }
 
             let this_window = u32::try_from(k / per_window + 1).unwrap_or(u32::MAX);
@@ -109,15 +106,13 @@ impl Prober {
             }
 
             let seq = u32::try_from(k).unwrap_or(u32::MAX);
-            match self.sender.send_round(
-                &self.hosts,
-                Round {
-                    ident: self.ident,
-                    window,
-                    cookie,
-                    seq,
-                },
-            ) {
+            let round_info = Round {
+                ident: self.ident,
+                window,
+                cookie,
+                seq,
+            };
+            match self.sender.send_round(&self.hosts, round_info) {
                 Ok(sent) if sent < self.hosts.len() => {
                     debug!(
                         sent,
@@ -130,6 +125,13 @@ impl Prober {
                 Err(error) => warn!(%error, window, "sending probes failed"),
             }
             last_sent = Some(k);
+
+            // Judge this round once its replies are due, well before the next round.
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep_until(tick + reply_wait(round)) => {}
+            }
+            self.judge(window, (k + 1) % per_window == 0)?;
         }
 
         let stats = self.xdp.stats()?;
@@ -186,6 +188,15 @@ impl Prober {
     }
 }
 
+/// How long after sending a round its replies are judged: long enough for any LAN round trip,
+/// short enough that a dead host is declared DOWN soon after its last probe went unanswered.
+/// A reply later than this is not lost: it counts for the next round's judgement.
+fn reply_wait(round: Duration) -> Duration {
+    (round / 2).min(REPLY_WAIT)
+}
+
+const REPLY_WAIT: Duration = Duration::from_millis(10);
+
 /// Which round a tick `elapsed` after the start belongs to.
 fn round_index(elapsed: Duration, round: Duration) -> u64 {
     (elapsed.as_nanos() / round.as_nanos().max(1)) as u64
@@ -204,5 +215,14 @@ mod tests {
             3
         );
         assert_eq!(round_index(round * 7 - Duration::from_nanos(1), round), 6);
+    }
+
+    #[test]
+    fn replies_are_judged_before_the_next_round() {
+        assert_eq!(reply_wait(Duration::from_millis(333)), REPLY_WAIT);
+        assert_eq!(
+            reply_wait(Duration::from_millis(4)),
+            Duration::from_millis(2)
+        );
     }
 }
