@@ -131,7 +131,7 @@ impl Prober {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep_until(tick + reply_wait(round)) => {}
             }
-            self.judge(window, (k + 1) % per_window == 0)?;
+            self.judge(window, (k + 1).is_multiple_of(per_window))?;
         }
 
         let stats = self.xdp.stats()?;

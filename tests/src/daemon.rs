@@ -14,9 +14,11 @@ use anyhow::{bail, Context as _};
 /// Where the binary under test is: `$XDPROBE_BIN` (set by `cargo xtask test`), else the
 /// workspace's `target/debug/xdprobe`. Panics if it is not there: tests never skip.
 pub fn xdprobe_bin() -> PathBuf {
-    let path = std::env::var_os("XDPROBE_BIN").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/xdprobe")
-    });
+    let path = std::env::var_os("XDPROBE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/xdprobe")
+        });
     assert!(
         path.is_file(),
         "xdprobe binary not found at {} (build it with `cargo xtask build`, or set XDPROBE_BIN)",
@@ -45,8 +47,14 @@ impl Daemon {
             .context("spawning xdprobe")?;
         let log = Arc::new(Mutex::new(String::new()));
         for stream in [
-            child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-            child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
         ]
         .into_iter()
         .flatten()
@@ -76,11 +84,17 @@ impl Daemon {
                 return Ok(());
             }
             if let Some(status) = self.child.try_wait()? {
-                bail!("xdprobe exited ({status}) before logging {needle:?}:\n{}", self.log());
+                bail!(
+                    "xdprobe exited ({status}) before logging {needle:?}:\n{}",
+                    self.log()
+                );
             }
             thread::sleep(Duration::from_millis(10));
         }
-        bail!("xdprobe did not log {needle:?} within {timeout:?}:\n{}", self.log())
+        bail!(
+            "xdprobe did not log {needle:?} within {timeout:?}:\n{}",
+            self.log()
+        )
     }
 
     /// Sends SIGTERM and waits for the exit.
@@ -96,7 +110,10 @@ impl Daemon {
                 return Ok((status, self.log()));
             }
             if Instant::now() > deadline {
-                bail!("xdprobe did not stop within 10 s of SIGTERM:\n{}", self.log());
+                bail!(
+                    "xdprobe did not stop within 10 s of SIGTERM:\n{}",
+                    self.log()
+                );
             }
             thread::sleep(Duration::from_millis(10));
         }

@@ -43,7 +43,10 @@ impl Lab {
     pub fn new() -> Self {
         crate::require_root();
         let n = LABS.fetch_add(1, Ordering::SeqCst);
-        Self { prefix: format!("xt{}-{n}-", std::process::id()), namespaces: Vec::new() }
+        Self {
+            prefix: format!("xt{}-{n}-", std::process::id()),
+            namespaces: Vec::new(),
+        }
     }
 
     /// The failover lab: a bridge and the hosts `(name, address/prefix)`, each with `eth0`.
@@ -55,7 +58,10 @@ impl Lab {
         for (name, addr) in hosts {
             let ns = lab.add_ns(name)?;
             let port = format!("p-{name}");
-            run(&["ip", "-n", &sw, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
+            run(&[
+                "ip", "-n", &sw, "link", "add", &port, "type", "veth", "peer", "name", "eth0",
+                "netns", &ns,
+            ])?;
             run(&["ip", "-n", &sw, "link", "set", &port, "master", "br0", "up"])?;
             run(&["ip", "-n", &ns, "addr", "add", addr, "dev", "eth0"])?;
             run(&["ip", "-n", &ns, "link", "set", "eth0", "up"])?;
@@ -167,7 +173,11 @@ impl AddrWatch {
 
     /// Every line seen so far that contains `needle`.
     pub fn seen(&self, needle: &str) -> Vec<String> {
-        self.lines.try_iter().map(|(_, l)| l).filter(|l| l.contains(needle)).collect()
+        self.lines
+            .try_iter()
+            .map(|(_, l)| l)
+            .filter(|l| l.contains(needle))
+            .collect()
     }
 }
 

@@ -17,6 +17,8 @@ pub use smtp::{Silent, Smtp};
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        panic!("integration tests need root (network namespaces, XDP): run `cargo xtask test` as root");
+        panic!(
+            "integration tests need root (network namespaces, XDP): run `cargo xtask test` as root"
+        );
     }
 }

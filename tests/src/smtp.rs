@@ -26,14 +26,24 @@ impl Smtp {
         let _ = fs::remove_dir_all(&maildir);
         let child = Command::new("ip")
             .args(["netns", "exec", ns, PYTHON, "-m", "aiosmtpd", "-n"])
-            .args(["-l", &format!("127.0.0.1:{port}"), "-c", "aiosmtpd.handlers.Mailbox"])
+            .args([
+                "-l",
+                &format!("127.0.0.1:{port}"),
+                "-c",
+                "aiosmtpd.handlers.Mailbox",
+            ])
             .arg(&maildir)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .context("starting aiosmtpd (python3-aiosmtpd)")?;
         let mut smtp = Self { child, maildir };
-        wait_listening(&mut smtp.child, ns, port, "aiosmtpd (is python3-aiosmtpd installed?)")?;
+        wait_listening(
+            &mut smtp.child,
+            ns,
+            port,
+            "aiosmtpd (is python3-aiosmtpd installed?)",
+        )?;
         Ok(smtp)
     }
 
@@ -45,7 +55,11 @@ impl Smtp {
         entries
             .filter_map(Result::ok)
             .filter_map(|e| fs::read_to_string(e.path()).ok())
-            .map(|m| m.replace("=\r\n", "").replace("=\n", "").replace("=3D", "="))
+            .map(|m| {
+                m.replace("=\r\n", "")
+                    .replace("=\n", "")
+                    .replace("=3D", "=")
+            })
             .collect()
     }
 
@@ -98,7 +112,14 @@ fn wait_listening(child: &mut Child, ns: &str, port: u16, what: &str) -> anyhow:
             bail!("{what} exited early ({status})");
         }
         let listening = Command::new("ip")
-            .args(["netns", "exec", ns, "ss", "-Hltn", &format!("sport = :{port}")])
+            .args([
+                "netns",
+                "exec",
+                ns,
+                "ss",
+                "-Hltn",
+                &format!("sport = :{port}"),
+            ])
             .output()?;
         if !listening.stdout.is_empty() {
             return Ok(());

@@ -16,15 +16,26 @@ fn lab() -> Lab {
     let lab = Lab::with_hosts(&[("primary", "192.0.2.1/24"), ("standby", "192.0.2.2/24")])
         .expect("building the lab");
     // The primary holds the VIP, as in production.
-    lab.ip("primary", &["addr", "add", VIP_NET, "dev", "eth0", "label", "eth0:1"])
-        .expect("VIP on primary");
+    lab.ip(
+        "primary",
+        &["addr", "add", VIP_NET, "dev", "eth0", "label", "eth0:1"],
+    )
+    .expect("VIP on primary");
     lab
 }
 
 fn start(lab: &Lab, extra: &[&str]) -> Daemon {
     let window = format!("{WINDOW_MS}ms");
     let mut args = vec![
-        "run", "--iface", "eth0", "--watch", "192.0.2.1", "--vip", VIP_NET, "--window", &window,
+        "run",
+        "--iface",
+        "eth0",
+        "--watch",
+        "192.0.2.1",
+        "--vip",
+        VIP_NET,
+        "--window",
+        &window,
     ];
     args.extend_from_slice(extra);
     let mut daemon = Daemon::start(&lab.ns("standby"), &args).expect("starting xdprobe");
@@ -41,13 +52,21 @@ fn kill_and_time(lab: &Lab, watch: &AddrWatch, daemon: &Daemon) -> Duration {
     let (seen_at, line) = watch
         .wait_for(VIP, Duration::from_secs(5))
         .unwrap_or_else(|| panic!("VIP never appeared on the standby; log:\n{}", daemon.log()));
-    assert!(line.contains("eth0:1"), "VIP added without its label: {line}");
+    assert!(
+        line.contains("eth0:1"),
+        "VIP added without its label: {line}"
+    );
     seen_at - silent_from
 }
 
 fn assert_detached(lab: &Lab) {
-    let link = lab.ip("standby", &["link", "show", "dev", "eth0"]).expect("ip link");
-    assert!(!link.contains("xdp"), "XDP program still attached after exit:\n{link}");
+    let link = lab
+        .ip("standby", &["link", "show", "dev", "eth0"])
+        .expect("ip link");
+    assert!(
+        !link.contains("xdp"),
+        "XDP program still attached after exit:\n{link}"
+    );
 }
 
 #[test]
@@ -59,15 +78,24 @@ fn no_takeover_while_the_primary_answers() {
     let (status, log) = daemon.stop().expect("stopping xdprobe");
 
     assert!(status.success(), "exit {status}:\n{log}");
-    assert!(watch.seen(VIP).is_empty(), "VIP appeared on the standby:\n{log}");
+    assert!(
+        watch.seen(VIP).is_empty(),
+        "VIP appeared on the standby:\n{log}"
+    );
     assert!(!lab.addrs("standby").unwrap().contains(VIP));
-    assert!(!log.contains("host DOWN") && !log.contains("took over"), "{log}");
+    assert!(
+        !log.contains("host DOWN") && !log.contains("took over"),
+        "{log}"
+    );
     // The daemon reports how many windows it ran: at least 20, with every probe answered
     // and counted in the kernel.
     let windows = field(&log, "windows=").expect("stop summary in the log");
     let counted = field(&log, "counted=").expect("stop summary in the log");
     assert!(windows >= 20, "only {windows} windows ran:\n{log}");
-    assert!(counted >= 3 * (windows - 1), "{counted} replies counted in {windows} windows:\n{log}");
+    assert!(
+        counted >= 3 * (windows - 1),
+        "{counted} replies counted in {windows} windows:\n{log}"
+    );
     assert_detached(&lab);
 }
 
@@ -83,10 +111,16 @@ fn takeover_within_two_windows_and_fifty_ms() {
         let took = kill_and_time(&lab, &watch, &daemon);
         figures.push(took);
         let addrs = lab.addrs("standby").unwrap();
-        assert!(addrs.contains(VIP_NET) && addrs.contains("eth0:1"), "{addrs}");
+        assert!(
+            addrs.contains(VIP_NET) && addrs.contains("eth0:1"),
+            "{addrs}"
+        );
         let (status, log) = daemon.stop().expect("stopping xdprobe");
         assert!(status.success(), "exit {status}:\n{log}");
-        assert!(log.contains("host DOWN") && log.contains("took over the VIP"), "{log}");
+        assert!(
+            log.contains("host DOWN") && log.contains("took over the VIP"),
+            "{log}"
+        );
         assert_detached(&lab);
         // The VIP is kept on exit: the standby now serves it.
         assert!(lab.addrs("standby").unwrap().contains(VIP_NET));
@@ -141,7 +175,13 @@ fn notification_email_arrives_with_the_facts() {
 
 #[test]
 fn takeover_is_as_fast_when_smtp_is_down_or_hanging() {
-    let mail = ["--notify", "ops@example.org", "--from", "xdprobe@example.org", "--smtp"];
+    let mail = [
+        "--notify",
+        "ops@example.org",
+        "--from",
+        "xdprobe@example.org",
+        "--smtp",
+    ];
     // Nobody listening: every attempt is refused and retried with backoff.
     {
         let lab = lab();
@@ -151,9 +191,15 @@ fn takeover_is_as_fast_when_smtp_is_down_or_hanging() {
         std::thread::sleep(Duration::from_millis(1500));
         let (status, log) = daemon.stop().expect("stopping xdprobe");
         println!("takeover with SMTP refusing: {took:?}");
-        assert!(took <= BOUND, "takeover took {took:?} with SMTP down:\n{log}");
+        assert!(
+            took <= BOUND,
+            "takeover took {took:?} with SMTP down:\n{log}"
+        );
         assert!(status.success(), "exit {status}:\n{log}");
-        assert!(log.contains("sending notification failed"), "no retry logged:\n{log}");
+        assert!(
+            log.contains("sending notification failed"),
+            "no retry logged:\n{log}"
+        );
     }
     // A server that accepts and never answers: the start-up notice is stuck in it when the
     // primary dies.
@@ -165,7 +211,10 @@ fn takeover_is_as_fast_when_smtp_is_down_or_hanging() {
         let took = kill_and_time(&lab, &watch, &daemon);
         let (status, log) = daemon.stop().expect("stopping xdprobe");
         println!("takeover with SMTP hanging: {took:?}");
-        assert!(took <= BOUND, "takeover took {took:?} with SMTP hanging:\n{log}");
+        assert!(
+            took <= BOUND,
+            "takeover took {took:?} with SMTP hanging:\n{log}"
+        );
         assert!(status.success(), "exit {status}:\n{log}");
     }
 }
@@ -173,5 +222,8 @@ fn takeover_is_as_fast_when_smtp_is_down_or_hanging() {
 /// The number after `key` in the log (e.g. `windows=31`).
 fn field(log: &str, key: &str) -> Option<u64> {
     let rest = &log[log.rfind(key)? + key.len()..];
-    rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
 }

@@ -18,13 +18,29 @@ fn xdprobe(lab: &Lab, args: &[&str]) -> Output {
         .expect("spawning xdprobe")
 }
 
-const GOOD: [&str; 7] = ["run", "--iface", "eth0", "--watch", "192.0.2.1", "--vip", "192.0.2.100/24"];
+const GOOD: [&str; 7] = [
+    "run",
+    "--iface",
+    "eth0",
+    "--watch",
+    "192.0.2.1",
+    "--vip",
+    "192.0.2.100/24",
+];
 
 fn assert_usage_error(out: &Output, needles: &[&str]) {
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "expected exit 2, got {}: {stderr}", out.status);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "expected exit 2, got {}: {stderr}",
+        out.status
+    );
     for needle in needles {
-        assert!(stderr.contains(needle), "stderr lacks {needle:?}:\n{stderr}");
+        assert!(
+            stderr.contains(needle),
+            "stderr lacks {needle:?}:\n{stderr}"
+        );
     }
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
@@ -40,13 +56,61 @@ fn bad_flags_exit_2_naming_the_flag() {
     assert_usage_error(&with(&["--label", "eth1:1"]), &["label"]);
     assert_usage_error(&with(&["--notify", "ops@example.org"]), &["smtp"]);
     assert_usage_error(&with(&["--frobnicate"]), &["--frobnicate"]);
-    assert_usage_error(&xdprobe(&lab, &["run", "--iface", "eth0", "--vip", "192.0.2.100/24"]), &["watch"]);
-    assert_usage_error(&xdprobe(&lab, &["run", "--iface", "eth0", "--watch", "192.0.2.1", "--vip", "192.0.2.100/33"]), &["--vip"]);
-    assert_usage_error(&xdprobe(&lab, &["run", "--iface", "eth0", "--watch", "192.0.2.1", "--vip", "192.0.2.1/24"]), &["vip"]);
-    assert_usage_error(&xdprobe(&lab, &["run", "--iface", "nosuch0", "--watch", "192.0.2.1", "--vip", "192.0.2.100/24"]), &["iface", "nosuch0"]);
+    assert_usage_error(
+        &xdprobe(&lab, &["run", "--iface", "eth0", "--vip", "192.0.2.100/24"]),
+        &["watch"],
+    );
+    assert_usage_error(
+        &xdprobe(
+            &lab,
+            &[
+                "run",
+                "--iface",
+                "eth0",
+                "--watch",
+                "192.0.2.1",
+                "--vip",
+                "192.0.2.100/33",
+            ],
+        ),
+        &["--vip"],
+    );
+    assert_usage_error(
+        &xdprobe(
+            &lab,
+            &[
+                "run",
+                "--iface",
+                "eth0",
+                "--watch",
+                "192.0.2.1",
+                "--vip",
+                "192.0.2.1/24",
+            ],
+        ),
+        &["vip"],
+    );
+    assert_usage_error(
+        &xdprobe(
+            &lab,
+            &[
+                "run",
+                "--iface",
+                "nosuch0",
+                "--watch",
+                "192.0.2.1",
+                "--vip",
+                "192.0.2.100/24",
+            ],
+        ),
+        &["iface", "nosuch0"],
+    );
     assert_usage_error(&xdprobe(&lab, &["launch"]), &["launch"]);
     // Nothing was attached by the failed runs.
-    assert!(!lab.ip("standby", &["link", "show", "dev", "eth0"]).unwrap().contains("xdp"));
+    assert!(!lab
+        .ip("standby", &["link", "show", "dev", "eth0"])
+        .unwrap()
+        .contains("xdp"));
 }
 
 #[test]
@@ -55,12 +119,36 @@ fn bad_config_files_exit_2_naming_file_line_and_field() {
     let dir = std::env::temp_dir().join(format!("xdprobe-usage-{}", lab.ns("cfg")));
     std::fs::create_dir_all(&dir).unwrap();
     let cases = [
-        ("unknown.toml", "iface = \"eth0\"\nwatch = \"192.0.2.1\"\nvipp = \"192.0.2.100/24\"\n", vec!["unknown.toml", "line 3", "vipp"]),
-        ("badaddr.toml", "iface = \"eth0\"\nwatch = \"192.0.2.300\"\n", vec!["badaddr.toml", "line 2", "watch"]),
-        ("baddur.toml", "window = \"fast\"\n", vec!["baddur.toml", "line 1", "window"]),
-        ("syntax.toml", "iface = eth0\n", vec!["syntax.toml", "line 1"]),
-        ("range.toml", "iface = \"eth0\"\nwatch = \"192.0.2.1\"\nvip = \"192.0.2.100/24\"\nprobes = 0\n", vec!["probes"]),
-        ("missing.toml", "iface = \"eth0\"\nvip = \"192.0.2.100/24\"\n", vec!["watch"]),
+        (
+            "unknown.toml",
+            "iface = \"eth0\"\nwatch = \"192.0.2.1\"\nvipp = \"192.0.2.100/24\"\n",
+            vec!["unknown.toml", "line 3", "vipp"],
+        ),
+        (
+            "badaddr.toml",
+            "iface = \"eth0\"\nwatch = \"192.0.2.300\"\n",
+            vec!["badaddr.toml", "line 2", "watch"],
+        ),
+        (
+            "baddur.toml",
+            "window = \"fast\"\n",
+            vec!["baddur.toml", "line 1", "window"],
+        ),
+        (
+            "syntax.toml",
+            "iface = eth0\n",
+            vec!["syntax.toml", "line 1"],
+        ),
+        (
+            "range.toml",
+            "iface = \"eth0\"\nwatch = \"192.0.2.1\"\nvip = \"192.0.2.100/24\"\nprobes = 0\n",
+            vec!["probes"],
+        ),
+        (
+            "missing.toml",
+            "iface = \"eth0\"\nvip = \"192.0.2.100/24\"\n",
+            vec!["watch"],
+        ),
     ];
     for (name, text, needles) in cases {
         let path = dir.join(name);
@@ -68,7 +156,10 @@ fn bad_config_files_exit_2_naming_file_line_and_field() {
         let out = xdprobe(&lab, &["run", "--config", path.to_str().unwrap()]);
         assert_usage_error(&out, &needles);
     }
-    let out = xdprobe(&lab, &["run", "--config", dir.join("absent.toml").to_str().unwrap()]);
+    let out = xdprobe(
+        &lab,
+        &["run", "--config", dir.join("absent.toml").to_str().unwrap()],
+    );
     assert_usage_error(&out, &["absent.toml"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -81,13 +172,27 @@ fn without_privileges_exit_3_saying_what_is_needed() {
     std::fs::copy(xdprobe_bin(), &bin).unwrap();
     let out = Command::new("ip")
         .args(["netns", "exec", &lab.ns("standby")])
-        .args(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+        .args([
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
         .arg(&bin)
         .args(GOOD)
         .output()
         .expect("spawning xdprobe as nobody");
     let _ = std::fs::remove_file(&bin);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(3), "expected exit 3, got {}: {stderr}", out.status);
-    assert!(stderr.contains("CAP_BPF") && stderr.contains("CAP_NET_ADMIN"), "{stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "expected exit 3, got {}: {stderr}",
+        out.status
+    );
+    assert!(
+        stderr.contains("CAP_BPF") && stderr.contains("CAP_NET_ADMIN"),
+        "{stderr}"
+    );
 }

@@ -46,7 +46,16 @@ fn steps(xdprobe_bin: &str) -> Vec<Step> {
         command.args(args);
         command
     };
-    let mut integration = cargo(&["test", "-p", "xdprobe-tests", "--", "--test-threads=1"]);
+    // `--tests`: no doc-test run, so the output closes on the integration tests' own result
+    // line (CI reads the last one), not on an empty doc-test summary.
+    let mut integration = cargo(&[
+        "test",
+        "-p",
+        "xdprobe-tests",
+        "--tests",
+        "--",
+        "--test-threads=1",
+    ]);
     integration.env(XDPROBE_BIN_ENV, xdprobe_bin);
     vec![
         Step {
@@ -120,7 +129,7 @@ mod tests {
         assert!(last.needs_root);
         let line = cmd::describe(&last.command);
         assert!(
-            line.ends_with("test -p xdprobe-tests -- --test-threads=1"),
+            line.ends_with("test -p xdprobe-tests --tests -- --test-threads=1"),
             "{line}"
         );
         let bin = last
