@@ -117,12 +117,21 @@ mod program {
             Verdict::NotOurs => return Ok(Action::Pass),
             Verdict::StaleWindow => {
                 bump(Stat::StaleWindow);
-                debug!(ctx, "stale reply: window {} from {:i}", probe.window(), u32::from_be_bytes(src));
+                debug!(
+                    ctx,
+                    "stale reply: window {} from {:i}",
+                    probe.window(),
+                    u32::from_be_bytes(src)
+                );
                 return Ok(Action::Pass);
             }
             Verdict::WrongCookie => {
                 bump(Stat::WrongCookie);
-                debug!(ctx, "forged reply: wrong cookie from {:i}", u32::from_be_bytes(src));
+                debug!(
+                    ctx,
+                    "forged reply: wrong cookie from {:i}",
+                    u32::from_be_bytes(src)
+                );
                 return Ok(Action::Pass);
             }
             Verdict::Count => {}
