@@ -360,6 +360,35 @@ mod tests {
     }
 
     #[test]
+    fn the_commented_example_file_is_valid_and_complete() {
+        let text = include_str!("../examples/xdprobe.toml");
+        let f = file(text);
+        let s = Settings::resolve(&RunArgs::default(), f).unwrap();
+        assert_eq!(s.timing.window, Duration::from_millis(100));
+        assert!(s.mail.is_some());
+        // Every key the file format knows is shown in the example.
+        for key in [
+            "iface",
+            "watch",
+            "vip",
+            "label",
+            "window",
+            "probes",
+            "failed_windows",
+            "recover_windows",
+            "notify",
+            "smtp",
+            "from",
+            "debug",
+        ] {
+            assert!(
+                text.lines().any(|l| l.starts_with(&format!("{key} = "))),
+                "{key} missing"
+            );
+        }
+    }
+
+    #[test]
     fn missing_required_settings_are_named() {
         let mut a = args();
         a.watch = None;
