@@ -19,6 +19,20 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const SMTP_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A token bucket for notices: up to `burst` at once, refilled at `burst` per `per`.
+/// Written as `N/DURATION` in flags and config (e.g. `5/10m`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimit {
+    pub burst: u32,
+    pub per: Duration,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        Self { burst: 10, per: Duration::from_secs(3600) }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Notice {
     pub subject: String,
@@ -112,6 +126,10 @@ mod tests {
             from: "xdprobe@example.org".parse().unwrap(),
             smtp_host: "127.0.0.1".into(),
             smtp_port: 25,
+            starttls: false,
+            ca: None,
+            credentials: None,
+            limit: RateLimit::default(),
         };
         let notice = Notice {
             subject: "xdprobe: 192.0.2.1 is DOWN".into(),

@@ -3,11 +3,13 @@
 //!
 //! Exit codes: 0 clean stop, 2 bad usage or config, 3 system failure.
 
+mod arp;
 mod cli;
 mod clock;
 mod events;
 mod failover;
 mod health;
+mod hooks;
 mod mail;
 mod prober;
 mod sender;

@@ -65,6 +65,14 @@ pub struct MailSettings {
     pub from: Mailbox,
     pub smtp_host: String,
     pub smtp_port: u16,
+    /// Upgrade the connection with STARTTLS (required when set).
+    pub starttls: bool,
+    /// Extra CA certificate (PEM) to trust for STARTTLS, besides the system's roots.
+    pub ca: Option<std::path::PathBuf>,
+    /// File holding the SMTP username and password (never given on the command line).
+    pub credentials: Option<std::path::PathBuf>,
+    /// How many notices may be sent, and how fast the allowance refills.
+    pub limit: crate::mail::RateLimit,
 }
 
 /// How often to probe and when to change a host's state.
@@ -271,6 +279,10 @@ fn resolve_mail(
             .trim_end_matches(']')
             .to_string(),
         smtp_port: port,
+        starttls: false,
+        ca: None,
+        credentials: None,
+        limit: crate::mail::RateLimit::default(),
     }))
 }
 
