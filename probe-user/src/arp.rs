@@ -1,2 +1,1062 @@
 //! ARP on the VIP's interface: gratuitous announcements and RFC 5227 conflict probes.
-//! (Being written: see issue 3.)
+//!
+//! The failover needs two things from ARP: telling the LAN's caches that the VIP now lives
+//! at our MAC (gratuitous ARP), and finding out whether another machine already answers for
+//! an address before we claim it (RFC 5227 probes, which also resolve a live host's MAC).
+//! Both go over a raw `AF_PACKET` socket, so the daemon needs neither `arping` nor the
+//! kernel's neighbour table.
+//!
+//! The frame layouts ([`ArpPacket`], [`claims`]) are pure and tested on their own;
+//! [`ArpSocket`] does the I/O.
+
+use std::{
+    ffi::CString,
+    io, mem,
+    net::Ipv4Addr,
+    os::fd::{AsRawFd, RawFd},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use socket2::{Domain, Socket, Type};
+use tokio::io::{unix::AsyncFd, Interest};
+
+/// Length of an Ethernet/IPv4 ARP frame: 14 bytes of Ethernet header plus 28 of ARP.
+/// (On the wire the NIC pads it to 60; [`ArpPacket::parse`] accepts such padding.)
+pub const ARP_FRAME_LEN: usize = 42;
+
+/// The Ethernet broadcast address, destination of every frame this module sends by itself.
+pub const BROADCAST_MAC: [u8; 6] = [0xff; 6];
+
+/// "Unknown" hardware address, used where RFC 5227 says the field is ignored.
+const ZERO_MAC: [u8; 6] = [0; 6];
+
+const ETHERTYPE_ARP: u16 = 0x0806;
+const ETHERTYPE_IPV4: u16 = 0x0800;
+const HTYPE_ETHERNET: u16 = 1;
+const ETH_ALEN: u8 = 6;
+const IPV4_ALEN: u8 = 4;
+
+/// Field offsets within the frame (Ethernet header first, then the ARP payload).
+mod at {
+    pub const ETH_DST: usize = 0;
+    pub const ETH_SRC: usize = 6;
+    pub const ETHERTYPE: usize = 12;
+    pub const HTYPE: usize = 14;
+    pub const PTYPE: usize = 16;
+    pub const HLEN: usize = 18;
+    pub const PLEN: usize = 19;
+    pub const OP: usize = 20;
+    pub const SENDER_MAC: usize = 22;
+    pub const SENDER_IP: usize = 28;
+    pub const TARGET_MAC: usize = 32;
+    pub const TARGET_IP: usize = 38;
+}
+
+/// Receive buffer size: ARP frames are at most 60 bytes (padded) plus whatever trailer a
+/// driver leaves; a longer frame is truncated, which [`ArpPacket::parse`] treats as padding.
+const RECV_BUF_LEN: usize = 256;
+
+/// Upper bound on frames discarded by one drain, so an ARP flood cannot keep us draining
+/// forever; anything beyond it arrived during the drain and is fresh anyway.
+const MAX_DRAIN: usize = 1024;
+
+/// ARP operation (only the two that Ethernet/IPv4 ARP uses).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u16)]
+pub enum Op {
+    Request = 1,
+    Reply = 2,
+}
+
+impl Op {
+    fn from_wire(op: u16) -> Option<Op> {
+        match op {
+            1 => Some(Op::Request),
+            2 => Some(Op::Reply),
+            _ => None,
+        }
+    }
+}
+
+/// One Ethernet/IPv4 ARP frame, Ethernet header included.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArpPacket {
+    pub op: Op,
+    pub eth_src: [u8; 6],
+    pub eth_dst: [u8; 6],
+    pub sender_mac: [u8; 6],
+    pub sender_ip: Ipv4Addr,
+    pub target_mac: [u8; 6],
+    pub target_ip: Ipv4Addr,
+}
+
+impl ArpPacket {
+    /// Gratuitous ARP for `ip` at `mac`, broadcast so every cache on the segment sees it.
+    ///
+    /// The `Request` form is RFC 5227 §3's "ARP Announcement": sender IP = target IP = `ip`,
+    /// target MAC zero. The `Reply` form is for old stacks that only learn from replies; its
+    /// target MAC (ignored by receivers that accept it at all) is set to broadcast, matching
+    /// the frame's Ethernet destination. Note that Linux counts a gratuitous *reply* as such
+    /// only if its target MAC equals its sender MAC (`arp_is_garp`): the broadcast-target
+    /// reply does not override a neighbour entry updated less than `locktime` (1 s) ago, so
+    /// on Linux receivers it is the `Request` form that moves the VIP at once.
+    pub fn gratuitous(op: Op, ip: Ipv4Addr, mac: [u8; 6]) -> ArpPacket {
+        let target_mac = match op {
+            Op::Request => ZERO_MAC,
+            Op::Reply => BROADCAST_MAC,
+        };
+        ArpPacket {
+            op,
+            eth_src: mac,
+            eth_dst: BROADCAST_MAC,
+            sender_mac: mac,
+            sender_ip: ip,
+            target_mac,
+            target_ip: ip,
+        }
+    }
+
+    /// RFC 5227 §2.1.1 "ARP Probe" for `ip` from `mac`: a broadcast request with sender IP
+    /// 0.0.0.0, so that asking does not itself pollute anybody's cache. Whoever owns `ip`
+    /// answers with a reply carrying its MAC.
+    pub fn probe(ip: Ipv4Addr, mac: [u8; 6]) -> ArpPacket {
+        ArpPacket {
+            op: Op::Request,
+            eth_src: mac,
+            eth_dst: BROADCAST_MAC,
+            sender_mac: mac,
+            sender_ip: Ipv4Addr::UNSPECIFIED,
+            target_mac: ZERO_MAC,
+            target_ip: ip,
+        }
+    }
+
+    /// The frame as it goes on the wire (unpadded; drivers pad to the Ethernet minimum).
+    /// Takes `self` by value: the packet is `Copy`, and `(&packet).to_frame()` still works.
+    pub fn to_frame(self) -> [u8; ARP_FRAME_LEN] {
+        let mut f = [0u8; ARP_FRAME_LEN];
+        put(&mut f, at::ETH_DST, &self.eth_dst);
+        put(&mut f, at::ETH_SRC, &self.eth_src);
+        put(&mut f, at::ETHERTYPE, &ETHERTYPE_ARP.to_be_bytes());
+        put(&mut f, at::HTYPE, &HTYPE_ETHERNET.to_be_bytes());
+        put(&mut f, at::PTYPE, &ETHERTYPE_IPV4.to_be_bytes());
+        f[at::HLEN] = ETH_ALEN;
+        f[at::PLEN] = IPV4_ALEN;
+        put(&mut f, at::OP, &(self.op as u16).to_be_bytes());
+        put(&mut f, at::SENDER_MAC, &self.sender_mac);
+        put(&mut f, at::SENDER_IP, &self.sender_ip.octets());
+        put(&mut f, at::TARGET_MAC, &self.target_mac);
+        put(&mut f, at::TARGET_IP, &self.target_ip.octets());
+        f
+    }
+
+    /// Decodes an Ethernet/IPv4 ARP frame; `None` for anything else (other ethertypes,
+    /// hardware or protocol types, address lengths or operations, or too short a frame).
+    /// Bytes after the 42nd (Ethernet padding, trailers) are ignored.
+    pub fn parse(frame: &[u8]) -> Option<ArpPacket> {
+        let f: &[u8; ARP_FRAME_LEN] = frame.get(..ARP_FRAME_LEN)?.try_into().ok()?;
+        let well_formed = be16(f, at::ETHERTYPE) == ETHERTYPE_ARP
+            && be16(f, at::HTYPE) == HTYPE_ETHERNET
+            && be16(f, at::PTYPE) == ETHERTYPE_IPV4
+            && f[at::HLEN] == ETH_ALEN
+            && f[at::PLEN] == IPV4_ALEN;
+        if !well_formed {
+            return None;
+        }
+        Some(ArpPacket {
+            op: Op::from_wire(be16(f, at::OP))?,
+            eth_dst: mac_at(f, at::ETH_DST),
+            eth_src: mac_at(f, at::ETH_SRC),
+            sender_mac: mac_at(f, at::SENDER_MAC),
+            sender_ip: ip_at(f, at::SENDER_IP),
+            target_mac: mac_at(f, at::TARGET_MAC),
+            target_ip: ip_at(f, at::TARGET_IP),
+        })
+    }
+}
+
+fn put(frame: &mut [u8; ARP_FRAME_LEN], offset: usize, bytes: &[u8]) {
+    frame[offset..offset + bytes.len()].copy_from_slice(bytes);
+}
+
+fn be16(frame: &[u8; ARP_FRAME_LEN], offset: usize) -> u16 {
+    u16::from_be_bytes([frame[offset], frame[offset + 1]])
+}
+
+fn mac_at(frame: &[u8; ARP_FRAME_LEN], offset: usize) -> [u8; 6] {
+    let mut mac = [0u8; 6];
+    mac.copy_from_slice(&frame[offset..offset + 6]);
+    mac
+}
+
+fn ip_at(frame: &[u8; ARP_FRAME_LEN], offset: usize) -> Ipv4Addr {
+    Ipv4Addr::new(
+        frame[offset],
+        frame[offset + 1],
+        frame[offset + 2],
+        frame[offset + 3],
+    )
+}
+
+/// The MAC of another machine that `p` shows using (or about to use) `ip`, if any.
+///
+/// Per RFC 5227 §2.1.1 that is any ARP packet whose sender IP is `ip` (a reply to our probe,
+/// the holder's own announcement, or a request it sends from that address), and also another
+/// host's *probe* for `ip` (sender IP 0.0.0.0, target IP `ip`): it is about to take the
+/// address too. Packets from `own_mac` are ours (looped back or reflected) and never count.
+/// An unspecified `ip` claims nothing, as every probe would otherwise "use" it.
+pub fn claims(p: &ArpPacket, ip: Ipv4Addr, own_mac: [u8; 6]) -> Option<[u8; 6]> {
+    if p.sender_mac == own_mac || ip.is_unspecified() {
+        return None;
+    }
+    let uses = p.sender_ip == ip;
+    let probes_for = p.op == Op::Request && p.sender_ip.is_unspecified() && p.target_ip == ip;
+    (uses || probes_for).then_some(p.sender_mac)
+}
+
+/// A raw `AF_PACKET` socket receiving and sending ARP frames on one interface.
+///
+/// It lives in the network namespace of the thread that opened it, whatever thread uses it
+/// later.
+pub struct ArpSocket {
+    fd: AsyncFd<Socket>,
+    ifindex: libc::c_int,
+    mac: [u8; 6],
+}
+
+impl ArpSocket {
+    /// Opens the socket on `iface` (in the current network namespace) and learns the
+    /// interface's MAC. Needs `CAP_NET_RAW` and must be called inside a tokio runtime with
+    /// I/O enabled.
+    pub fn open(iface: &str) -> anyhow::Result<Self> {
+        tokio::runtime::Handle::try_current()
+            .with_context(|| format!("opening the ARP socket on {iface}"))?;
+        let ifindex = interface_index(iface)
+            .with_context(|| format!("looking up interface {iface} for ARP"))?;
+        // Protocol 0 receives nothing until `bind` names ETH_P_ARP and the interface, so no
+        // frames from other interfaces can be queued in between.
+        let socket = Socket::new(Domain::PACKET, Type::RAW, None)
+            .with_context(|| format!("opening an AF_PACKET socket for ARP on {iface}"))?;
+        let mac = hardware_address(&socket, iface)
+            .with_context(|| format!("reading the MAC address of {iface}"))?;
+        bind(&socket, ifindex).with_context(|| format!("binding the ARP socket to {iface}"))?;
+        socket
+            .set_nonblocking(true)
+            .with_context(|| format!("making the ARP socket on {iface} non-blocking"))?;
+        // SAFETY: the Socket owns its fd and keeps it open, unchanged, until it is dropped
+        // together with this AsyncFd; nothing else closes or replaces it.
+        let fd = unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) }
+            .with_context(|| format!("registering the ARP socket on {iface} with tokio"))?;
+        Ok(Self { fd, ifindex, mac })
+    }
+
+    /// The interface's own MAC address.
+    pub fn mac(&self) -> [u8; 6] {
+        self.mac
+    }
+
+    /// Sends `packet` out of the interface as is (the Ethernet header is part of it).
+    /// Does not wait: a full send buffer comes back as `WouldBlock`.
+    pub fn send(&self, packet: &ArpPacket) -> io::Result<()> {
+        let frame = packet.to_frame();
+        let to = link_address(self.ifindex, packet.eth_dst);
+        let sent = retry_interrupted(|| {
+            // SAFETY: `frame` and `to` are live, initialised buffers of the lengths given, and
+            // the kernel only reads them during the call.
+            unsafe {
+                libc::sendto(
+                    self.raw_fd(),
+                    frame.as_ptr().cast(),
+                    frame.len(),
+                    0,
+                    (&raw const to).cast(),
+                    sockaddr_ll_len(),
+                )
+            }
+        })?;
+        if sent != frame.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                format!("sent {sent} of {} bytes of an ARP frame", frame.len()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Gratuitous ARP for `ip` at `mac`: the request form (RFC 5227 announcement), then the
+    /// reply form for stacks that learn only from replies.
+    pub fn announce(&self, ip: Ipv4Addr, mac: [u8; 6]) -> io::Result<()> {
+        self.send(&ArpPacket::gratuitous(Op::Request, ip, mac))?;
+        self.send(&ArpPacket::gratuitous(Op::Reply, ip, mac))
+    }
+
+    /// Sends one RFC 5227 probe for `ip` and waits up to `wait` for another machine to
+    /// claim it (see [`claims`]); returns that machine's MAC. As Linux answers a probe for an
+    /// address it owns, this also resolves a live host's MAC. Frames queued before the call
+    /// are discarded first, so only answers to this probe count. A zero `wait` returns
+    /// `None` without sending. RFC 5227's schedule (3 probes, 1-2 s apart) is the caller's.
+    pub async fn probe(&self, ip: Ipv4Addr, wait: Duration) -> io::Result<Option<[u8; 6]>> {
+        if wait.is_zero() {
+            return Ok(None);
+        }
+        self.drain()?;
+        self.send(&ArpPacket::probe(ip, self.mac))?;
+        self.listen(ip, wait).await
+    }
+
+    /// Like [`ArpSocket::probe`] without sending: listens for up to `wait` for another
+    /// machine claiming `ip`, e.g. while our own claim is pending. Frames queued before the
+    /// call are discarded, so a stale announcement (say, from the peer that held the VIP
+    /// before it failed) does not read as a conflict.
+    pub async fn watch_conflicts(
+        &self,
+        ip: Ipv4Addr,
+        wait: Duration,
+    ) -> io::Result<Option<[u8; 6]>> {
+        if wait.is_zero() {
+            return Ok(None);
+        }
+        self.drain()?;
+        self.listen(ip, wait).await
+    }
+
+    fn raw_fd(&self) -> RawFd {
+        self.fd.get_ref().as_raw_fd()
+    }
+
+    /// Discards every frame already queued on the socket.
+    fn drain(&self) -> io::Result<()> {
+        let mut buf = [0u8; RECV_BUF_LEN];
+        for _ in 0..MAX_DRAIN {
+            match recv_frame(self.fd.get_ref(), &mut buf) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// The first holder of `ip` seen within `wait`, if any.
+    async fn listen(&self, ip: Ipv4Addr, wait: Duration) -> io::Result<Option<[u8; 6]>> {
+        match tokio::time::timeout(wait, self.next_claim(ip)).await {
+            Ok(found) => found.map(Some),
+            Err(_elapsed) => Ok(None),
+        }
+    }
+
+    /// Reads frames until one shows another machine claiming `ip`.
+    async fn next_claim(&self, ip: Ipv4Addr) -> io::Result<[u8; 6]> {
+        let mut buf = [0u8; RECV_BUF_LEN];
+        loop {
+            let (len, pkttype) = self.recv(&mut buf).await?;
+            // Our host's own transmissions; never a conflict. (A socket bound to ETH_P_ARP
+            // is not shown outgoing frames today, only ETH_P_ALL ones are; belt and braces.)
+            if pkttype == libc::PACKET_OUTGOING {
+                continue;
+            }
+            let holder = buf
+                .get(..len)
+                .and_then(ArpPacket::parse)
+                .and_then(|p| claims(&p, ip, self.mac));
+            if let Some(mac) = holder {
+                return Ok(mac);
+            }
+        }
+    }
+
+    /// Waits for the next frame: its length in `buf` and the kernel's packet type for it.
+    async fn recv(&self, buf: &mut [u8]) -> io::Result<(usize, u8)> {
+        loop {
+            let mut guard = self.fd.readable().await?;
+            match guard.try_io(|fd| recv_frame(fd.get_ref(), buf)) {
+                Ok(result) => return result,
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+/// The interface's index in the current network namespace.
+fn interface_index(iface: &str) -> io::Result<libc::c_int> {
+    let name = CString::new(iface).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "interface name contains a NUL byte",
+        )
+    })?;
+    // SAFETY: `name` is a valid NUL-terminated string that outlives the call.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if index == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    libc::c_int::try_from(index)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "interface index out of range"))
+}
+
+/// The interface's MAC, asked through `socket` so that the answer comes from the socket's
+/// own network namespace (`/sys/class/net` may show another namespace's view).
+fn hardware_address(socket: &Socket, iface: &str) -> io::Result<[u8; 6]> {
+    let name = iface.as_bytes();
+    if name.len() >= libc::IFNAMSIZ {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "interface name too long",
+        ));
+    }
+    // SAFETY: `ifreq` is plain data (integers, arrays, a union of those and one raw pointer
+    // that SIOCGIFHWADDR does not use), for which all zeroes is a valid value.
+    let mut req: libc::ifreq = unsafe { mem::zeroed() };
+    for (dst, &src) in req.ifr_name.iter_mut().zip(name) {
+        *dst = src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFHWADDR reads `ifr_name` (NUL-terminated: zeroed, name shorter than
+    // IFNAMSIZ) and writes `ifr_ifru.ifru_hwaddr` of the ifreq we exclusively borrow.
+    let rc = unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFHWADDR, &raw mut req) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a successful SIOCGIFHWADDR has written the `ifru_hwaddr` member.
+    let hw = unsafe { req.ifr_ifru.ifru_hwaddr };
+    if hw.sa_family != libc::ARPHRD_ETHER {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("not an Ethernet interface (ARPHRD {})", hw.sa_family),
+        ));
+    }
+    let mut mac = [0u8; 6];
+    for (dst, &src) in mac.iter_mut().zip(&hw.sa_data) {
+        *dst = src as u8;
+    }
+    Ok(mac)
+}
+
+/// Link-layer address of `mac` on interface `ifindex`, for ARP frames.
+fn link_address(ifindex: libc::c_int, mac: [u8; 6]) -> libc::sockaddr_ll {
+    let mut sll_addr = [0u8; 8];
+    sll_addr[..6].copy_from_slice(&mac);
+    libc::sockaddr_ll {
+        sll_family: libc::AF_PACKET as libc::c_ushort,
+        sll_protocol: ETHERTYPE_ARP.to_be(),
+        sll_ifindex: ifindex,
+        sll_hatype: 0,
+        sll_pkttype: 0,
+        sll_halen: ETH_ALEN,
+        sll_addr,
+    }
+}
+
+fn sockaddr_ll_len() -> libc::socklen_t {
+    mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t
+}
+
+/// Starts receiving ARP frames from `ifindex` only.
+fn bind(socket: &Socket, ifindex: libc::c_int) -> io::Result<()> {
+    let addr = link_address(ifindex, ZERO_MAC);
+    // SAFETY: `addr` is an initialised sockaddr_ll, and we pass its exact size.
+    let rc = unsafe {
+        libc::bind(
+            socket.as_raw_fd(),
+            (&raw const addr).cast(),
+            sockaddr_ll_len(),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Reads one queued frame without waiting: its length in `buf` (truncated to `buf`) and
+/// the packet type the kernel tagged it with (`PACKET_HOST`, `PACKET_BROADCAST`, ...).
+fn recv_frame(socket: &Socket, buf: &mut [u8]) -> io::Result<(usize, u8)> {
+    let mut from = link_address(0, ZERO_MAC);
+    let mut from_len = sockaddr_ll_len();
+    let len = retry_interrupted(|| {
+        // SAFETY: `buf` is writable for `buf.len()` bytes, and `from`/`from_len` describe a
+        // writable sockaddr_ll of the size given; the kernel writes no more than that.
+        unsafe {
+            libc::recvfrom(
+                socket.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                0,
+                (&raw mut from).cast(),
+                &raw mut from_len,
+            )
+        }
+    })?;
+    Ok((len, from.sll_pkttype))
+}
+
+/// Runs a libc call returning a byte count or -1, retrying on EINTR.
+fn retry_interrupted(mut call: impl FnMut() -> isize) -> io::Result<usize> {
+    loop {
+        match usize::try_from(call()) {
+            Ok(n) => return Ok(n),
+            Err(_) => {
+                let err = io::Error::last_os_error();
+                if err.kind() != io::ErrorKind::Interrupted {
+                    return Err(err);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAC_A: [u8; 6] = [0x02, 0x11, 0x22, 0x33, 0x44, 0x55];
+    const MAC_B: [u8; 6] = [0x02, 0x66, 0x77, 0x88, 0x99, 0xaa];
+    const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
+
+    #[rustfmt::skip]
+    const GRATUITOUS_REQUEST: [u8; ARP_FRAME_LEN] = [
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, // Ethernet destination: broadcast
+        0x02, 0x11, 0x22, 0x33, 0x44, 0x55, // Ethernet source
+        0x08, 0x06,                         // ethertype ARP
+        0x00, 0x01,                         // htype Ethernet
+        0x08, 0x00,                         // ptype IPv4
+        0x06, 0x04,                         // hlen, plen
+        0x00, 0x01,                         // op: request
+        0x02, 0x11, 0x22, 0x33, 0x44, 0x55, // sender MAC
+        192, 0, 2, 100,                     // sender IP
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // target MAC: zero
+        192, 0, 2, 100,                     // target IP
+    ];
+
+    #[rustfmt::skip]
+    const GRATUITOUS_REPLY: [u8; ARP_FRAME_LEN] = [
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0x02, 0x11, 0x22, 0x33, 0x44, 0x55,
+        0x08, 0x06,
+        0x00, 0x01,
+        0x08, 0x00,
+        0x06, 0x04,
+        0x00, 0x02,                         // op: reply
+        0x02, 0x11, 0x22, 0x33, 0x44, 0x55,
+        192, 0, 2, 100,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, // target MAC: broadcast
+        192, 0, 2, 100,
+    ];
+
+    #[rustfmt::skip]
+    const PROBE: [u8; ARP_FRAME_LEN] = [
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0x02, 0x11, 0x22, 0x33, 0x44, 0x55,
+        0x08, 0x06,
+        0x00, 0x01,
+        0x08, 0x00,
+        0x06, 0x04,
+        0x00, 0x01,
+        0x02, 0x11, 0x22, 0x33, 0x44, 0x55,
+        0, 0, 0, 0,                         // sender IP: unspecified
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        192, 0, 2, 100,
+    ];
+
+    fn all_kinds() -> [ArpPacket; 3] {
+        [
+            ArpPacket::gratuitous(Op::Request, VIP, MAC_A),
+            ArpPacket::gratuitous(Op::Reply, VIP, MAC_A),
+            ArpPacket::probe(VIP, MAC_A),
+        ]
+    }
+
+    #[test]
+    fn gratuitous_request_layout() {
+        let frame = ArpPacket::gratuitous(Op::Request, VIP, MAC_A).to_frame();
+        assert_eq!(frame, GRATUITOUS_REQUEST);
+    }
+
+    #[test]
+    fn gratuitous_reply_layout() {
+        let frame = ArpPacket::gratuitous(Op::Reply, VIP, MAC_A).to_frame();
+        assert_eq!(frame, GRATUITOUS_REPLY);
+    }
+
+    #[test]
+    fn probe_layout() {
+        assert_eq!(ArpPacket::probe(VIP, MAC_A).to_frame(), PROBE);
+    }
+
+    #[test]
+    fn parse_inverts_to_frame() {
+        let unicast_reply = ArpPacket {
+            op: Op::Reply,
+            eth_src: MAC_B,
+            eth_dst: MAC_A,
+            sender_mac: MAC_B,
+            sender_ip: Ipv4Addr::new(192, 0, 2, 1),
+            target_mac: MAC_A,
+            target_ip: Ipv4Addr::UNSPECIFIED,
+        };
+        for p in all_kinds().into_iter().chain([unicast_reply]) {
+            assert_eq!(ArpPacket::parse(&p.to_frame()), Some(p));
+        }
+    }
+
+    #[test]
+    fn parse_tolerates_padding() {
+        for p in all_kinds() {
+            let mut padded = [0u8; 60];
+            padded[..ARP_FRAME_LEN].copy_from_slice(&p.to_frame());
+            assert_eq!(ArpPacket::parse(&padded), Some(p));
+        }
+    }
+
+    #[test]
+    fn parse_rejects_truncated_frames() {
+        for len in 0..ARP_FRAME_LEN {
+            assert_eq!(ArpPacket::parse(&PROBE[..len]), None, "length {len}");
+        }
+    }
+
+    #[test]
+    fn parse_rejects_other_types_lengths_and_ops() {
+        let cases: &[(&str, usize, &[u8])] = &[
+            ("ethertype IPv4", 12, &[0x08, 0x00]),
+            ("ethertype RARP", 12, &[0x80, 0x35]),
+            ("htype IEEE 802", 14, &[0x00, 0x06]),
+            ("ptype IPv6", 16, &[0x86, 0xdd]),
+            ("hlen 8", 18, &[8]),
+            ("plen 16", 19, &[16]),
+            ("op 0", 20, &[0x00, 0x00]),
+            ("op 3 (RARP request)", 20, &[0x00, 0x03]),
+            ("op byte-swapped", 20, &[0x01, 0x00]),
+        ];
+        for &(what, offset, bytes) in cases {
+            let mut frame = GRATUITOUS_REQUEST;
+            frame[offset..offset + bytes.len()].copy_from_slice(bytes);
+            assert_eq!(ArpPacket::parse(&frame), None, "{what}");
+        }
+    }
+
+    /// The daemon shares one socket between tasks (`Arc<ArpSocket>`, spawned futures).
+    #[test]
+    fn arp_socket_is_shareable_between_tasks() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<ArpSocket>();
+    }
+
+    #[test]
+    fn op_wire_values() {
+        assert_eq!(Op::Request as u16, 1);
+        assert_eq!(Op::Reply as u16, 2);
+    }
+
+    #[test]
+    fn claims_ignores_own_mac() {
+        for p in all_kinds() {
+            assert_eq!(claims(&p, VIP, MAC_A), None, "{p:?}");
+        }
+    }
+
+    #[test]
+    fn claims_reply_from_other_mac() {
+        let reply = ArpPacket {
+            op: Op::Reply,
+            eth_src: MAC_B,
+            eth_dst: MAC_A,
+            sender_mac: MAC_B,
+            sender_ip: VIP,
+            target_mac: MAC_A,
+            target_ip: Ipv4Addr::UNSPECIFIED,
+        };
+        assert_eq!(claims(&reply, VIP, MAC_A), Some(MAC_B));
+    }
+
+    #[test]
+    fn claims_announcements_and_requests_from_the_holder() {
+        let announcement = ArpPacket::gratuitous(Op::Request, VIP, MAC_B);
+        assert_eq!(claims(&announcement, VIP, MAC_A), Some(MAC_B));
+        let asking = ArpPacket {
+            target_ip: Ipv4Addr::new(192, 0, 2, 1),
+            ..announcement
+        };
+        assert_eq!(claims(&asking, VIP, MAC_A), Some(MAC_B));
+    }
+
+    #[test]
+    fn claims_foreign_probe_for_same_ip() {
+        let probe = ArpPacket::probe(VIP, MAC_B);
+        assert_eq!(claims(&probe, VIP, MAC_A), Some(MAC_B));
+    }
+
+    #[test]
+    fn claims_nothing_for_unrelated_ip() {
+        let other = Ipv4Addr::new(192, 0, 2, 7);
+        assert_eq!(claims(&ArpPacket::probe(other, MAC_B), VIP, MAC_A), None);
+        let announcement = ArpPacket::gratuitous(Op::Reply, other, MAC_B);
+        assert_eq!(claims(&announcement, VIP, MAC_A), None);
+        // A request *for* the VIP from a host using another address is not a claim.
+        let asking = ArpPacket {
+            op: Op::Request,
+            eth_src: MAC_B,
+            eth_dst: BROADCAST_MAC,
+            sender_mac: MAC_B,
+            sender_ip: other,
+            target_mac: ZERO_MAC,
+            target_ip: VIP,
+        };
+        assert_eq!(claims(&asking, VIP, MAC_A), None);
+    }
+
+    #[test]
+    fn claims_nothing_for_unspecified_ip() {
+        let probe = ArpPacket::probe(VIP, MAC_B);
+        assert_eq!(claims(&probe, Ipv4Addr::UNSPECIFIED, MAC_A), None);
+    }
+
+    #[test]
+    fn arp_open_names_missing_interface() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let err = match rt.block_on(async { ArpSocket::open("xarp-missing0") }) {
+            Ok(_) => panic!("opened an ARP socket on a missing interface"),
+            Err(err) => format!("{err:#}"),
+        };
+        assert!(err.contains("xarp-missing0"), "{err}");
+    }
+
+    /// Tests against the kernel's ARP, in a throwaway lab of two network namespaces.
+    mod lab {
+        use std::{
+            fs::File,
+            future::Future,
+            os::fd::AsRawFd,
+            process::Command,
+            sync::{
+                atomic::{AtomicBool, AtomicU32, Ordering},
+                mpsc, Arc,
+            },
+            thread,
+            time::{Duration, Instant},
+        };
+
+        use super::super::*;
+
+        /// Namespace A's address (the side running the ArpSocket under test).
+        const A_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+        /// Namespace B's address (the "live host").
+        const B_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+
+        /// Two namespaces joined by a veth pair, both ends named `eth0`; deleted on drop,
+        /// also when the test fails.
+        struct Lab {
+            a: String,
+            b: String,
+        }
+
+        impl Lab {
+            fn new() -> Lab {
+                // SAFETY: geteuid has no preconditions.
+                let euid = unsafe { libc::geteuid() };
+                assert_eq!(
+                    euid, 0,
+                    "the ARP lab tests create network namespaces: run them as root"
+                );
+                static NEXT: AtomicU32 = AtomicU32::new(0);
+                let n = NEXT.fetch_add(1, Ordering::Relaxed);
+                let id = format!("xarp{}-{n}", std::process::id());
+                let lab = Lab {
+                    a: format!("{id}a"),
+                    b: format!("{id}b"),
+                };
+                ip(&["netns", "add", &lab.a]);
+                ip(&["netns", "add", &lab.b]);
+                #[rustfmt::skip]
+                ip(&["-n", &lab.a, "link", "add", "eth0", "type", "veth",
+                     "peer", "name", "eth0", "netns", &lab.b]);
+                for (ns, addr) in [(&lab.a, A_IP), (&lab.b, B_IP)] {
+                    ip(&[
+                        "-n",
+                        ns,
+                        "addr",
+                        "add",
+                        &format!("{addr}/24"),
+                        "dev",
+                        "eth0",
+                    ]);
+                    ip(&["-n", ns, "link", "set", "eth0", "up"]);
+                }
+                lab.wait_until_up();
+                lab
+            }
+
+            /// Until the link is operationally up the veth's qdisc drops what we send.
+            fn wait_until_up(&self) {
+                let deadline = Instant::now() + Duration::from_secs(3);
+                for ns in [&self.a, &self.b] {
+                    while brief_link(ns)[1] != "UP" {
+                        assert!(Instant::now() < deadline, "eth0 in {ns} never came up");
+                        thread::sleep(Duration::from_millis(10));
+                    }
+                }
+            }
+
+            fn mac_of(&self, ns: &str) -> [u8; 6] {
+                parse_mac(&brief_link(ns)[2])
+            }
+        }
+
+        impl Drop for Lab {
+            fn drop(&mut self) {
+                for ns in [&self.a, &self.b] {
+                    // Best effort: a panic here would hide the test's own failure.
+                    let _ = Command::new("ip").args(["netns", "del", ns]).output();
+                }
+            }
+        }
+
+        /// Runs `ip args`, panicking with its stderr if it fails; returns its stdout.
+        fn ip(args: &[&str]) -> String {
+            let out = Command::new("ip")
+                .args(args)
+                .output()
+                .unwrap_or_else(|e| panic!("running ip {args:?}: {e}"));
+            assert!(
+                out.status.success(),
+                "ip {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
+
+        /// `ip -br link show eth0` in `ns`, split into fields: name, state, MAC, flags.
+        fn brief_link(ns: &str) -> Vec<String> {
+            let out = ip(&["-n", ns, "-br", "link", "show", "eth0"]);
+            let fields: Vec<String> = out.split_whitespace().map(str::to_owned).collect();
+            assert!(fields.len() >= 3, "unexpected `ip -br link` output: {out}");
+            fields
+        }
+
+        fn parse_mac(s: &str) -> [u8; 6] {
+            let bytes: Vec<u8> = s
+                .split(':')
+                .map(|b| u8::from_str_radix(b, 16).unwrap_or_else(|e| panic!("{s}: {e}")))
+                .collect();
+            bytes
+                .try_into()
+                .unwrap_or_else(|_| panic!("not a MAC: {s}"))
+        }
+
+        fn format_mac(mac: [u8; 6]) -> String {
+            mac.map(|b| format!("{b:02x}")).join(":")
+        }
+
+        /// Runs `f` on a new thread inside network namespace `ns`, on its own current-thread
+        /// runtime, so sockets it opens belong to `ns`.
+        fn spawn_in<T, F, Fut>(ns: &str, f: F) -> thread::JoinHandle<T>
+        where
+            T: Send + 'static,
+            F: FnOnce() -> Fut + Send + 'static,
+            Fut: Future<Output = T>,
+        {
+            let path = format!("/run/netns/{ns}");
+            thread::spawn(move || {
+                let netns = File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
+                // SAFETY: `netns` is an open namespace fd; setns moves only this thread.
+                let rc = unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns {path}: {}", io::Error::last_os_error());
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("tokio runtime")
+                    .block_on(f())
+            })
+        }
+
+        fn join<T>(handle: thread::JoinHandle<T>) -> T {
+            handle
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        }
+
+        fn run_in<T, F, Fut>(ns: &str, f: F) -> T
+        where
+            T: Send + 'static,
+            F: FnOnce() -> Fut + Send + 'static,
+            Fut: Future<Output = T>,
+        {
+            join(spawn_in(ns, f))
+        }
+
+        fn assert_send<T: Send>(t: T) -> T {
+            t
+        }
+
+        fn open_eth0() -> ArpSocket {
+            ArpSocket::open("eth0").unwrap_or_else(|e| panic!("{e:#}"))
+        }
+
+        #[test]
+        fn arp_probe_resolves_live_host_mac() {
+            let lab = Lab::new();
+            let (a_mac, b_mac) = (lab.mac_of(&lab.a), lab.mac_of(&lab.b));
+            let (own, zero_wait, found) = run_in(&lab.a, || async {
+                let sock = open_eth0();
+                let zero_wait = sock.probe(B_IP, Duration::ZERO).await.expect("probe");
+                // Spawned by the daemon, so the future must be Send.
+                let found = assert_send(sock.probe(B_IP, Duration::from_secs(1)))
+                    .await
+                    .expect("probe");
+                (sock.mac(), zero_wait, found)
+            });
+            assert_eq!(own, a_mac, "ArpSocket::mac disagrees with `ip link`");
+            assert_eq!(zero_wait, None, "a zero wait must not listen");
+            assert_eq!(found, Some(b_mac), "B's kernel should answer the probe");
+        }
+
+        #[test]
+        fn arp_probe_for_unused_address_times_out() {
+            let lab = Lab::new();
+            let (found, elapsed) = run_in(&lab.a, || async {
+                let sock = open_eth0();
+                let start = Instant::now();
+                let found = sock
+                    .probe(Ipv4Addr::new(192, 0, 2, 77), Duration::from_millis(50))
+                    .await
+                    .expect("probe");
+                (found, start.elapsed())
+            });
+            assert_eq!(found, None);
+            assert!(
+                elapsed >= Duration::from_millis(50) && elapsed < Duration::from_millis(200),
+                "probe took {elapsed:?} for a 50 ms wait"
+            );
+        }
+
+        #[test]
+        fn arp_announce_updates_peer_neighbour_entry() {
+            let lab = Lab::new();
+            let a_mac = lab.mac_of(&lab.a);
+            // arp_accept=0: Linux only updates entries it already has, so plant a stale one.
+            #[rustfmt::skip]
+            ip(&["-n", &lab.b, "neigh", "add", "192.0.2.100", "lladdr", "02:00:00:00:00:99",
+                 "dev", "eth0", "nud", "stale"]);
+            run_in(&lab.a, move || async move {
+                open_eth0().announce(super::VIP, a_mac).expect("announce");
+            });
+            let want = format_mac(a_mac);
+            let deadline = Instant::now() + Duration::from_secs(1);
+            loop {
+                let entry = ip(&["-n", &lab.b, "neigh", "show", "192.0.2.100", "dev", "eth0"]);
+                if entry.contains(&want) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "B's neighbour entry never learned {want}: {entry}"
+                );
+                thread::sleep(Duration::from_millis(10));
+            }
+        }
+
+        #[test]
+        fn arp_watch_conflicts_sees_foreign_reply() {
+            let lab = Lab::new();
+            let (a_mac, b_mac) = (lab.mac_of(&lab.a), lab.mac_of(&lab.b));
+            let claimed = Ipv4Addr::new(192, 0, 2, 50);
+            let stop = Arc::new(AtomicBool::new(false));
+            // B keeps sending a crafted unicast reply from `claimed` until A has seen one:
+            // A drains its queue when it starts watching, so a single early frame could be lost.
+            let sender = spawn_in(&lab.b, {
+                let stop = Arc::clone(&stop);
+                move || async move {
+                    let sock = open_eth0();
+                    let reply = ArpPacket {
+                        op: Op::Reply,
+                        eth_src: sock.mac(),
+                        eth_dst: a_mac,
+                        sender_mac: sock.mac(),
+                        sender_ip: claimed,
+                        target_mac: a_mac,
+                        target_ip: A_IP,
+                    };
+                    let deadline = Instant::now() + Duration::from_secs(3);
+                    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                        sock.send(&reply).expect("send");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            });
+            let seen = run_in(&lab.a, move || async move {
+                open_eth0()
+                    .watch_conflicts(claimed, Duration::from_secs(2))
+                    .await
+                    .expect("watch_conflicts")
+            });
+            stop.store(true, Ordering::Relaxed);
+            join(sender);
+            assert_eq!(seen, Some(b_mac));
+        }
+
+        #[test]
+        fn arp_watch_conflicts_ignores_frames_queued_before_the_call() {
+            let lab = Lab::new();
+            let (a_mac, b_mac) = (lab.mac_of(&lab.a), lab.mac_of(&lab.b));
+            let claimed = Ipv4Addr::new(192, 0, 2, 70);
+            let (opened_tx, opened) = mpsc::channel();
+            let (sent_tx, sent) = mpsc::channel();
+            let watcher = spawn_in(&lab.a, move || async move {
+                let (watcher, witness) = (open_eth0(), open_eth0());
+                opened_tx.send(()).expect("test thread gone");
+                sent.recv().expect("test thread gone");
+                let watched = watcher
+                    .watch_conflicts(claimed, Duration::from_millis(100))
+                    .await
+                    .expect("watch_conflicts");
+                // `listen` does not drain: proves the stale frame was queued.
+                let queued = witness
+                    .listen(claimed, Duration::from_millis(100))
+                    .await
+                    .expect("listen");
+                (watched, queued)
+            });
+            opened.recv().expect("watcher thread failed");
+            run_in(&lab.b, move || async move {
+                let sock = open_eth0();
+                let stale = ArpPacket {
+                    eth_dst: a_mac,
+                    target_mac: a_mac,
+                    ..ArpPacket::gratuitous(Op::Reply, claimed, sock.mac())
+                };
+                sock.send(&stale).expect("send");
+            });
+            thread::sleep(Duration::from_millis(50));
+            sent_tx.send(()).expect("watcher thread failed");
+            let (watched, queued) = join(watcher);
+            assert_eq!(queued, Some(b_mac), "the stale frame never reached A");
+            assert_eq!(watched, None, "a frame queued before the call counted");
+        }
+
+        #[test]
+        fn arp_watch_conflicts_ignores_own_transmissions() {
+            let lab = Lab::new();
+            let claimed = Ipv4Addr::new(192, 0, 2, 60);
+            let seen = run_in(&lab.a, move || async move {
+                let (watcher, talker) = (open_eth0(), open_eth0());
+                let talk = async {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    // Sent from this host, even when the frame names a foreign MAC.
+                    talker.announce(claimed, talker.mac()).expect("announce");
+                    talker
+                        .announce(claimed, [0x02, 0, 0, 0, 0, 0x99])
+                        .expect("announce");
+                };
+                let (seen, ()) = tokio::join!(
+                    watcher.watch_conflicts(claimed, Duration::from_millis(150)),
+                    talk
+                );
+                seen.expect("watch_conflicts")
+            });
+            assert_eq!(seen, None);
+        }
+    }
+}
