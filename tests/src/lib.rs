@@ -10,7 +10,7 @@ pub mod smtp;
 
 pub use daemon::{xdprobe_bin, Daemon};
 pub use lab::{AddrWatch, Lab};
-pub use smtp::{Silent, Smtp};
+pub use smtp::{SecureSmtp, Silent, Smtp};
 
 /// Panics unless we are root: these tests create namespaces and load XDP programs.
 /// (Failing, not skipping: `cargo xtask test` runs them as root.)
