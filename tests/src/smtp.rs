@@ -240,6 +240,14 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("xdprobe-secure-{ns}"));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
+        /// Removes the directory also when the test fails (after the server, declared later).
+        struct Remove<'a>(&'a Path);
+        impl Drop for Remove<'_> {
+            fn drop(&mut self) {
+                let _ = fs::remove_dir_all(self.0);
+            }
+        }
+        let _remove = Remove(&dir);
         let (smtp, secure) = Smtp::start_secure(&ns, 2525, &dir).expect("secure SMTP server");
         let mode = fs::metadata(&secure.credentials)
             .unwrap()
@@ -298,7 +306,5 @@ s.quit()
                 && auth.matches("accepted").count() == 1,
             "{auth}"
         );
-        drop(smtp);
-        let _ = fs::remove_dir_all(&dir);
     }
 }
