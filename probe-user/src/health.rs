@@ -4,8 +4,9 @@
 //! `failed_windows` consecutive failed windows make a host DOWN. The check slides by one round
 //! rather than waiting for a window boundary, so a host that dies just after answering is declared
 //! DOWN `failed_windows` windows after its last answer, not up to one window later.
-//! A DOWN host comes back UP after `recover_windows` consecutive windows (aligned to the probe
-//! schedule) that each had at least one answer.
+//! A DOWN host comes back UP once each of the last `recover_windows` windows (blocks of `probes`
+//! rounds ending with the current round) had at least one answer. That slides too, so the
+//! window in which the host came back counts even if it returned halfway through.
 
 use crate::settings::Timing;
 
@@ -43,9 +44,12 @@ pub struct Change {
 pub struct Health {
     state: State,
     silent_rounds: u32,
-    good_windows: u32,
-    window_answered: bool,
+    /// Answered rounds since the host went DOWN, newest in bit 0.
+    history: u64,
 }
+
+/// The most rounds recovery can look back at: `recover_windows * probes` must not exceed it.
+pub const MAX_RECOVERY_ROUNDS: u32 = u64::BITS;
 
 impl Default for Health {
     fn default() -> Self {
@@ -58,58 +62,44 @@ impl Health {
         Self {
             state: State::Unknown,
             silent_rounds: 0,
-            good_windows: 0,
-            window_answered: false,
+            history: 0,
         }
     }
 
-    #[cfg(test)]
     pub fn state(&self) -> State {
         self.state
     }
 
-    /// Feeds one probe round: `answered` if any valid reply arrived for it, `closes_window` if it
-    /// was the last round of its window.
-    pub fn on_round(
-        &mut self,
-        answered: bool,
-        closes_window: bool,
-        timing: &Timing,
-    ) -> Option<Change> {
+    /// Consecutive unanswered rounds up to now.
+    pub fn silent_rounds(&self) -> u32 {
+        self.silent_rounds
+    }
+
+    /// Feeds one probe round: `answered` if any valid reply arrived for it.
+    pub fn on_round(&mut self, answered: bool, timing: &Timing) -> Option<Change> {
         if answered {
             self.silent_rounds = 0;
-            self.window_answered = true;
         } else {
             self.silent_rounds = self.silent_rounds.saturating_add(1);
         }
+        self.history = (self.history << 1) | u64::from(answered);
 
         let from = self.state;
         let down_after = timing.failed_windows.saturating_mul(timing.probes);
         let to = match self.state {
             State::Unknown | State::Up if self.silent_rounds >= down_after => State::Down,
             State::Unknown if answered => State::Up,
-            State::Down if closes_window => {
-                if self.window_answered {
-                    self.good_windows += 1;
-                } else {
-                    self.good_windows = 0;
-                }
-                if self.good_windows >= timing.recover_windows {
-                    State::Up
-                } else {
-                    State::Down
-                }
-            }
+            State::Down if self.recovered(timing) => State::Up,
             state => state,
         };
-        if closes_window {
-            self.window_answered = false;
-        }
         if to == from {
             return None;
         }
         self.state = to;
-        let change = Change {
+        if to == State::Down {
+            self.history = 0;
+        }
+        Some(Change {
             from,
             to,
             silent_rounds: if to == State::Down {
@@ -118,13 +108,25 @@ impl Health {
                 0
             },
             good_windows: if from == State::Down {
-                self.good_windows
+                timing.recover_windows
             } else {
                 0
             },
+        })
+    }
+
+    /// Each of the last `recover_windows` blocks of `probes` rounds has an answer.
+    fn recovered(&self, timing: &Timing) -> bool {
+        let n = timing.probes.min(MAX_RECOVERY_ROUNDS);
+        let block = if n == u64::BITS {
+            u64::MAX
+        } else {
+            (1u64 << n) - 1
         };
-        self.good_windows = 0;
-        Some(change)
+        (0..timing.recover_windows).all(|b| {
+            let shift = b * n;
+            shift < u64::BITS && (self.history >> shift) & block != 0
+        })
     }
 }
 
@@ -139,6 +141,7 @@ mod tests {
         probes: 3,
         failed_windows: 2,
         recover_windows: 2,
+        retries: 0,
     };
 
     /// A fake clock: round `k` is sent at `k * round` and judged at `(k + 1) * round`.
@@ -154,8 +157,7 @@ mod tests {
         let mut changes = Vec::new();
         for k in 0..rounds {
             let sent = round * k;
-            let closes = (k + 1) % timing.probes == 0;
-            if let Some(c) = health.on_round(alive(sent), closes, timing) {
+            if let Some(c) = health.on_round(alive(sent), timing) {
                 changes.push((round * (k + 1), c));
             }
         }
@@ -217,6 +219,22 @@ mod tests {
     }
 
     #[test]
+    fn recovery_takes_at_most_recover_windows_whatever_the_phase() {
+        for phase_ms in 0..100u64 {
+            let death = Duration::from_millis(1_000);
+            let back = Duration::from_millis(2_000 + phase_ms);
+            let changes = simulate(120, &T, |sent| sent < death || sent >= back);
+            let (at, c) = *changes.last().unwrap();
+            assert_eq!((c.from, c.to), (State::Down, State::Up), "phase {phase_ms}");
+            let delay = at - back;
+            assert!(
+                delay <= T.window * T.recover_windows,
+                "phase {phase_ms}: {delay:?}"
+            );
+        }
+    }
+
+    #[test]
     fn recovery_needs_consecutive_good_windows_and_counts_the_partial_first_one() {
         let death = Duration::from_millis(1_000);
         let back = Duration::from_millis(2_050); // mid-window
@@ -228,7 +246,8 @@ mod tests {
         assert_eq!(ups.len(), 1);
         let (at, c) = *ups[0];
         assert_eq!((c.to, c.good_windows), (State::Up, 2));
-        // The window holding 2.05 s counts (it ends at 2.1 s), then the next: UP at 2.2 s.
+        // First answered round: 62 (sent at 2.067 s); a window later (round 65) every block of
+        // the last two windows has an answer: UP when round 65 is judged.
         assert_eq!(at, T.round() * 66);
         assert!(at - back <= T.window * T.recover_windows);
     }
@@ -239,7 +258,7 @@ mod tests {
         // Feeds one window; `good` windows have one answer (in their first round).
         let mut window = |good: bool| -> Vec<Change> {
             (0..3)
-                .filter_map(|r| h.on_round(good && r == 0, r == 2, &T))
+                .filter_map(|r| h.on_round(good && r == 0, &T))
                 .collect()
         };
         assert!(window(false).is_empty());
@@ -260,10 +279,8 @@ mod tests {
             ..T
         };
         let mut h = Health::new();
-        h.on_round(true, false, &t);
-        let changes: Vec<_> = (0..6)
-            .filter_map(|_| h.on_round(false, false, &t))
-            .collect();
+        h.on_round(true, &t);
+        let changes: Vec<_> = (0..6).filter_map(|_| h.on_round(false, &t)).collect();
         assert_eq!(changes.len(), 1);
         assert_eq!(changes[0].silent_rounds, 6);
         assert_eq!(h.state(), State::Down);
