@@ -96,15 +96,13 @@ impl ArpPacket {
     ///
     /// The `Request` form is RFC 5227 §3's "ARP Announcement": sender IP = target IP = `ip`,
     /// target MAC zero. The `Reply` form is for old stacks that only learn from replies; its
-    /// target MAC (ignored by receivers that accept it at all) is set to broadcast, matching
-    /// the frame's Ethernet destination. Note that Linux counts a gratuitous *reply* as such
-    /// only if its target MAC equals its sender MAC (`arp_is_garp`): the broadcast-target
-    /// reply does not override a neighbour entry updated less than `locktime` (1 s) ago, so
-    /// on Linux receivers it is the `Request` form that moves the VIP at once.
+    /// target MAC is our own, as `arping -A` sends it: Linux counts a gratuitous *reply* as
+    /// such only if its target MAC equals its sender MAC (`arp_is_garp`), and only then lets
+    /// it override a neighbour entry updated less than `locktime` (1 s) ago.
     pub fn gratuitous(op: Op, ip: Ipv4Addr, mac: [u8; 6]) -> ArpPacket {
         let target_mac = match op {
             Op::Request => ZERO_MAC,
-            Op::Reply => BROADCAST_MAC,
+            Op::Reply => mac,
         };
         ArpPacket {
             op,
@@ -285,10 +283,18 @@ impl ArpSocket {
     }
 
     /// Gratuitous ARP for `ip` at `mac`: the request form (RFC 5227 announcement), then the
-    /// reply form for stacks that learn only from replies.
+    /// reply form for stacks that learn only from replies. `mac` may be another machine's
+    /// (announcing the VIP back for the primary): the frames still leave with our own MAC as
+    /// Ethernet source, or switches would learn the other machine's MAC on our port.
     pub fn announce(&self, ip: Ipv4Addr, mac: [u8; 6]) -> io::Result<()> {
-        self.send(&ArpPacket::gratuitous(Op::Request, ip, mac))?;
-        self.send(&ArpPacket::gratuitous(Op::Reply, ip, mac))
+        for op in [Op::Request, Op::Reply] {
+            let packet = ArpPacket {
+                eth_src: self.mac,
+                ..ArpPacket::gratuitous(op, ip, mac)
+            };
+            self.send(&packet)?;
+        }
+        Ok(())
     }
 
     /// Sends one RFC 5227 probe for `ip` and waits up to `wait` for another machine to
@@ -306,9 +312,10 @@ impl ArpSocket {
     }
 
     /// Like [`ArpSocket::probe`] without sending: listens for up to `wait` for another
-    /// machine claiming `ip`, e.g. while our own claim is pending. Frames queued before the
-    /// call are discarded, so a stale announcement (say, from the peer that held the VIP
-    /// before it failed) does not read as a conflict.
+    /// machine claiming `ip`. Frames queued before the call are discarded, so a stale
+    /// announcement (say, from the peer that held the VIP before it failed) does not read as
+    /// a conflict. The daemon only probes; the tests use this to check the listening half.
+    #[cfg(test)]
     pub async fn watch_conflicts(
         &self,
         ip: Ipv4Addr,
@@ -539,7 +546,7 @@ mod tests {
         0x00, 0x02,                         // op: reply
         0x02, 0x11, 0x22, 0x33, 0x44, 0x55,
         192, 0, 2, 100,
-        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, // target MAC: broadcast
+        0x02, 0x11, 0x22, 0x33, 0x44, 0x55, // target MAC: our own (arping -A)
         192, 0, 2, 100,
     ];
 

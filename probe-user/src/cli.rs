@@ -75,9 +75,93 @@ pub struct RunArgs {
     #[arg(long, value_name = "EMAIL")]
     pub from: Option<String>,
 
+    /// Resend an unanswered probe once its reply wait is over, this many times (0 to 3)
+    /// [default: 1]. Keeps random loss from failing windows.
+    #[arg(long, value_name = "N")]
+    pub retries: Option<u32>,
+
+    /// Another host to probe (typically the gateway); repeatable. If every witness is silent too
+    /// when the primary goes down, we are the one cut off: the VIP is not taken.
+    #[arg(long = "witness", value_name = "ADDR")]
+    pub witnesses: Vec<Ipv4Addr>,
+
+    /// When the primary is back: `release` the VIP (and announce it for the primary) or `keep` it
+    /// [default: release].
+    #[arg(long, value_name = "POLICY")]
+    pub failback: Option<Failback>,
+
+    /// Minimum time between taking the VIP and releasing it, against flapping [default: 10s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub hold_down: Option<std::time::Duration>,
+
+    /// Gratuitous ARP repeats after the first burst when the VIP is taken [default: 5].
+    #[arg(long, value_name = "N")]
+    pub garp_count: Option<u32>,
+
+    /// Time between gratuitous ARP repeats [default: 200ms].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub garp_interval: Option<std::time::Duration>,
+
+    /// Re-announce the VIP this often while holding it [default: off].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub garp_refresh: Option<std::time::Duration>,
+
+    /// How long an RFC 5227 ARP probe waits for another holder of the VIP before it is taken;
+    /// 0 turns the check off [default: 50ms].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub conflict_wait: Option<std::time::Duration>,
+
+    /// Command run (without a shell) when a probed host goes DOWN; gets the event facts as
+    /// arguments and XDPROBE_* environment variables.
+    #[arg(long, value_name = "CMD")]
+    pub on_down: Option<String>,
+
+    /// Command run when a probed host comes back UP.
+    #[arg(long, value_name = "CMD")]
+    pub on_up: Option<String>,
+
+    /// Command run after the VIP was taken.
+    #[arg(long, value_name = "CMD")]
+    pub on_claim: Option<String>,
+
+    /// Command run after the VIP was released.
+    #[arg(long, value_name = "CMD")]
+    pub on_release: Option<String>,
+
+    /// Hooks still running after this are killed [default: 10s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub hook_timeout: Option<std::time::Duration>,
+
+    /// Require STARTTLS on the SMTP connection.
+    #[arg(long)]
+    pub smtp_starttls: bool,
+
+    /// Extra CA certificate (PEM) to trust for STARTTLS.
+    #[arg(long, value_name = "FILE")]
+    pub smtp_ca: Option<PathBuf>,
+
+    /// File with the SMTP username and password (never on the command line).
+    #[arg(long, value_name = "FILE")]
+    pub smtp_credentials: Option<PathBuf>,
+
+    /// Notification rate limit, N/DURATION: up to N at once, N per DURATION after [default: 10/1h].
+    #[arg(long, value_name = "N/DURATION")]
+    pub mail_limit: Option<String>,
+
     /// Turn on the XDP program's diagnostics (forwarded to this log); off costs nothing per packet.
     #[arg(long)]
     pub debug: bool,
+}
+
+/// What to do with the VIP when the primary answers again.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Failback {
+    /// Remove the VIP from the standby so the primary serves it again.
+    #[default]
+    Release,
+    /// Keep the VIP on the standby and only report the primary's return.
+    Keep,
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {

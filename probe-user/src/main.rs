@@ -17,7 +17,7 @@ mod settings;
 mod vip;
 mod xdp;
 
-use std::{ffi::CString, path::Path, process::ExitCode};
+use std::{ffi::CString, path::Path, process::ExitCode, sync::Arc};
 
 use anyhow::Context as _;
 use clap::Parser as _;
@@ -29,10 +29,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use crate::{
+    arp::ArpSocket,
     cli::{Cli, Command, RunArgs},
+    events::Site,
     failover::Failover,
     mail::Notifier,
-    prober::Prober,
+    prober::{Prober, Targets},
     sender::Sender,
     settings::{FileConfig, Settings},
     vip::Vip,
@@ -151,10 +153,17 @@ fn node_name() -> String {
 async fn run(args: RunArgs) -> Result<(), Failure> {
     let settings = load_settings(&args)?;
     let index = interface_index(&settings.iface)?;
-    let hosts = vec![settings.watch];
+    // Mail files (CA, credentials) are checked before anything is set up.
+    let shutdown = CancellationToken::new();
+    let notifier =
+        Notifier::start(settings.mail.clone(), shutdown.clone()).map_err(Failure::Usage)?;
+    let targets = Targets {
+        watch: settings.watch,
+        witnesses: settings.failover.witnesses.clone(),
+    };
 
     // Everything set up below is undone by drop (the XDP link) if a later step fails.
-    let mut xdp = XdpProbe::load(&hosts, settings.debug).system()?;
+    let mut xdp = XdpProbe::load(&targets.hosts(), settings.debug).system()?;
     if settings.debug {
         xdp.spawn_log_forwarder().system()?;
     }
@@ -165,22 +174,42 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
         "XDP program attached"
     );
     let sender = Sender::open(&settings.iface).system()?;
+    let arp = ArpSocket::open(&settings.iface).system()?;
     let vip = Vip::new(index, settings.vip, settings.label.clone()).system()?;
 
-    let shutdown = CancellationToken::new();
-    let notifier = Notifier::start(settings.mail.clone(), shutdown.clone());
-    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let (reports_tx, reports_rx) = mpsc::unbounded_channel();
     let failover = Failover {
         watch: settings.watch,
-        iface: settings.iface.clone(),
-        node: node_name(),
+        site: Site {
+            vip: settings.vip.to_string(),
+            iface: settings.iface.clone(),
+            label: settings.label.clone(),
+            node: node_name(),
+        },
         vip,
+        arp: Arc::new(arp),
         notifier,
+        hooks: settings.hooks.clone(),
+        settings: settings.failover.clone(),
+        timing: settings.timing,
     };
-    let failover = tokio::spawn(failover.run(events_rx, shutdown.clone()));
-    let prober = Prober::new(hosts, xdp, sender, settings.timing, events_tx);
+    let failover = tokio::spawn(failover.run(reports_rx, shutdown.clone()));
+    let prober = Prober::new(
+        &targets,
+        xdp,
+        sender,
+        settings.timing,
+        settings.failover.conflict_wait,
+        reports_tx,
+    );
     let mut prober = tokio::spawn(prober.run(shutdown.clone()));
-    info!(watch = %settings.watch, vip = %settings.vip, label = %settings.label, "xdprobe running");
+    info!(
+        watch = %settings.watch,
+        witnesses = ?settings.failover.witnesses,
+        vip = %settings.vip,
+        label = %settings.label,
+        "xdprobe running"
+    );
 
     let mut sigterm = signal(SignalKind::terminate())
         .context("installing SIGTERM handler")

@@ -8,12 +8,22 @@ use ipnet::Ipv4Net;
 use lettre::message::Mailbox;
 use serde::Deserialize;
 
-use crate::cli::RunArgs;
+use crate::{
+    cli::{Failback, RunArgs},
+    hooks::{Hook, Hooks},
+    mail::RateLimit,
+};
 
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(1);
 pub const DEFAULT_PROBES: u32 = 3;
 pub const DEFAULT_FAILED_WINDOWS: u32 = 2;
 pub const DEFAULT_RECOVER_WINDOWS: u32 = 2;
+pub const DEFAULT_RETRIES: u32 = 1;
+pub const DEFAULT_HOLD_DOWN: Duration = Duration::from_secs(10);
+pub const DEFAULT_GARP_COUNT: u32 = 5;
+pub const DEFAULT_GARP_INTERVAL: Duration = Duration::from_millis(200);
+pub const DEFAULT_CONFLICT_WAIT: Duration = Duration::from_millis(50);
+pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(10);
 const MIN_WINDOW: Duration = Duration::from_millis(10);
 const MAX_WINDOW: Duration = Duration::from_secs(3600);
 const MIN_ROUND: Duration = Duration::from_millis(1);
@@ -43,9 +53,31 @@ pub struct FileConfig {
     pub probes: Option<u32>,
     pub failed_windows: Option<u32>,
     pub recover_windows: Option<u32>,
+    pub retries: Option<u32>,
+    pub witness: Option<Vec<Ipv4Addr>>,
+    pub failback: Option<Failback>,
+    #[serde(default, with = "humantime_serde")]
+    pub hold_down: Option<Duration>,
+    pub garp_count: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    pub garp_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub garp_refresh: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub conflict_wait: Option<Duration>,
+    pub on_down: Option<String>,
+    pub on_up: Option<String>,
+    pub on_claim: Option<String>,
+    pub on_release: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub hook_timeout: Option<Duration>,
     pub notify: Option<String>,
     pub smtp: Option<String>,
     pub from: Option<String>,
+    pub smtp_starttls: Option<bool>,
+    pub smtp_ca: Option<std::path::PathBuf>,
+    pub smtp_credentials: Option<std::path::PathBuf>,
+    pub mail_limit: Option<String>,
     pub debug: Option<bool>,
 }
 
@@ -82,6 +114,29 @@ pub struct Timing {
     pub probes: u32,
     pub failed_windows: u32,
     pub recover_windows: u32,
+    /// Resends of an unanswered probe within its round.
+    pub retries: u32,
+}
+
+/// Gratuitous ARP when the VIP is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Garp {
+    /// Repeats after the first announcement.
+    pub count: u32,
+    pub interval: Duration,
+    /// Re-announce while holding, if set.
+    pub refresh: Option<Duration>,
+}
+
+/// How the standby decides to take and give back the VIP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailoverSettings {
+    pub witnesses: Vec<Ipv4Addr>,
+    pub failback: Failback,
+    pub hold_down: Duration,
+    pub garp: Garp,
+    /// Zero: no ARP conflict check before taking the VIP.
+    pub conflict_wait: Duration,
 }
 
 impl Timing {
@@ -98,6 +153,8 @@ pub struct Settings {
     pub vip: Ipv4Net,
     pub label: String,
     pub timing: Timing,
+    pub failover: FailoverSettings,
+    pub hooks: Hooks,
     pub mail: Option<MailSettings>,
     pub debug: bool,
 }
@@ -167,14 +224,143 @@ impl Settings {
                 .recover_windows
                 .or(file.recover_windows)
                 .unwrap_or(DEFAULT_RECOVER_WINDOWS),
+            retries: args.retries.or(file.retries).unwrap_or(DEFAULT_RETRIES),
         };
         validate_timing(&timing)?;
 
-        let mail = resolve_mail(
+        let witnesses = if args.witnesses.is_empty() {
+            file.witness.unwrap_or_default()
+        } else {
+            args.witnesses.clone()
+        };
+        for w in &witnesses {
+            if *w == watch
+                || *w == vip.addr()
+                || w.is_unspecified()
+                || w.is_multicast()
+                || w.is_broadcast()
+            {
+                return Err(Invalid {
+                    field: "witness",
+                    reason: format!(
+                        "{w} must be a unicast host other than the watched host and the VIP"
+                    ),
+                });
+            }
+        }
+        let failover = FailoverSettings {
+            witnesses,
+            failback: args.failback.or(file.failback).unwrap_or_default(),
+            hold_down: bounded(
+                "hold_down",
+                args.hold_down.or(file.hold_down),
+                DEFAULT_HOLD_DOWN,
+                Duration::ZERO,
+                Duration::from_secs(86_400),
+            )?,
+            garp: Garp {
+                count: args
+                    .garp_count
+                    .or(file.garp_count)
+                    .unwrap_or(DEFAULT_GARP_COUNT),
+                interval: bounded(
+                    "garp_interval",
+                    args.garp_interval.or(file.garp_interval),
+                    DEFAULT_GARP_INTERVAL,
+                    Duration::from_millis(10),
+                    Duration::from_secs(60),
+                )?,
+                refresh: args
+                    .garp_refresh
+                    .or(file.garp_refresh)
+                    .filter(|d| !d.is_zero())
+                    .map(|d| {
+                        bounded(
+                            "garp_refresh",
+                            Some(d),
+                            d,
+                            Duration::from_millis(100),
+                            Duration::from_secs(86_400),
+                        )
+                    })
+                    .transpose()?,
+            },
+            conflict_wait: bounded(
+                "conflict_wait",
+                args.conflict_wait.or(file.conflict_wait),
+                DEFAULT_CONFLICT_WAIT,
+                Duration::ZERO,
+                Duration::from_secs(1),
+            )?,
+        };
+        if failover.garp.count > 100 {
+            return Err(Invalid {
+                field: "garp_count",
+                reason: format!("{} is out of range (0 to 100)", failover.garp.count),
+            });
+        }
+
+        let hook = |field: &'static str, flag: &Option<String>, file: Option<String>| {
+            flag.clone()
+                .or(file)
+                .map(|cmd| Hook::parse(&cmd).map_err(|reason| Invalid { field, reason }))
+                .transpose()
+        };
+        let hooks = Hooks {
+            on_down: hook("on_down", &args.on_down, file.on_down)?,
+            on_up: hook("on_up", &args.on_up, file.on_up)?,
+            on_claim: hook("on_claim", &args.on_claim, file.on_claim)?,
+            on_release: hook("on_release", &args.on_release, file.on_release)?,
+            timeout: bounded(
+                "hook_timeout",
+                args.hook_timeout.or(file.hook_timeout),
+                DEFAULT_HOOK_TIMEOUT,
+                Duration::from_millis(10),
+                Duration::from_secs(3600),
+            )?,
+        };
+
+        let mut mail = resolve_mail(
             args.notify.clone().or(file.notify),
             args.smtp.clone().or(file.smtp),
             args.from.clone().or(file.from),
         )?;
+        let tls_and_limit = [
+            (
+                "smtp_starttls",
+                args.smtp_starttls || file.smtp_starttls.unwrap_or(false),
+            ),
+            ("smtp_ca", args.smtp_ca.is_some() || file.smtp_ca.is_some()),
+            (
+                "smtp_credentials",
+                args.smtp_credentials.is_some() || file.smtp_credentials.is_some(),
+            ),
+            (
+                "mail_limit",
+                args.mail_limit.is_some() || file.mail_limit.is_some(),
+            ),
+        ];
+        match &mut mail {
+            None => {
+                if let Some((field, _)) = tls_and_limit.iter().find(|(_, given)| *given) {
+                    return Err(Invalid {
+                        field,
+                        reason: "only makes sense with `notify`".into(),
+                    });
+                }
+            }
+            Some(m) => {
+                m.starttls = args.smtp_starttls || file.smtp_starttls.unwrap_or(false);
+                m.ca = args.smtp_ca.clone().or(file.smtp_ca);
+                m.credentials = args.smtp_credentials.clone().or(file.smtp_credentials);
+                if let Some(limit) = args.mail_limit.clone().or(file.mail_limit) {
+                    m.limit = limit.parse::<RateLimit>().map_err(|reason| Invalid {
+                        field: "mail_limit",
+                        reason,
+                    })?;
+                }
+            }
+        }
 
         Ok(Settings {
             iface,
@@ -182,10 +368,35 @@ impl Settings {
             vip,
             label,
             timing,
+            failover,
+            hooks,
             mail,
             debug: args.debug || file.debug.unwrap_or(false),
         })
     }
+}
+
+/// `value` (or `default`) if within `min..=max`, else an error naming `field`.
+fn bounded(
+    field: &'static str,
+    value: Option<Duration>,
+    default: Duration,
+    min: Duration,
+    max: Duration,
+) -> Result<Duration, SettingsError> {
+    let d = value.unwrap_or(default);
+    if d < min || d > max {
+        return Err(SettingsError::Invalid {
+            field,
+            reason: format!(
+                "{} is out of range ({} to {})",
+                humantime::format_duration(d),
+                humantime::format_duration(min),
+                humantime::format_duration(max)
+            ),
+        });
+    }
+    Ok(d)
 }
 
 fn validate_timing(t: &Timing) -> Result<(), SettingsError> {
@@ -215,6 +426,23 @@ fn validate_timing(t: &Timing) -> Result<(), SettingsError> {
                 t.probes,
                 humantime::format_duration(t.window)
             ),
+        });
+    }
+    if t.recover_windows.saturating_mul(t.probes) > crate::health::MAX_RECOVERY_ROUNDS {
+        return Err(Invalid {
+            field: "recover_windows",
+            reason: format!(
+                "{} windows of {} probes look back more than {} rounds",
+                t.recover_windows,
+                t.probes,
+                crate::health::MAX_RECOVERY_ROUNDS
+            ),
+        });
+    }
+    if t.retries > 3 {
+        return Err(Invalid {
+            field: "retries",
+            reason: format!("{} is out of range (0 to 3)", t.retries),
         });
     }
     for (field, n) in [
@@ -325,9 +553,26 @@ mod tests {
                 window: Duration::from_secs(1),
                 probes: 3,
                 failed_windows: 2,
-                recover_windows: 2
+                recover_windows: 2,
+                retries: 1,
             }
         );
+        assert_eq!(
+            s.failover,
+            FailoverSettings {
+                witnesses: vec![],
+                failback: Failback::Release,
+                hold_down: Duration::from_secs(10),
+                garp: Garp {
+                    count: 5,
+                    interval: Duration::from_millis(200),
+                    refresh: None
+                },
+                conflict_wait: Duration::from_millis(50),
+            }
+        );
+        assert_eq!(s.hooks.timeout, Duration::from_secs(10));
+        assert!(s.hooks.on_claim.is_none());
         assert_eq!(s.mail, None);
         assert!(!s.debug);
     }
@@ -378,7 +623,7 @@ mod tests {
         let s = Settings::resolve(&RunArgs::default(), f).unwrap();
         assert_eq!(s.timing.window, Duration::from_millis(100));
         assert!(s.mail.is_some());
-        // Every key the file format knows is shown in the example.
+        // Every key the file format knows is shown in the example (some commented out).
         for key in [
             "iface",
             "watch",
@@ -388,16 +633,103 @@ mod tests {
             "probes",
             "failed_windows",
             "recover_windows",
+            "retries",
+            "witness",
+            "failback",
+            "hold_down",
+            "garp_count",
+            "garp_interval",
+            "garp_refresh",
+            "conflict_wait",
+            "on_down",
+            "on_up",
+            "on_claim",
+            "on_release",
+            "hook_timeout",
             "notify",
             "smtp",
             "from",
+            "smtp_starttls",
+            "smtp_ca",
+            "smtp_credentials",
+            "mail_limit",
             "debug",
         ] {
-            assert!(
-                text.lines().any(|l| l.starts_with(&format!("{key} = "))),
-                "{key} missing"
+            let shown = |l: &str| l.trim_start_matches("# ").starts_with(&format!("{key} = "));
+            assert!(text.lines().any(shown), "{key} missing");
+        }
+        assert_eq!(
+            s.failover.witnesses,
+            ["192.0.2.254".parse::<Ipv4Addr>().unwrap()]
+        );
+        assert_eq!(s.hooks.on_claim.as_ref().map(|h| h.args.len()), Some(1));
+    }
+
+    #[test]
+    fn failover_hook_and_mail_extras_are_checked_by_field() {
+        let cases: [Case; 9] = [
+            (
+                |a| a.witnesses = vec!["192.0.2.1".parse().unwrap()],
+                "witness",
+            ),
+            (
+                |a| a.witnesses = vec!["192.0.2.100".parse().unwrap()],
+                "witness",
+            ),
+            (
+                |a| a.garp_interval = Some(Duration::from_millis(1)),
+                "garp_interval",
+            ),
+            (|a| a.garp_count = Some(1000), "garp_count"),
+            (
+                |a| a.conflict_wait = Some(Duration::from_secs(5)),
+                "conflict_wait",
+            ),
+            (
+                |a| a.on_claim = Some("/bin/x 'unbalanced".into()),
+                "on_claim",
+            ),
+            (|a| a.on_down = Some("   ".into()), "on_down"),
+            (|a| a.smtp_starttls = true, "smtp_starttls"),
+            (|a| a.retries = Some(4), "retries"),
+        ];
+        for (edit, field) in cases {
+            let mut a = args();
+            edit(&mut a);
+            assert_eq!(
+                invalid_field(Settings::resolve(&a, FileConfig::default())),
+                field
             );
         }
+        let mut a = args();
+        a.notify = Some("ops@example.org".into());
+        a.smtp = Some("127.0.0.1:25".into());
+        a.from = Some("x@example.org".into());
+        a.mail_limit = Some("lots".into());
+        assert_eq!(
+            invalid_field(Settings::resolve(&a, FileConfig::default())),
+            "mail_limit"
+        );
+        a.mail_limit = Some("3/10m".into());
+        a.smtp_starttls = true;
+        let s = Settings::resolve(&a, FileConfig::default()).unwrap();
+        let mail = s.mail.unwrap();
+        assert!(mail.starttls);
+        assert_eq!(
+            (mail.limit.burst, mail.limit.per),
+            (3, Duration::from_secs(600))
+        );
+    }
+
+    #[test]
+    fn zero_turns_the_conflict_check_and_the_refresh_off() {
+        let f = file("conflict_wait = \"0s\"\ngarp_refresh = \"0s\"\nfailback = \"keep\"\n");
+        let s = Settings::resolve(&args(), f).unwrap();
+        assert_eq!(s.failover.conflict_wait, Duration::ZERO);
+        assert_eq!(s.failover.garp.refresh, None);
+        assert_eq!(s.failover.failback, Failback::Keep);
+        let err = FileConfig::parse(Path::new("x.toml"), "failback = \"maybe\"\n").unwrap_err();
+        assert!(err.to_string().contains("failback"), "{err}");
     }
 
     #[test]

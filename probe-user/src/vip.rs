@@ -67,6 +67,21 @@ impl Vip {
         }
     }
 
+    /// Removes the VIP; returns false if it was not there.
+    pub async fn remove(&self) -> anyhow::Result<bool> {
+        let Some(msg) = self.find().await? else {
+            return Ok(false);
+        };
+        match self.handle.address().del(msg).execute().await {
+            Ok(()) => Ok(true),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == libc::EADDRNOTAVAIL => {
+                Ok(false)
+            }
+            Err(e) => Err(e)
+                .with_context(|| format!("removing {} from interface #{}", self.net, self.index)),
+        }
+    }
+
     /// Whether the VIP is on the interface now.
     pub async fn is_present(&self) -> anyhow::Result<bool> {
         Ok(self.find().await?.is_some())

@@ -1,108 +1,371 @@
-//! The failover task: takes the VIP when the watched host goes DOWN, reports it, and reports
-//! the host's return. It never waits on the mail: notices are queued.
+//! The failover task: turns the prober's reports into decisions ([`policy`]) and carries them
+//! out: the VIP over rtnetlink, gratuitous ARP, hooks and notices. Nothing here waits on a hook
+//! or on the mail; ARP conflict checks run in their own tasks.
 
-use std::net::Ipv4Addr;
+pub mod policy;
 
-use tokio::{sync::mpsc, time::Instant};
+use std::{
+    net::Ipv4Addr,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use tokio::{sync::mpsc, task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
+use self::policy::{Action, Policy, PolicyConfig};
 use crate::{
-    events::{recovery_notice, start_notice, takeover_notice, HostEvent, Takeover},
+    arp::ArpSocket,
+    events::{
+        conflict_notice, isolation_notice, recovery_notice, release_notice, start_notice,
+        takeover_notice, HostEvent, Report, Site,
+    },
     health::State,
+    hooks::{HookEvent, HookFacts, Hooks},
     mail::Notifier,
+    settings::{FailoverSettings, Timing},
     vip::{Added, Vip},
 };
 
+/// How long to listen for the primary's ARP answer when announcing the VIP back to it.
+const RELEASE_PROBE_WAIT: Duration = Duration::from_millis(100);
+
 pub struct Failover {
     pub watch: Ipv4Addr,
-    pub iface: String,
-    pub node: String,
+    pub site: Site,
     pub vip: Vip,
+    pub arp: Arc<ArpSocket>,
     pub notifier: Notifier,
+    pub hooks: Hooks,
+    pub settings: FailoverSettings,
+    pub timing: Timing,
+}
+
+/// What the loop keeps between events besides the policy.
+struct Run {
+    policy: Policy,
+    start: Instant,
+    window: u32,
+    /// Gratuitous ARP repeats and refreshes while we hold the VIP.
+    announcer: Option<JoinHandle<()>>,
+    checks: mpsc::UnboundedSender<Option<[u8; 6]>>,
+    claim_failure_reported: bool,
+}
+
+impl Run {
+    fn now(&self) -> Duration {
+        self.start.elapsed()
+    }
 }
 
 impl Failover {
     pub async fn run(
         self,
-        mut events: mpsc::UnboundedReceiver<HostEvent>,
+        mut reports: mpsc::UnboundedReceiver<Report>,
         shutdown: CancellationToken,
     ) {
+        let (checks, mut check_results) = mpsc::unbounded_channel();
+        let mut run = Run {
+            policy: Policy::new(PolicyConfig {
+                failback: self.settings.failback,
+                hold_down: self.settings.hold_down,
+                conflict_check: !self.settings.conflict_wait.is_zero(),
+                check_valid_for: self.timing.window * self.timing.failed_windows.max(2),
+            }),
+            start: Instant::now(),
+            window: 0,
+            announcer: None,
+            checks,
+            claim_failure_reported: false,
+        };
         let holding = match self.vip.is_present().await {
-            Ok(true) => {
-                info!(vip = %self.vip.net(), iface = %self.iface, "VIP already on this interface; holding it");
-                true
-            }
-            Ok(false) => false,
+            Ok(present) => present,
             Err(e) => {
                 error!(error = %format!("{e:#}"), "cannot list addresses");
                 false
             }
         };
+        if holding {
+            info!(vip = %self.vip.net(), iface = %self.site.iface, "VIP already on this interface: adopting it");
+            run.policy.adopt(run.now());
+            run.announcer = self
+                .settings
+                .garp
+                .refresh
+                .map(|every| self.spawn_announcer(self.arp.mac(), 0, every));
+        }
         self.notifier
-            .send(start_notice(self.watch, &self.takeover(Ok(())), holding));
+            .send(start_notice(self.watch, &self.site, holding));
+
+        let mut tick = tokio::time::interval(self.timing.round().max(Duration::from_millis(10)));
         loop {
-            let event = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                event = events.recv() => match event { Some(e) => e, None => return },
+            let (actions, event) = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                report = reports.recv() => match report {
+                    Some(report) => self.on_report(&mut run, report),
+                    None => break,
+                },
+                Some(holder) = check_results.recv() => {
+                    if let Some(mac) = holder {
+                        warn!(vip = %self.vip.net(), holder = %mac_str(mac), "another machine answers ARP for the VIP");
+                    }
+                    (run.policy.conflict_checked(holder, run.now()), None)
+                }
+                _ = tick.tick() => (run.policy.tick(run.now()), None),
             };
-            if event.host != self.watch {
-                continue;
+            for action in actions {
+                self.act(&mut run, action, event.as_ref()).await;
             }
-            match (event.change.from, event.change.to) {
-                (_, State::Down) => self.take_over(&event).await,
-                (State::Down, State::Up) => {
-                    info!(host = %event.host, window = event.window, vip = %self.vip.net(), "watched host is back; keeping the VIP");
-                    self.notifier.send(recovery_notice(
-                        &event,
-                        &self.vip.net().to_string(),
-                        &self.node,
-                    ));
+        }
+        if let Some(announcer) = run.announcer.take() {
+            announcer.abort();
+        }
+    }
+
+    /// Logs and hooks a report, and asks the policy what it means.
+    fn on_report(&self, run: &mut Run, report: Report) -> (Vec<Action>, Option<HostEvent>) {
+        let now = run.now();
+        match report {
+            Report::Suspect { window, .. } => {
+                run.window = window;
+                (run.policy.primary_suspect(now), None)
+            }
+            Report::Witnesses { alive, window } => {
+                run.window = window;
+                if alive {
+                    info!(window, "a witness answers again");
+                } else {
+                    warn!(window, "no witness answered for a window");
                 }
-                (_, State::Up) => {
-                    info!(host = %event.host, window = event.window, "watched host is up")
+                (run.policy.witnesses(alive, now), None)
+            }
+            Report::Host(event) => {
+                run.window = event.window;
+                let hook = match (event.change.from, event.change.to) {
+                    (_, State::Down) => Some(HookEvent::Down),
+                    (State::Down, State::Up) => Some(HookEvent::Up),
+                    _ => None,
+                };
+                if let Some(hook) = hook {
+                    self.fire(hook, event.host, event.change.to, event.window);
                 }
-                _ => {}
+                if event.host != self.watch {
+                    return (vec![], None);
+                }
+                let actions = match event.change.to {
+                    State::Down => run.policy.primary_down(now),
+                    State::Up => run.policy.primary_up(now),
+                    State::Unknown => vec![],
+                };
+                (actions, Some(event))
             }
         }
     }
 
-    async fn take_over(&self, event: &HostEvent) {
+    async fn act(&self, run: &mut Run, action: Action, event: Option<&HostEvent>) {
+        match action {
+            Action::CheckConflict => {
+                let (arp, vip, wait, results) = (
+                    Arc::clone(&self.arp),
+                    self.vip.net().addr(),
+                    self.settings.conflict_wait,
+                    run.checks.clone(),
+                );
+                tokio::spawn(async move {
+                    let holder = arp.probe(vip, wait).await.unwrap_or_else(|error| {
+                        warn!(%error, "ARP conflict check failed; assuming no other holder");
+                        None
+                    });
+                    let _ = results.send(holder);
+                });
+            }
+            Action::Claim => self.claim(run, event).await,
+            Action::Release => self.release(run).await,
+            Action::ReportIsolated => {
+                warn!(host = %self.watch, window = run.window, vip = %self.vip.net(), "watched host DOWN but every witness too: we are cut off; VIP not taken");
+                self.notifier.send(isolation_notice(
+                    self.watch,
+                    &self.settings.witnesses,
+                    &self.site,
+                    SystemTime::now(),
+                ));
+            }
+            Action::ReportConflict(holder) => {
+                warn!(host = %self.watch, window = run.window, vip = %self.vip.net(), holder = %mac_str(holder), "watched host DOWN but the VIP is in use: not taken");
+                self.notifier.send(conflict_notice(
+                    self.watch,
+                    &self.site,
+                    SystemTime::now(),
+                    &mac_str(holder),
+                ));
+            }
+            Action::ReportPrimaryBack {
+                holding,
+                release_in,
+            } => {
+                info!(host = %self.watch, window = run.window, holding, release_in = ?release_in, "watched host is back");
+                if let Some(event) = event {
+                    self.notifier
+                        .send(recovery_notice(event, &self.site, holding, release_in));
+                }
+            }
+        }
+    }
+
+    async fn claim(&self, run: &mut Run, event: Option<&HostEvent>) {
         let started = Instant::now();
         let outcome = self.vip.add().await;
-        let took_us = started.elapsed().as_micros() as u64;
+        let netlink_us = started.elapsed().as_micros() as u64;
         let outcome = match outcome {
             Ok(added) => {
+                // Tell the network at once; repeats and refreshes follow in the background.
+                if let Err(error) = self.arp.announce(self.vip.net().addr(), self.arp.mac()) {
+                    warn!(%error, "gratuitous ARP failed");
+                }
+                run.policy.claimed(true, run.now());
+                run.claim_failure_reported = false;
+                run.announcer = Some(self.spawn_announcer(
+                    self.arp.mac(),
+                    self.settings.garp.count,
+                    self.settings.garp.refresh.unwrap_or(Duration::ZERO),
+                ));
                 info!(
-                    host = %event.host,
-                    window = event.window,
+                    host = %self.watch,
+                    window = run.window,
                     vip = %self.vip.net(),
-                    iface = %self.iface,
+                    iface = %self.site.iface,
                     label = %self.vip.label(),
                     already_present = added == Added::AlreadyPresent,
-                    silent_ms = event.silent_for.as_millis() as u64,
-                    netlink_us = took_us,
+                    silent_ms = event.map(|e| e.silent_for.as_millis() as u64),
+                    netlink_us,
                     "took over the VIP"
                 );
+                self.fire(HookEvent::Claim, self.watch, State::Down, run.window);
                 Ok(())
             }
             Err(e) => {
+                run.policy.claimed(false, run.now());
                 let reason = format!("{e:#}");
-                error!(host = %event.host, window = event.window, vip = %self.vip.net(), error = %reason, "VIP takeover FAILED");
+                error!(host = %self.watch, window = run.window, vip = %self.vip.net(), error = %reason, "VIP takeover FAILED; retrying");
+                if run.claim_failure_reported {
+                    return;
+                }
+                run.claim_failure_reported = true;
                 Err(reason)
             }
         };
-        self.notifier
-            .send(takeover_notice(event, &self.takeover(outcome)));
-    }
-
-    fn takeover(&self, outcome: Result<(), String>) -> Takeover {
-        Takeover {
-            vip: self.vip.net().to_string(),
-            iface: self.iface.clone(),
-            label: self.vip.label().to_string(),
-            node: self.node.clone(),
-            outcome,
+        if let Some(event) = event {
+            self.notifier
+                .send(takeover_notice(event, &self.site, &outcome));
         }
     }
+
+    async fn release(&self, run: &mut Run) {
+        if let Some(announcer) = run.announcer.take() {
+            announcer.abort();
+        }
+        match self.vip.remove().await {
+            Ok(removed) => {
+                info!(host = %self.watch, window = run.window, vip = %self.vip.net(), removed, "released the VIP")
+            }
+            Err(e) => {
+                error!(vip = %self.vip.net(), error = %format!("{e:#}"), "releasing the VIP FAILED");
+                return;
+            }
+        }
+        self.fire(HookEvent::Release, self.watch, State::Up, run.window);
+        // Say so on the wire: find who answers for the VIP now (the primary) and announce it
+        // for them, so neighbour caches move back without waiting for their timeouts.
+        let (arp, vip, garp, notifier, site, watch) = (
+            Arc::clone(&self.arp),
+            self.vip.net().addr(),
+            self.settings.garp,
+            self.notifier.clone(),
+            self.site.clone(),
+            self.watch,
+        );
+        tokio::spawn(async move {
+            let holder = arp
+                .probe(vip, RELEASE_PROBE_WAIT)
+                .await
+                .unwrap_or_else(|error| {
+                    warn!(%error, "ARP probe after release failed");
+                    None
+                });
+            if let Some(mac) = holder {
+                info!(%vip, mac = %mac_str(mac), "announcing the VIP for its holder");
+            } else {
+                warn!(%vip, "nobody answers ARP for the released VIP");
+            }
+            notifier.send(release_notice(
+                watch,
+                &site,
+                SystemTime::now(),
+                holder.map(mac_str),
+            ));
+            if let Some(mac) = holder {
+                announce_repeatedly(&arp, vip, mac, garp.count + 1, garp.interval).await;
+            }
+        });
+    }
+
+    /// Repeats the announcement `repeats` times, then every `refresh` (if non-zero) until aborted.
+    fn spawn_announcer(&self, mac: [u8; 6], repeats: u32, refresh: Duration) -> JoinHandle<()> {
+        let (arp, vip, garp) = (
+            Arc::clone(&self.arp),
+            self.vip.net().addr(),
+            self.settings.garp,
+        );
+        tokio::spawn(async move {
+            tokio::time::sleep(garp.interval).await;
+            announce_repeatedly(&arp, vip, mac, repeats, garp.interval).await;
+            if refresh.is_zero() {
+                return;
+            }
+            let mut every = tokio::time::interval(refresh);
+            every.tick().await;
+            loop {
+                every.tick().await;
+                if let Err(error) = arp.announce(vip, mac) {
+                    warn!(%error, "gratuitous ARP refresh failed");
+                }
+            }
+        })
+    }
+
+    fn fire(&self, event: HookEvent, host: Ipv4Addr, state: State, window: u32) {
+        self.hooks.fire(HookFacts {
+            event,
+            host,
+            vip: self.vip.net().to_string(),
+            state: state.to_string(),
+            window,
+        });
+    }
+}
+
+/// Sends `count` announcements `interval` apart, the first at once.
+async fn announce_repeatedly(
+    arp: &ArpSocket,
+    vip: Ipv4Addr,
+    mac: [u8; 6],
+    count: u32,
+    interval: Duration,
+) {
+    for i in 0..count {
+        if i > 0 {
+            tokio::time::sleep(interval).await;
+        }
+        if let Err(error) = arp.announce(vip, mac) {
+            warn!(%error, "gratuitous ARP failed");
+        }
+    }
+}
+
+pub fn mac_str(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }

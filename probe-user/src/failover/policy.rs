@@ -1,0 +1,415 @@
+//! When to take the VIP and when to give it back: the decisions, without any I/O.
+//!
+//! The executor (`failover::Failover`) feeds facts in (the primary is suspect, DOWN or UP again,
+//! the witnesses' liveness, the result of an ARP conflict check, the outcome of a claim, the
+//! passing of time) and carries out the [`Action`]s that come back. Time is a `Duration` since
+//! start, so tests drive it with a fake clock.
+
+use std::time::Duration;
+
+use crate::cli::Failback;
+
+/// What the executor must do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Run an RFC 5227 ARP probe for the VIP; report with [`Policy::conflict_checked`].
+    CheckConflict,
+    /// Add the VIP, announce it, report; then call [`Policy::claimed`].
+    Claim,
+    /// Remove the VIP, announce it for the primary, report.
+    Release,
+    /// The primary is DOWN, but so is every witness: we are the one cut off. Once per episode.
+    ReportIsolated,
+    /// Another machine answers ARP for the VIP: not taken. Once per episode.
+    ReportConflict([u8; 6]),
+    /// The primary answers again after being DOWN. `release_in` is when the VIP goes back
+    /// (`None`: we do not hold it, or we keep it).
+    ReportPrimaryBack {
+        holding: bool,
+        release_in: Option<Duration>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PolicyConfig {
+    pub failback: Failback,
+    pub hold_down: Duration,
+    /// Whether to check for another holder of the VIP before taking it.
+    pub conflict_check: bool,
+    /// How long a conflict check's answer stays good.
+    pub check_valid_for: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Primary {
+    Unknown,
+    Up,
+    Down,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Check {
+    None,
+    Pending,
+    Clear { at: Duration },
+    Found { holder: [u8; 6], at: Duration },
+}
+
+#[derive(Debug)]
+pub struct Policy {
+    cfg: PolicyConfig,
+    primary: Primary,
+    witnesses_alive: bool,
+    holding: bool,
+    claim_pending: bool,
+    claimed_at: Duration,
+    check: Check,
+    isolation_reported: bool,
+    conflict_reported: bool,
+}
+
+impl Policy {
+    pub fn new(cfg: PolicyConfig) -> Self {
+        Self {
+            cfg,
+            primary: Primary::Unknown,
+            witnesses_alive: true,
+            holding: false,
+            claim_pending: false,
+            claimed_at: Duration::ZERO,
+            check: Check::None,
+            isolation_reported: false,
+            conflict_reported: false,
+        }
+    }
+
+    #[cfg(test)]
+    pub fn holding(&self) -> bool {
+        self.holding
+    }
+
+    /// The VIP was already on our interface at start-up (a restart while holding it): carry
+    /// on holding it, as if claimed now.
+    pub fn adopt(&mut self, now: Duration) {
+        self.holding = true;
+        self.claimed_at = now;
+    }
+
+    /// The primary has been silent long enough that a DOWN may follow: check for a conflict
+    /// now, so the answer is ready when the DOWN comes and the claim does not wait for it.
+    pub fn primary_suspect(&mut self, now: Duration) -> Vec<Action> {
+        if !self.cfg.conflict_check
+            || self.holding
+            || self.check == Check::Pending
+            || self.fresh(now)
+        {
+            return vec![];
+        }
+        self.check = Check::Pending;
+        vec![Action::CheckConflict]
+    }
+
+    pub fn primary_down(&mut self, now: Duration) -> Vec<Action> {
+        self.primary = Primary::Down;
+        self.evaluate(now)
+    }
+
+    pub fn primary_up(&mut self, now: Duration) -> Vec<Action> {
+        let was_down = self.primary == Primary::Down;
+        self.primary = Primary::Up;
+        self.isolation_reported = false;
+        self.conflict_reported = false;
+        let mut actions = Vec::new();
+        let release_in = match (self.holding, self.cfg.failback) {
+            (true, Failback::Release) => {
+                Some((self.claimed_at + self.cfg.hold_down).saturating_sub(now))
+            }
+            _ => None,
+        };
+        if was_down {
+            actions.push(Action::ReportPrimaryBack {
+                holding: self.holding,
+                release_in,
+            });
+        }
+        actions.extend(self.tick(now));
+        actions
+    }
+
+    /// Whether any witness answered recently.
+    pub fn witnesses(&mut self, alive: bool, now: Duration) -> Vec<Action> {
+        self.witnesses_alive = alive;
+        if alive {
+            self.isolation_reported = false;
+        }
+        self.evaluate(now)
+    }
+
+    /// The answer of a conflict check: the MAC of another holder of the VIP, if any.
+    pub fn conflict_checked(&mut self, holder: Option<[u8; 6]>, now: Duration) -> Vec<Action> {
+        self.check = match holder {
+            Some(holder) => Check::Found { holder, at: now },
+            None => {
+                self.conflict_reported = false;
+                Check::Clear { at: now }
+            }
+        };
+        self.evaluate(now)
+    }
+
+    /// The outcome of a [`Action::Claim`]. A failed claim is tried again at the next tick.
+    pub fn claimed(&mut self, ok: bool, now: Duration) {
+        self.claim_pending = false;
+        if ok {
+            self.holding = true;
+            self.claimed_at = now;
+        }
+    }
+
+    /// Time passes: release once the hold-down is over, retry what is due.
+    pub fn tick(&mut self, now: Duration) -> Vec<Action> {
+        if self.holding
+            && self.primary == Primary::Up
+            && self.cfg.failback == Failback::Release
+            && now >= self.claimed_at + self.cfg.hold_down
+        {
+            self.holding = false;
+            self.check = Check::None;
+            return vec![Action::Release];
+        }
+        self.evaluate(now)
+    }
+
+    fn fresh(&self, now: Duration) -> bool {
+        match self.check {
+            Check::Clear { at } | Check::Found { at, .. } => {
+                now.saturating_sub(at) <= self.cfg.check_valid_for
+            }
+            Check::None | Check::Pending => false,
+        }
+    }
+
+    /// Should we take the VIP now?
+    fn evaluate(&mut self, now: Duration) -> Vec<Action> {
+        if self.primary != Primary::Down || self.holding || self.claim_pending {
+            return vec![];
+        }
+        if !self.witnesses_alive {
+            if self.isolation_reported {
+                return vec![];
+            }
+            self.isolation_reported = true;
+            return vec![Action::ReportIsolated];
+        }
+        if self.cfg.conflict_check {
+            match self.check {
+                Check::Pending => return vec![],
+                Check::Found { holder, .. } if self.fresh(now) => {
+                    if self.conflict_reported {
+                        return vec![];
+                    }
+                    self.conflict_reported = true;
+                    return vec![Action::ReportConflict(holder)];
+                }
+                Check::Clear { .. } if self.fresh(now) => {}
+                _ => {
+                    self.check = Check::Pending;
+                    return vec![Action::CheckConflict];
+                }
+            }
+        }
+        self.claim_pending = true;
+        vec![Action::Claim]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+    const OTHER: [u8; 6] = [2, 0, 0, 0, 0, 9];
+
+    fn policy(failback: Failback, conflict_check: bool) -> Policy {
+        Policy::new(PolicyConfig {
+            failback,
+            hold_down: ms(1000),
+            conflict_check,
+            check_valid_for: ms(200),
+        })
+    }
+
+    /// Claims as the executor would, with a successful netlink call.
+    fn claim(p: &mut Policy, now: Duration, actions: Vec<Action>) {
+        assert_eq!(actions, vec![Action::Claim]);
+        p.claimed(true, now);
+        assert!(p.holding());
+    }
+
+    #[test]
+    fn down_without_checks_claims_at_once() {
+        let mut p = policy(Failback::Release, false);
+        assert_eq!(p.primary_up(ms(0)), vec![]);
+        let a = p.primary_down(ms(100));
+        claim(&mut p, ms(100), a);
+        // Further DOWN facts or ticks change nothing.
+        assert_eq!(p.tick(ms(150)), vec![]);
+        assert_eq!(p.primary_down(ms(160)), vec![]);
+    }
+
+    #[test]
+    fn the_conflict_check_runs_ahead_so_the_claim_does_not_wait() {
+        let mut p = policy(Failback::Release, true);
+        p.primary_up(ms(0));
+        assert_eq!(p.primary_suspect(ms(50)), vec![Action::CheckConflict]);
+        assert_eq!(p.primary_suspect(ms(60)), vec![], "one check at a time");
+        assert_eq!(p.conflict_checked(None, ms(100)), vec![], "not DOWN yet");
+        let a = p.primary_down(ms(110));
+        claim(&mut p, ms(110), a);
+    }
+
+    #[test]
+    fn a_down_while_the_check_runs_waits_for_its_answer() {
+        let mut p = policy(Failback::Release, true);
+        p.primary_suspect(ms(50));
+        assert_eq!(p.primary_down(ms(60)), vec![]);
+        let a = p.conflict_checked(None, ms(70));
+        claim(&mut p, ms(70), a);
+    }
+
+    #[test]
+    fn a_stale_or_missing_check_is_run_before_claiming() {
+        let mut p = policy(Failback::Release, true);
+        p.primary_suspect(ms(0));
+        p.conflict_checked(None, ms(10));
+        assert_eq!(p.primary_down(ms(500)), vec![Action::CheckConflict]);
+        let a = p.conflict_checked(None, ms(550));
+        claim(&mut p, ms(550), a);
+    }
+
+    #[test]
+    fn a_conflict_is_reported_once_and_never_claimed_until_it_clears() {
+        let mut p = policy(Failback::Release, true);
+        p.primary_suspect(ms(0));
+        assert_eq!(p.conflict_checked(Some(OTHER), ms(50)), vec![]);
+        assert_eq!(p.primary_down(ms(100)), vec![Action::ReportConflict(OTHER)]);
+        assert_eq!(p.tick(ms(150)), vec![]);
+        // Stale: checked again, still there, not reported again.
+        assert_eq!(p.tick(ms(400)), vec![Action::CheckConflict]);
+        assert_eq!(p.conflict_checked(Some(OTHER), ms(450)), vec![]);
+        assert!(!p.holding());
+        // The other holder goes away.
+        assert_eq!(p.tick(ms(700)), vec![Action::CheckConflict]);
+        let a = p.conflict_checked(None, ms(750));
+        claim(&mut p, ms(750), a);
+    }
+
+    #[test]
+    fn isolated_standby_does_not_claim_and_claims_once_the_witness_is_back() {
+        let mut p = policy(Failback::Release, false);
+        p.primary_up(ms(0));
+        assert_eq!(p.witnesses(false, ms(50)), vec![]);
+        assert_eq!(p.primary_down(ms(100)), vec![Action::ReportIsolated]);
+        assert_eq!(p.tick(ms(200)), vec![]);
+        assert_eq!(p.primary_down(ms(300)), vec![], "reported once");
+        let a = p.witnesses(true, ms(400));
+        claim(&mut p, ms(400), a);
+    }
+
+    #[test]
+    fn release_waits_for_the_hold_down_and_happens_once() {
+        let mut p = policy(Failback::Release, false);
+        p.primary_up(ms(0));
+        let a = p.primary_down(ms(100));
+        claim(&mut p, ms(100), a);
+        assert_eq!(
+            p.primary_up(ms(300)),
+            vec![Action::ReportPrimaryBack {
+                holding: true,
+                release_in: Some(ms(800))
+            }]
+        );
+        assert_eq!(p.tick(ms(1000)), vec![]);
+        assert_eq!(p.tick(ms(1100)), vec![Action::Release]);
+        assert!(!p.holding());
+        assert_eq!(p.tick(ms(1200)), vec![]);
+    }
+
+    #[test]
+    fn release_is_immediate_once_the_hold_down_is_over() {
+        let mut p = policy(Failback::Release, false);
+        let a = p.primary_down(ms(0));
+        claim(&mut p, ms(0), a);
+        assert_eq!(
+            p.primary_up(ms(2000)),
+            vec![
+                Action::ReportPrimaryBack {
+                    holding: true,
+                    release_in: Some(Duration::ZERO)
+                },
+                Action::Release
+            ]
+        );
+    }
+
+    #[test]
+    fn the_primary_dying_again_during_the_hold_down_keeps_the_vip() {
+        let mut p = policy(Failback::Release, false);
+        let a = p.primary_down(ms(0));
+        claim(&mut p, ms(0), a);
+        p.primary_up(ms(200));
+        assert_eq!(p.primary_down(ms(400)), vec![]);
+        assert_eq!(p.tick(ms(5000)), vec![], "still DOWN: no release");
+        assert!(p.holding());
+    }
+
+    #[test]
+    fn keep_never_releases() {
+        let mut p = policy(Failback::Keep, false);
+        let a = p.primary_down(ms(0));
+        claim(&mut p, ms(0), a);
+        assert_eq!(
+            p.primary_up(ms(100)),
+            vec![Action::ReportPrimaryBack {
+                holding: true,
+                release_in: None
+            }]
+        );
+        assert_eq!(p.tick(ms(100_000)), vec![]);
+        assert!(p.holding());
+    }
+
+    #[test]
+    fn a_failed_claim_is_retried_on_the_next_tick() {
+        let mut p = policy(Failback::Release, false);
+        assert_eq!(p.primary_down(ms(0)), vec![Action::Claim]);
+        assert_eq!(p.tick(ms(10)), vec![], "claim still pending");
+        p.claimed(false, ms(20));
+        let a = p.tick(ms(30));
+        claim(&mut p, ms(30), a);
+    }
+
+    #[test]
+    fn an_adopted_vip_is_kept_while_the_primary_is_down_and_released_after_it_is_up() {
+        let mut p = policy(Failback::Release, false);
+        p.adopt(ms(0));
+        assert_eq!(p.primary_down(ms(100)), vec![], "no second claim");
+        assert!(p.holding());
+        let mut q = policy(Failback::Release, false);
+        q.adopt(ms(0));
+        assert_eq!(
+            q.primary_up(ms(100)),
+            vec![],
+            "no report: it was never DOWN for us"
+        );
+        assert_eq!(q.tick(ms(1000)), vec![Action::Release]);
+    }
+
+    #[test]
+    fn the_first_up_at_start_is_not_reported_as_a_return() {
+        let mut p = policy(Failback::Release, false);
+        assert_eq!(p.primary_up(ms(0)), vec![]);
+    }
+}
