@@ -103,6 +103,31 @@ impl Lab {
         self.ip(name, &["-4", "-o", "addr", "show", "dev", "eth0"])
     }
 
+    /// The MAC address of `name`'s `eth0`.
+    pub fn mac(&self, name: &str) -> anyhow::Result<String> {
+        let line = self.ip(name, &["-br", "link", "show", "dev", "eth0"])?;
+        line.split_whitespace()
+            .nth(2)
+            .map(str::to_string)
+            .with_context(|| format!("no MAC in {line:?}"))
+    }
+
+    /// The MAC `name` currently uses for `addr`, if it has a neighbour entry with one.
+    pub fn neighbour(&self, name: &str, addr: &str) -> anyhow::Result<Option<String>> {
+        let out = self.ip(name, &["neigh", "show", addr])?;
+        let mut words = out.split_whitespace();
+        Ok(words
+            .by_ref()
+            .find(|w| *w == "lladdr")
+            .and(words.next())
+            .map(str::to_string))
+    }
+
+    /// Brings a host's link back up.
+    pub fn revive(&self, name: &str) -> anyhow::Result<()> {
+        self.ip(name, &["link", "set", "eth0", "up"]).map(drop)
+    }
+
     /// Silences a host at once: its link goes down.
     pub fn kill(&self, name: &str) -> anyhow::Result<()> {
         self.ip(name, &["link", "set", "eth0", "down"]).map(drop)
@@ -163,6 +188,21 @@ impl AddrWatch {
             let left = deadline.checked_duration_since(Instant::now())?;
             match self.lines.recv_timeout(left) {
                 Ok((at, line)) if line.contains(needle) && !line.starts_with("Deleted") => {
+                    return Some((at, line))
+                }
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for the removal of an address containing `needle`.
+    pub fn wait_deleted(&self, needle: &str, timeout: Duration) -> Option<(Instant, String)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            match self.lines.recv_timeout(left) {
+                Ok((at, line)) if line.contains(needle) && line.starts_with("Deleted") => {
                     return Some((at, line))
                 }
                 Ok(_) => continue,

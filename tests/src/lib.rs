@@ -7,6 +7,7 @@
 pub mod daemon;
 pub mod lab;
 pub mod smtp;
+pub mod traffic;
 
 pub use daemon::{xdprobe_bin, Daemon};
 pub use lab::{AddrWatch, Lab};

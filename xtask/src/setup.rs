@@ -16,7 +16,8 @@ use crate::{cargo_cmd, cmd};
 ///
 /// - `iproute2`, `iputils-ping`, `nftables`: the integration tests and the demo build their
 ///   hosts in network namespaces (`ip`), ping through them and drop traffic with `nft`.
-/// - `python3-aiosmtpd`: a throwaway SMTP server for the alert-mail tests.
+/// - `python3-aiosmtpd`, `openssl`: throwaway SMTP servers for the alert-mail tests, plain
+///   and STARTTLS (openssl makes their certificates).
 /// - the rest is what bpf-linker links against. LLVM 22 is not in plain bookworm: on our
 ///   machines apt finds `llvm-22-dev` in the configured `bookworm-security` main component
 ///   (version 1:22.1.8-1~deb12u1). We add no apt sources; if apt cannot find it, the install
@@ -26,6 +27,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "iputils-ping",
     "nftables",
     "python3-aiosmtpd",
+    "openssl",
     "llvm-22-dev",
     "libpolly-22-dev",
     "zlib1g-dev",
