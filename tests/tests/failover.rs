@@ -227,3 +227,48 @@ fn field(log: &str, key: &str) -> Option<u64> {
         .parse()
         .ok()
 }
+
+#[test]
+fn notification_over_starttls_with_credentials_from_a_file() {
+    let lab = lab();
+    let dir = std::env::temp_dir().join(lab.ns("tls"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (smtp, secure) =
+        Smtp::start_secure(&lab.ns("standby"), 2587, &dir).expect("STARTTLS server");
+    let (ca, credentials) = (
+        secure.ca_pem.to_str().unwrap(),
+        secure.credentials.to_str().unwrap(),
+    );
+    let watch = lab.watch_addrs("standby").expect("ip monitor");
+    let daemon = start(
+        &lab,
+        &[
+            "--notify",
+            "ops@example.org",
+            "--from",
+            "xdprobe@example.org",
+            "--smtp",
+            "localhost:2587",
+            "--smtp-starttls",
+            "--smtp-ca",
+            ca,
+            "--smtp-credentials",
+            credentials,
+        ],
+    );
+    kill_and_time(&lab, &watch, &daemon);
+    let messages = smtp.wait_messages(2, Duration::from_secs(10));
+    let (status, log) = daemon.stop().expect("stopping xdprobe");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(status.success(), "exit {status}:\n{log}");
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("Subject: xdprobe: 192.0.2.1 is DOWN")),
+        "no takeover e-mail over STARTTLS among {messages:?}\nlog:\n{log}"
+    );
+    assert!(
+        !log.contains(&secure.password),
+        "password leaked into the log"
+    );
+}
