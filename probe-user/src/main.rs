@@ -12,8 +12,10 @@ mod health;
 mod hooks;
 mod mail;
 mod prober;
+mod report;
 mod sender;
 mod settings;
+mod targets;
 mod vip;
 mod xdp;
 
