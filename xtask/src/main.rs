@@ -1,6 +1,7 @@
-//! Developer tasks for xdprobe: `cargo xtask setup | build | run | test | demo`.
+//! Developer tasks for xdprobe: `cargo xtask setup | build | run | test | demo | bench`.
 //!
 //! Every command first runs `setup`, which installs whatever the build is missing.
+mod bench;
 mod cargo_cmd;
 mod cmd;
 mod daemon;
@@ -51,6 +52,9 @@ enum Task {
         #[arg(long, default_value = "100ms")]
         window: String,
     },
+    /// Measure xdprobe against fping (and against itself receiving on a socket) over up to
+    /// 131,072 hosts in a namespace farm; prints the tables and writes BENCHMARKS.md.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -78,5 +82,6 @@ fn execute(task: Task) -> anyhow::Result<()> {
         Task::Run { release, args } => run::run(release, &args),
         Task::Test => testsuite::test(),
         Task::Demo { window } => demo::demo(&window),
+        Task::Bench(args) => bench::bench(args),
     }
 }

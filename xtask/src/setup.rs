@@ -28,6 +28,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "nftables",
     "python3-aiosmtpd",
     "openssl",
+    "fping",
     "llvm-22-dev",
     "libpolly-22-dev",
     "zlib1g-dev",

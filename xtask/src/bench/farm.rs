@@ -1,0 +1,225 @@
+//! The benchmark's farm: 131,072 hosts that always answer, one veth away from the prober.
+//!
+//! ```text
+//!   namespace PREFIX-prober                      namespace PREFIX-farm
+//!   eth0 192.0.2.1/30  <────── veth ──────>  eth0 192.0.2.2/30
+//!   route 198.18.0.0/15 via 192.0.2.2           route local 198.18.0.0/15 dev lo
+//! ```
+//! The farm's kernel answers echo requests to every address of 198.18.0.0/15 (the benchmarking
+//! range, RFC 2544) because the whole range is local to it. Only TEST-NET and benchmarking
+//! addresses, only inside namespaces the bench creates and deletes.
+use std::{
+    ffi::OsStr,
+    fmt::Write as _,
+    net::Ipv4Addr,
+    path::Path,
+    process::{self, Command},
+};
+
+use anyhow::{Context as _, Result};
+
+use super::measure::{self, EchoCounters};
+use crate::{cmd, netns::Namespaces};
+
+pub const PROBER: &str = "prober";
+pub const FARM: &str = "farm";
+pub const IFACE: &str = "eth0";
+/// 198.18.0.0/15: every host the farm answers for.
+pub const RANGE: &str = "198.18.0.0/15";
+const RANGE_START: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 0);
+pub const MAX_HOSTS: usize = 1 << 17;
+
+const PROBER_ADDR: &str = "192.0.2.1/30";
+const FARM_ADDR: &str = "192.0.2.2/30";
+const GATEWAY: &str = "192.0.2.2";
+
+/// Socket buffer ceiling and default in both namespaces (per namespace on recent kernels), so
+/// neither fping nor the socket baseline loses replies to a small receive buffer.
+const SOCKET_BUFFER: &str = "33554432";
+
+pub struct Farm {
+    namespaces: Namespaces,
+    /// Every command that built the farm, for the report.
+    pub commands: Vec<String>,
+    /// Settings the kernel does not have, skipped.
+    pub skipped: Vec<String>,
+}
+
+impl Farm {
+    /// Namespace names start with `xdpb-<our pid>-`.
+    pub fn prefix() -> String {
+        format!("xdpb-{}-", process::id())
+    }
+
+    pub fn build() -> Result<Self> {
+        let namespaces = Namespaces::create(&Self::prefix(), &[PROBER, FARM])?;
+        let mut farm = Self {
+            namespaces,
+            commands: Vec::new(),
+            skipped: Vec::new(),
+        };
+        farm.wire().context("building the farm")?;
+        Ok(farm)
+    }
+
+    fn wire(&mut self) -> Result<()> {
+        let farm_ns = self.ns(FARM)?.to_owned();
+        self.ip(
+            PROBER,
+            &[
+                "link", "add", IFACE, "type", "veth", "peer", "name", IFACE, "netns", &farm_ns,
+            ],
+        )?;
+        self.ip(PROBER, &["addr", "add", PROBER_ADDR, "dev", IFACE])?;
+        self.ip(FARM, &["addr", "add", FARM_ADDR, "dev", IFACE])?;
+        self.ip(PROBER, &["link", "set", IFACE, "up"])?;
+        self.ip(FARM, &["link", "set", IFACE, "up"])?;
+        self.ip(FARM, &["route", "add", "local", RANGE, "dev", "lo"])?;
+        self.ip(PROBER, &["route", "add", RANGE, "via", GATEWAY])?;
+        // Echo replies are not in icmp_ratemask, so neither limit should apply to them; set
+        // both out of the way anyway, and let the farm's counters in each run show it.
+        self.sysctl(FARM, "net.ipv4.icmp_ratelimit", "0")?;
+        self.sysctl(FARM, "net.ipv4.icmp_msgs_per_sec", "2147483647")?;
+        self.sysctl(FARM, "net.ipv4.icmp_msgs_burst", "2147483647")?;
+        for ns in [PROBER, FARM] {
+            self.sysctl(ns, "net.core.rmem_max", SOCKET_BUFFER)?;
+            self.sysctl(ns, "net.core.rmem_default", SOCKET_BUFFER)?;
+        }
+        Ok(())
+    }
+
+    /// Pings the first and the last host of the range from the prober.
+    pub fn check(&self) -> Result<()> {
+        for host in [host(0), host(MAX_HOSTS - 1)] {
+            let mut ping = self.exec(PROBER, "ping")?;
+            ping.args(["-c", "1", "-W", "2", &host.to_string()]);
+            cmd::output(&mut ping).with_context(|| format!("the farm does not answer {host}"))?;
+        }
+        Ok(())
+    }
+
+    /// The full namespace name of `short` ([`PROBER`] or [`FARM`]).
+    pub fn ns(&self, short: &str) -> Result<&str> {
+        self.namespaces.name(short)
+    }
+
+    /// `ip netns exec NS PROGRAM`: exec's the program in place, so its pid is the child's.
+    pub fn exec(&self, short: &str, program: impl AsRef<OsStr>) -> Result<Command> {
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", self.ns(short)?])
+            .arg(program);
+        Ok(command)
+    }
+
+    /// The farm's echo counters (`/proc/net/snmp` is per namespace).
+    pub fn echo_counters(&self) -> Result<EchoCounters> {
+        let mut cat = self.exec(FARM, "cat")?;
+        cat.arg("/proc/net/snmp");
+        measure::parse_snmp_echo(&cmd::output(&mut cat)?)
+    }
+
+    fn ip(&mut self, short: &str, args: &[&str]) -> Result<()> {
+        let mut ip = Command::new("ip");
+        ip.args(["-n", self.ns(short)?]).args(args);
+        self.commands.push(cmd::describe(&ip));
+        cmd::output(&mut ip)?;
+        Ok(())
+    }
+
+    /// `sysctl -w KEY=VALUE` inside the namespace, if this kernel has `KEY` there.
+    fn sysctl(&mut self, short: &str, key: &str, value: &str) -> Result<()> {
+        let proc_path = format!("/proc/sys/{}", key.replace('.', "/"));
+        let mut exists = self.exec(short, "test")?;
+        exists.args(["-e", &proc_path]);
+        if !cmd::capture(&mut exists)?.status.success() {
+            self.skipped
+                .push(format!("{key} (not in a network namespace on this kernel)"));
+            return Ok(());
+        }
+        let mut sysctl = self.exec(short, "sysctl")?;
+        sysctl.args(["-q", "-w", &format!("{key}={value}")]);
+        self.commands.push(cmd::describe(&sysctl));
+        cmd::output(&mut sysctl)?;
+        Ok(())
+    }
+}
+
+/// The `index`th host of the bench: 198.18.0.1 onwards, wrapping round to 198.18.0.0 for the
+/// last of all 131,072 (the farm answers on every address of the range, .0 and .255 included).
+pub fn host(index: usize) -> Ipv4Addr {
+    let offset = (index + 1) % MAX_HOSTS;
+    Ipv4Addr::from(u32::from(RANGE_START) + offset as u32)
+}
+
+/// The first `n` hosts, one a line: the target file both tools read.
+pub fn hosts_file_text(n: usize) -> String {
+    let mut text = String::with_capacity(n * 14);
+    for index in 0..n {
+        let _ = writeln!(text, "{}", host(index));
+    }
+    text
+}
+
+pub fn write_hosts_file(path: &Path, n: usize) -> Result<()> {
+    std::fs::write(path, hosts_file_text(n)).with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    #[test]
+    fn hosts_start_at_one_and_cover_the_whole_range() {
+        assert_eq!(host(0), Ipv4Addr::new(198, 18, 0, 1));
+        assert_eq!(host(254), Ipv4Addr::new(198, 18, 0, 255));
+        assert_eq!(host(MAX_HOSTS - 2), Ipv4Addr::new(198, 19, 255, 255));
+        assert_eq!(host(MAX_HOSTS - 1), Ipv4Addr::new(198, 18, 0, 0));
+        let all: HashSet<Ipv4Addr> = (0..MAX_HOSTS).map(host).collect();
+        assert_eq!(all.len(), MAX_HOSTS);
+        let range = u32::from(RANGE_START)..u32::from(RANGE_START) + MAX_HOSTS as u32;
+        assert!(all.iter().all(|addr| range.contains(&u32::from(*addr))));
+    }
+
+    #[test]
+    fn hosts_file_has_exactly_n_lines() {
+        let text = hosts_file_text(4096);
+        assert_eq!(text.lines().count(), 4096);
+        assert_eq!(text.lines().next(), Some("198.18.0.1"));
+        assert_eq!(text.lines().last(), Some("198.18.16.0"));
+    }
+
+    #[test]
+    fn prefix_is_per_process() {
+        assert_eq!(Farm::prefix(), format!("xdpb-{}-", process::id()));
+    }
+
+    #[test]
+    // Needs root, like every test `cargo xtask test` runs.
+    fn farm_answers_for_the_whole_range_and_leaves_nothing_behind() {
+        let names: Vec<String> = {
+            let farm = Farm::build().expect("farm builds");
+            farm.check().expect("farm answers");
+            let before = farm.echo_counters().expect("farm counters");
+            let mut ping = farm.exec(PROBER, "ping").expect("known");
+            ping.args(["-c", "3", "-i", "0.01", "-W", "2", "198.19.1.2"]);
+            cmd::output(&mut ping).expect("ping through the farm");
+            let seen = farm.echo_counters().expect("farm counters").since(before);
+            assert_eq!(
+                seen,
+                EchoCounters {
+                    requests: 3,
+                    replies: 3
+                }
+            );
+            [PROBER, FARM]
+                .iter()
+                .map(|short| farm.ns(short).expect("known").to_owned())
+                .collect()
+        };
+        let left = crate::netns::list().expect("ip netns list");
+        assert!(names.iter().all(|name| !left.contains(name)), "{left:?}");
+    }
+}

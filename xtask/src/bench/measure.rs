@@ -1,0 +1,352 @@
+//! What the bench measures around each run, the same way for every tool: whole-machine CPU
+//! time from `/proc/stat`, wall time, the child's peak memory (`VmHWM`, polled from outside),
+//! the kernel's softnet drops, and the farm's own ICMP counters.
+//!
+//! The parsers are pure; [`observe`] is the one place that runs a tool and watches it.
+use std::{
+    fs,
+    process::{Command, ExitStatus, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::cmd;
+
+/// How often the child's `/proc/PID/status` is read.
+const POLL: Duration = Duration::from_millis(100);
+/// How long a tool gets to print its results and exit after SIGINT before it is killed.
+const GRACE: Duration = Duration::from_secs(15);
+
+/// The machine-wide `cpu` line of `/proc/stat`, in clock ticks (`USER_HZ`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CpuTicks {
+    /// user + nice + system + irq + softirq + steal: everything but idle and iowait. guest and
+    /// guest_nice are left out because `user` and `nice` already include them.
+    pub busy: u64,
+    /// idle + iowait.
+    pub idle: u64,
+}
+
+impl CpuTicks {
+    /// Busy ticks from `self` to `later`.
+    pub fn busy_since(self, earlier: CpuTicks) -> u64 {
+        self.busy.saturating_sub(earlier.busy)
+    }
+}
+
+/// Parses the first (`cpu `, all CPUs) line of `/proc/stat`.
+pub fn parse_proc_stat(stat: &str) -> Result<CpuTicks> {
+    let line = stat
+        .lines()
+        .find(|line| line.starts_with("cpu "))
+        .context("/proc/stat has no `cpu` line")?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("unexpected /proc/stat line: {line}"))?;
+    if fields.len() < 8 {
+        bail!(
+            "/proc/stat `cpu` line has {} fields, expected at least 8: {line}",
+            fields.len()
+        );
+    }
+    let [user, nice, system, idle, iowait, irq, softirq, steal] = fields[..8] else {
+        unreachable!("length checked above");
+    };
+    Ok(CpuTicks {
+        busy: user + nice + system + irq + softirq + steal,
+        idle: idle + iowait,
+    })
+}
+
+pub fn read_cpu_ticks() -> Result<CpuTicks> {
+    parse_proc_stat(&fs::read_to_string("/proc/stat").context("reading /proc/stat")?)
+}
+
+/// Sleeps for `period` and returns how many CPUs' worth of work the machine did meanwhile.
+pub fn busy_cores_during(period: Duration, ticks_per_second: f64) -> Result<f64> {
+    let before = read_cpu_ticks()?;
+    thread::sleep(period);
+    let busy = read_cpu_ticks()?.busy_since(before);
+    Ok(busy as f64 / ticks_per_second / period.as_secs_f64())
+}
+
+/// Clock ticks per second of `/proc/stat` (`getconf CLK_TCK`, 100 on Linux).
+pub fn clock_ticks_per_second() -> Result<u64> {
+    let out = cmd::output(Command::new("getconf").arg("CLK_TCK"))?;
+    out.trim()
+        .parse()
+        .with_context(|| format!("getconf CLK_TCK printed {out:?}"))
+}
+
+/// `VmHWM` (peak resident set, KiB) from a `/proc/PID/status`; `None` once the process has
+/// released its memory (a zombie has no `Vm*` lines).
+pub fn parse_vm_hwm_kib(status: &str) -> Option<u64> {
+    status.lines().find_map(|line| {
+        let value = line.strip_prefix("VmHWM:")?;
+        value.split_whitespace().next()?.parse().ok()
+    })
+}
+
+/// Packets the kernel dropped because a CPU's input backlog was full (`netdev_max_backlog`):
+/// the second column of `/proc/net/softnet_stat`, summed over the CPUs. Global, not per
+/// namespace.
+pub fn parse_softnet_drops(softnet: &str) -> Result<u64> {
+    softnet
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| {
+            let column = line
+                .split_whitespace()
+                .nth(1)
+                .with_context(|| format!("short /proc/net/softnet_stat line: {line}"))?;
+            u64::from_str_radix(column, 16)
+                .with_context(|| format!("bad /proc/net/softnet_stat line: {line}"))
+        })
+        .sum()
+}
+
+pub fn read_softnet_drops() -> Result<u64> {
+    parse_softnet_drops(
+        &fs::read_to_string("/proc/net/softnet_stat").context("reading /proc/net/softnet_stat")?,
+    )
+}
+
+/// Echo traffic as the farm's kernel saw it, from its `/proc/net/snmp`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EchoCounters {
+    /// Echo requests that reached the farm (`Icmp: InEchos`).
+    pub requests: u64,
+    /// Echo replies the farm sent (`Icmp: OutEchoReps`).
+    pub replies: u64,
+}
+
+impl EchoCounters {
+    pub fn since(self, earlier: EchoCounters) -> EchoCounters {
+        EchoCounters {
+            requests: self.requests.saturating_sub(earlier.requests),
+            replies: self.replies.saturating_sub(earlier.replies),
+        }
+    }
+}
+
+/// Parses the `Icmp:` header and value lines of `/proc/net/snmp`.
+pub fn parse_snmp_echo(snmp: &str) -> Result<EchoCounters> {
+    let mut icmp = snmp.lines().filter(|line| line.starts_with("Icmp:"));
+    let (Some(names), Some(values)) = (icmp.next(), icmp.next()) else {
+        bail!("/proc/net/snmp has no Icmp: lines");
+    };
+    let field = |wanted: &str| -> Result<u64> {
+        let at = names
+            .split_whitespace()
+            .position(|name| name == wanted)
+            .with_context(|| format!("/proc/net/snmp has no Icmp {wanted}"))?;
+        let value = values
+            .split_whitespace()
+            .nth(at)
+            .with_context(|| format!("/proc/net/snmp has no value for Icmp {wanted}"))?;
+        value
+            .parse()
+            .with_context(|| format!("bad /proc/net/snmp Icmp {wanted}: {value}"))
+    };
+    Ok(EchoCounters {
+        requests: field("InEchos")?,
+        replies: field("OutEchoReps")?,
+    })
+}
+
+/// How a watched run went.
+#[derive(Debug)]
+pub struct Observed {
+    pub status: ExitStatus,
+    pub wall: Duration,
+    /// Whole-machine busy ticks during the run.
+    pub busy_ticks: u64,
+    /// The last `VmHWM` read before the child exited.
+    pub vm_hwm_kib: Option<u64>,
+    /// Whether the run hit its wall-time cap and was stopped with SIGINT.
+    pub capped: bool,
+}
+
+/// Runs `command` (stdin from /dev/null, stdout/stderr as the caller set them), reading
+/// `/proc/stat` just before it starts and just after it ends and polling its `VmHWM` every
+/// 100 ms. After `cap` it gets SIGINT (tools print their results on it) and, 15 s later,
+/// SIGKILL. `command` must exec the measured program in place (`ip netns exec` does), so the
+/// child's pid is the tool's.
+pub fn observe(command: &mut Command, cap: Duration) -> Result<Observed> {
+    let before = read_cpu_ticks()?;
+    let started = Instant::now();
+    let mut child = command
+        .stdin(Stdio::null())
+        .spawn()
+        .with_context(|| format!("cannot start `{}`", cmd::describe(command)))?;
+    let status_file = format!("/proc/{}/status", child.id());
+    let mut vm_hwm_kib = None;
+    let mut interrupted: Option<Instant> = None;
+    let status = loop {
+        // Read before reaping: once reaped, the pid may belong to someone else.
+        if let Some(hwm) = fs::read_to_string(&status_file)
+            .ok()
+            .as_deref()
+            .and_then(parse_vm_hwm_kib)
+        {
+            vm_hwm_kib = Some(hwm);
+        }
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        match interrupted {
+            None if started.elapsed() >= cap => {
+                let pid = child.id().to_string();
+                // The tool may just have exited: a failing kill is fine, try_wait tells.
+                let _ = cmd::capture(Command::new("kill").args(["-INT", &pid]));
+                interrupted = Some(Instant::now());
+            }
+            Some(at) if at.elapsed() >= GRACE => {
+                eprintln!(
+                    "bench: `{}` still runs {GRACE:?} after SIGINT; killing it",
+                    cmd::describe(command)
+                );
+                child.kill()?;
+                break child.wait()?;
+            }
+            _ => {}
+        }
+        thread::sleep(POLL);
+    };
+    let wall = started.elapsed();
+    let after = read_cpu_ticks()?;
+    Ok(Observed {
+        status,
+        wall,
+        busy_ticks: after.busy_since(before),
+        vm_hwm_kib,
+        capped: interrupted.is_some(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STAT: &str = "\
+cpu  100902 5978 26293 437123 2253 7 299 32 11 3
+cpu0 50000 3000 13000 218000 1100 3 150 16 5 1
+intr 123
+";
+
+    #[test]
+    fn busy_counts_softirq_and_steal_not_idle_iowait_or_guest() {
+        let ticks = parse_proc_stat(STAT).unwrap();
+        assert_eq!(ticks.busy, 100902 + 5978 + 26293 + 7 + 299 + 32);
+        assert_eq!(ticks.idle, 437123 + 2253);
+        let later = CpuTicks {
+            busy: ticks.busy + 250,
+            idle: ticks.idle,
+        };
+        assert_eq!(later.busy_since(ticks), 250);
+        assert_eq!(ticks.busy_since(later), 0);
+    }
+
+    #[test]
+    fn old_kernels_without_guest_fields_parse_too() {
+        let ticks = parse_proc_stat("cpu  1 2 3 4 5 6 7 8\n").unwrap();
+        assert_eq!(ticks.busy, 1 + 2 + 3 + 6 + 7 + 8);
+    }
+
+    #[test]
+    fn malformed_proc_stat_is_an_error() {
+        assert!(parse_proc_stat("intr 1\n").is_err());
+        assert!(parse_proc_stat("cpu  1 2 3\n").is_err());
+        assert!(parse_proc_stat("cpu  1 x 3 4 5 6 7 8\n").is_err());
+    }
+
+    #[test]
+    fn reads_vm_hwm_and_nothing_from_a_zombie() {
+        let status = "Name:\tfping\nVmPeak:\t  600000 kB\nVmHWM:\t  505060 kB\nVmRSS:\t 1 kB\n";
+        assert_eq!(parse_vm_hwm_kib(status), Some(505_060));
+        assert_eq!(parse_vm_hwm_kib("Name:\tfping\nState:\tZ (zombie)\n"), None);
+    }
+
+    #[test]
+    fn sums_softnet_drops_over_cpus() {
+        let softnet = "\
+0001a2b3 0000000a 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000
+0001a2b3 00000100 00000002 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000001
+";
+        assert_eq!(parse_softnet_drops(softnet).unwrap(), 10 + 256);
+        assert!(parse_softnet_drops("0001 zz\n").is_err());
+    }
+
+    #[test]
+    fn reads_echo_counters_by_name() {
+        let snmp = "\
+Ip: Forwarding DefaultTTL
+Ip: 1 64
+Icmp: InMsgs InErrors InCsumErrors InDestUnreachs InEchos InEchoReps OutMsgs OutEchos OutEchoReps
+Icmp: 40962 0 0 2 40960 0 40960 0 40958
+IcmpMsg: InType0 OutType8
+IcmpMsg: 1 2
+";
+        let counters = parse_snmp_echo(snmp).unwrap();
+        assert_eq!(
+            counters,
+            EchoCounters {
+                requests: 40960,
+                replies: 40958
+            }
+        );
+        let earlier = EchoCounters {
+            requests: 960,
+            replies: 958,
+        };
+        assert_eq!(
+            counters.since(earlier),
+            EchoCounters {
+                requests: 40000,
+                replies: 40000
+            }
+        );
+        assert!(parse_snmp_echo("Ip: a\nIp: 1\n").is_err());
+    }
+
+    #[test]
+    fn the_machine_has_the_counters_we_read() {
+        assert!(read_cpu_ticks().unwrap().busy > 0);
+        read_softnet_drops().unwrap();
+        let snmp = fs::read_to_string("/proc/net/snmp").unwrap();
+        parse_snmp_echo(&snmp).unwrap();
+        assert!(clock_ticks_per_second().unwrap() > 0);
+    }
+
+    #[test]
+    fn observe_measures_a_short_command() {
+        let observed = observe(
+            Command::new("sh").args(["-c", "head -c 8000000 /dev/zero | tail -c 1 >/dev/null"]),
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        assert!(observed.status.success());
+        assert!(!observed.capped);
+    }
+
+    #[test]
+    fn observe_interrupts_at_the_cap_and_sees_memory() {
+        // Holds ~20 MiB of resident memory until SIGINT.
+        let script = "x=$(head -c 20000000 /dev/zero | tr '\\0' a); trap 'exit 7' INT; \
+                      while :; do sleep 0.05; done";
+        let observed = observe(
+            Command::new("bash").args(["-c", script]),
+            Duration::from_millis(1500),
+        )
+        .unwrap();
+        assert!(observed.capped);
+        assert_eq!(observed.status.code(), Some(7));
+        assert!(observed.vm_hwm_kib.unwrap() > 19_000, "{observed:?}");
+        assert!(observed.wall >= Duration::from_millis(1500));
+    }
+}

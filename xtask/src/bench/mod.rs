@@ -1,0 +1,598 @@
+//! `cargo xtask bench`: xdprobe against fping, on one farm of up to 131,072 hosts.
+//!
+//! For each host count it runs, one after the other on the same farm: `xdprobe monitor`
+//! (replies counted in XDP), `xdprobe monitor --receive socket` (the ablation: replies received
+//! in userspace) and fping, all with 2 probes per host per 1 s window. Around every run it
+//! records whole-machine CPU time, wall time, peak memory and the farm's own echo counters,
+//! then prints one table per host count and writes them to `BENCHMARKS.md`.
+mod farm;
+mod fping;
+mod measure;
+mod report;
+mod xdprobe;
+
+use std::{
+    fs::{self, File},
+    io::{BufReader, Read as _, Seek as _, SeekFrom},
+    path::{Path, PathBuf},
+    process::{Command, ExitStatus},
+    time::Duration,
+};
+
+use anyhow::{bail, ensure, Context as _, Result};
+
+use crate::{cargo_cmd, cmd};
+use farm::{Farm, PROBER};
+use measure::Observed;
+use report::{Document, Machine, Outcome, Row, SizeResult, Tool};
+
+/// Echo requests per host per window, and the window: the schedule both tools follow.
+const PROBES: u32 = 2;
+const WINDOW_MS: u64 = 1000;
+/// Time for the machine to settle between runs.
+const SETTLE: Duration = Duration::from_secs(2);
+/// Background load (in cores) before a run that the report mentions: CPU figures are
+/// whole-machine, so other work on the box inflates them.
+const BACKGROUND_WORTH_NOTING: f64 = 0.05;
+/// On top of its windows, how long xdprobe may take (start-up, loading the XDP program, the last
+/// window's replies) before it is stopped.
+const XDPROBE_MARGIN: Duration = Duration::from_secs(60);
+/// fping is stopped after twice the windows' time plus this.
+const FPING_MARGIN: Duration = Duration::from_secs(10);
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Host counts to measure (at most 131072), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "4096,16384,65536,131072")]
+    sizes: Vec<usize>,
+    /// Windows per run (1 s each, 2 probes per host per window).
+    #[arg(long, default_value_t = 20)]
+    windows: u32,
+    /// Tools to run, comma-separated; for each host count they run in this order: xdprobe,
+    /// socket (xdprobe --receive socket), fping.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "xdprobe,socket,fping"
+    )]
+    tools: Vec<Tool>,
+    /// fping's -i: least time between two of its sends, ms. The default is the smallest that
+    /// never exhausts fping's 65,535 sequence numbers (it will not reuse one within 10 s).
+    #[arg(long, value_name = "MS", default_value_t = fping::DEFAULT_INTERVAL_MS)]
+    fping_interval: f64,
+    /// Where to write the report [default: BENCHMARKS.md at the workspace root].
+    #[arg(long, value_name = "FILE")]
+    output: Option<PathBuf>,
+}
+
+impl BenchArgs {
+    fn validate(&mut self) -> Result<()> {
+        ensure!(
+            !self.sizes.is_empty(),
+            "--sizes needs at least one host count"
+        );
+        if let Some(bad) = self.sizes.iter().find(|&&n| n == 0 || n > farm::MAX_HOSTS) {
+            bail!(
+                "--sizes: {bad} hosts: the farm has 1 to {} ({})",
+                farm::MAX_HOSTS,
+                farm::RANGE
+            );
+        }
+        ensure!(self.windows > 0, "--windows must be at least 1");
+        ensure!(
+            self.fping_interval.is_finite() && self.fping_interval >= 0.0,
+            "--fping-interval must be a number of milliseconds"
+        );
+        self.tools.sort();
+        self.tools.dedup();
+        ensure!(!self.tools.is_empty(), "--tools needs at least one tool");
+        Ok(())
+    }
+
+    /// The command line, for the report.
+    fn invocation(&self) -> String {
+        let list = |items: Vec<String>| items.join(",");
+        let mut line = format!(
+            "cargo xtask bench --sizes {} --windows {} --tools {}",
+            list(self.sizes.iter().map(ToString::to_string).collect()),
+            self.windows,
+            list(self.tools.iter().map(|t| t.slug().to_owned()).collect()),
+        );
+        if self.fping_interval != fping::DEFAULT_INTERVAL_MS {
+            line.push_str(&format!(" --fping-interval {}", self.fping_interval));
+        }
+        line
+    }
+}
+
+pub fn bench(mut args: BenchArgs) -> Result<()> {
+    args.validate()?;
+    if !cmd::is_root()? {
+        bail!(
+            "the bench creates network namespaces and loads XDP programs; run `cargo xtask bench` \
+             as root"
+        );
+    }
+    let wants_xdprobe = args.tools.iter().any(|t| *t != Tool::Fping);
+    let xdprobe_bin = if wants_xdprobe {
+        let bin = cargo_cmd::build_xdprobe(true)?;
+        ensure_monitor(&bin)?;
+        Some(bin)
+    } else {
+        None
+    };
+    let mut machine = machine()?;
+    machine.xdprobe_version = xdprobe_bin.as_deref().map(xdprobe_version);
+    if args.tools.contains(&Tool::Fping) {
+        let version = cmd::output(Command::new("fping").arg("-v"))
+            .context("fping is needed (`cargo xtask setup` installs it)")?;
+        machine.fping_version = Some(version.trim().to_owned());
+    }
+    let work = cargo_cmd::target_dir().join("xtask-bench");
+    fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let ticks = measure::clock_ticks_per_second()? as f64;
+
+    println!("bench: building the farm ({} behind a veth)", farm::RANGE);
+    let farm = Farm::build()?;
+    farm.check()?;
+    let bench = Bench {
+        args: &args,
+        farm: &farm,
+        xdprobe_bin: xdprobe_bin.as_deref(),
+        work: &work,
+        ticks,
+    };
+    let mut results = Vec::new();
+    for &hosts in &args.sizes {
+        let hosts_file = work.join(format!("hosts-{hosts}.txt"));
+        farm::write_hosts_file(&hosts_file, hosts)?;
+        let mut rows = Vec::new();
+        for &tool in &args.tools {
+            // Settle, and see how busy the machine is without us.
+            let background = measure::busy_cores_during(SETTLE, ticks)?;
+            println!(
+                "bench: {} hosts, {}: {} windows",
+                report::int(hosts as u64),
+                tool.label(),
+                args.windows
+            );
+            let mut row = bench.run(tool, hosts, &hosts_file)?;
+            if background >= BACKGROUND_WORTH_NOTING {
+                row.notes.push(format!(
+                    "the machine was already {:.0}% of a core busy in the {} s before this run",
+                    background * 100.0,
+                    SETTLE.as_secs()
+                ));
+            }
+            println!("bench: {}", one_line(&row));
+            rows.push(row);
+        }
+        results.push(SizeResult {
+            hosts,
+            windows: args.windows,
+            probes: PROBES,
+            window_ms: WINDOW_MS,
+            rows,
+        });
+    }
+    let farm_commands = farm.commands.clone();
+    let farm_notes: Vec<String> = farm
+        .skipped
+        .iter()
+        .map(|s| format!("not set: {s}"))
+        .collect();
+    // Removes the namespaces before the report is printed.
+    drop(farm);
+
+    let markdown = Document {
+        invocation: &args.invocation(),
+        machine: &machine,
+        farm_commands: &farm_commands,
+        farm_notes: &farm_notes,
+        results: &results,
+    }
+    .render();
+    println!("\n{markdown}");
+    let output = args
+        .output
+        .clone()
+        .unwrap_or_else(|| cargo_cmd::workspace_root().join("BENCHMARKS.md"));
+    fs::write(&output, &markdown).with_context(|| format!("writing {}", output.display()))?;
+    println!(
+        "bench: wrote {} (tool output in {})",
+        output.display(),
+        work.display()
+    );
+    Ok(())
+}
+
+/// Fails unless the binary has the `monitor` command the bench drives.
+fn ensure_monitor(bin: &Path) -> Result<()> {
+    let out = cmd::capture(Command::new(bin).args(["monitor", "--help"]))?;
+    let help = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() || !help.contains("--receive") {
+        bail!(
+            "{} has no `monitor --receive` command yet (`xdprobe monitor --help` failed: {}); \
+             `--tools fping` measures fping alone",
+            bin.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+fn xdprobe_version(bin: &Path) -> String {
+    let version = cmd::output(Command::new(bin).arg("--version")).unwrap_or_default();
+    let commit = cmd::output(
+        Command::new("git")
+            .args(["rev-parse", "--short", "HEAD"])
+            .current_dir(cargo_cmd::workspace_root()),
+    )
+    .unwrap_or_default();
+    let dirty = cmd::capture(
+        Command::new("git")
+            .args([
+                "diff",
+                "--quiet",
+                "HEAD",
+                "--",
+                "probe-user",
+                "probe-ebpf",
+                "probe-common",
+            ])
+            .current_dir(cargo_cmd::workspace_root()),
+    )
+    .is_ok_and(|out| !out.status.success());
+    format!(
+        "{} (release build, commit {}{})",
+        version.trim(),
+        commit.trim(),
+        if dirty { " with local changes" } else { "" }
+    )
+}
+
+fn machine() -> Result<Machine> {
+    let (cpu_model, cores) = report::parse_cpuinfo(&fs::read_to_string("/proc/cpuinfo")?);
+    let mem_kib = report::parse_meminfo_total(&fs::read_to_string("/proc/meminfo")?)
+        .context("no MemTotal in /proc/meminfo")?;
+    Ok(Machine {
+        cpu_model,
+        cores,
+        mem_kib,
+        kernel: cmd::output(Command::new("uname").arg("-r"))?
+            .trim()
+            .to_owned(),
+        date: cmd::output(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))?
+            .trim()
+            .to_owned(),
+        ..Machine::default()
+    })
+}
+
+struct Bench<'a> {
+    args: &'a BenchArgs,
+    farm: &'a Farm,
+    xdprobe_bin: Option<&'a Path>,
+    work: &'a Path,
+    ticks: f64,
+}
+
+impl Bench<'_> {
+    fn run(&self, tool: Tool, hosts: usize, hosts_file: &Path) -> Result<Row> {
+        let windows = self.args.windows;
+        let schedule = Duration::from_millis(WINDOW_MS) * windows;
+        let (mut command, cap) = match tool {
+            Tool::Xdprobe | Tool::Socket => {
+                let bin = self.xdprobe_bin.context("xdprobe was not built")?;
+                let receive = if tool == Tool::Xdprobe {
+                    xdprobe::Receive::Xdp
+                } else {
+                    xdprobe::Receive::Socket
+                };
+                let mut command = self.farm.exec(PROBER, bin)?;
+                command.args(xdprobe::args(
+                    farm::IFACE,
+                    hosts_file,
+                    PROBES,
+                    WINDOW_MS,
+                    windows,
+                    receive,
+                ));
+                (command, schedule + XDPROBE_MARGIN)
+            }
+            Tool::Fping => {
+                let mut command = self.farm.exec(PROBER, "fping")?;
+                command.args(fping::args(
+                    hosts_file,
+                    PROBES,
+                    WINDOW_MS,
+                    windows,
+                    self.args.fping_interval,
+                ));
+                (command, schedule * 2 + FPING_MARGIN)
+            }
+        };
+        let stem = self.work.join(format!("{hosts}-{}", tool.slug()));
+        let out_path = stem.with_extension("out");
+        let err_path = stem.with_extension("err");
+        command
+            .stdout(File::create(&out_path)?)
+            .stderr(File::create(&err_path)?);
+        let described = cmd::describe(&command);
+
+        let farm_before = self.farm.echo_counters()?;
+        let drops_before = measure::read_softnet_drops()?;
+        let observed = measure::observe(&mut command, cap)?;
+        let drops = measure::read_softnet_drops()?.saturating_sub(drops_before);
+        let farm_seen = self.farm.echo_counters()?.since(farm_before);
+
+        let mut row = Row {
+            tool,
+            command: described,
+            outcome: if observed.capped {
+                Outcome::Capped(cap)
+            } else {
+                Outcome::Finished
+            },
+            sent: None,
+            replies: None,
+            false_downs: None,
+            wall: observed.wall,
+            cpu_secs: observed.busy_ticks as f64 / self.ticks,
+            vm_hwm_kib: observed.vm_hwm_kib,
+            map_kib: None,
+            farm: Some(farm_seen),
+            notes: Vec::new(),
+        };
+        match tool {
+            Tool::Fping => {
+                fill_fping(&mut row, &err_path, &observed)?;
+                let needed = hosts as f64 * f64::from(PROBES) * 1000.0 / WINDOW_MS as f64;
+                if let Some(note) = fping_rate_note(self.args.fping_interval, needed) {
+                    row.notes.push(note);
+                }
+            }
+            Tool::Xdprobe | Tool::Socket => {
+                fill_xdprobe(&mut row, hosts, &out_path, &err_path, &observed)?
+            }
+        }
+        if drops > 0 {
+            row.notes.push(format!(
+                "the kernel dropped {} packets during this run (softnet backlog full, \
+                 net.core.netdev_max_backlog)",
+                report::int(drops)
+            ));
+        }
+        Ok(row)
+    }
+}
+
+fn fill_fping(row: &mut Row, err_path: &Path, observed: &Observed) -> Result<()> {
+    let parsed = fping::parse(BufReader::new(File::open(err_path)?), 2 * PROBES)?;
+    if let Some(error) = &parsed.error {
+        row.outcome = Outcome::Failed(format!("fping error: {error}"));
+        return Ok(());
+    }
+    if parsed.targets == 0 && parsed.stats_sent.is_none() {
+        row.outcome = Outcome::Failed(exit_and_tail(observed.status, err_path));
+        return Ok(());
+    }
+    row.sent = Some(parsed.sent());
+    row.replies = Some(parsed.replies());
+    row.false_downs = Some(parsed.false_downs);
+    if parsed.never_probed > 0 {
+        row.notes.push(format!(
+            "{} of {} hosts never got a probe",
+            report::int(parsed.never_probed),
+            report::int(parsed.targets)
+        ));
+    }
+    Ok(())
+}
+
+/// Why fping cannot keep the period, if `-i` alone rules it out.
+fn fping_rate_note(interval_ms: f64, needed: f64) -> Option<String> {
+    let most = 1000.0 / interval_ms;
+    (interval_ms > 0.0 && most < needed).then(|| {
+        format!(
+            "cannot keep the period: -i {interval_ms} allows at most {} probes/s and it needs {}; \
+             a smaller -i runs out of fping's 65,535 sequence numbers (one may not be reused \
+             within 10 s) and fping aborts",
+            report::int(most.floor() as u64),
+            report::int(needed.round() as u64)
+        )
+    })
+}
+
+fn fill_xdprobe(
+    row: &mut Row,
+    hosts: usize,
+    out_path: &Path,
+    err_path: &Path,
+    observed: &Observed,
+) -> Result<()> {
+    let parsed = xdprobe::parse(BufReader::new(File::open(out_path)?))?;
+    // 0: all up, 1: some down; anything else is an error.
+    let exit_ok = matches!(observed.status.code(), Some(0 | 1)) || observed.capped;
+    let Some(summary) = parsed.summary.as_ref().filter(|_| exit_ok) else {
+        row.outcome = Outcome::Failed(exit_and_tail(observed.status, err_path));
+        return Ok(());
+    };
+    row.sent = Some(summary.sent);
+    row.replies = Some(summary.answered);
+    row.false_downs = Some(parsed.false_downs());
+    row.map_kib = summary.map_kib;
+    if summary.map_kib.is_none() {
+        row.notes
+            .push("it did not report its BPF maps' size (map_kib)".to_owned());
+    }
+    if summary.hosts != hosts as u64 {
+        row.notes.push(format!(
+            "monitored {} hosts, not {}",
+            report::int(summary.hosts),
+            report::int(hosts as u64)
+        ));
+    }
+    if let Some(late) = summary.late_rounds.filter(|&late| late > 0) {
+        row.notes.push(format!(
+            "{} rounds went out late (could not keep the period)",
+            report::int(late)
+        ));
+    }
+    if let Some(own) = summary.peak_rss_kib {
+        row.notes
+            .push(format!("its own peak RSS figure: {}", report::kib(own)));
+    }
+    if summary.down > 0 || summary.unknown > 0 {
+        row.notes.push(format!(
+            "at the end: {} up, {} down, {} unknown",
+            report::int(summary.up),
+            report::int(summary.down),
+            report::int(summary.unknown)
+        ));
+    }
+    if parsed.other_lines > 0 {
+        row.notes.push(format!(
+            "{} lines of its output were not JSON (see {})",
+            parsed.other_lines,
+            out_path.display()
+        ));
+    }
+    Ok(())
+}
+
+/// `exit status: 3: <the last lines of stderr>`.
+fn exit_and_tail(status: ExitStatus, err_path: &Path) -> String {
+    let tail = tail(err_path, 600).unwrap_or_default();
+    let tail: Vec<&str> = tail.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail = tail[tail.len().saturating_sub(3)..].join(" / ");
+    if tail.is_empty() {
+        format!("{status}, no error output")
+    } else {
+        format!("{status}: {tail}")
+    }
+}
+
+/// The last `bytes` bytes of a file, as text.
+fn tail(path: &Path, bytes: u64) -> Result<String> {
+    let mut file = File::open(path)?;
+    let len = file.metadata()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(bytes)))?;
+    let mut buf = Vec::new();
+    file.read_to_end(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// A progress line after each run.
+fn one_line(row: &Row) -> String {
+    let state = match &row.outcome {
+        Outcome::Finished => "finished".to_owned(),
+        Outcome::Capped(after) => format!("stopped at the {} s cap", after.as_secs()),
+        Outcome::Failed(why) => format!("failed: {why}"),
+    };
+    format!(
+        "{}: {state}; sent {}, replies {}, {:.1} s wall, {:.2} CPU s",
+        row.tool.label(),
+        row.sent.map_or_else(|| "–".into(), report::int),
+        row.replies.map_or_else(|| "–".into(), report::int),
+        row.wall.as_secs_f64(),
+        row.cpu_secs
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: BenchArgs,
+    }
+
+    fn parse(line: &[&str]) -> Result<BenchArgs> {
+        let mut args =
+            Cli::try_parse_from(std::iter::once("bench").chain(line.iter().copied()))?.args;
+        args.validate()?;
+        Ok(args)
+    }
+
+    #[test]
+    fn defaults_are_the_issues_sizes_windows_and_tools() {
+        let args = parse(&[]).unwrap();
+        assert_eq!(args.sizes, [4096, 16384, 65536, 131072]);
+        assert_eq!(args.windows, 20);
+        assert_eq!(args.tools, [Tool::Xdprobe, Tool::Socket, Tool::Fping]);
+        assert_eq!(
+            args.invocation(),
+            "cargo xtask bench --sizes 4096,16384,65536,131072 --windows 20 \
+             --tools xdprobe,socket,fping"
+        );
+    }
+
+    #[test]
+    fn tools_run_in_a_fixed_order_once_each() {
+        let args = parse(&[
+            "--tools",
+            "fping,xdprobe,fping",
+            "--sizes",
+            "4096",
+            "--windows",
+            "5",
+        ])
+        .unwrap();
+        assert_eq!(args.tools, [Tool::Xdprobe, Tool::Fping]);
+        assert_eq!(
+            args.invocation(),
+            "cargo xtask bench --sizes 4096 --windows 5 --tools xdprobe,fping"
+        );
+    }
+
+    #[test]
+    fn sizes_beyond_the_farm_are_refused() {
+        assert!(parse(&["--sizes", "131073"]).is_err());
+        assert!(parse(&["--sizes", "0"]).is_err());
+        assert!(parse(&["--windows", "0"]).is_err());
+        assert!(parse(&["--tools", "ping"]).is_err());
+        assert!(parse(&["--fping-interval", "-1"]).is_err());
+    }
+
+    #[test]
+    fn fping_is_told_when_its_interval_rules_out_the_period() {
+        let note = fping_rate_note(fping::DEFAULT_INTERVAL_MS, 8192.0).unwrap();
+        assert!(
+            note.starts_with(
+                "cannot keep the period: -i 0.153 allows at most 6,535 probes/s and it needs 8,192"
+            ),
+            "{note}"
+        );
+        assert_eq!(fping_rate_note(fping::DEFAULT_INTERVAL_MS, 6000.0), None);
+        assert_eq!(fping_rate_note(0.0, 1e9), None);
+    }
+
+    #[test]
+    fn failures_show_the_exit_status_and_the_end_of_stderr() {
+        let dir = std::env::temp_dir().join(format!("xtask-bench-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let err = dir.join("x.err");
+        fs::write(
+            &err,
+            "starting\n\nError: cannot attach XDP\n  caused by: busy\n",
+        )
+        .unwrap();
+        let status = Command::new("sh").args(["-c", "exit 3"]).status().unwrap();
+        assert_eq!(
+            exit_and_tail(status, &err),
+            "exit status: 3: starting / Error: cannot attach XDP /   caused by: busy"
+        );
+        fs::write(&err, "").unwrap();
+        assert_eq!(
+            exit_and_tail(status, &err),
+            "exit status: 3, no error output"
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
