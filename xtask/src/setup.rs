@@ -12,12 +12,14 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::{cargo_cmd, cmd};
 
-/// Debian packages the build and the tests need.
+/// Debian packages the build, the tests and the benchmark need.
 ///
 /// - `iproute2`, `iputils-ping`, `nftables`: the integration tests and the demo build their
 ///   hosts in network namespaces (`ip`), ping through them and drop traffic with `nft`.
 /// - `python3-aiosmtpd`, `openssl`: throwaway SMTP servers for the alert-mail tests, plain
 ///   and STARTTLS (openssl makes their certificates).
+/// - `fping`: the benchmark's peer: `cargo xtask bench` measures xdprobe against it on the same
+///   hosts with the same probe count and period.
 /// - the rest is what bpf-linker links against. LLVM 22 is not in plain bookworm: on our
 ///   machines apt finds `llvm-22-dev` in the configured `bookworm-security` main component
 ///   (version 1:22.1.8-1~deb12u1). We add no apt sources; if apt cannot find it, the install
