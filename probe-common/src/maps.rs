@@ -4,11 +4,18 @@
 
 /// Single-entry array: what the program accepts right now.
 pub const CONFIG_MAP: &str = "CONFIG";
-/// Hash map: IPv4 source address (octets as stored in the packet, read as a native `u32`) to
-/// the host's index in [`SLOTS_MAP`].
-pub const HOSTS_MAP: &str = "HOSTS";
-/// Array of [`HostSlot`], one per monitored host.
+/// Array of the monitored IPv4 addresses as host-order `u32`, sorted ascending; a host's index
+/// here is its index in [`SLOTS_MAP`]. Memory-mapped by userspace, which fills it at start-up.
+pub const ADDRS_MAP: &str = "ADDRS";
+/// Array of [`HostSlot`], one per monitored host; memory-mapped by userspace, which reads every
+/// host's counters without a system call.
 pub const SLOTS_MAP: &str = "SLOTS";
+/// Load-time constant: how many entries of [`ADDRS_MAP`] are in use.
+pub const HOST_COUNT_GLOBAL: &str = "HOST_COUNT";
+/// The most hosts one program can watch; the kernel's binary search is sized for it.
+pub const MAX_HOSTS: u32 = 1 << 20;
+/// Binary-search steps needed for [`MAX_HOSTS`] entries.
+pub const SEARCH_STEPS: u32 = 21;
 /// Per-CPU array of `u64` counters, indexed by [`Stat`].
 pub const STATS_MAP: &str = "STATS";
 /// The XDP program's name.
@@ -30,7 +37,7 @@ pub struct ProbeConfig {
     pub enabled: u32,
 }
 
-/// Per-host counters, written by the program, read in bulk by userspace.
+/// Per-host counters, written by the program, read in bulk by userspace. 16 bytes a host.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HostSlot {
@@ -39,11 +46,9 @@ pub struct HostSlot {
     /// Replies counted in `window`.
     pub window_replies: u32,
     /// Replies counted since the host was added (wraps; userspace takes differences).
-    pub total_replies: u64,
-    /// Round-trip time of the last counted reply, in nanoseconds.
-    pub rtt_ns: u64,
-    /// `bpf_ktime_get_ns()` when the last reply was counted.
-    pub last_reply_ns: u64,
+    pub total_replies: u32,
+    /// Round-trip time of the last counted reply, in nanoseconds (saturates at ~4.3 s).
+    pub rtt_ns: u32,
 }
 
 impl HostSlot {
@@ -56,9 +61,76 @@ impl HostSlot {
         }
         self.window_replies = self.window_replies.wrapping_add(1);
         self.total_replies = self.total_replies.wrapping_add(1);
-        self.rtt_ns = now_ns.saturating_sub(sent_ns);
-        self.last_reply_ns = now_ns;
+        let rtt = now_ns.saturating_sub(sent_ns);
+        self.rtt_ns = if rtt > u64::from(u32::MAX) {
+            u32::MAX
+        } else {
+            rtt as u32
+        };
     }
+}
+
+/// A binary search for `addr` over a sorted address table, one step at a time, so the XDP
+/// program can run each step as a `bpf_loop` callback: the verifier then checks one step once
+/// instead of every path through the whole search.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Search {
+    pub addr: u32,
+    pub lo: u32,
+    pub hi: u32,
+    /// Index + 1 once found; 0 while not (yet) found.
+    pub found: u32,
+}
+
+impl Search {
+    /// A search for `addr` among the first `len` entries.
+    pub const fn new(addr: u32, len: u32) -> Self {
+        Self {
+            addr,
+            lo: 0,
+            hi: len,
+            found: 0,
+        }
+    }
+
+    /// One step, looking entries up with `get`; false when the search is over.
+    #[inline(always)]
+    pub fn step(&mut self, get: impl Fn(u32) -> Option<u32>) -> bool {
+        if self.found != 0 || self.lo >= self.hi {
+            return false;
+        }
+        let mid = self.lo + (self.hi - self.lo) / 2;
+        let Some(here) = get(mid) else {
+            return false;
+        };
+        if here == self.addr {
+            self.found = mid + 1;
+            return false;
+        }
+        if here < self.addr {
+            self.lo = mid + 1;
+        } else {
+            self.hi = mid;
+        }
+        true
+    }
+
+    pub fn index(&self) -> Option<u32> {
+        self.found.checked_sub(1)
+    }
+}
+
+/// Index of `addr` in the first `len` entries of a sorted address table, looked up with
+/// `get(i)`: the search the XDP program runs, in at most [`SEARCH_STEPS`] steps.
+pub fn find_host(addr: u32, len: u32, get: impl Fn(u32) -> Option<u32>) -> Option<u32> {
+    let mut search = Search::new(addr, len);
+    for _ in 0..SEARCH_STEPS {
+        if !search.step(&get) {
+            break;
+        }
+    }
+    search.index()
 }
 
 /// Indexes of the program's counters in [`STATS_MAP`].
@@ -99,7 +171,32 @@ mod tests {
     #[test]
     fn map_values_have_no_padding() {
         assert_eq!(core::mem::size_of::<ProbeConfig>(), 16);
-        assert_eq!(core::mem::size_of::<HostSlot>(), 32);
+        assert_eq!(core::mem::size_of::<HostSlot>(), 16);
+    }
+
+    #[test]
+    fn binary_search_finds_every_host_and_nothing_else() {
+        let table: [u32; 7] = [3, 10, 11, 40, 1000, 1001, u32::MAX];
+        let get = |i: u32| table.get(i as usize).copied();
+        for (i, addr) in table.iter().enumerate() {
+            assert_eq!(find_host(*addr, 7, get), Some(i as u32));
+        }
+        for missing in [0, 4, 12, 999, 1002, u32::MAX - 1] {
+            assert_eq!(find_host(missing, 7, get), None);
+        }
+        assert_eq!(find_host(3, 0, get), None);
+        // Only the first `len` entries count.
+        assert_eq!(find_host(1000, 4, get), None);
+    }
+
+    #[test]
+    fn the_search_is_long_enough_for_the_largest_table() {
+        let len = MAX_HOSTS;
+        let get = |i: u32| Some(i * 2);
+        for addr in [0, 2, (len - 1) * 2, len, len + 2] {
+            assert_eq!(find_host(addr, len, get), Some(addr / 2), "{addr}");
+        }
+        assert_eq!(find_host(len * 2 + 1, len, get), None);
     }
 
     #[test]
@@ -117,7 +214,9 @@ mod tests {
             (slot.window, slot.window_replies, slot.total_replies),
             (6, 1, 3)
         );
-        assert_eq!((slot.rtt_ns, slot.last_reply_ns), (100, 3_000));
+        assert_eq!(slot.rtt_ns, 100);
+        slot.record_reply(6, 10_000_000_000, 1);
+        assert_eq!(slot.rtt_ns, u32::MAX, "saturates");
     }
 
     #[test]

@@ -127,6 +127,27 @@ impl EchoPacket {
     }
 }
 
+/// An echo reply as seen by a raw IPv4 socket (IPv4 header first): its source address
+/// (host order), ICMP identifier and our probe header; `None` for anything else.
+pub fn parse_echo_reply(packet: &[u8]) -> Option<(u32, u16, ProbeHeader)> {
+    let (&vihl, _) = packet.split_first()?;
+    let ihl = usize::from(vihl & 0x0f) * 4;
+    if vihl >> 4 != 4 || ihl < IPV4_HDR_LEN || *packet.get(9)? != IPPROTO_ICMP {
+        return None;
+    }
+    if u16::from_be_bytes([*packet.get(6)?, *packet.get(7)?]) & 0x3fff != 0 {
+        return None;
+    }
+    let src = u32::from_be_bytes(packet.get(12..16)?.try_into().ok()?);
+    let icmp = packet.get(ihl..)?;
+    if *icmp.first()? != ICMP_ECHO_REPLY || *icmp.get(1)? != 0 {
+        return None;
+    }
+    let ident = u16::from_be_bytes([*icmp.get(4)?, *icmp.get(5)?]);
+    let probe = icmp.get(ICMP_HDR_LEN..ICMP_HDR_LEN + ProbeHeader::LEN)?;
+    Some((src, ident, ProbeHeader::from_bytes(probe.try_into().ok()?)))
+}
+
 /// The Internet checksum (RFC 1071) of `data`, ready to store big-endian.
 pub fn checksum(data: &[u8]) -> u16 {
     let mut sum: u32 = 0;
@@ -204,6 +225,30 @@ mod tests {
         sample().write(&mut buf);
         assert_eq!(checksum(&buf[..IPV4_HDR_LEN]), 0);
         assert_eq!(checksum(&buf[IPV4_HDR_LEN..]), 0);
+    }
+
+    #[test]
+    fn echo_replies_parse_back_and_everything_else_is_refused() {
+        let mut reply = sample();
+        reply.icmp_type = ICMP_ECHO_REPLY;
+        let mut buf = [0u8; ECHO_PACKET_LEN];
+        reply.write(&mut buf);
+        assert_eq!(
+            parse_echo_reply(&buf),
+            Some((u32::from_be_bytes([192, 0, 2, 2]), 0xbeef, reply.probe))
+        );
+        for len in 0..buf.len() {
+            assert_eq!(parse_echo_reply(&buf[..len]), None, "truncated to {len}");
+        }
+        let mut request = [0u8; ECHO_PACKET_LEN];
+        sample().write(&mut request);
+        assert_eq!(parse_echo_reply(&request), None, "echo request");
+        let mut fragment = buf;
+        fragment[6] = 0x20;
+        assert_eq!(parse_echo_reply(&fragment), None, "fragment");
+        let mut udp = buf;
+        udp[9] = 17;
+        assert_eq!(parse_echo_reply(&udp), None, "UDP");
     }
 
     #[test]

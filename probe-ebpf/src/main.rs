@@ -12,10 +12,12 @@ mod program {
 
     use aya_ebpf::{
         bindings::xdp_action,
-        helpers::bpf_ktime_get_ns,
+        bindings::BPF_F_MMAPABLE,
+        helpers::{bpf_ktime_get_ns, bpf_loop},
         macros::{map, xdp},
-        maps::{Array, HashMap, PerCpuArray},
+        maps::{Array, PerCpuArray},
         programs::XdpContext,
+        Global,
     };
     use aya_log_ebpf::debug;
     use network_types::{
@@ -24,7 +26,7 @@ mod program {
         ip::{IpProto, Ipv4Hdr},
     };
     use probe_common::{
-        maps::{HostSlot, ProbeConfig, Stat},
+        maps::{HostSlot, ProbeConfig, Search, Stat, SEARCH_STEPS},
         verdict::{judge, Verdict},
         wire::{ProbeHeader, ICMP_ECHO_REPLY},
     };
@@ -32,13 +34,19 @@ mod program {
     #[map]
     static CONFIG: Array<ProbeConfig> = Array::with_max_entries(1, 0);
 
-    /// Sized by userspace at load time from the number of monitored hosts.
+    /// Sorted host-order addresses of the monitored hosts (4 bytes a host). Sized and filled
+    /// by userspace at load time.
     #[map]
-    static HOSTS: HashMap<u32, u32> = HashMap::with_max_entries(1, 0);
+    static ADDRS: Array<u32> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
-    /// Sized by userspace at load time from the number of monitored hosts.
+    /// One slot per monitored host, same index as in `ADDRS` (16 bytes a host). Sized by
+    /// userspace at load time, which reads it through a memory mapping.
     #[map]
-    static SLOTS: Array<HostSlot> = Array::with_max_entries(1, 0);
+    static SLOTS: Array<HostSlot> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
+    /// Entries of `ADDRS` in use; set at load time, so the verifier knows it.
+    #[unsafe(no_mangle)]
+    static HOST_COUNT: Global<u32> = Global::new(0);
 
     #[map]
     static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Stat::COUNT, 0);
@@ -137,13 +145,13 @@ mod program {
             Verdict::Count => {}
         }
 
-        // SAFETY: the kernel serialises map lookups; the value is plain integers.
-        let Some(index) = (unsafe { HOSTS.get(u32::from_ne_bytes(src)) }) else {
+        let addr = u32::from_be_bytes(src);
+        let Some(index) = find_host(addr) else {
             bump(Stat::UnknownHost);
-            debug!(ctx, "reply from unmonitored {:i}", u32::from_be_bytes(src));
+            debug!(ctx, "reply from unmonitored {:i}", addr);
             return Ok(Action::Pass);
         };
-        let Some(slot) = SLOTS.get_ptr_mut(*index) else {
+        let Some(slot) = SLOTS.get_ptr_mut(index) else {
             bump(Stat::UnknownHost);
             return Ok(Action::Pass);
         };
@@ -160,6 +168,33 @@ mod program {
             now.saturating_sub(probe.sent_ns())
         );
         Ok(Action::Consume)
+    }
+
+    /// The monitored host's index: a binary search over `ADDRS`, one `bpf_loop` step at a
+    /// time (a plain loop makes the verifier walk every path of the search).
+    #[inline(always)]
+    fn find_host(addr: u32) -> Option<u32> {
+        let mut search = Search::new(addr, HOST_COUNT.load());
+        // SAFETY: the callback only touches `search`, which outlives the call.
+        unsafe {
+            bpf_loop(
+                SEARCH_STEPS,
+                search_step as *mut core::ffi::c_void,
+                (&raw mut search).cast(),
+                0,
+            )
+        };
+        search.index()
+    }
+
+    extern "C" fn search_step(_index: u32, ctx: *mut core::ffi::c_void) -> i64 {
+        // SAFETY: `ctx` is the `Search` on `find_host`'s stack.
+        let search = unsafe { &mut *ctx.cast::<Search>() };
+        if search.step(|i| ADDRS.get(i).copied()) {
+            0
+        } else {
+            1
+        }
     }
 
     #[panic_handler]

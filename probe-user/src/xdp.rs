@@ -1,21 +1,27 @@
 //! The kernel side seen from userspace: load the XDP program, size and fill its maps, attach it,
 //! publish each window's config and read the per-host slots.
 
-use std::net::Ipv4Addr;
+use std::{
+    net::Ipv4Addr,
+    os::fd::{AsFd as _, AsRawFd as _},
+    ptr::NonNull,
+};
 
-use anyhow::{anyhow, Context as _};
+use anyhow::{anyhow, bail, Context as _};
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray},
+    maps::{Array, Map, MapData, PerCpuArray},
     programs::{Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
 use aya_log::EbpfLogger;
 use probe_common::maps::{
-    HostSlot, ProbeConfig, Stat, CONFIG_MAP, HOSTS_MAP, LOG_LEVEL_GLOBAL, PROGRAM_NAME, SLOTS_MAP,
-    STATS_MAP,
+    HostSlot, ProbeConfig, Stat, ADDRS_MAP, CONFIG_MAP, HOST_COUNT_GLOBAL, LOG_LEVEL_GLOBAL,
+    MAX_HOSTS, PROGRAM_NAME, SLOTS_MAP, STATS_MAP,
 };
 use tokio::io::unix::AsyncFd;
 use tracing::{debug, warn};
+
+use crate::counters::Counters;
 
 /// The program object, built by `build.rs` from the `probe-ebpf` crate.
 static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe"));
@@ -25,9 +31,11 @@ pub struct XdpProbe {
     // Owns the program and its link; kept alive for as long as we probe.
     ebpf: Ebpf,
     config: Array<MapData, ProbeConfig>,
-    slots: Array<MapData, HostSlot>,
+    /// The per-host slots, read without system calls. Declared before `_slots_map` so the
+    /// mapping goes before the map's fd.
+    slots: Mapped,
+    _slots_map: MapData,
     stats: PerCpuArray<MapData, u64>,
-    hosts: usize,
 }
 
 /// How the program ended up attached.
@@ -38,17 +46,28 @@ pub enum AttachMode {
 }
 
 impl XdpProbe {
-    /// Loads the program with its maps sized for `hosts` (slot `i` is `hosts[i]`).
+    /// Loads the program with its maps sized for `hosts`, which must be sorted and unique
+    /// (slot `i` is `hosts[i]`; the program finds a host by binary search).
     /// With `debug`, the program's aya-log diagnostics are compiled in by the verifier;
     /// without, the log level is 0 and every log call is pruned at load time.
     pub fn load(hosts: &[Ipv4Addr], debug: bool) -> anyhow::Result<Self> {
-        let n = u32::try_from(hosts.len().max(1)).context("too many hosts")?;
+        if !hosts.windows(2).all(|w| w[0] < w[1]) {
+            bail!("the host list must be sorted and free of duplicates");
+        }
+        let count = u32::try_from(hosts.len())
+            .ok()
+            .filter(|n| *n <= MAX_HOSTS)
+            .with_context(|| {
+                format!("{} hosts: at most {MAX_HOSTS} can be watched", hosts.len())
+            })?;
+        let entries = count.max(1);
         // aya_log_common::Level: Error = 1 ... Trace = 5; 0 disables everything.
         let level: u8 = if debug { 5 } else { 0 };
         let mut ebpf = EbpfLoader::new()
-            .map_max_entries(HOSTS_MAP, n)
-            .map_max_entries(SLOTS_MAP, n)
+            .map_max_entries(ADDRS_MAP, entries)
+            .map_max_entries(SLOTS_MAP, entries)
             .override_global(LOG_LEVEL_GLOBAL, &level, true)
+            .override_global(HOST_COUNT_GLOBAL, &count, true)
             .load(PROGRAM)
             .context("loading the XDP program into the kernel")?;
         let program: &mut Xdp = ebpf
@@ -57,18 +76,31 @@ impl XdpProbe {
             .try_into()?;
         program.load().context("verifying the XDP program")?;
 
-        let mut host_map: HashMap<_, u32, u32> = HashMap::try_from(take(&mut ebpf, HOSTS_MAP)?)?;
-        for (index, addr) in hosts.iter().enumerate() {
-            host_map
-                .insert(u32::from_ne_bytes(addr.octets()), index as u32, 0)
-                .with_context(|| format!("adding {addr} to the {HOSTS_MAP} map"))?;
+        // The address table is written once, through a mapping: no system call per host.
+        let addrs_map = array_data(take(&mut ebpf, ADDRS_MAP)?)?;
+        let addrs = Mapped::new(&addrs_map, entries as usize * ADDR_STRIDE, true)
+            .with_context(|| format!("mapping the {ADDRS_MAP} map"))?;
+        for (i, addr) in hosts.iter().enumerate() {
+            // SAFETY: i < entries, so the 4 bytes at i * ADDR_STRIDE lie inside the mapping,
+            // which is writable; the program does not look at them before we attach.
+            unsafe {
+                addrs
+                    .ptr()
+                    .add(i * ADDR_STRIDE)
+                    .cast::<u32>()
+                    .write(u32::from(*addr))
+            };
         }
+        drop(addrs);
+        let slots_map = array_data(take(&mut ebpf, SLOTS_MAP)?)?;
+        let slots = Mapped::new(&slots_map, entries as usize * SLOT_STRIDE, false)
+            .with_context(|| format!("mapping the {SLOTS_MAP} map"))?;
         Ok(Self {
             config: Array::try_from(take(&mut ebpf, CONFIG_MAP)?)?,
-            slots: Array::try_from(take(&mut ebpf, SLOTS_MAP)?)?,
+            slots,
+            _slots_map: slots_map,
             stats: PerCpuArray::try_from(take(&mut ebpf, STATS_MAP)?)?,
             ebpf,
-            hosts: hosts.len(),
         })
     }
 
@@ -91,24 +123,8 @@ impl XdpProbe {
         }
     }
 
-    /// Publishes what the program accepts from now on.
-    pub fn set_config(&mut self, config: ProbeConfig) -> anyhow::Result<()> {
-        self.config
-            .set(0, config, 0)
-            .context("updating the CONFIG map")
-    }
-
-    /// Reads every host's slot into `out` (index-aligned with the host list given to `load`).
-    pub fn read_slots(&self, out: &mut Vec<HostSlot>) -> anyhow::Result<()> {
-        out.clear();
-        for index in 0..self.hosts as u32 {
-            out.push(self.slots.get(&index, 0).context("reading the SLOTS map")?);
-        }
-        Ok(())
-    }
-
     /// The program's counters, summed over CPUs, in [`Stat::ALL`] order.
-    pub fn stats(&self) -> anyhow::Result<[u64; Stat::COUNT as usize]> {
+    pub fn kernel_stats(&self) -> anyhow::Result<[u64; Stat::COUNT as usize]> {
         let mut out = [0u64; Stat::COUNT as usize];
         for stat in Stat::ALL {
             let per_cpu = self
@@ -162,6 +178,103 @@ impl log::Log for KernelLog {
     fn flush(&self) {}
 }
 
+impl Counters for XdpProbe {
+    fn publish(&mut self, config: ProbeConfig) -> anyhow::Result<()> {
+        self.config
+            .set(0, config, 0)
+            .context("updating the CONFIG map")
+    }
+
+    fn slot(&self, index: usize) -> HostSlot {
+        assert!(
+            (index + 1) * SLOT_STRIDE <= self.slots.len,
+            "slot {index} out of range"
+        );
+        // SAFETY: in bounds (checked above) of a live read-only mapping of the SLOTS array,
+        // whose elements are SLOT_STRIDE apart. The kernel writes it concurrently, so read it
+        // volatile and as a copy: a torn read can only mix two consecutive counter states.
+        unsafe {
+            self.slots
+                .ptr()
+                .add(index * SLOT_STRIDE)
+                .cast::<HostSlot>()
+                .read_volatile()
+        }
+    }
+
+    fn stats(&self) -> [u64; Stat::COUNT as usize] {
+        self.kernel_stats().unwrap_or_else(|error| {
+            warn!(error = %format!("{error:#}"), "cannot read the XDP program's counters");
+            [0; Stat::COUNT as usize]
+        })
+    }
+}
+
+/// Array maps store each value rounded up to 8 bytes.
+const ADDR_STRIDE: usize = 8;
+const SLOT_STRIDE: usize = std::mem::size_of::<HostSlot>();
+const _: () = assert!(SLOT_STRIDE.is_multiple_of(8));
+
+/// A shared memory mapping of a `BPF_F_MMAPABLE` array map.
+struct Mapped {
+    ptr: NonNull<u8>,
+    /// Bytes of values (the mapping itself is rounded up to whole pages).
+    len: usize,
+    mapped: usize,
+}
+
+// SAFETY: the mapping is plain shared memory; access goes through volatile reads and writes.
+unsafe impl Send for Mapped {}
+unsafe impl Sync for Mapped {}
+
+impl Mapped {
+    fn new(map: &MapData, len: usize, writable: bool) -> std::io::Result<Self> {
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let mapped = len.div_ceil(page).max(1) * page;
+        let prot = if writable {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
+        // SAFETY: mapping a map fd we own, with the kernel checking size and permissions.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                mapped,
+                prot,
+                libc::MAP_SHARED,
+                map.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let ptr = NonNull::new(ptr.cast::<u8>())
+            .ok_or_else(|| std::io::Error::other("mmap returned null"))?;
+        Ok(Self { ptr, len, mapped })
+    }
+
+    fn ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what `new` mapped.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.mapped) };
+    }
+}
+
+fn array_data(map: Map) -> anyhow::Result<MapData> {
+    match map {
+        Map::Array(data) => Ok(data),
+        other => bail!("expected an array map, found {other:?}"),
+    }
+}
+
 fn take(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {
     ebpf.take_map(name)
         .ok_or_else(|| anyhow!("map {name} missing from the XDP object"))
@@ -185,8 +298,8 @@ impl XdpProbe {
         Ok(result.return_value)
     }
 
-    fn slot(&self, index: u32) -> HostSlot {
-        self.slots.get(&index, 0).expect("slot readable")
+    fn slot_at(&self, index: u32) -> HostSlot {
+        Counters::slot(self, index as usize)
     }
 }
 
@@ -213,7 +326,7 @@ mod tests {
 
     fn probe() -> XdpProbe {
         let mut xdp = XdpProbe::load(&[PRIMARY], false).expect("load (needs root)");
-        xdp.set_config(ProbeConfig {
+        xdp.publish(ProbeConfig {
             ident: IDENT.into(),
             window: WINDOW,
             cookie: COOKIE,
@@ -253,18 +366,18 @@ mod tests {
         let xdp = probe();
         assert_eq!(xdp.test_run(&valid()).unwrap(), DROP);
         assert_eq!(xdp.test_run(&valid()).unwrap(), DROP);
-        let slot = xdp.slot(0);
+        let slot = xdp.slot_at(0);
         assert_eq!(
             (slot.window, slot.window_replies, slot.total_replies),
             (WINDOW, 2, 2)
         );
         // Sent 1 ms "ago": the kernel's RTT is at least that, and sane.
         assert!(
-            (1_000_000..5_000_000_000).contains(&slot.rtt_ns),
+            (1_000_000..4_000_000_000).contains(&slot.rtt_ns),
             "rtt {}",
             slot.rtt_ns
         );
-        assert_eq!(xdp.stats().unwrap()[Stat::Counted as usize], 2);
+        assert_eq!(xdp.kernel_stats().unwrap()[Stat::Counted as usize], 2);
     }
 
     #[test]
@@ -299,15 +412,15 @@ mod tests {
             ),
         ];
         for (name, frame, stat) in cases {
-            let before = xdp.stats().unwrap();
+            let before = xdp.kernel_stats().unwrap();
             assert_eq!(xdp.test_run(&frame).unwrap(), PASS, "{name}");
-            let after = xdp.stats().unwrap();
+            let after = xdp.kernel_stats().unwrap();
             for s in Stat::ALL {
                 let expected = before[s as usize] + u64::from(Some(s) == stat);
                 assert_eq!(after[s as usize], expected, "{name}: counter {s:?}");
             }
         }
-        assert_eq!(xdp.slot(0), HostSlot::default());
+        assert_eq!(xdp.slot_at(0), HostSlot::default());
     }
 
     #[test]
@@ -350,8 +463,8 @@ mod tests {
         for (name, frame) in cases {
             assert_eq!(xdp.test_run(&frame).unwrap(), PASS, "{name}");
         }
-        assert_eq!(xdp.slot(0), HostSlot::default());
-        assert_eq!(xdp.stats().unwrap(), [0; Stat::COUNT as usize]);
+        assert_eq!(xdp.slot_at(0), HostSlot::default());
+        assert_eq!(xdp.kernel_stats().unwrap(), [0; Stat::COUNT as usize]);
     }
 
     #[test]
@@ -364,14 +477,14 @@ mod tests {
         frame.extend_from_slice(&[1, 1, 1, 0]);
         frame.extend_from_slice(&plain[ETH_HDR_LEN + 20..]);
         assert_eq!(xdp.test_run(&frame).unwrap(), DROP);
-        assert_eq!(xdp.slot(0).total_replies, 1);
+        assert_eq!(xdp.slot_at(0).total_replies, 1);
     }
 
     #[test]
     fn nothing_counts_before_the_first_window_is_published() {
         let mut xdp = XdpProbe::load(&[PRIMARY], false).expect("load (needs root)");
         assert_eq!(xdp.test_run(&valid()).unwrap(), PASS);
-        xdp.set_config(ProbeConfig {
+        xdp.publish(ProbeConfig {
             ident: IDENT.into(),
             window: WINDOW,
             cookie: COOKIE,
