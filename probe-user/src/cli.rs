@@ -22,7 +22,65 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Watch a primary and take over its virtual IP when it goes down.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
+    /// Watch many hosts and report their state changes and a summary, like fping.
+    /// Exit codes: 0 all up, 1 some down, 2 bad usage, 3 system failure.
+    Monitor(MonitorArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MonitorArgs {
+    /// Interface that reaches the targets (the XDP program attaches here).
+    #[arg(long, value_name = "IFACE")]
+    pub iface: String,
+
+    /// Length of a probe window, e.g. 100ms, 1s [default: 1s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub window: Option<std::time::Duration>,
+
+    /// Echo requests per host per window [default: 3].
+    #[arg(long, value_name = "N")]
+    pub probes: Option<u32>,
+
+    /// Consecutive failed windows that make a host DOWN [default: 2].
+    #[arg(long, value_name = "N")]
+    pub failed_windows: Option<u32>,
+
+    /// Consecutive good windows that make a DOWN host UP again [default: 2].
+    #[arg(long, value_name = "N")]
+    pub recover_windows: Option<u32>,
+
+    /// Resends of an unanswered probe within its round (0 to 3) [default: 1].
+    #[arg(long, value_name = "N")]
+    pub retries: Option<u32>,
+
+    /// Stop after this many windows (default: run until Ctrl-C).
+    #[arg(long, value_name = "WINDOWS")]
+    pub count: Option<u32>,
+
+    /// One JSON object per line: state changes, per-window summaries, the final summary.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Where replies are counted: in the XDP program, or on a socket in userspace (the
+    /// baseline the benchmark compares against).
+    #[arg(long, value_enum, default_value_t = Receive::Xdp)]
+    pub receive: Receive,
+
+    /// Turn on the XDP program's diagnostics.
+    #[arg(long)]
+    pub debug: bool,
+
+    /// Addresses, CIDRs (198.18.0.0/15), hostnames, or @FILE (one target a line, # comments).
+    #[arg(required = true, value_name = "TARGET")]
+    pub targets: Vec<String>,
+}
+
+/// Where replies are counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Receive {
+    Xdp,
+    Socket,
 }
 
 #[derive(Debug, Default, Args)]

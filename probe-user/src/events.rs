@@ -40,6 +40,15 @@ pub enum Report {
     Suspect { host: Ipv4Addr, window: u32 },
     /// Whether any witness answered within the last window (sent when it changes).
     Witnesses { alive: bool, window: u32 },
+    /// A window ended: hosts per state, probes sent and replies counted in it.
+    Window {
+        window: u32,
+        up: u64,
+        down: u64,
+        unknown: u64,
+        sent: u64,
+        answered: u64,
+    },
 }
 
 /// `outcome` is `Err(reason)` when the VIP could not be added.

@@ -6,11 +6,14 @@
 mod arp;
 mod cli;
 mod clock;
+mod counters;
 mod events;
 mod failover;
+mod failure;
 mod health;
 mod hooks;
 mod mail;
+mod monitor;
 mod prober;
 mod report;
 mod sender;
@@ -19,7 +22,7 @@ mod targets;
 mod vip;
 mod xdp;
 
-use std::{ffi::CString, path::Path, process::ExitCode, sync::Arc};
+use std::{ffi::CString, net::Ipv4Addr, path::Path, process::ExitCode, sync::Arc};
 
 use anyhow::Context as _;
 use clap::Parser as _;
@@ -35,32 +38,14 @@ use crate::{
     cli::{Cli, Command, RunArgs},
     events::Site,
     failover::Failover,
+    failure::{Failure, OrSystem as _},
     mail::Notifier,
-    prober::{Prober, Targets},
+    prober::{Prober, Roles},
     sender::Sender,
     settings::{FileConfig, Settings},
     vip::Vip,
     xdp::{AttachMode, XdpProbe},
 };
-
-/// Why we stopped, which decides the exit code.
-#[derive(Debug)]
-enum Failure {
-    /// Bad flags, config or names: exit 2.
-    Usage(anyhow::Error),
-    /// The system would not do what we asked: exit 3.
-    System(anyhow::Error),
-}
-
-trait OrSystem<T> {
-    fn system(self) -> Result<T, Failure>;
-}
-
-impl<T> OrSystem<T> for anyhow::Result<T> {
-    fn system(self) -> Result<T, Failure> {
-        self.map_err(Failure::System)
-    }
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -78,11 +63,12 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run(args) => run(args).await,
+            Command::Run(args) => run(*args).await.map(|()| 0),
+            Command::Monitor(args) => monitor::monitor(args).await,
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(Failure::Usage(e)) => {
             eprintln!("xdprobe: error: {e:#}");
             ExitCode::from(2)
@@ -131,7 +117,7 @@ fn load_settings(args: &RunArgs) -> Result<Settings, Failure> {
     Settings::resolve(args, file).map_err(|e| Failure::Usage(e.into()))
 }
 
-fn interface_index(iface: &str) -> Result<u32, Failure> {
+pub(crate) fn interface_index(iface: &str) -> Result<u32, Failure> {
     let name = CString::new(iface)
         .map_err(|_| Failure::Usage(anyhow::anyhow!("invalid `iface`: {iface:?}")))?;
     // SAFETY: valid NUL-terminated string.
@@ -152,6 +138,25 @@ fn node_name() -> String {
         .unwrap_or_else(|| "this host".into())
 }
 
+/// Loads the XDP program for `hosts` (sorted) and attaches it to `iface`.
+pub(crate) fn attach_xdp(
+    hosts: &[Ipv4Addr],
+    iface: &str,
+    debug: bool,
+) -> Result<XdpProbe, Failure> {
+    let mut xdp = XdpProbe::load(hosts, debug).system()?;
+    if debug {
+        xdp.spawn_log_forwarder().system()?;
+    }
+    let mode = xdp.attach(iface).system()?;
+    info!(
+        %iface,
+        mode = if mode == AttachMode::Native { "native" } else { "generic" },
+        "XDP program attached"
+    );
+    Ok(xdp)
+}
+
 async fn run(args: RunArgs) -> Result<(), Failure> {
     let settings = load_settings(&args)?;
     let index = interface_index(&settings.iface)?;
@@ -159,22 +164,15 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
     let shutdown = CancellationToken::new();
     let notifier =
         Notifier::start(settings.mail.clone(), shutdown.clone()).map_err(Failure::Usage)?;
-    let targets = Targets {
-        watch: settings.watch,
-        witnesses: settings.failover.witnesses.clone(),
-    };
+    let mut hosts: Vec<Ipv4Addr> = std::iter::once(settings.watch)
+        .chain(settings.failover.witnesses.iter().copied())
+        .collect();
+    hosts.sort_unstable();
+    hosts.dedup();
+    let roles = Roles::find(&hosts, settings.watch, &settings.failover.witnesses);
 
     // Everything set up below is undone by drop (the XDP link) if a later step fails.
-    let mut xdp = XdpProbe::load(&targets.hosts(), settings.debug).system()?;
-    if settings.debug {
-        xdp.spawn_log_forwarder().system()?;
-    }
-    let mode = xdp.attach(&settings.iface).system()?;
-    info!(
-        iface = %settings.iface,
-        mode = if mode == AttachMode::Native { "native" } else { "generic" },
-        "XDP program attached"
-    );
+    let xdp = attach_xdp(&hosts, &settings.iface, settings.debug)?;
     let sender = Sender::open(&settings.iface).system()?;
     let arp = ArpSocket::open(&settings.iface).system()?;
     let vip = Vip::new(index, settings.vip, settings.label.clone()).system()?;
@@ -197,13 +195,15 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
     };
     let failover = tokio::spawn(failover.run(reports_rx, shutdown.clone()));
     let prober = Prober::new(
-        &targets,
-        xdp,
+        hosts,
+        roles,
+        Box::new(xdp),
         sender,
         settings.timing,
         settings.failover.conflict_wait,
         reports_tx,
-    );
+    )
+    .log_changes();
     let mut prober = tokio::spawn(prober.run(shutdown.clone()));
     info!(
         watch = %settings.watch,
@@ -228,7 +228,7 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
     };
     let _ = failover.await;
     match result {
-        Ok(Ok(())) => {
+        Ok(Ok(_)) => {
             info!("stopped cleanly");
             Ok(())
         }

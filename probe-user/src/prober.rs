@@ -1,14 +1,19 @@
-//! The probe loop: one task that, every round, rolls the window (new number and cookie) when one
-//! begins, sends the round, and judges it from the kernel's counters once its replies are due,
-//! resending to the hosts that have not answered yet (`--retries`) before it judges.
+//! The probe loop: one task that paces every round's probes evenly across the round, judges
+//! each slice of hosts from the counters once its replies are due (after resending to those
+//! that have not answered, `--retries`), and reports state changes and per-window summaries.
+//!
+//! A round (`window / probes`) is split into slices of contiguous hosts. Slice `s` is sent at
+//! `s * spacing` into the round, checked and retried after the reply wait, and judged after
+//! the last wait; the sending span leaves room for that, so every slice is judged before the
+//! round ends and before the next window's cookie replaces this one.
 
 use std::{
     net::Ipv4Addr,
+    ops::Range,
     time::{Duration, SystemTime},
 };
 
-use anyhow::Context as _;
-use probe_common::maps::{HostSlot, ProbeConfig, Stat};
+use probe_common::maps::{ProbeConfig, Stat};
 use tokio::{
     sync::mpsc,
     time::{Instant, MissedTickBehavior},
@@ -17,89 +22,131 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::{
+    counters::Counters,
     events::{HostEvent, Report},
     health::{Health, State},
+    report::Stats,
     sender::{Round, Sender},
     settings::Timing,
-    xdp::XdpProbe,
 };
 
-/// Who is probed: the watched host first, then the witnesses.
-pub struct Targets {
-    pub watch: Ipv4Addr,
-    pub witnesses: Vec<Ipv4Addr>,
+/// Which of the (sorted) hosts play a part in failover.
+#[derive(Clone, Debug, Default)]
+pub struct Roles {
+    pub watch: Option<usize>,
+    pub witnesses: Vec<usize>,
 }
 
-impl Targets {
-    /// All probed addresses; index 0 is the watched host.
-    pub fn hosts(&self) -> Vec<Ipv4Addr> {
-        std::iter::once(self.watch)
-            .chain(self.witnesses.iter().copied())
-            .collect()
+impl Roles {
+    /// Roles of `watch` and `witnesses` within `hosts` (sorted, containing them all).
+    pub fn find(hosts: &[Ipv4Addr], watch: Ipv4Addr, witnesses: &[Ipv4Addr]) -> Self {
+        Self {
+            watch: hosts.binary_search(&watch).ok(),
+            witnesses: witnesses
+                .iter()
+                .filter_map(|w| hosts.binary_search(w).ok())
+                .collect(),
+        }
     }
+}
+
+/// What the loop saw, for the final summary.
+pub struct Outcome {
+    pub stats: Stats,
+    pub windows: u32,
+    /// Hosts per state at the end: unknown, up, down.
+    pub states: [u64; 3],
+    /// Hosts that answered at least once (so their RTT is known).
+    pub rtt_known: u64,
 }
 
 pub struct Prober {
     hosts: Vec<Ipv4Addr>,
-    witnesses: usize,
+    roles: Roles,
     health: Vec<Health>,
     /// Each host's `total_replies` when last read.
-    seen: Vec<u64>,
+    seen: Vec<u32>,
     answered: Vec<bool>,
-    slots: Vec<HostSlot>,
-    unanswered: Vec<Ipv4Addr>,
-    xdp: XdpProbe,
+    batch: Vec<Ipv4Addr>,
+    counters: Box<dyn Counters>,
     sender: Sender,
     timing: Timing,
+    plan: Plan,
     ident: u16,
     /// Silent rounds of the watched host at which it becomes suspect.
     suspect_at: u32,
     witnesses_alive: bool,
     reports: mpsc::UnboundedSender<Report>,
+    stats: Stats,
+    states: [u64; 3],
+    window_sent: u64,
+    window_answered: u64,
+    /// Stop after this many windows.
+    count: Option<u32>,
+    /// Log every state change (the daemon); `monitor` prints them itself.
+    log_changes: bool,
 }
 
 impl Prober {
-    /// `suspect_lead`: how long before a possible DOWN the failover wants to hear of it
-    /// (the ARP conflict check's wait).
+    /// `hosts` must be sorted (as the counters index them). `suspect_lead`: how long before a
+    /// possible DOWN of the watched host the failover wants to hear of it.
     pub fn new(
-        targets: &Targets,
-        xdp: XdpProbe,
+        hosts: Vec<Ipv4Addr>,
+        roles: Roles,
+        counters: Box<dyn Counters>,
         sender: Sender,
         timing: Timing,
         suspect_lead: Duration,
         reports: mpsc::UnboundedSender<Report>,
     ) -> Self {
-        let hosts = targets.hosts();
         let n = hosts.len();
         Self {
-            hosts,
-            witnesses: targets.witnesses.len(),
+            plan: Plan::new(&timing, n),
             health: vec![Health::new(); n],
             seen: vec![0; n],
             answered: vec![false; n],
-            slots: Vec::with_capacity(n),
-            unanswered: Vec::with_capacity(n),
-            xdp,
+            batch: Vec::new(),
+            hosts,
+            roles,
+            counters,
             sender,
             suspect_at: suspect_threshold(&timing, suspect_lead),
             timing,
             ident: rand::random::<u16>().max(1),
             witnesses_alive: true,
             reports,
+            stats: Stats::new(),
+            states: [n as u64, 0, 0],
+            window_sent: 0,
+            window_answered: 0,
+            count: None,
+            log_changes: false,
         }
     }
 
-    /// Probes until `shutdown` fires; returning drops the XDP program (detaching it).
-    pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    /// Log each state change at info (UP) and warn (DOWN) level.
+    pub fn log_changes(mut self) -> Self {
+        self.log_changes = true;
+        self
+    }
+
+    /// Stop on its own after `windows` windows.
+    pub fn stop_after(mut self, windows: Option<u32>) -> Self {
+        self.count = windows;
+        self
+    }
+
+    /// Probes until `shutdown` fires or the window count is reached; returning drops the
+    /// counters (detaching the XDP program).
+    pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<Outcome> {
         let round = self.timing.round();
-        let wait = reply_wait(round, self.timing.retries);
         let per_window = u64::from(self.timing.probes);
         let start = Instant::now();
         let mut ticker = tokio::time::interval_at(start, round);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
         let mut window: u32 = 0;
         let mut cookie: u32 = 0;
-        let mut last_sent: Option<u64> = None;
+        let mut last_round: Option<u64> = None;
         let mut late_rounds: u64 = 0;
         info!(
             ident = self.ident,
@@ -107,7 +154,8 @@ impl Prober {
             window = ?self.timing.window,
             probes = self.timing.probes,
             retries = self.timing.retries,
-            reply_wait = ?wait,
+            reply_wait = ?self.plan.wait,
+            slices = self.plan.slices,
             "probing"
         );
 
@@ -117,7 +165,7 @@ impl Prober {
                 tick = ticker.tick() => tick,
             };
             let k = round_index(tick - start, round);
-            if let Some(prev) = last_sent {
+            if let Some(prev) = last_round {
                 if k > prev + 1 {
                     late_rounds += k - prev - 1;
                     warn!(
@@ -126,114 +174,144 @@ impl Prober {
                     );
                 }
             }
-            last_sent = Some(k);
+            last_round = Some(k);
 
             let this_window = u32::try_from(k / per_window + 1).unwrap_or(u32::MAX);
             if this_window != window {
+                if self.count.is_some_and(|count| window >= count) {
+                    break;
+                }
                 window = this_window;
                 cookie = rand::random();
-                self.xdp.set_config(ProbeConfig {
+                self.counters.publish(ProbeConfig {
                     ident: u32::from(self.ident),
                     window,
                     cookie,
                     enabled: 1,
                 })?;
             }
-
             let probe = Round {
                 ident: self.ident,
                 window,
                 cookie,
                 seq: u32::try_from(k).unwrap_or(u32::MAX),
             };
-            self.answered.fill(false);
-            self.unanswered.clone_from(&self.hosts);
-            for attempt in 0..=self.timing.retries {
-                self.send(&probe, window);
-                tokio::select! {
-                    _ = shutdown.cancelled() => break 'rounds,
-                    _ = tokio::time::sleep_until(tick + wait * (attempt + 1)) => {}
+
+            for event in self.plan.events(tick) {
+                if event.at > Instant::now() {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break 'rounds,
+                        _ = tokio::time::sleep_until(event.at) => {}
+                    }
                 }
-                self.read_answers()?;
-                if self.unanswered.is_empty() {
-                    break;
+                let range = self.plan.range(event.slice);
+                match event.step {
+                    Step::Send => {
+                        self.answered[range.clone()].fill(false);
+                        self.batch.clear();
+                        self.batch.extend_from_slice(&self.hosts[range]);
+                        self.send(&probe);
+                    }
+                    Step::Retry => {
+                        self.read(range.clone());
+                        self.batch.clear();
+                        self.batch
+                            .extend(range.filter(|i| !self.answered[*i]).map(|i| self.hosts[i]));
+                        self.send(&probe);
+                    }
+                    Step::Judge => {
+                        self.read(range.clone());
+                        self.judge(range, window);
+                    }
                 }
             }
-            self.judge(window, (k + 1).is_multiple_of(per_window));
+            if (k + 1).is_multiple_of(per_window) {
+                self.close_window(window);
+            }
         }
 
-        let stats = self.xdp.stats()?;
+        let kernel = self.counters.stats();
         info!(
             windows = window,
             late_rounds,
-            counted = stats[Stat::Counted as usize],
-            wrong_cookie = stats[Stat::WrongCookie as usize],
-            stale_window = stats[Stat::StaleWindow as usize],
-            unknown_host = stats[Stat::UnknownHost as usize],
-            "stopped probing; detaching XDP"
+            counted = kernel[Stat::Counted as usize],
+            wrong_cookie = kernel[Stat::WrongCookie as usize],
+            stale_window = kernel[Stat::StaleWindow as usize],
+            unknown_host = kernel[Stat::UnknownHost as usize],
+            "stopped probing"
         );
-        Ok(())
+        let rtt_known = self.seen.iter().filter(|total| **total != 0).count() as u64;
+        self.stats.add_late_rounds(late_rounds);
+        Ok(Outcome {
+            stats: self.stats,
+            windows: window,
+            states: self.states,
+            rtt_known,
+        })
     }
 
-    /// Sends this round's probe to every host that has not answered it yet.
-    fn send(&mut self, probe: &Round, window: u32) {
-        match self.sender.send_round(&self.unanswered, *probe) {
-            Ok(sent) if sent < self.unanswered.len() => {
-                debug!(
-                    sent,
-                    hosts = self.unanswered.len(),
-                    window,
-                    "some probes were not sent"
-                )
+    /// Sends this round's probe to the hosts in `self.batch`.
+    fn send(&mut self, probe: &Round) {
+        if self.batch.is_empty() {
+            return;
+        }
+        match self.sender.send_round(&self.batch, *probe) {
+            Ok(sent) => {
+                self.stats.add_sent(sent as u64);
+                self.window_sent += sent as u64;
+                if sent < self.batch.len() {
+                    debug!(
+                        sent,
+                        hosts = self.batch.len(),
+                        window = probe.window,
+                        "some probes were not sent"
+                    );
+                }
             }
-            Ok(_) => {}
-            Err(error) => warn!(%error, window, "sending probes failed"),
+            Err(error) => warn!(%error, window = probe.window, "sending probes failed"),
         }
     }
 
-    /// Marks the hosts whose reply counters moved and lists those still silent.
-    fn read_answers(&mut self) -> anyhow::Result<()> {
-        self.xdp
-            .read_slots(&mut self.slots)
-            .context("reading per-host counters")?;
-        self.unanswered.clear();
-        for (i, slot) in self.slots.iter().enumerate() {
-            if slot.total_replies != self.seen[i] {
+    /// Marks the hosts in `range` whose reply counters moved, with their RTT.
+    fn read(&mut self, range: Range<usize>) {
+        for i in range {
+            let slot = self.counters.slot(i);
+            let replies = slot.total_replies.wrapping_sub(self.seen[i]);
+            if replies != 0 {
                 self.seen[i] = slot.total_replies;
                 self.answered[i] = true;
-            }
-            if !self.answered[i] {
-                self.unanswered.push(self.hosts[i]);
+                self.stats.add_answered(u64::from(replies));
+                self.stats.add_rtt(u64::from(slot.rtt_ns));
+                self.window_answered += u64::from(replies);
             }
         }
-        Ok(())
     }
 
-    /// Feeds the round's outcome to every host's state machine and reports what changed.
-    fn judge(&mut self, window: u32, closes_window: bool) {
+    /// Feeds the round's outcome for the hosts in `range` to their state machines.
+    fn judge(&mut self, range: Range<usize>, window: u32) {
         let round = self.timing.round();
-        let mut changes = Vec::new();
-        for i in 0..self.hosts.len() {
-            if closes_window {
-                let slot = &self.slots[i];
-                debug!(host = %self.hosts[i], window, replies = if slot.window == window { slot.window_replies } else { 0 }, rtt_us = slot.rtt_ns / 1_000, "window closed");
-            }
+        let mut changed = Vec::new();
+        for i in range.clone() {
             if let Some(change) = self.health[i].on_round(self.answered[i], &self.timing) {
-                changes.push((i, change));
+                self.states[state_index(change.from)] -= 1;
+                self.states[state_index(change.to)] += 1;
+                changed.push((i, change));
             }
         }
-
         // Witnesses first: the failover must know we are cut off before it hears of a DOWN.
-        if self.witnesses > 0 {
-            let alive = self.health[1..=self.witnesses]
+        if self.roles.witnesses.iter().any(|w| range.contains(w)) {
+            let probes = self.timing.probes;
+            let alive = self
+                .roles
+                .witnesses
                 .iter()
-                .any(|h| h.silent_rounds() < self.timing.probes);
+                .any(|w| self.health[*w].silent_rounds() < probes);
             if alive != self.witnesses_alive {
                 self.witnesses_alive = alive;
                 self.report(Report::Witnesses { alive, window });
             }
         }
-        for (i, change) in changes {
+        for (i, change) in changed {
             let event = HostEvent {
                 host: self.hosts[i],
                 change,
@@ -242,26 +320,49 @@ impl Prober {
                 silent_for: round * change.silent_rounds,
                 window_len: self.timing.window,
             };
-            match change.to {
-                State::Down => {
-                    warn!(host = %event.host, window, from = %change.from, silent_ms = event.silent_for.as_millis() as u64, "host DOWN")
+            let rtt_us = u64::from(self.counters.slot(i).rtt_ns) / 1_000;
+            let silent_ms = event.silent_for.as_millis() as u64;
+            match (change.to, self.log_changes) {
+                (State::Down, true) => {
+                    warn!(host = %event.host, window, from = %change.from, silent_ms, "host DOWN")
                 }
-                State::Up => {
-                    info!(host = %event.host, window, from = %change.from, rtt_us = self.slots[i].rtt_ns / 1_000, "host UP")
+                (State::Up, true) => {
+                    info!(host = %event.host, window, from = %change.from, rtt_us, "host UP")
                 }
-                State::Unknown => {}
+                (State::Down, false) => {
+                    debug!(host = %event.host, window, from = %change.from, silent_ms, "host DOWN")
+                }
+                (State::Up, false) => {
+                    debug!(host = %event.host, window, from = %change.from, rtt_us, "host UP")
+                }
+                (State::Unknown, _) => {}
             }
             self.report(Report::Host(event));
         }
-        if self.health[0].silent_rounds() == self.suspect_at
-            && self.health[0].state() != State::Down
-        {
-            debug!(host = %self.hosts[0], window, silent_rounds = self.suspect_at, "watched host suspect");
-            self.report(Report::Suspect {
-                host: self.hosts[0],
-                window,
-            });
+        if let Some(w) = self.roles.watch.filter(|w| range.contains(w)) {
+            let h = &self.health[w];
+            if h.silent_rounds() == self.suspect_at && h.state() != State::Down {
+                debug!(host = %self.hosts[w], window, silent_rounds = self.suspect_at, "watched host suspect");
+                self.report(Report::Suspect {
+                    host: self.hosts[w],
+                    window,
+                });
+            }
         }
+    }
+
+    fn close_window(&mut self, window: u32) {
+        let [unknown, up, down] = self.states;
+        self.report(Report::Window {
+            window,
+            up,
+            down,
+            unknown,
+            sent: self.window_sent,
+            answered: self.window_answered,
+        });
+        self.window_sent = 0;
+        self.window_answered = 0;
     }
 
     fn report(&self, report: Report) {
@@ -270,10 +371,96 @@ impl Prober {
     }
 }
 
+fn state_index(state: State) -> usize {
+    match state {
+        State::Unknown => 0,
+        State::Up => 1,
+        State::Down => 2,
+    }
+}
+
+/// How a round is paced: `slices` groups of contiguous hosts, `spacing` apart, each checked
+/// `wait` after every attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Plan {
+    hosts: usize,
+    slices: usize,
+    spacing: Duration,
+    wait: Duration,
+    attempts: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Step {
+    // Ties at the same instant: judge and retry what is due before sending more.
+    Judge,
+    Retry,
+    Send,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Event {
+    at: Instant,
+    step: Step,
+    slice: usize,
+}
+
+/// Slices are at least this far apart: finer pacing only costs timer wake-ups.
+const MIN_SPACING: Duration = Duration::from_millis(1);
+
+impl Plan {
+    fn new(timing: &Timing, hosts: usize) -> Self {
+        let round = timing.round();
+        let attempts = timing.retries + 1;
+        let wait = reply_wait(round, timing.retries);
+        let span = round.saturating_sub(wait * attempts);
+        let max_slices = (span.as_nanos() / MIN_SPACING.as_nanos()).max(1) as usize;
+        let slices = hosts.clamp(1, max_slices);
+        Self {
+            hosts,
+            slices,
+            spacing: span / slices as u32,
+            wait,
+            attempts,
+        }
+    }
+
+    /// Hosts of slice `s`.
+    fn range(&self, s: usize) -> Range<usize> {
+        s * self.hosts / self.slices..(s + 1) * self.hosts / self.slices
+    }
+
+    /// Every step of a round starting at `start`, in time order.
+    fn events(&self, start: Instant) -> Vec<Event> {
+        let mut events = Vec::with_capacity(self.slices * (self.attempts as usize + 1));
+        for slice in 0..self.slices {
+            let sent = start + self.spacing * slice as u32;
+            events.push(Event {
+                at: sent,
+                step: Step::Send,
+                slice,
+            });
+            for attempt in 1..self.attempts {
+                events.push(Event {
+                    at: sent + self.wait * attempt,
+                    step: Step::Retry,
+                    slice,
+                });
+            }
+            events.push(Event {
+                at: sent + self.wait * self.attempts,
+                step: Step::Judge,
+                slice,
+            });
+        }
+        events.sort_by_key(|e| (e.at, e.step, e.slice));
+        events
+    }
+}
+
 /// How long after sending a probe its reply is awaited before a retry (or the judgement):
-/// long enough for any LAN round trip, short enough that every attempt fits in the round, so a
-/// dead host is declared DOWN soon after its last probe went unanswered. A reply later than
-/// this is not lost: it counts for the next round.
+/// long enough for any LAN round trip, short enough that every attempt fits in the round.
+/// A reply later than this is not lost: it counts for the next round.
 fn reply_wait(round: Duration, retries: u32) -> Duration {
     (round / (retries + 2)).min(REPLY_WAIT)
 }
@@ -297,13 +484,13 @@ fn round_index(elapsed: Duration, round: Duration) -> u64 {
 mod tests {
     use super::*;
 
-    fn timing(window_ms: u64) -> Timing {
+    fn timing(window_ms: u64, probes: u32, retries: u32) -> Timing {
         Timing {
             window: Duration::from_millis(window_ms),
-            probes: 3,
+            probes,
             failed_windows: 2,
             recover_windows: 2,
-            retries: 1,
+            retries,
         }
     }
 
@@ -333,16 +520,72 @@ mod tests {
     }
 
     #[test]
+    fn a_large_round_is_spread_in_millisecond_slices_and_judged_before_it_ends() {
+        // 131,072 hosts, 1 s windows, 2 probes: 500 ms rounds, 10 ms waits, one retry.
+        let t = timing(1000, 2, 1);
+        let plan = Plan::new(&t, 131_072);
+        assert_eq!(plan.slices, 480);
+        assert_eq!(plan.spacing, Duration::from_millis(1));
+        let start = Instant::now();
+        let events = plan.events(start);
+        assert_eq!(events.len(), 480 * 3);
+        assert!(
+            events.windows(2).all(|w| w[0].at <= w[1].at),
+            "in time order"
+        );
+        let last = events.last().unwrap();
+        assert!(
+            last.at - start <= t.round(),
+            "judged {:?} after the round began",
+            last.at - start
+        );
+        // Every host is in exactly one slice, and slices differ by at most one host.
+        let sizes: Vec<usize> = (0..plan.slices).map(|s| plan.range(s).len()).collect();
+        assert_eq!(sizes.iter().sum::<usize>(), 131_072);
+        assert!(sizes.iter().max().unwrap() - sizes.iter().min().unwrap() <= 1);
+        assert_eq!(plan.range(0).start, 0);
+        assert_eq!(plan.range(479).end, 131_072);
+    }
+
+    #[test]
+    fn few_hosts_make_few_slices() {
+        let plan = Plan::new(&timing(100, 3, 1), 1);
+        assert_eq!((plan.slices, plan.range(0)), (1, 0..1));
+        let events = plan.events(Instant::now());
+        let steps: Vec<Step> = events.iter().map(|e| e.step).collect();
+        assert_eq!(steps, [Step::Send, Step::Retry, Step::Judge]);
+        let plan = Plan::new(&timing(100, 3, 0), 5);
+        assert_eq!(plan.slices, 5);
+    }
+
+    #[test]
+    fn roles_are_found_in_the_sorted_host_list() {
+        let hosts: Vec<Ipv4Addr> = ["192.0.2.1", "192.0.2.9", "192.0.2.254"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        let roles = Roles::find(&hosts, hosts[1], &[hosts[2], hosts[0]]);
+        assert_eq!(roles.watch, Some(1));
+        assert_eq!(roles.witnesses, [2, 0]);
+    }
+
+    #[test]
     fn the_suspect_signal_leaves_time_for_the_conflict_check() {
         // 100 ms window: 33 ms rounds; a 50 ms check needs 2 rounds + 1 of slack: at 3 of 6.
         assert_eq!(
-            suspect_threshold(&timing(100), Duration::from_millis(50)),
+            suspect_threshold(&timing(100, 3, 1), Duration::from_millis(50)),
             3
         );
         // 60 ms window: 20 ms rounds; 50 ms is 2.5 rounds, so 3 + 1: at 2 of 6.
-        assert_eq!(suspect_threshold(&timing(60), Duration::from_millis(50)), 2);
+        assert_eq!(
+            suspect_threshold(&timing(60, 3, 1), Duration::from_millis(50)),
+            2
+        );
         // A check longer than the whole detection still starts after one silent round.
-        assert_eq!(suspect_threshold(&timing(50), Duration::from_secs(1)), 1);
-        assert_eq!(suspect_threshold(&timing(1000), Duration::ZERO), 5);
+        assert_eq!(
+            suspect_threshold(&timing(50, 3, 1), Duration::from_secs(1)),
+            1
+        );
+        assert_eq!(suspect_threshold(&timing(1000, 3, 1), Duration::ZERO), 5);
     }
 }

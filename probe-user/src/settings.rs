@@ -399,6 +399,25 @@ fn bounded(
     Ok(d)
 }
 
+/// The timing of `xdprobe monitor`, from its flags.
+pub fn monitor_timing(args: &crate::cli::MonitorArgs) -> Result<Timing, SettingsError> {
+    let timing = Timing {
+        window: args.window.unwrap_or(DEFAULT_WINDOW),
+        probes: args.probes.unwrap_or(DEFAULT_PROBES),
+        failed_windows: args.failed_windows.unwrap_or(DEFAULT_FAILED_WINDOWS),
+        recover_windows: args.recover_windows.unwrap_or(DEFAULT_RECOVER_WINDOWS),
+        retries: args.retries.unwrap_or(DEFAULT_RETRIES),
+    };
+    validate_timing(&timing)?;
+    if args.count == Some(0) {
+        return Err(SettingsError::Invalid {
+            field: "count",
+            reason: "0 windows: nothing to do".into(),
+        });
+    }
+    Ok(timing)
+}
+
 fn validate_timing(t: &Timing) -> Result<(), SettingsError> {
     use SettingsError::Invalid;
     if t.window < MIN_WINDOW || t.window > MAX_WINDOW {

@@ -97,6 +97,21 @@ impl Daemon {
         )
     }
 
+    /// Waits for the process to end by itself (up to 60 s).
+    pub fn wait(mut self) -> anyhow::Result<(ExitStatus, String)> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                thread::sleep(Duration::from_millis(50));
+                return Ok((status, self.log()));
+            }
+            if Instant::now() > deadline {
+                bail!("xdprobe did not end within 60 s:\n{}", self.log());
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Sends SIGTERM and waits for the exit.
     pub fn stop(mut self) -> anyhow::Result<(ExitStatus, String)> {
         // The child is `ip netns exec`, which execs xdprobe: same pid.

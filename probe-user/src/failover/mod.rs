@@ -127,6 +127,10 @@ impl Failover {
     fn on_report(&self, run: &mut Run, report: Report) -> (Vec<Action>, Option<HostEvent>) {
         let now = run.now();
         match report {
+            Report::Window { window, .. } => {
+                run.window = window;
+                (vec![], None)
+            }
             Report::Suspect { window, .. } => {
                 run.window = window;
                 (run.policy.primary_suspect(now), None)

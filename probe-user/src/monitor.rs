@@ -1,0 +1,213 @@
+//! `xdprobe monitor`: probe many hosts, print their state changes as they happen and a summary
+//! at the end (after `--count` windows, or on Ctrl-C / SIGTERM). Exit codes like fping.
+
+use std::io::Write as _;
+
+use anyhow::Context as _;
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::mpsc,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    cli::{MonitorArgs, Receive},
+    counters::{Counters, SocketCounters},
+    events::Report,
+    failure::{Failure, OrSystem as _},
+    prober::{Outcome, Prober, Roles},
+    report::{self, Format, StateLine, WindowLine},
+    sender::Sender,
+    settings, targets,
+};
+
+pub async fn monitor(args: MonitorArgs) -> Result<u8, Failure> {
+    let timing = settings::monitor_timing(&args).map_err(|e| Failure::Usage(e.into()))?;
+    crate::interface_index(&args.iface)?;
+    let parsed = targets::parse_args(&args.targets, |path| std::fs::read_to_string(path))
+        .map_err(|e| Failure::Usage(e.into()))?;
+    let hosts = targets::resolve(parsed, probe_common::maps::MAX_HOSTS as usize)
+        .await
+        .map_err(|e| Failure::Usage(e.into()))?;
+    let host_count = hosts.len() as u64;
+    let format = if args.json {
+        Format::Json
+    } else {
+        Format::Text
+    };
+
+    let counters: Box<dyn Counters> = match args.receive {
+        Receive::Xdp => Box::new(crate::attach_xdp(&hosts, &args.iface, args.debug)?),
+        Receive::Socket => Box::new(SocketCounters::start(&args.iface, &hosts).system()?),
+    };
+    let sender = Sender::open(&args.iface).system()?;
+    let (reports_tx, reports_rx) = mpsc::unbounded_channel();
+    let prober = Prober::new(
+        hosts,
+        Roles::default(),
+        counters,
+        sender,
+        timing,
+        std::time::Duration::ZERO,
+        reports_tx,
+    )
+    .stop_after(args.count);
+    let shutdown = CancellationToken::new();
+    let mut prober = tokio::spawn(prober.run(shutdown.clone()));
+    let printer = tokio::spawn(print(reports_rx, format));
+
+    let mut sigterm = signal(SignalKind::terminate())
+        .context("installing the SIGTERM handler")
+        .system()?;
+    let done = tokio::select! {
+        _ = tokio::signal::ctrl_c() => None,
+        _ = sigterm.recv() => None,
+        done = &mut prober => Some(done),
+    };
+    shutdown.cancel();
+    let done = match done {
+        Some(done) => done,
+        None => prober.await,
+    };
+    let outcome = done
+        .map_err(|join| anyhow::anyhow!("probe task died: {join}"))
+        .and_then(|r| r)
+        .system()?;
+    // The prober is gone, so is the report sender: the printer drains and ends.
+    printer
+        .await
+        .map_err(|join| anyhow::anyhow!("output task died: {join}"))
+        .and_then(|r| r.context("writing to stdout"))
+        .system()?;
+
+    let summary = summarize(&outcome, host_count);
+    let mut out = std::io::stdout().lock();
+    report::write_summary(&mut out, format, &summary)
+        .and_then(|()| out.flush())
+        .context("writing the summary")
+        .system()?;
+    Ok(report::exit_code(&summary))
+}
+
+/// Prints state changes (and, in JSON, per-window lines) as they come.
+async fn print(
+    mut reports: mpsc::UnboundedReceiver<Report>,
+    format: Format,
+) -> std::io::Result<()> {
+    while let Some(report) = reports.recv().await {
+        let mut out = std::io::stdout().lock();
+        match report {
+            Report::Host(event) => {
+                let (from, to) = (event.change.from.to_string(), event.change.to.to_string());
+                report::write_state(
+                    &mut out,
+                    format,
+                    &StateLine {
+                        host: event.host,
+                        from: &from,
+                        to: &to,
+                        window: event.window,
+                        at: event.at,
+                        rtt_us: None,
+                    },
+                )?;
+            }
+            Report::Window {
+                window,
+                up,
+                down,
+                unknown,
+                sent,
+                answered,
+            } => {
+                report::write_window(
+                    &mut out,
+                    format,
+                    &WindowLine {
+                        window,
+                        up,
+                        down,
+                        unknown,
+                        sent,
+                        answered,
+                    },
+                )?;
+            }
+            Report::Suspect { .. } | Report::Witnesses { .. } => {}
+        }
+        out.flush()?;
+    }
+    Ok(())
+}
+
+fn summarize(outcome: &Outcome, hosts: u64) -> report::Summary {
+    let [unknown, up, down] = outcome.states;
+    let mut summary =
+        outcome
+            .stats
+            .summary(hosts, up, down, unknown, outcome.windows, outcome.rtt_known);
+    summary.peak_rss_kib = proc_kib("/proc/self/status", "VmHWM:");
+    summary.map_kib = bpf_map_kib();
+    summary
+}
+
+/// A `kB` field of a /proc status file.
+fn proc_kib(path: &str, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    parse_kib(&text, field)
+}
+
+fn parse_kib(text: &str, field: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with(field))?;
+    line[field.len()..].split_whitespace().next()?.parse().ok()
+}
+
+/// Kernel memory of our BPF maps: the `memlock` of every map fd we hold.
+fn bpf_map_kib() -> Option<u64> {
+    let mut bytes = 0u64;
+    let mut maps = 0;
+    for entry in std::fs::read_dir("/proc/self/fdinfo").ok()?.flatten() {
+        let Ok(info) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        if let Some(memlock) = map_memlock(&info) {
+            bytes += memlock;
+            maps += 1;
+        }
+    }
+    (maps > 0).then_some(bytes / 1024)
+}
+
+/// The `memlock` bytes of a BPF map's fdinfo; `None` for any other kind of fd.
+fn map_memlock(fdinfo: &str) -> Option<u64> {
+    if !fdinfo.lines().any(|l| l.starts_with("map_type:")) {
+        return None;
+    }
+    fdinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("memlock:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_fields_are_read_in_kib() {
+        let status = "Name:\txdprobe\nVmHWM:\t   12345 kB\nVmRSS:\t 100 kB\n";
+        assert_eq!(parse_kib(status, "VmHWM:"), Some(12345));
+        assert_eq!(parse_kib(status, "VmSwap:"), None);
+    }
+
+    #[test]
+    fn map_memory_comes_from_map_fdinfo_only() {
+        let map = "pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t1057\nmap_type:\t2\n\
+                   key_size:\t4\nvalue_size:\t16\nmax_entries:\t131072\nmap_flags:\t0x400\n\
+                   memlock:\t2101248\n";
+        assert_eq!(map_memlock(map), Some(2_101_248));
+        assert_eq!(map_memlock("pos:\t0\nflags:\t02\nmnt_id:\t15\n"), None);
+    }
+}
