@@ -92,6 +92,17 @@ pub fn parse_vm_hwm_kib(status: &str) -> Option<u64> {
     })
 }
 
+/// utime + stime of a process (all its threads), in clock ticks, from `/proc/PID/stat`. The
+/// command name in field 2 may hold spaces and parentheses: fields are counted after the last `)`.
+pub fn parse_pid_cpu_ticks(stat: &str) -> Option<u64> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    // Field 3 (state) is the first after the name; utime and stime are fields 14 and 15.
+    let mut fields = after_name.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
 /// Packets the kernel dropped because a CPU's input backlog was full (`netdev_max_backlog`):
 /// the second column of `/proc/net/softnet_stat`, summed over the CPUs. Global, not per
 /// namespace.
@@ -168,6 +179,8 @@ pub struct Observed {
     pub busy_ticks: u64,
     /// The last `VmHWM` read before the child exited.
     pub vm_hwm_kib: Option<u64>,
+    /// The child's own user + system ticks, last read before it exited (up to one poll short).
+    pub process_ticks: Option<u64>,
     /// Whether the run hit its wall-time cap and was stopped with SIGINT.
     pub capped: bool,
 }
@@ -185,7 +198,9 @@ pub fn observe(command: &mut Command, cap: Duration) -> Result<Observed> {
         .spawn()
         .with_context(|| format!("cannot start `{}`", cmd::describe(command)))?;
     let status_file = format!("/proc/{}/status", child.id());
+    let stat_file = format!("/proc/{}/stat", child.id());
     let mut vm_hwm_kib = None;
+    let mut process_ticks = None;
     let mut interrupted: Option<Instant> = None;
     let status = loop {
         // Read before reaping: once reaped, the pid may belong to someone else.
@@ -195,6 +210,13 @@ pub fn observe(command: &mut Command, cap: Duration) -> Result<Observed> {
             .and_then(parse_vm_hwm_kib)
         {
             vm_hwm_kib = Some(hwm);
+        }
+        if let Some(ticks) = fs::read_to_string(&stat_file)
+            .ok()
+            .as_deref()
+            .and_then(parse_pid_cpu_ticks)
+        {
+            process_ticks = Some(ticks);
         }
         if let Some(status) = child.try_wait()? {
             break status;
@@ -225,6 +247,7 @@ pub fn observe(command: &mut Command, cap: Duration) -> Result<Observed> {
         wall,
         busy_ticks: after.busy_since(before),
         vm_hwm_kib,
+        process_ticks,
         capped: interrupted.is_some(),
     })
 }
@@ -270,6 +293,16 @@ intr 123
         let status = "Name:\tfping\nVmPeak:\t  600000 kB\nVmHWM:\t  505060 kB\nVmRSS:\t 1 kB\n";
         assert_eq!(parse_vm_hwm_kib(status), Some(505_060));
         assert_eq!(parse_vm_hwm_kib("Name:\tfping\nState:\tZ (zombie)\n"), None);
+    }
+
+    #[test]
+    fn reads_a_processes_own_cpu_ticks() {
+        let stat = "4242 (x (y) z) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 40 3 4 20 0 3 0 \
+                    1000 12345 678 18446744073709551615";
+        assert_eq!(parse_pid_cpu_ticks(stat), Some(290));
+        assert_eq!(parse_pid_cpu_ticks("4242 (x) Z 1"), None);
+        let own = fs::read_to_string("/proc/self/stat").unwrap();
+        assert!(parse_pid_cpu_ticks(&own).is_some());
     }
 
     #[test]

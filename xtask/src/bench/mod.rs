@@ -357,6 +357,12 @@ impl Bench<'_> {
                 fill_xdprobe(&mut row, hosts, &out_path, &err_path, &observed)?
             }
         }
+        if let Some(own) = observed.process_ticks {
+            row.notes.push(format!(
+                "its own CPU (user + system, all threads): {:.2} s",
+                own as f64 / self.ticks
+            ));
+        }
         if drops > 0 {
             row.notes.push(format!(
                 "the kernel dropped {} packets during this run (softnet backlog full, \

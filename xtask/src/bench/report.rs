@@ -234,7 +234,11 @@ answering, XDP) counts for every tool alike; the farm's answering is part of eve
 is fping's CPU per 1,000 probes divided by the tool's. **probes/s** is probes sent ÷ wall time; \
 keeping the period needs hosts × 2 per second. **peak memory** is the process's `VmHWM` polled \
 from `/proc/PID/status` every 100 ms, the same way for every tool; xdprobe's BPF maps are kernel \
-memory, outside VmHWM, and are shown after the `+`.
+memory, outside VmHWM, and are shown after the `+`. The notes under each table give each \
+tool's own CPU (user + system of its process, all threads, from `/proc/PID/stat`; the rest of \
+**CPU s** is kernel work in softirq, the farm, and anything else that ran) and how busy the \
+machine already was just before a run: whole-machine figures are only as good as the machine is \
+quiet.
 
 ";
 
