@@ -40,6 +40,8 @@ pub async fn monitor(args: MonitorArgs) -> Result<u8, Failure> {
         Receive::Xdp => Box::new(crate::attach_xdp(&hosts, &args.iface, args.debug)?),
         Receive::Socket => Box::new(SocketCounters::start(&args.iface, &hosts).system()?),
     };
+    // The maps' kernel memory is fixed once they exist (and gone once the prober ends).
+    let map_kib = bpf_map_kib();
     let sender = Sender::open(&args.iface).system()?;
     let (reports_tx, reports_rx) = mpsc::unbounded_channel();
     let prober = Prober::new(
@@ -80,7 +82,7 @@ pub async fn monitor(args: MonitorArgs) -> Result<u8, Failure> {
         .and_then(|r| r.context("writing to stdout"))
         .system()?;
 
-    let summary = summarize(&outcome, host_count);
+    let summary = summarize(&outcome, host_count, map_kib);
     let mut out = std::io::stdout().lock();
     report::write_summary(&mut out, format, &summary)
         .and_then(|()| out.flush())
@@ -140,14 +142,14 @@ async fn print(
     Ok(())
 }
 
-fn summarize(outcome: &Outcome, hosts: u64) -> report::Summary {
+fn summarize(outcome: &Outcome, hosts: u64, map_kib: Option<u64>) -> report::Summary {
     let [unknown, up, down] = outcome.states;
     let mut summary =
         outcome
             .stats
             .summary(hosts, up, down, unknown, outcome.windows, outcome.rtt_known);
     summary.peak_rss_kib = proc_kib("/proc/self/status", "VmHWM:");
-    summary.map_kib = bpf_map_kib();
+    summary.map_kib = map_kib;
     summary
 }
 
