@@ -23,7 +23,7 @@ use crate::{
 
 pub async fn monitor(args: MonitorArgs) -> Result<u8, Failure> {
     let timing = settings::monitor_timing(&args).map_err(|e| Failure::Usage(e.into()))?;
-    crate::interface_index(&args.iface)?;
+    crate::startup::interface_index(&args.iface)?;
     let parsed = targets::parse_args(&args.targets, |path| std::fs::read_to_string(path))
         .map_err(|e| Failure::Usage(e.into()))?;
     let hosts = targets::resolve(parsed, probe_common::maps::MAX_HOSTS as usize)
@@ -37,7 +37,7 @@ pub async fn monitor(args: MonitorArgs) -> Result<u8, Failure> {
     };
 
     let counters: Box<dyn Counters> = match args.receive {
-        Receive::Xdp => Box::new(crate::attach_xdp(&hosts, &args.iface, args.debug)?),
+        Receive::Xdp => Box::new(crate::startup::attach_xdp(&hosts, &args.iface, args.debug)?),
         Receive::Socket => Box::new(SocketCounters::start(&args.iface, &hosts).system()?),
     };
     // The maps' kernel memory is fixed once they exist (and gone once the prober ends).

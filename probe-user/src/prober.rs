@@ -33,19 +33,22 @@ use crate::{
 /// Which of the (sorted) hosts play a part in failover.
 #[derive(Clone, Debug, Default)]
 pub struct Roles {
-    pub watch: Option<usize>,
+    /// The failover groups' primaries.
+    pub watches: Vec<usize>,
     pub witnesses: Vec<usize>,
 }
 
 impl Roles {
-    /// Roles of `watch` and `witnesses` within `hosts` (sorted, containing them all).
-    pub fn find(hosts: &[Ipv4Addr], watch: Ipv4Addr, witnesses: &[Ipv4Addr]) -> Self {
+    /// Roles of `watches` and `witnesses` within `hosts` (sorted, containing them all).
+    pub fn find(hosts: &[Ipv4Addr], watches: &[Ipv4Addr], witnesses: &[Ipv4Addr]) -> Self {
+        let find = |list: &[Ipv4Addr]| {
+            list.iter()
+                .filter_map(|a| hosts.binary_search(a).ok())
+                .collect()
+        };
         Self {
-            watch: hosts.binary_search(&watch).ok(),
-            witnesses: witnesses
-                .iter()
-                .filter_map(|w| hosts.binary_search(w).ok())
-                .collect(),
+            watches: find(watches),
+            witnesses: find(witnesses),
         }
     }
 }
@@ -339,7 +342,7 @@ impl Prober {
             }
             self.report(Report::Host(event));
         }
-        if let Some(w) = self.roles.watch.filter(|w| range.contains(w)) {
+        for &w in self.roles.watches.iter().filter(|w| range.contains(w)) {
             let h = &self.health[w];
             if h.silent_rounds() == self.suspect_at && h.state() != State::Down {
                 debug!(host = %self.hosts[w], window, silent_rounds = self.suspect_at, "watched host suspect");
@@ -564,8 +567,8 @@ mod tests {
             .iter()
             .map(|a| a.parse().unwrap())
             .collect();
-        let roles = Roles::find(&hosts, hosts[1], &[hosts[2], hosts[0]]);
-        assert_eq!(roles.watch, Some(1));
+        let roles = Roles::find(&hosts, &[hosts[1]], &[hosts[2], hosts[0]]);
+        assert_eq!(roles.watches, [1]);
         assert_eq!(roles.witnesses, [2, 0]);
     }
 

@@ -2,7 +2,7 @@
 //!
 //! Pure code: no I/O besides reading the config file's text, so every rule is unit-tested.
 
-use std::{net::Ipv4Addr, path::Path, time::Duration};
+use std::{borrow::Cow, net::Ipv4Addr, path::Path, time::Duration};
 
 use ipnet::Ipv4Net;
 use lettre::message::Mailbox;
@@ -33,9 +33,12 @@ const IFNAMSIZ: usize = 16;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SettingsError {
     #[error("missing `{field}`: give --{flag} or set `{field}` in the config file", flag = .field.replace('_', "-"))]
-    Missing { field: &'static str },
+    Missing { field: Cow<'static, str> },
     #[error("invalid `{field}`: {reason}")]
-    Invalid { field: &'static str, reason: String },
+    Invalid {
+        field: Cow<'static, str>,
+        reason: String,
+    },
     #[error("config file {path}: {message}")]
     File { path: String, message: String },
 }
@@ -48,6 +51,10 @@ pub struct FileConfig {
     pub watch: Option<Ipv4Addr>,
     pub vip: Option<Ipv4Net>,
     pub label: Option<String>,
+    /// More failover groups, each `[[group]]` with its own watch, vip and label.
+    pub group: Option<Vec<GroupFile>>,
+    /// Plain monitored targets (addresses, CIDRs, names, @FILEs): probed and reported, no VIP.
+    pub monitor: Option<Vec<String>>,
     #[serde(default, with = "humantime_serde")]
     pub window: Option<Duration>,
     pub probes: Option<u32>,
@@ -79,6 +86,15 @@ pub struct FileConfig {
     pub smtp_credentials: Option<std::path::PathBuf>,
     pub mail_limit: Option<String>,
     pub debug: Option<bool>,
+}
+
+/// One `[[group]]` of the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupFile {
+    pub watch: Option<Ipv4Addr>,
+    pub vip: Option<Ipv4Net>,
+    pub label: Option<String>,
 }
 
 impl FileConfig {
@@ -128,6 +144,14 @@ pub struct Garp {
     pub refresh: Option<Duration>,
 }
 
+/// A primary to watch and the VIP to take over when it is DOWN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    pub watch: Ipv4Addr,
+    pub vip: Ipv4Net,
+    pub label: String,
+}
+
 /// How the standby decides to take and give back the VIP.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FailoverSettings {
@@ -149,9 +173,10 @@ impl Timing {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
     pub iface: String,
-    pub watch: Ipv4Addr,
-    pub vip: Ipv4Net,
-    pub label: String,
+    /// Failover groups: each watches one primary and takes over its VIP.
+    pub groups: Vec<Group>,
+    /// Plain monitored targets, unresolved (see `targets`).
+    pub monitor: Vec<String>,
     pub timing: Timing,
     pub failover: FailoverSettings,
     pub hooks: Hooks,
@@ -164,53 +189,50 @@ impl Settings {
     pub fn resolve(args: &RunArgs, file: FileConfig) -> Result<Self, SettingsError> {
         use SettingsError::{Invalid, Missing};
 
-        let iface = args
-            .iface
-            .clone()
-            .or(file.iface)
-            .ok_or(Missing { field: "iface" })?;
+        let iface = args.iface.clone().or(file.iface).ok_or(Missing {
+            field: "iface".into(),
+        })?;
         if iface.is_empty() || iface.len() >= IFNAMSIZ || iface.contains(['/', ' ', ':']) {
             return Err(Invalid {
-                field: "iface",
+                field: "iface".into(),
                 reason: format!("{iface:?} is not an interface name (1 to 15 characters, no '/', ':' or spaces)"),
             });
         }
-        let watch = args
-            .watch
-            .or(file.watch)
-            .ok_or(Missing { field: "watch" })?;
-        if watch.is_unspecified() || watch.is_broadcast() || watch.is_multicast() {
-            return Err(Invalid {
-                field: "watch",
-                reason: format!("{watch} is not a unicast host address"),
+        // The flags (or the file's top-level keys) make the first group; [[group]] tables more.
+        let mut specs: Vec<(String, GroupFile)> = Vec::new();
+        let (watch, vip, label) = (
+            args.watch.or(file.watch),
+            args.vip.or(file.vip),
+            args.label.clone().or(file.label),
+        );
+        if watch.is_some() || vip.is_some() || label.is_some() {
+            specs.push((String::new(), GroupFile { watch, vip, label }));
+        }
+        for (i, g) in file.group.unwrap_or_default().into_iter().enumerate() {
+            specs.push((format!("group[{i}]."), g));
+        }
+        let monitor = file.monitor.unwrap_or_default();
+        if specs.is_empty() && monitor.is_empty() {
+            return Err(Missing {
+                field: "watch".into(),
             });
         }
-        let vip = args.vip.or(file.vip).ok_or(Missing { field: "vip" })?;
-        if vip.addr() == watch {
-            return Err(Invalid {
-                field: "vip",
-                reason: format!(
-                    "{} is the watched host's own address; the VIP must be another address",
-                    vip.addr()
-                ),
-            });
-        }
-        if vip.addr().is_unspecified() || vip.addr().is_multicast() || vip.addr().is_broadcast() {
-            return Err(Invalid {
-                field: "vip",
-                reason: format!("{} is not a unicast address", vip.addr()),
-            });
-        }
-        let label = args
-            .label
-            .clone()
-            .or(file.label)
-            .unwrap_or_else(|| format!("{iface}:1"));
-        if !label.starts_with(iface.as_str()) || label.len() >= IFNAMSIZ {
-            return Err(Invalid {
-                field: "label",
-                reason: format!("{label:?} must start with the interface name {iface:?} and be at most 15 characters"),
-            });
+        let mut groups: Vec<Group> = Vec::with_capacity(specs.len());
+        for (n, (prefix, spec)) in specs.into_iter().enumerate() {
+            let group = resolve_group(&iface, n + 1, &prefix, spec)?;
+            if let Some(other) = groups
+                .iter()
+                .find(|g| g.vip.addr() == group.vip.addr() || g.label == group.label)
+            {
+                return Err(Invalid {
+                    field: format!("{prefix}vip").into(),
+                    reason: format!(
+                        "{} ({}) clashes with the group watching {} ({} {})",
+                        group.vip, group.label, other.watch, other.vip, other.label
+                    ),
+                });
+            }
+            groups.push(group);
         }
 
         let timing = Timing {
@@ -234,14 +256,13 @@ impl Settings {
             args.witnesses.clone()
         };
         for w in &witnesses {
-            if *w == watch
-                || *w == vip.addr()
+            if groups.iter().any(|g| *w == g.watch || *w == g.vip.addr())
                 || w.is_unspecified()
                 || w.is_multicast()
                 || w.is_broadcast()
             {
                 return Err(Invalid {
-                    field: "witness",
+                    field: "witness".into(),
                     reason: format!(
                         "{w} must be a unicast host other than the watched host and the VIP"
                     ),
@@ -295,7 +316,7 @@ impl Settings {
         };
         if failover.garp.count > 100 {
             return Err(Invalid {
-                field: "garp_count",
+                field: "garp_count".into(),
                 reason: format!("{} is out of range (0 to 100)", failover.garp.count),
             });
         }
@@ -303,7 +324,12 @@ impl Settings {
         let hook = |field: &'static str, flag: &Option<String>, file: Option<String>| {
             flag.clone()
                 .or(file)
-                .map(|cmd| Hook::parse(&cmd).map_err(|reason| Invalid { field, reason }))
+                .map(|cmd| {
+                    Hook::parse(&cmd).map_err(|reason| Invalid {
+                        field: field.into(),
+                        reason,
+                    })
+                })
                 .transpose()
         };
         let hooks = Hooks {
@@ -344,7 +370,7 @@ impl Settings {
             None => {
                 if let Some((field, _)) = tls_and_limit.iter().find(|(_, given)| *given) {
                     return Err(Invalid {
-                        field,
+                        field: (*field).into(),
                         reason: "only makes sense with `notify`".into(),
                     });
                 }
@@ -355,7 +381,7 @@ impl Settings {
                 m.credentials = args.smtp_credentials.clone().or(file.smtp_credentials);
                 if let Some(limit) = args.mail_limit.clone().or(file.mail_limit) {
                     m.limit = limit.parse::<RateLimit>().map_err(|reason| Invalid {
-                        field: "mail_limit",
+                        field: "mail_limit".into(),
                         reason,
                     })?;
                 }
@@ -364,9 +390,8 @@ impl Settings {
 
         Ok(Settings {
             iface,
-            watch,
-            vip,
-            label,
+            groups,
+            monitor,
             timing,
             failover,
             hooks,
@@ -374,6 +399,53 @@ impl Settings {
             debug: args.debug || file.debug.unwrap_or(false),
         })
     }
+}
+
+/// One failover group: `prefix` names where it came from in errors (`group[2].`), `n` numbers
+/// its default label (`<iface>:n`).
+fn resolve_group(
+    iface: &str,
+    n: usize,
+    prefix: &str,
+    spec: GroupFile,
+) -> Result<Group, SettingsError> {
+    use SettingsError::{Invalid, Missing};
+    let field = |name: &str| -> Cow<'static, str> { format!("{prefix}{name}").into() };
+    let watch = spec.watch.ok_or(Missing {
+        field: field("watch"),
+    })?;
+    if watch.is_unspecified() || watch.is_broadcast() || watch.is_multicast() {
+        return Err(Invalid {
+            field: field("watch"),
+            reason: format!("{watch} is not a unicast host address"),
+        });
+    }
+    let vip = spec.vip.ok_or(Missing {
+        field: field("vip"),
+    })?;
+    if vip.addr() == watch {
+        return Err(Invalid {
+            field: field("vip"),
+            reason: format!(
+                "{} is the watched host's own address; the VIP must be another address",
+                vip.addr()
+            ),
+        });
+    }
+    if vip.addr().is_unspecified() || vip.addr().is_multicast() || vip.addr().is_broadcast() {
+        return Err(Invalid {
+            field: field("vip"),
+            reason: format!("{} is not a unicast address", vip.addr()),
+        });
+    }
+    let label = spec.label.unwrap_or_else(|| format!("{iface}:{n}"));
+    if !label.starts_with(iface) || label.len() >= IFNAMSIZ {
+        return Err(Invalid {
+            field: field("label"),
+            reason: format!("{label:?} must start with the interface name {iface:?} and be at most 15 characters"),
+        });
+    }
+    Ok(Group { watch, vip, label })
 }
 
 /// `value` (or `default`) if within `min..=max`, else an error naming `field`.
@@ -387,7 +459,7 @@ fn bounded(
     let d = value.unwrap_or(default);
     if d < min || d > max {
         return Err(SettingsError::Invalid {
-            field,
+            field: field.into(),
             reason: format!(
                 "{} is out of range ({} to {})",
                 humantime::format_duration(d),
@@ -411,7 +483,7 @@ pub fn monitor_timing(args: &crate::cli::MonitorArgs) -> Result<Timing, Settings
     validate_timing(&timing)?;
     if args.count == Some(0) {
         return Err(SettingsError::Invalid {
-            field: "count",
+            field: "count".into(),
             reason: "0 windows: nothing to do".into(),
         });
     }
@@ -422,7 +494,7 @@ fn validate_timing(t: &Timing) -> Result<(), SettingsError> {
     use SettingsError::Invalid;
     if t.window < MIN_WINDOW || t.window > MAX_WINDOW {
         return Err(Invalid {
-            field: "window",
+            field: "window".into(),
             reason: format!(
                 "{} is out of range ({} to {})",
                 humantime::format_duration(t.window),
@@ -433,13 +505,13 @@ fn validate_timing(t: &Timing) -> Result<(), SettingsError> {
     }
     if !(1..=1000).contains(&t.probes) {
         return Err(Invalid {
-            field: "probes",
+            field: "probes".into(),
             reason: format!("{} is out of range (1 to 1000)", t.probes),
         });
     }
     if t.round() < MIN_ROUND {
         return Err(Invalid {
-            field: "probes",
+            field: "probes".into(),
             reason: format!(
                 "{} probes in a {} window leave less than 1ms between probes",
                 t.probes,
@@ -449,7 +521,7 @@ fn validate_timing(t: &Timing) -> Result<(), SettingsError> {
     }
     if t.recover_windows.saturating_mul(t.probes) > crate::health::MAX_RECOVERY_ROUNDS {
         return Err(Invalid {
-            field: "recover_windows",
+            field: "recover_windows".into(),
             reason: format!(
                 "{} windows of {} probes look back more than {} rounds",
                 t.recover_windows,
@@ -460,7 +532,7 @@ fn validate_timing(t: &Timing) -> Result<(), SettingsError> {
     }
     if t.retries > 3 {
         return Err(Invalid {
-            field: "retries",
+            field: "retries".into(),
             reason: format!("{} is out of range (0 to 3)", t.retries),
         });
     }
@@ -470,7 +542,7 @@ fn validate_timing(t: &Timing) -> Result<(), SettingsError> {
     ] {
         if !(1..=1000).contains(&n) {
             return Err(Invalid {
-                field,
+                field: field.into(),
                 reason: format!("{n} is out of range (1 to 1000)"),
             });
         }
@@ -488,18 +560,22 @@ fn resolve_mail(
         for (field, value) in [("smtp", &smtp), ("from", &from)] {
             if value.is_some() {
                 return Err(Invalid {
-                    field,
+                    field: field.into(),
                     reason: "only makes sense with `notify`".into(),
                 });
             }
         }
         return Ok(None);
     };
-    let smtp = smtp.ok_or(Missing { field: "smtp" })?;
-    let from = from.ok_or(Missing { field: "from" })?;
+    let smtp = smtp.ok_or(Missing {
+        field: "smtp".into(),
+    })?;
+    let from = from.ok_or(Missing {
+        field: "from".into(),
+    })?;
     let mailbox = |field: &'static str, s: &str| {
         s.parse::<Mailbox>().map_err(|e| Invalid {
-            field,
+            field: field.into(),
             reason: format!("{s:?} is not an e-mail address ({e})"),
         })
     };
@@ -507,7 +583,7 @@ fn resolve_mail(
         .rsplit_once(':')
         .filter(|(host, _)| !host.is_empty())
         .ok_or_else(|| Invalid {
-            field: "smtp",
+            field: "smtp".into(),
             reason: format!("{smtp:?} is not HOST:PORT"),
         })?;
     let port = port
@@ -515,7 +591,7 @@ fn resolve_mail(
         .ok()
         .filter(|p| *p != 0)
         .ok_or_else(|| Invalid {
-            field: "smtp",
+            field: "smtp".into(),
             reason: format!("{port:?} is not a port number (1 to 65535)"),
         })?;
     Ok(Some(MailSettings {
@@ -553,10 +629,10 @@ mod tests {
     /// An edit of the flags and the field whose error it must cause.
     type Case = (fn(&mut RunArgs), &'static str);
 
-    fn invalid_field(r: Result<Settings, SettingsError>) -> &'static str {
+    fn invalid_field(r: Result<Settings, SettingsError>) -> String {
         match r {
             Err(SettingsError::Invalid { field, .. }) | Err(SettingsError::Missing { field }) => {
-                field
+                field.into_owned()
             }
             other => panic!("expected a field error, got {other:?}"),
         }
@@ -565,7 +641,8 @@ mod tests {
     #[test]
     fn defaults_fill_what_is_not_given() {
         let s = Settings::resolve(&args(), FileConfig::default()).unwrap();
-        assert_eq!(s.label, "eth0:1");
+        assert_eq!(s.groups.len(), 1);
+        assert_eq!(s.groups[0].label, "eth0:1");
         assert_eq!(
             s.timing,
             Timing {
@@ -624,8 +701,8 @@ mod tests {
             "#,
         );
         let s = Settings::resolve(&RunArgs::default(), f).unwrap();
-        assert_eq!(s.vip.prefix_len(), 25);
-        assert_eq!(s.label, "eth1:vip");
+        assert_eq!(s.groups[0].vip.prefix_len(), 25);
+        assert_eq!(s.groups[0].label, "eth1:vip");
         assert_eq!(s.timing.failed_windows, 3);
         let mail = s.mail.unwrap();
         assert_eq!(
@@ -673,6 +750,7 @@ mod tests {
             "smtp_credentials",
             "mail_limit",
             "debug",
+            "monitor",
         ] {
             let shown = |l: &str| l.trim_start_matches("# ").starts_with(&format!("{key} = "));
             assert!(text.lines().any(shown), "{key} missing");
@@ -752,11 +830,83 @@ mod tests {
     }
 
     #[test]
+    fn groups_and_monitored_targets_come_from_the_file() {
+        let f = file(
+            r#"
+            iface = "eth0"
+            watch = "192.0.2.1"
+            vip = "192.0.2.100/24"
+            monitor = ["198.51.100.0/28", "@/etc/xdprobe/hosts.txt"]
+
+            [[group]]
+            watch = "192.0.2.11"
+            vip = "192.0.2.110/24"
+
+            [[group]]
+            watch = "192.0.2.12"
+            vip = "192.0.2.120/24"
+            label = "eth0:web"
+            "#,
+        );
+        let s = Settings::resolve(&RunArgs::default(), f).unwrap();
+        let labels: Vec<&str> = s.groups.iter().map(|g| g.label.as_str()).collect();
+        assert_eq!(labels, ["eth0:1", "eth0:2", "eth0:web"]);
+        assert_eq!(s.groups[1].watch, "192.0.2.11".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(s.monitor.len(), 2);
+        // Monitored targets alone are enough: no VIP to take, just watching.
+        let s = Settings::resolve(
+            &RunArgs {
+                iface: Some("eth0".into()),
+                ..RunArgs::default()
+            },
+            file("monitor = [\"192.0.2.7\"]\n"),
+        )
+        .unwrap();
+        assert!(s.groups.is_empty());
+    }
+
+    #[test]
+    fn group_errors_name_the_group_and_clashes_are_refused() {
+        let bad = [
+            ("[[group]]\nvip = \"192.0.2.110/24\"\n", "group[0].watch"),
+            ("[[group]]\nwatch = \"192.0.2.11\"\n", "group[0].vip"),
+            (
+                "[[group]]\nwatch = \"192.0.2.11\"\nvip = \"192.0.2.11/24\"\n",
+                "group[0].vip",
+            ),
+            (
+                "[[group]]\nwatch = \"192.0.2.11\"\nvip = \"192.0.2.110/24\"\nlabel = \"eth9:1\"\n",
+                "group[0].label",
+            ),
+            // Same VIP as the flags' group.
+            (
+                "[[group]]\nwatch = \"192.0.2.11\"\nvip = \"192.0.2.100/24\"\n",
+                "group[0].vip",
+            ),
+        ];
+        for (text, field) in bad {
+            assert_eq!(
+                invalid_field(Settings::resolve(&args(), file(text))),
+                field,
+                "{text}"
+            );
+        }
+        let err = FileConfig::parse(Path::new("x.toml"), "[[group]]\nwach = \"192.0.2.1\"\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("wach"), "{err}");
+    }
+
+    #[test]
     fn missing_required_settings_are_named() {
         let mut a = args();
         a.watch = None;
         let err = Settings::resolve(&a, FileConfig::default()).unwrap_err();
-        assert_eq!(err, SettingsError::Missing { field: "watch" });
+        assert_eq!(
+            err,
+            SettingsError::Missing {
+                field: "watch".into()
+            }
+        );
         assert!(err.to_string().contains("--watch"), "{err}");
     }
 

@@ -272,3 +272,82 @@ fn notification_over_starttls_with_credentials_from_a_file() {
         "password leaked into the log"
     );
 }
+
+#[test]
+fn groups_from_the_config_fail_over_independently_and_monitored_hosts_only_report() {
+    let lab = Lab::with_hosts(&[
+        ("primary", "192.0.2.1/24"),
+        ("other", "192.0.2.11/24"),
+        ("standby", "192.0.2.2/24"),
+        ("plain", "192.0.2.21/24"),
+    ])
+    .expect("lab");
+    let dir = std::env::temp_dir().join(lab.ns("groups"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let hook = dir.join("hook");
+    let hook_log = dir.join("hook.log");
+    std::fs::write(
+        &hook,
+        format!("#!/bin/sh\necho \"$@\" >> {}\n", hook_log.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let config = dir.join("xdprobe.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "iface = \"eth0\"\nwindow = \"100ms\"\non_down = \"{}\"\nmonitor = [\"192.0.2.21\"]\n\n\
+             [[group]]\nwatch = \"192.0.2.1\"\nvip = \"192.0.2.100/24\"\n\n\
+             [[group]]\nwatch = \"192.0.2.11\"\nvip = \"192.0.2.110/24\"\nlabel = \"eth0:other\"\n",
+            hook.display()
+        ),
+    )
+    .unwrap();
+    let watch = lab.watch_addrs("standby").expect("ip monitor");
+    let mut daemon = Daemon::start(
+        &lab.ns("standby"),
+        &["run", "--config", config.to_str().unwrap()],
+    )
+    .expect("starting xdprobe");
+    daemon
+        .wait_for_log("host UP", Duration::from_secs(5))
+        .expect("hosts up");
+    std::thread::sleep(Duration::from_millis(500));
+
+    // The plain monitored host dies: reported and hooked, no VIP anywhere.
+    lab.kill("plain").unwrap();
+    daemon
+        .wait_for_log("host=192.0.2.21", Duration::from_secs(3))
+        .expect("plain host DOWN logged");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        watch.seen("192.0.2.1").is_empty(),
+        "a VIP moved for a plain host:\n{}",
+        daemon.log()
+    );
+
+    // The second group's primary dies: only its VIP is taken, with its label.
+    lab.kill("other").unwrap();
+    let (_, line) = watch
+        .wait_for("192.0.2.110", Duration::from_secs(3))
+        .expect("second VIP taken");
+    assert!(line.contains("eth0:other"), "{line}");
+    std::thread::sleep(Duration::from_millis(500));
+    let (status, log) = daemon.stop().expect("stop");
+    let addrs = lab.addrs("standby").unwrap();
+    assert!(status.success(), "{log}");
+    assert!(
+        addrs.contains("192.0.2.110/24") && !addrs.contains("192.0.2.100/24"),
+        "{addrs}\n{log}"
+    );
+    let hooks = std::fs::read_to_string(&hook_log).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        hooks.contains("down 192.0.2.21  DOWN"),
+        "plain host's hook (no VIP):\n{hooks}"
+    );
+    assert!(
+        hooks.contains("down 192.0.2.11 192.0.2.110/24 DOWN"),
+        "group host's hook:\n{hooks}"
+    );
+}

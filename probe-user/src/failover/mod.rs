@@ -146,14 +146,6 @@ impl Failover {
             }
             Report::Host(event) => {
                 run.window = event.window;
-                let hook = match (event.change.from, event.change.to) {
-                    (_, State::Down) => Some(HookEvent::Down),
-                    (State::Down, State::Up) => Some(HookEvent::Up),
-                    _ => None,
-                };
-                if let Some(hook) = hook {
-                    self.fire(hook, event.host, event.change.to, event.window);
-                }
                 if event.host != self.watch {
                     return (vec![], None);
                 }

@@ -1,0 +1,210 @@
+//! `xdprobe run`: the failover daemon. One prober for every host (the failover groups'
+//! primaries, the witnesses, the monitored targets), one failover task per group, and a
+//! dispatcher between them that also runs the down/up hooks.
+
+use std::{net::Ipv4Addr, path::Path, sync::Arc};
+
+use anyhow::Context as _;
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::mpsc,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::{
+    arp::ArpSocket,
+    cli::RunArgs,
+    events::{Report, Site},
+    failover::Failover,
+    failure::{Failure, OrSystem as _},
+    health::State,
+    hooks::{HookEvent, HookFacts, Hooks},
+    mail::Notifier,
+    prober::{Prober, Roles},
+    sender::Sender,
+    settings::{FileConfig, Settings},
+    startup::{attach_xdp, interface_index},
+    targets,
+    vip::Vip,
+};
+
+fn load_settings(args: &RunArgs) -> Result<Settings, Failure> {
+    let file = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read config file {}", path.display()))
+                .map_err(Failure::Usage)?;
+            FileConfig::parse(path, &text).map_err(|e| Failure::Usage(e.into()))?
+        }
+        None => FileConfig::default(),
+    };
+    Settings::resolve(args, file).map_err(|e| Failure::Usage(e.into()))
+}
+
+fn node_name() -> String {
+    std::fs::read_to_string(Path::new("/proc/sys/kernel/hostname"))
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "this host".into())
+}
+
+pub async fn run(args: RunArgs) -> Result<(), Failure> {
+    let settings = load_settings(&args)?;
+    let index = interface_index(&settings.iface)?;
+    // Mail files (CA, credentials) and targets are checked before anything is set up.
+    let shutdown = CancellationToken::new();
+    let notifier =
+        Notifier::start(settings.mail.clone(), shutdown.clone()).map_err(Failure::Usage)?;
+    let monitored = monitored_hosts(&settings.monitor).await?;
+    let watches: Vec<Ipv4Addr> = settings.groups.iter().map(|g| g.watch).collect();
+    let witnesses = &settings.failover.witnesses;
+    let mut hosts: Vec<Ipv4Addr> = watches
+        .iter()
+        .chain(witnesses)
+        .chain(&monitored)
+        .copied()
+        .collect();
+    hosts.sort_unstable();
+    hosts.dedup();
+    let roles = Roles::find(&hosts, &watches, witnesses);
+
+    // Everything set up below is undone by drop (the XDP link) if a later step fails.
+    let xdp = attach_xdp(&hosts, &settings.iface, settings.debug)?;
+    let sender = Sender::open(&settings.iface).system()?;
+    let arp = Arc::new(ArpSocket::open(&settings.iface).system()?);
+    let node = node_name();
+
+    let mut groups = Vec::with_capacity(settings.groups.len());
+    let mut failovers = Vec::with_capacity(settings.groups.len());
+    for group in &settings.groups {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let failover = Failover {
+            watch: group.watch,
+            site: Site {
+                vip: group.vip.to_string(),
+                iface: settings.iface.clone(),
+                label: group.label.clone(),
+                node: node.clone(),
+            },
+            vip: Vip::new(index, group.vip, group.label.clone()).system()?,
+            arp: Arc::clone(&arp),
+            notifier: notifier.clone(),
+            hooks: settings.hooks.clone(),
+            settings: settings.failover.clone(),
+            timing: settings.timing,
+        };
+        failovers.push(tokio::spawn(failover.run(rx, shutdown.clone())));
+        groups.push(Route {
+            watch: group.watch,
+            vip: group.vip.to_string(),
+            tx,
+        });
+        info!(watch = %group.watch, vip = %group.vip, label = %group.label, "failover group");
+    }
+    let (reports_tx, reports_rx) = mpsc::unbounded_channel();
+    let dispatcher = tokio::spawn(dispatch(reports_rx, groups, settings.hooks.clone()));
+    let prober = Prober::new(
+        hosts,
+        roles,
+        Box::new(xdp),
+        sender,
+        settings.timing,
+        settings.failover.conflict_wait,
+        reports_tx,
+    )
+    .log_changes();
+    let mut prober = tokio::spawn(prober.run(shutdown.clone()));
+    info!(
+        groups = settings.groups.len(),
+        witnesses = ?settings.failover.witnesses,
+        monitored = monitored.len(),
+        "xdprobe running"
+    );
+
+    let mut sigterm = signal(SignalKind::terminate())
+        .context("installing SIGTERM handler")
+        .system()?;
+    let stopped_early = tokio::select! {
+        _ = tokio::signal::ctrl_c() => { info!("SIGINT: shutting down"); None }
+        _ = sigterm.recv() => { info!("SIGTERM: shutting down"); None }
+        result = &mut prober => Some(result),
+    };
+    shutdown.cancel();
+    let result = match stopped_early {
+        Some(result) => result,
+        None => prober.await,
+    };
+    let _ = dispatcher.await;
+    for failover in failovers {
+        let _ = failover.await;
+    }
+    match result {
+        Ok(Ok(_)) => {
+            info!("stopped cleanly; XDP detached");
+            Ok(())
+        }
+        Ok(Err(e)) => {
+            error!(error = %format!("{e:#}"), "probing failed");
+            Err(Failure::System(e))
+        }
+        Err(join) => Err(Failure::System(anyhow::anyhow!("probe task died: {join}"))),
+    }
+}
+
+/// The config's plain monitored targets, resolved.
+async fn monitored_hosts(specs: &[String]) -> Result<Vec<Ipv4Addr>, Failure> {
+    if specs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let parsed = targets::parse_args(specs, |path| std::fs::read_to_string(path))
+        .map_err(|e| Failure::Usage(anyhow::Error::from(e).context("invalid `monitor`")))?;
+    targets::resolve(parsed, probe_common::maps::MAX_HOSTS as usize)
+        .await
+        .map_err(|e| Failure::Usage(anyhow::Error::from(e).context("invalid `monitor`")))
+}
+
+/// Where the reports about one group's primary go.
+struct Route {
+    watch: Ipv4Addr,
+    vip: String,
+    tx: mpsc::UnboundedSender<Report>,
+}
+
+/// Runs the down/up hooks for every probed host and hands each group the reports about its
+/// primary (and the witnesses' liveness, which concerns them all).
+async fn dispatch(mut reports: mpsc::UnboundedReceiver<Report>, groups: Vec<Route>, hooks: Hooks) {
+    while let Some(report) = reports.recv().await {
+        let host = match &report {
+            Report::Host(event) => {
+                let hook = match (event.change.from, event.change.to) {
+                    (_, State::Down) => Some(HookEvent::Down),
+                    (State::Down, State::Up) => Some(HookEvent::Up),
+                    _ => None,
+                };
+                if let Some(hook) = hook {
+                    let vip = groups
+                        .iter()
+                        .find(|g| g.watch == event.host)
+                        .map(|g| g.vip.clone());
+                    hooks.fire(HookFacts {
+                        event: hook,
+                        host: event.host,
+                        vip: vip.unwrap_or_default(),
+                        state: event.change.to.to_string(),
+                        window: event.window,
+                    });
+                }
+                Some(event.host)
+            }
+            Report::Suspect { host, .. } => Some(*host),
+            Report::Witnesses { .. } => None,
+            Report::Window { .. } => continue,
+        };
+        for group in groups.iter().filter(|g| host.is_none_or(|h| h == g.watch)) {
+            // A group's receiver only goes away at shutdown.
+            let _ = group.tx.send(report.clone());
+        }
+    }
+}

@@ -1,0 +1,38 @@
+//! Set-up steps shared by `run` and `monitor`: naming the interface, attaching the program.
+
+use std::{ffi::CString, net::Ipv4Addr};
+
+use tracing::info;
+
+use crate::{
+    failure::{Failure, OrSystem as _},
+    xdp::{AttachMode, XdpProbe},
+};
+
+pub fn interface_index(iface: &str) -> Result<u32, Failure> {
+    let name = CString::new(iface)
+        .map_err(|_| Failure::Usage(anyhow::anyhow!("invalid `iface`: {iface:?}")))?;
+    // SAFETY: valid NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if index == 0 {
+        return Err(Failure::Usage(anyhow::anyhow!(
+            "invalid `iface`: no interface named {iface:?}"
+        )));
+    }
+    Ok(index)
+}
+
+/// Loads the XDP program for `hosts` (sorted) and attaches it to `iface`.
+pub fn attach_xdp(hosts: &[Ipv4Addr], iface: &str, debug: bool) -> Result<XdpProbe, Failure> {
+    let mut xdp = XdpProbe::load(hosts, debug).system()?;
+    if debug {
+        xdp.spawn_log_forwarder().system()?;
+    }
+    let mode = xdp.attach(iface).system()?;
+    info!(
+        %iface,
+        mode = if mode == AttachMode::Native { "native" } else { "generic" },
+        "XDP program attached"
+    );
+    Ok(xdp)
+}
