@@ -27,16 +27,11 @@ pub struct CpuTicks {
     pub busy: u64,
     /// idle + iowait.
     pub idle: u64,
+    /// Online CPUs (`cpuN` lines).
+    pub cpus: u32,
 }
 
-impl CpuTicks {
-    /// Busy ticks from `self` to `later`.
-    pub fn busy_since(self, earlier: CpuTicks) -> u64 {
-        self.busy.saturating_sub(earlier.busy)
-    }
-}
-
-/// Parses the first (`cpu `, all CPUs) line of `/proc/stat`.
+/// Parses the `cpu ` (all CPUs) line of `/proc/stat` and counts the `cpuN` lines.
 pub fn parse_proc_stat(stat: &str) -> Result<CpuTicks> {
     let line = stat
         .lines()
@@ -57,9 +52,18 @@ pub fn parse_proc_stat(stat: &str) -> Result<CpuTicks> {
     let [user, nice, system, idle, iowait, irq, softirq, steal] = fields[..8] else {
         unreachable!("length checked above");
     };
+    let cpus = stat
+        .lines()
+        .filter(|line| {
+            line.strip_prefix("cpu")
+                .and_then(|rest| rest.split(char::is_whitespace).next())
+                .is_some_and(|n| n.parse::<u32>().is_ok())
+        })
+        .count();
     Ok(CpuTicks {
         busy: user + nice + system + irq + softirq + steal,
         idle: idle + iowait,
+        cpus: u32::try_from(cpus.max(1)).unwrap_or(u32::MAX),
     })
 }
 
@@ -67,12 +71,40 @@ pub fn read_cpu_ticks() -> Result<CpuTicks> {
     parse_proc_stat(&fs::read_to_string("/proc/stat").context("reading /proc/stat")?)
 }
 
-/// Sleeps for `period` and returns how many CPUs' worth of work the machine did meanwhile.
+/// Whole-machine CPU time between two readings of `/proc/stat`, two ways.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CpuUse {
+    /// The sum of the busy fields (user + nice + system + irq + softirq + steal). With tick-based
+    /// accounting on a tickless kernel these are sampled at timer ticks, and the tick stops
+    /// while a CPU idles: work done in bursts shorter than a tick between idle spells (a tool
+    /// that sleeps 0.15 ms between sends) is largely missed.
+    pub busy_fields_secs: f64,
+    /// Elapsed time × CPUs − (idle + iowait). The kernel measures idle time exactly when it
+    /// enters and leaves idle, so this counts everything that was not idle, short bursts too.
+    pub not_idle_secs: f64,
+}
+
+/// CPU used between `before` and `after`, read `elapsed` apart; `hz`: ticks per second.
+pub fn cpu_use(before: CpuTicks, after: CpuTicks, elapsed: Duration, hz: f64) -> CpuUse {
+    let busy = after.busy.saturating_sub(before.busy) as f64 / hz;
+    let idle = after.idle.saturating_sub(before.idle) as f64 / hz;
+    let capacity = elapsed.as_secs_f64() * f64::from(after.cpus);
+    CpuUse {
+        busy_fields_secs: busy,
+        not_idle_secs: (capacity - idle).max(0.0),
+    }
+}
+
+/// Sleeps for `period` and returns how many CPUs' worth of work the machine did meanwhile
+/// (not idle).
 pub fn busy_cores_during(period: Duration, ticks_per_second: f64) -> Result<f64> {
     let before = read_cpu_ticks()?;
+    let started = Instant::now();
     thread::sleep(period);
-    let busy = read_cpu_ticks()?.busy_since(before);
-    Ok(busy as f64 / ticks_per_second / period.as_secs_f64())
+    let after = read_cpu_ticks()?;
+    let elapsed = started.elapsed();
+    let used = cpu_use(before, after, elapsed, ticks_per_second);
+    Ok(used.not_idle_secs / elapsed.as_secs_f64())
 }
 
 /// Clock ticks per second of `/proc/stat` (`getconf CLK_TCK`, 100 on Linux).
@@ -175,8 +207,10 @@ pub fn parse_snmp_echo(snmp: &str) -> Result<EchoCounters> {
 pub struct Observed {
     pub status: ExitStatus,
     pub wall: Duration,
-    /// Whole-machine busy ticks during the run.
-    pub busy_ticks: u64,
+    /// `/proc/stat` just before the start and just after the end, and the time between them.
+    pub cpu_before: CpuTicks,
+    pub cpu_after: CpuTicks,
+    pub cpu_elapsed: Duration,
     /// The last `VmHWM` read before the child exited.
     pub vm_hwm_kib: Option<u64>,
     /// The child's own user + system ticks, last read before it exited (up to one poll short).
@@ -191,7 +225,7 @@ pub struct Observed {
 /// SIGKILL. `command` must exec the measured program in place (`ip netns exec` does), so the
 /// child's pid is the tool's.
 pub fn observe(command: &mut Command, cap: Duration) -> Result<Observed> {
-    let before = read_cpu_ticks()?;
+    let cpu_before = read_cpu_ticks()?;
     let started = Instant::now();
     let mut child = command
         .stdin(Stdio::null())
@@ -241,11 +275,13 @@ pub fn observe(command: &mut Command, cap: Duration) -> Result<Observed> {
         thread::sleep(POLL);
     };
     let wall = started.elapsed();
-    let after = read_cpu_ticks()?;
+    let cpu_after = read_cpu_ticks()?;
     Ok(Observed {
         status,
         wall,
-        busy_ticks: after.busy_since(before),
+        cpu_before,
+        cpu_after,
+        cpu_elapsed: started.elapsed(),
         vm_hwm_kib,
         process_ticks,
         capped: interrupted.is_some(),
@@ -259,6 +295,7 @@ mod tests {
     const STAT: &str = "\
 cpu  100902 5978 26293 437123 2253 7 299 32 11 3
 cpu0 50000 3000 13000 218000 1100 3 150 16 5 1
+cpu1 50902 2978 13293 219123 1153 4 149 16 6 2
 intr 123
 ";
 
@@ -267,18 +304,43 @@ intr 123
         let ticks = parse_proc_stat(STAT).unwrap();
         assert_eq!(ticks.busy, 100902 + 5978 + 26293 + 7 + 299 + 32);
         assert_eq!(ticks.idle, 437123 + 2253);
-        let later = CpuTicks {
-            busy: ticks.busy + 250,
-            idle: ticks.idle,
-        };
-        assert_eq!(later.busy_since(ticks), 250);
-        assert_eq!(ticks.busy_since(later), 0);
+        assert_eq!(ticks.cpus, 2);
     }
 
     #[test]
     fn old_kernels_without_guest_fields_parse_too() {
         let ticks = parse_proc_stat("cpu  1 2 3 4 5 6 7 8\n").unwrap();
         assert_eq!(ticks.busy, 1 + 2 + 3 + 6 + 7 + 8);
+        assert_eq!(ticks.cpus, 1);
+    }
+
+    #[test]
+    fn cpu_use_counts_what_was_not_idle() {
+        let before = CpuTicks {
+            busy: 1000,
+            idle: 5000,
+            cpus: 2,
+        };
+        // 10 s on 2 CPUs: 2000 ticks of capacity; 1824 idle, only 62 busy ticks sampled.
+        let after = CpuTicks {
+            busy: 1062,
+            idle: 6824,
+            cpus: 2,
+        };
+        let used = cpu_use(before, after, Duration::from_secs(10), 100.0);
+        assert!((used.busy_fields_secs - 0.62).abs() < 1e-9, "{used:?}");
+        assert!((used.not_idle_secs - 1.76).abs() < 1e-9, "{used:?}");
+        // Counters never run backwards; clock jitter never makes CPU time negative.
+        let used = cpu_use(after, before, Duration::from_millis(1), 100.0);
+        assert_eq!(used.busy_fields_secs, 0.0);
+        let idle_all = CpuTicks {
+            idle: before.idle + 2010,
+            ..before
+        };
+        assert_eq!(
+            cpu_use(before, idle_all, Duration::from_secs(10), 100.0).not_idle_secs,
+            0.0
+        );
     }
 
     #[test]

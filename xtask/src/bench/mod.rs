@@ -102,6 +102,9 @@ impl BenchArgs {
         if self.fping_interval != fping::DEFAULT_INTERVAL_MS {
             line.push_str(&format!(" --fping-interval {}", self.fping_interval));
         }
+        if let Some(output) = &self.output {
+            line.push_str(&format!(" --output {}", output.display()));
+        }
         line
     }
 }
@@ -326,6 +329,12 @@ impl Bench<'_> {
         let observed = measure::observe(&mut command, cap)?;
         let drops = measure::read_softnet_drops()?.saturating_sub(drops_before);
         let farm_seen = self.farm.echo_counters()?.since(farm_before);
+        let used = measure::cpu_use(
+            observed.cpu_before,
+            observed.cpu_after,
+            observed.cpu_elapsed,
+            self.ticks,
+        );
 
         let mut row = Row {
             tool,
@@ -339,7 +348,8 @@ impl Bench<'_> {
             replies: None,
             false_downs: None,
             wall: observed.wall,
-            cpu_secs: observed.busy_ticks as f64 / self.ticks,
+            cpu_secs: used.not_idle_secs,
+            cpu_fields_secs: used.busy_fields_secs,
             vm_hwm_kib: observed.vm_hwm_kib,
             map_kib: None,
             farm: Some(farm_seen),
@@ -429,7 +439,7 @@ fn fill_xdprobe(
     row.replies = Some(summary.answered);
     row.false_downs = Some(parsed.false_downs());
     row.map_kib = summary.map_kib;
-    if summary.map_kib.is_none() {
+    if summary.map_kib.is_none() && row.tool == Tool::Xdprobe {
         row.notes
             .push("it did not report its BPF maps' size (map_kib)".to_owned());
     }
@@ -548,12 +558,14 @@ mod tests {
             "4096",
             "--windows",
             "5",
+            "--output",
+            "/tmp/b.md",
         ])
         .unwrap();
         assert_eq!(args.tools, [Tool::Xdprobe, Tool::Fping]);
         assert_eq!(
             args.invocation(),
-            "cargo xtask bench --sizes 4096 --windows 5 --tools xdprobe,fping"
+            "cargo xtask bench --sizes 4096 --windows 5 --tools xdprobe,fping --output /tmp/b.md"
         );
     }
 

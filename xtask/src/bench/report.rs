@@ -54,7 +54,10 @@ pub struct Row {
     pub replies: Option<u64>,
     pub false_downs: Option<u64>,
     pub wall: Duration,
+    /// Whole-machine CPU time that was not idle: the figure the ratios use.
     pub cpu_secs: f64,
+    /// The same from the sum of `/proc/stat`'s busy fields, which tick sampling undercounts.
+    pub cpu_fields_secs: f64,
     pub vm_hwm_kib: Option<u64>,
     /// xdprobe's BPF maps (kernel memory, not in VmHWM).
     pub map_kib: Option<u64>,
@@ -228,8 +231,14 @@ the given number of windows. **probes sent** and **replies** are what the tool i
 answers, so every host reported DOWN is false (xdprobe: hosts with a `\"to\":\"DOWN\"` state line; \
 fping: hosts that lost 4 probes in a row, i.e. two windows' worth). **wall s** is the run's \
 elapsed time, start-up included. **CPU s** is whole-machine CPU time from `/proc/stat` around the \
-run: user + nice + system + irq + softirq + steal, so kernel work in softirq (the veth, the farm \
-answering, XDP) counts for every tool alike; the farm's answering is part of every row. **CPU s \
+run, everything but idle and iowait (user + nice + system + irq + softirq + steal), so kernel \
+work in softirq (the veth, the farm answering, XDP) counts for every tool alike; the farm's \
+answering is part of every row. It is computed as elapsed time × CPUs − (idle + iowait), \
+because the kernel measures idle time exactly, whereas the busy fields themselves are sampled at \
+timer ticks (tick-based accounting) and the tick stops while a CPU idles: work in bursts shorter \
+than a tick between idle spells, such as a tool that sleeps 0.15 ms between sends, goes largely \
+uncounted there. **CPU s (busy fields)** is that plain sum of the busy fields, for comparison. \
+**CPU s \
 / 1,000 probes** divides that by the probes the tool actually sent, and **× less CPU than fping** \
 is fping's CPU per 1,000 probes divided by the tool's. **probes/s** is probes sent ÷ wall time; \
 keeping the period needs hosts × 2 per second. **peak memory** is the process's `VmHWM` polled \
@@ -256,8 +265,9 @@ pub fn render_size(result: &SizeResult) -> String {
     );
     md.push_str(
         "| tool | probes sent | replies | farm replied | false DOWNs | wall s | CPU s \
-         | CPU s / 1,000 probes | × less CPU than fping | probes/s | peak memory |\n\
-         |---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
+         | CPU s / 1,000 probes | × less CPU than fping | probes/s | peak memory \
+         | CPU s (busy fields) |\n\
+         |---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
     );
     for row in &result.rows {
         let failed = matches!(row.outcome, Outcome::Failed(_));
@@ -269,7 +279,7 @@ pub fn render_size(result: &SizeResult) -> String {
         };
         let _ = writeln!(
             md,
-            "| {}{} | {} | {} | {} | {} | {:.1} | {:.2} | {} | {} | {} | {} |",
+            "| {}{} | {} | {} | {} | {} | {:.1} | {:.2} | {} | {} | {} | {} | {:.2} |",
             row.tool.label(),
             if failed { " (failed)" } else { "" },
             opt_int(row.sent),
@@ -289,6 +299,7 @@ pub fn render_size(result: &SizeResult) -> String {
                     .map_or_else(|| "–".to_owned(), |r| int(r.round() as u64))
             },
             memory,
+            row.cpu_fields_secs,
         );
     }
     md.push('\n');
@@ -366,6 +377,7 @@ mod tests {
             false_downs: Some(0),
             wall: Duration::from_secs(wall_secs),
             cpu_secs,
+            cpu_fields_secs: cpu_secs / 2.0,
             vm_hwm_kib: Some(2048),
             map_kib: None,
             farm: Some(EchoCounters {
@@ -430,12 +442,12 @@ mod tests {
         assert!(md.contains("163,840 probes planned per tool; keeping the period needs 8,192"));
         assert!(md.contains(
             "| xdprobe (XDP) | 163,840 | 163,840 | 163,840 | 0 | 21.0 | 1.00 | 0.00610 | 9.83× \
-             | 7,802 | 2.0 MiB + 4.0 MiB maps |"
+             | 7,802 | 2.0 MiB + 4.0 MiB maps | 0.50 |"
         ), "{md}");
         assert!(md.contains(
-            "| xdprobe --receive socket (failed) | – | – | – | – | 1.0 | 0.50 | – | – | – | 2.0 MiB |"
+            "| xdprobe --receive socket (failed) | – | – | – | – | 1.0 | 0.50 | – | – | – | 2.0 MiB | 0.25 |"
         ), "{md}");
-        assert!(md.contains("| fping | 100,000 | 100,000 | 100,000 | 0 | 50.0 | 6.00 | 0.0600 | 1.00× | 2,000 | 2.0 MiB |"), "{md}");
+        assert!(md.contains("| fping | 100,000 | 100,000 | 100,000 | 0 | 50.0 | 6.00 | 0.0600 | 1.00× | 2,000 | 2.0 MiB | 3.00 |"), "{md}");
         assert!(
             md.contains("- fping: could not finish: 100,000 of 163,840 probes in the 50 s given")
         );
