@@ -130,7 +130,14 @@ pub fn bench(mut args: BenchArgs) -> Result<()> {
     if args.tools.contains(&Tool::Fping) {
         let version = cmd::output(Command::new("fping").arg("-v"))
             .context("fping is needed (`cargo xtask setup` installs it)")?;
-        machine.fping_version = Some(version.trim().to_owned());
+        // `fping: Version 5.1`
+        let version = version.trim();
+        machine.fping_version = Some(
+            version
+                .strip_prefix("fping: ")
+                .unwrap_or(version)
+                .to_owned(),
+        );
     }
     let work = cargo_cmd::target_dir().join("xtask-bench");
     fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;

@@ -239,7 +239,7 @@ timer ticks (tick-based accounting) and the tick stops while a CPU idles: work i
 than a tick between idle spells, such as a tool that sleeps 0.15 ms between sends, goes largely \
 uncounted there. **CPU s (busy fields)** is that plain sum of the busy fields, for comparison. \
 **CPU s \
-/ 1,000 probes** divides that by the probes the tool actually sent, and **× less CPU than fping** \
+/ 1,000 probes** divides **CPU s** by the probes the tool actually sent, and **× less CPU than fping** \
 is fping's CPU per 1,000 probes divided by the tool's. **probes/s** is probes sent ÷ wall time; \
 keeping the period needs hosts × 2 per second. **peak memory** is the process's `VmHWM` polled \
 from `/proc/PID/status` every 100 ms, the same way for every tool; xdprobe's BPF maps are kernel \
