@@ -35,6 +35,8 @@ pub struct XdpProbe {
     /// mapping goes before the map's fd.
     slots: Mapped,
     _slots_map: MapData,
+    /// Kept open so the map's memory shows among our fds (the program holds it anyway).
+    _addrs_map: MapData,
     stats: PerCpuArray<MapData, u64>,
 }
 
@@ -99,6 +101,7 @@ impl XdpProbe {
             config: Array::try_from(take(&mut ebpf, CONFIG_MAP)?)?,
             slots,
             _slots_map: slots_map,
+            _addrs_map: addrs_map,
             stats: PerCpuArray::try_from(take(&mut ebpf, STATS_MAP)?)?,
             ebpf,
         })
