@@ -8,6 +8,7 @@ mod cli;
 mod clock;
 mod counters;
 mod daemon;
+mod dns;
 mod events;
 mod failover;
 mod failure;

@@ -4,6 +4,7 @@
 //! Every lab uses a unique name prefix and deletes its namespaces when dropped, also when a
 //! test fails. Only TEST-NET addresses are used, only inside the lab's own namespaces.
 
+pub mod bind;
 pub mod daemon;
 pub mod lab;
 pub mod smtp;

@@ -20,6 +20,11 @@ use crate::{cargo_cmd, cmd};
 ///   and STARTTLS (openssl makes their certificates).
 /// - `fping`: the benchmark's peer: `cargo xtask bench` measures xdprobe against it on the same
 ///   hosts with the same probe count and period.
+/// - `bind9`, `bind9-dnsutils`: the DNS-pool tests run a real BIND (`named`, `tsig-keygen`) as
+///   the primary that xdprobe sends its TSIG-signed updates to, and check and disturb its
+///   records with `dig` and `nsupdate`. The tests start their own `named`, on loopback inside
+///   namespaces they make; the package's system service is not used (our machines run no
+///   systemd, so installing it starts nothing).
 /// - the rest is what bpf-linker links against. LLVM 22 is not in plain bookworm: on our
 ///   machines apt finds `llvm-22-dev` in the configured `bookworm-security` main component
 ///   (version 1:22.1.8-1~deb12u1). We add no apt sources; if apt cannot find it, the install
@@ -31,6 +36,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "python3-aiosmtpd",
     "openssl",
     "fping",
+    "bind9",
+    "bind9-dnsutils",
     "llvm-22-dev",
     "libpolly-22-dev",
     "zlib1g-dev",

@@ -1,0 +1,1781 @@
+//! Health-aware DNS round robin: a `[[dns]]` pool publishes one A record per member that is UP
+//! under one name, and keeps that set in step with the prober through RFC 2136 dynamic updates
+//! signed with TSIG (RFC 8945).
+//!
+//! - Pure logic: [`desired`] (who should be published) and [`plan`] (what to change on the
+//!   server), plus config validation in [`PoolConfig::resolve`].
+//! - I/O: [`DnsPool`] spawns one task per pool that owns the conversation with the server.
+//!
+//! How the task behaves:
+//! - At start every member counts as UP (published), as if the prober had not reported yet:
+//!   a freshly started daemon must not pull records it has no evidence against. It then follows
+//!   [`DnsPool::member`] reports: DOWN removes the member's record, UP adds it back.
+//! - It never empties the pool under the default policy: when no member is UP it keeps (or
+//!   restores) every member's record, and warns once per such episode.
+//! - It reads the live A set from the server at start and every `resync`, and corrects drift in
+//!   either direction. Records at the name that are not members are never touched.
+//! - Every UPDATE carries, as prerequisite, the exact A set it was planned against (RFC 2136
+//!   2.4.2, or 2.4.3 "does not exist" when empty). If someone changed the set in between, the
+//!   server refuses the whole update (NXRRSET) and the task reads the set again and re-plans,
+//!   so no decision is ever applied to a set it did not see.
+//! - Server failures (timeouts, REFUSED, NOTAUTH, TSIG errors) are logged with the server's
+//!   answer and retried with exponential backoff (0.5 s to 30 s). Reports keep arriving
+//!   meanwhile and are coalesced: the next attempt converges to the latest state. Nothing here
+//!   blocks the prober or the failover: `member` only updates a watch channel.
+//! - The prerequisite makes each UPDATE carry the whole A set (16 bytes a record), over UDP.
+//!   BIND 9.18 also refuses more than 100 records in one RRset (SERVFAIL, "too many records").
+//! - Transport is UDP (hickory-net); reads fall back to TCP when the answer is truncated.
+//!   Updates are signed here, not by the transport, so that a TSIG rejection (BADSIG, BADKEY,
+//!   BADTIME) is reported as such instead of as a failed signature check of the unsigned reply.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt, fs,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use data_encoding::BASE64;
+use futures::StreamExt as _;
+use hickory_net::{
+    client::Client,
+    runtime::TokioRuntimeProvider,
+    tcp::TcpClientStream,
+    udp::UdpClientStream,
+    xfer::{DnsHandle as _, DnsRequestSender as _},
+};
+use hickory_proto::{
+    op::{DnsRequest, DnsResponse, Edns, Message, OpCode, Query, ResponseCode},
+    rr::{
+        rdata::{
+            tsig::{TsigAlgorithm, TsigError},
+            A,
+        },
+        DNSClass, Name, RData, Record, RecordType, TSigner,
+    },
+};
+use serde::Deserialize;
+use tokio::{sync::watch, time::Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+pub const DEFAULT_TTL: u32 = 60;
+pub const DEFAULT_TSIG_ALGORITHM: &str = "hmac-sha256";
+pub const DEFAULT_RESYNC: Duration = Duration::from_secs(30);
+const MIN_RESYNC: Duration = Duration::from_millis(100);
+/// RFC 2181 section 8: TTLs are 31-bit.
+const MAX_TTL: u32 = 0x7fff_ffff;
+/// Allowed clock difference with the server, seconds (the usual TSIG value).
+const TSIG_FUDGE: u16 = 300;
+/// How long one request (with hickory's UDP retransmissions inside) may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+const BACKOFF_FIRST: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// EDNS buffer size for reads: the common "no fragmentation" value.
+const EDNS_PAYLOAD: u16 = 1232;
+/// Re-plans in one attempt when the server says the set changed since it was read.
+const MAX_REPLANS: u32 = 3;
+
+/// One pool as it comes from the TOML config file (`[[dns]]` table).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsFileConfig {
+    /// The primary server for the zone: `IP:PORT` (a bare IP means port 53). An address, not a
+    /// name: the daemon does not depend on DNS to find its DNS server.
+    pub server: String,
+    /// The zone to update, e.g. `example.com`.
+    pub zone: String,
+    /// The record name: `@` for the zone apex, a name ending in `.` or in the zone taken as
+    /// written, anything else relative to the zone (`www` is `www.<zone>`).
+    pub name: String,
+    /// TTL of the records we add, seconds (default 60). An RRset has a single TTL: BIND sets
+    /// the whole set's TTL to that of the last record added, records of others included.
+    pub ttl: Option<u32>,
+    /// The TSIG key's name, as in the server's `key "NAME" { ... }`.
+    pub tsig_name: String,
+    /// `hmac-sha256` (default), `hmac-sha384` or `hmac-sha512`.
+    pub tsig_algorithm: Option<String>,
+    /// A file holding the key's base64 secret (what BIND's `secret "..."` holds), or a whole
+    /// BIND `key` clause as written by `tsig-keygen`.
+    pub tsig_secret_file: PathBuf,
+    /// The addresses published under `name` while UP; xdprobe probes them like any host.
+    pub members: Vec<Ipv4Addr>,
+    /// When no member is UP: `keep_all` (default) publishes them all, `empty` none.
+    pub when_all_down: Option<AllDown>,
+    /// How often the live record set is read back and drift corrected (default 30s).
+    #[serde(default, with = "humantime_serde")]
+    pub resync: Option<Duration>,
+}
+
+/// What to publish when every member is DOWN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AllDown {
+    /// Keep (or restore) every member's record: clients keep trying rather than failing.
+    KeepAll,
+    /// Remove every member's record.
+    Empty,
+}
+
+impl fmt::Display for AllDown {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AllDown::KeepAll => "keep_all",
+            AllDown::Empty => "empty",
+        })
+    }
+}
+
+/// A TSIG key. `Debug` does not show the secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Tsig {
+    pub name: Name,
+    pub algorithm: TsigAlgorithm,
+    pub secret: Vec<u8>,
+}
+
+impl fmt::Debug for Tsig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tsig")
+            .field("name", &self.name)
+            .field("algorithm", &self.algorithm)
+            .field("secret", &format_args!("<{} bytes>", self.secret.len()))
+            .finish()
+    }
+}
+
+/// A validated pool, secret loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolConfig {
+    pub server: SocketAddr,
+    /// Fully qualified.
+    pub zone: Name,
+    /// The record name, fully qualified, with its trailing dot (`www.example.com.`).
+    pub name: String,
+    pub ttl: u32,
+    pub tsig: Tsig,
+    /// In config order, no duplicates, at least one.
+    pub members: Vec<Ipv4Addr>,
+    pub when_all_down: AllDown,
+    pub resync: Duration,
+}
+
+impl PoolConfig {
+    /// Validates pool `index` (0-based, its position among the `[[dns]]` tables) and reads its
+    /// TSIG secret. Errors are `(field, reason)`, the field named as in the config file, e.g.
+    /// `dns[1].tsig_secret_file`.
+    pub fn resolve(index: usize, file: DnsFileConfig) -> Result<PoolConfig, (String, String)> {
+        let field = |key: &str| format!("dns[{index}].{key}");
+        let server = parse_server(&file.server).map_err(|r| (field("server"), r))?;
+        let zone = parse_name(&file.zone).map_err(|r| (field("zone"), r))?;
+        let name = record_name(&zone, &file.name).map_err(|r| (field("name"), r))?;
+        let ttl = file.ttl.unwrap_or(DEFAULT_TTL);
+        if ttl > MAX_TTL {
+            return Err((field("ttl"), format!("{ttl} is more than {MAX_TTL}")));
+        }
+        let tsig_name = parse_name(&file.tsig_name).map_err(|r| (field("tsig_name"), r))?;
+        let algorithm = parse_algorithm(
+            file.tsig_algorithm
+                .as_deref()
+                .unwrap_or(DEFAULT_TSIG_ALGORITHM),
+        )
+        .map_err(|r| (field("tsig_algorithm"), r))?;
+        let secret =
+            read_secret(&file.tsig_secret_file).map_err(|r| (field("tsig_secret_file"), r))?;
+        check_members(&file.members).map_err(|r| (field("members"), r))?;
+        let resync = file.resync.unwrap_or(DEFAULT_RESYNC);
+        if resync < MIN_RESYNC {
+            return Err((
+                field("resync"),
+                format!(
+                    "{} is too short: at least {}",
+                    humantime::format_duration(resync),
+                    humantime::format_duration(MIN_RESYNC)
+                ),
+            ));
+        }
+        Ok(PoolConfig {
+            server,
+            zone,
+            name: name.to_string(),
+            ttl,
+            tsig: Tsig {
+                name: tsig_name,
+                algorithm,
+                secret,
+            },
+            members: file.members,
+            when_all_down: file.when_all_down.unwrap_or(AllDown::KeepAll),
+            resync,
+        })
+    }
+}
+
+fn parse_server(text: &str) -> Result<SocketAddr, String> {
+    let addr = match (text.parse::<SocketAddr>(), text.parse::<IpAddr>()) {
+        (Ok(addr), _) => addr,
+        (_, Ok(ip)) => SocketAddr::new(ip, 53),
+        _ => {
+            return Err(format!(
+                "`{text}` is not IP:PORT (e.g. 192.0.2.53:53; give an address, not a name)"
+            ))
+        }
+    };
+    if addr.port() == 0 {
+        return Err(format!("`{text}`: port 0"));
+    }
+    if addr.ip().is_unspecified() || addr.ip().is_multicast() {
+        return Err(format!("`{text}` is not a server's address"));
+    }
+    Ok(addr)
+}
+
+/// A fully qualified DNS name, from text with or without the trailing dot.
+fn parse_name(text: &str) -> Result<Name, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("empty".to_string());
+    }
+    let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if let Some(bad) = text.chars().find(|&c| !valid(c)) {
+        return Err(format!("`{text}`: `{bad}` is not allowed in a DNS name"));
+    }
+    let mut name = Name::from_ascii(text).map_err(|e| format!("`{text}`: {e}"))?;
+    name.set_fqdn(true);
+    Ok(name)
+}
+
+/// The record's FQDN: `@` is the apex; a name ending in `.` or in the zone is taken as written;
+/// anything else is relative to the zone. It must be in the zone.
+fn record_name(zone: &Name, text: &str) -> Result<Name, String> {
+    let text = text.trim();
+    if text == "@" {
+        return Ok(zone.clone());
+    }
+    let written = parse_name(text)?;
+    let name = if text.ends_with('.') || zone.zone_of(&written) {
+        written
+    } else {
+        let mut relative = written;
+        relative.set_fqdn(false);
+        relative
+            .append_domain(zone)
+            .map_err(|e| format!("`{text}` in zone {zone}: {e}"))?
+    };
+    if !zone.zone_of(&name) {
+        return Err(format!("{name} is not inside zone {zone}"));
+    }
+    Ok(name)
+}
+
+fn parse_algorithm(text: &str) -> Result<TsigAlgorithm, String> {
+    let supported = "hmac-sha256, hmac-sha384 or hmac-sha512";
+    let name = Name::from_ascii(text.trim().to_ascii_lowercase())
+        .map_err(|_| format!("`{text}`: not an algorithm name; use {supported}"))?;
+    let algorithm = TsigAlgorithm::from_name(name);
+    if !algorithm.supported() {
+        return Err(format!("`{text}` is not supported; use {supported}"));
+    }
+    Ok(algorithm)
+}
+
+fn read_secret(path: &Path) -> Result<Vec<u8>, String> {
+    let text =
+        fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    parse_secret(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// A base64 secret, bare or inside a BIND `key` clause (`secret "...";`).
+fn parse_secret(text: &str) -> Result<Vec<u8>, String> {
+    let quoted = text.find("secret").map(|at| {
+        let rest = &text[at + "secret".len()..];
+        let open = rest.find('"')?;
+        let inner = &rest[open + 1..];
+        Some(&inner[..inner.find('"')?])
+    });
+    let encoded = match quoted {
+        None => text,
+        Some(Some(inner)) => inner,
+        Some(None) => return Err("`secret` is not followed by a quoted value".to_string()),
+    };
+    let encoded: String = encoded.chars().filter(|c| !c.is_whitespace()).collect();
+    if encoded.is_empty() {
+        return Err("the secret is empty".to_string());
+    }
+    let secret = BASE64
+        .decode(encoded.as_bytes())
+        .map_err(|e| format!("the secret is not valid base64 ({e})"))?;
+    if secret.is_empty() {
+        return Err("the secret is empty".to_string());
+    }
+    Ok(secret)
+}
+
+fn check_members(members: &[Ipv4Addr]) -> Result<(), String> {
+    if members.is_empty() {
+        return Err("empty: a pool needs at least one address".to_string());
+    }
+    let mut seen = BTreeSet::new();
+    for &addr in members {
+        if addr.is_unspecified() || addr.is_broadcast() || addr.is_multicast() {
+            return Err(format!("{addr} is not a host address"));
+        }
+        if !seen.insert(addr) {
+            return Err(format!("{addr} is listed twice"));
+        }
+    }
+    Ok(())
+}
+
+/// Which of our members should be published now, given who is up.
+pub fn desired(
+    members: &[Ipv4Addr],
+    up: &BTreeSet<Ipv4Addr>,
+    policy: AllDown,
+) -> BTreeSet<Ipv4Addr> {
+    let live: BTreeSet<Ipv4Addr> = members.iter().copied().filter(|m| up.contains(m)).collect();
+    match policy {
+        AllDown::KeepAll if live.is_empty() => members.iter().copied().collect(),
+        _ => live,
+    }
+}
+
+/// One record to add to or remove from the server's A set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Change {
+    Add(Ipv4Addr),
+    Remove(Ipv4Addr),
+}
+
+/// The changes that make `live` (the server's current A set) hold exactly `desired` among OUR
+/// members; addresses that are not members are left alone. Adds first, then removes, each in
+/// address order.
+pub fn plan(
+    members: &BTreeSet<Ipv4Addr>,
+    desired: &BTreeSet<Ipv4Addr>,
+    live: &BTreeSet<Ipv4Addr>,
+) -> Vec<Change> {
+    let adds = members
+        .iter()
+        .filter(|m| desired.contains(m) && !live.contains(m))
+        .map(|&m| Change::Add(m));
+    let removes = members
+        .iter()
+        .filter(|m| !desired.contains(m) && live.contains(m))
+        .map(|&m| Change::Remove(m));
+    adds.chain(removes).collect()
+}
+
+/// The delay before retry number `failures` (1 for the first): 0.5 s doubling to 30 s.
+fn backoff(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    (BACKOFF_FIRST * 2u32.pow(doublings)).min(BACKOFF_MAX)
+}
+
+/// The mnemonic dig and BIND's logs use.
+fn rcode_name(code: ResponseCode) -> String {
+    let name = match code {
+        ResponseCode::NoError => "NOERROR",
+        ResponseCode::FormErr => "FORMERR",
+        ResponseCode::ServFail => "SERVFAIL",
+        ResponseCode::NXDomain => "NXDOMAIN",
+        ResponseCode::NotImp => "NOTIMP",
+        ResponseCode::Refused => "REFUSED",
+        ResponseCode::YXDomain => "YXDOMAIN",
+        ResponseCode::YXRRSet => "YXRRSET",
+        ResponseCode::NXRRSet => "NXRRSET",
+        ResponseCode::NotAuth => "NOTAUTH",
+        ResponseCode::NotZone => "NOTZONE",
+        other => return format!("rcode {} ({other})", u16::from(other)),
+    };
+    name.to_string()
+}
+
+fn tsig_error_text(error: TsigError, key: &Name) -> String {
+    match error {
+        TsigError::BadSig => {
+            format!("BADSIG: the secret does not match the server's key {key}")
+        }
+        TsigError::BadKey => {
+            format!("BADKEY: the server has no key {key} with this algorithm")
+        }
+        TsigError::BadTime => format!(
+            "BADTIME: this host's clock and the server's differ by more than {TSIG_FUDGE} s"
+        ),
+        TsigError::BadTrunc => "BADTRUNC: truncated signature".to_string(),
+        TsigError::Unknown(code) => format!("TSIG error {code}"),
+    }
+}
+
+/// Why one attempt to converge failed.
+#[derive(Debug)]
+enum PoolError {
+    /// The A set changed on the server since it was read (prerequisite failed).
+    Changed,
+    Failed(String),
+}
+
+impl fmt::Display for PoolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PoolError::Changed => f.write_str("the record set kept changing on the server"),
+            PoolError::Failed(reason) => f.write_str(reason),
+        }
+    }
+}
+
+/// The running pool: a task owns the conversation with the server; this handle feeds it.
+/// Dropping the handle, or cancelling `shutdown`, stops the task; the records are left as they
+/// are (the next start reads and corrects them).
+pub struct DnsPool {
+    members: BTreeSet<Ipv4Addr>,
+    /// The members currently UP, as last reported. A watch: reports never block and coalesce.
+    up: watch::Sender<BTreeSet<Ipv4Addr>>,
+}
+
+impl DnsPool {
+    /// Spawns the pool's task on the current tokio runtime (must be called inside one) and
+    /// returns at once. Every member starts UP.
+    pub fn start(config: PoolConfig, shutdown: CancellationToken) -> DnsPool {
+        let members: BTreeSet<Ipv4Addr> = config.members.iter().copied().collect();
+        let (up, reports) = watch::channel(members.clone());
+        match Task::new(config, reports) {
+            Ok(task) => {
+                tokio::spawn(task.run(shutdown));
+            }
+            // resolve() only accepts algorithms hickory supports: this does not happen.
+            Err(reason) => error!(%reason, "DNS pool not started"),
+        }
+        DnsPool { members, up }
+    }
+
+    /// A member changed state (from the prober's reports); non-members are ignored. Never
+    /// blocks.
+    pub fn member(&self, addr: Ipv4Addr, up: bool) {
+        if !self.members.contains(&addr) {
+            return;
+        }
+        self.up.send_if_modified(|set| {
+            if up {
+                set.insert(addr)
+            } else {
+                set.remove(&addr)
+            }
+        });
+    }
+}
+
+struct Task {
+    server: SocketAddr,
+    zone: Name,
+    name: Name,
+    ttl: u32,
+    member_list: Vec<Ipv4Addr>,
+    members: BTreeSet<Ipv4Addr>,
+    policy: AllDown,
+    resync: Duration,
+    key: Name,
+    signer: TSigner,
+    reports: watch::Receiver<BTreeSet<Ipv4Addr>>,
+    /// Members UP, as of the last reports taken.
+    up: BTreeSet<Ipv4Addr>,
+    /// Members whose state was reported since the last time the server was in sync, with the
+    /// state: the reason for the change that follows.
+    reported: BTreeMap<Ipv4Addr, bool>,
+    /// Inside an "every member is down" episode (warned once).
+    all_down: bool,
+    /// Such an episode ended since the last time the server was in sync.
+    all_down_ended: bool,
+    /// The server's A set as last read or written; `None` when it must be read again.
+    live: Option<BTreeSet<Ipv4Addr>>,
+    /// The server was in sync at least once.
+    synced: bool,
+}
+
+impl Task {
+    fn new(
+        config: PoolConfig,
+        reports: watch::Receiver<BTreeSet<Ipv4Addr>>,
+    ) -> Result<Task, String> {
+        let name = Name::from_ascii(&config.name).map_err(|e| format!("{}: {e}", config.name))?;
+        let signer = TSigner::new(
+            config.tsig.secret.clone(),
+            config.tsig.algorithm.clone(),
+            config.tsig.name.clone(),
+            TSIG_FUDGE,
+        )
+        .map_err(|e| format!("TSIG key {}: {e}", config.tsig.name))?;
+        let up = reports.borrow().clone();
+        Ok(Task {
+            server: config.server,
+            zone: config.zone,
+            name,
+            ttl: config.ttl,
+            members: config.members.iter().copied().collect(),
+            member_list: config.members,
+            policy: config.when_all_down,
+            resync: config.resync,
+            key: config.tsig.name,
+            signer,
+            reports,
+            up,
+            reported: BTreeMap::new(),
+            all_down: false,
+            all_down_ended: false,
+            live: None,
+            synced: false,
+        })
+    }
+
+    async fn run(mut self, shutdown: CancellationToken) {
+        let mut failures = 0u32;
+        let mut retry_at: Option<Instant> = None;
+        let mut next_resync = Instant::now();
+        loop {
+            let now = Instant::now();
+            if retry_at.is_none_or(|at| now >= at) {
+                if now >= next_resync {
+                    self.live = None;
+                    next_resync = now + self.resync;
+                }
+                let outcome = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    outcome = self.converge() => outcome,
+                };
+                match outcome {
+                    Ok(()) => {
+                        if failures > 0 {
+                            info!(pool = %self.name, server = %self.server, "DNS server works again; records in sync");
+                        }
+                        failures = 0;
+                        retry_at = None;
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        let delay = backoff(failures);
+                        warn!(
+                            pool = %self.name,
+                            server = %self.server,
+                            failures,
+                            "DNS records not in sync: {e}; retrying in {}",
+                            humantime::format_duration(delay)
+                        );
+                        retry_at = Some(Instant::now() + delay);
+                        self.live = None;
+                    }
+                }
+            }
+            // While backing off, a resync waits for the retry (which reads the set anyway).
+            let wake = retry_at.unwrap_or(next_resync);
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                changed = self.reports.changed() => {
+                    if changed.is_err() {
+                        debug!(pool = %self.name, "DNS pool handle dropped: stopping");
+                        return;
+                    }
+                }
+                _ = tokio::time::sleep_until(wake) => {}
+            }
+        }
+    }
+
+    /// Takes the latest member reports, noting which members changed.
+    fn take_reports(&mut self) {
+        let up = self.reports.borrow_and_update().clone();
+        for &m in &self.members {
+            let is_up = up.contains(&m);
+            if is_up != self.up.contains(&m) {
+                self.reported.insert(m, is_up);
+            }
+        }
+        self.up = up;
+    }
+
+    /// What to publish now; warns once when an "every member is down" episode starts.
+    fn desired_now(&mut self) -> BTreeSet<Ipv4Addr> {
+        let none_up = self.members.iter().all(|m| !self.up.contains(m));
+        if none_up && !self.all_down {
+            let what = match self.policy {
+                AllDown::KeepAll => "keeping the full set (when_all_down = \"keep_all\")",
+                AllDown::Empty => "removing every member's record (when_all_down = \"empty\")",
+            };
+            warn!(pool = %self.name, "all members down: {what}");
+        } else if !none_up && self.all_down {
+            info!(pool = %self.name, "a member is up again: publishing only members that are up");
+            self.all_down_ended = true;
+        }
+        self.all_down = none_up;
+        desired(&self.member_list, &self.up, self.policy)
+    }
+
+    /// Makes the server's set match the latest reports: reads it if unknown, plans, updates.
+    async fn converge(&mut self) -> Result<(), PoolError> {
+        self.take_reports();
+        let desired = self.desired_now();
+        let mut replans = 0;
+        loop {
+            let live = match &self.live {
+                Some(live) => live.clone(),
+                None => {
+                    let live = self.read_live().await?;
+                    self.live = Some(live.clone());
+                    live
+                }
+            };
+            let changes = plan(&self.members, &desired, &live);
+            if changes.is_empty() {
+                self.in_sync();
+                return Ok(());
+            }
+            match self.update(&live, &changes).await {
+                Ok(()) => {
+                    let mut now = live;
+                    for &change in &changes {
+                        let reason = self.reason(change);
+                        match change {
+                            Change::Add(a) => {
+                                now.insert(a);
+                                info!(pool = %self.name, "A record {a} added: {reason}");
+                            }
+                            Change::Remove(a) => {
+                                now.remove(&a);
+                                info!(pool = %self.name, "A record {a} removed: {reason}");
+                            }
+                        }
+                    }
+                    self.live = Some(now);
+                    self.in_sync();
+                    return Ok(());
+                }
+                Err(PoolError::Changed) if replans < MAX_REPLANS => {
+                    replans += 1;
+                    debug!(pool = %self.name, "record set changed on the server since it was read: reading it again");
+                    self.live = None;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn in_sync(&mut self) {
+        self.reported.clear();
+        self.all_down_ended = false;
+        self.synced = true;
+    }
+
+    /// Why `change` is made, for the log.
+    fn reason(&self, change: Change) -> String {
+        let reported = |a: &Ipv4Addr| self.reported.get(a).copied();
+        match change {
+            Change::Add(a) if !self.up.contains(&a) => {
+                "all members down: keeping the full set".to_string()
+            }
+            Change::Add(a) if reported(&a) == Some(true) => format!("member {a} UP"),
+            Change::Add(_) if !self.synced => "start-up: record missing on server".to_string(),
+            Change::Add(_) => "drift: record missing on server".to_string(),
+            Change::Remove(a) if reported(&a) == Some(false) && self.all_down => {
+                format!("member {a} DOWN; all members down and when_all_down = \"empty\"")
+            }
+            Change::Remove(a) if reported(&a) == Some(false) => format!("member {a} DOWN"),
+            Change::Remove(a) if self.all_down_ended => {
+                format!("member {a} is DOWN (kept only while all members were down)")
+            }
+            Change::Remove(_) if self.all_down => {
+                "drift: all members down and when_all_down = \"empty\"".to_string()
+            }
+            Change::Remove(a) => format!("drift: record on server but member {a} is DOWN"),
+        }
+    }
+
+    /// The server's A set for the name (all of it, members or not).
+    async fn read_live(&self) -> Result<BTreeSet<Ipv4Addr>, PoolError> {
+        let mut query = Message::query();
+        query.metadata.recursion_desired = false;
+        query.add_query(Query::query(self.name.clone(), RecordType::A));
+        let mut edns = Edns::new();
+        edns.set_max_payload(EDNS_PAYLOAD).set_version(0);
+        query.set_edns(edns);
+        let failed = |e: String| PoolError::Failed(format!("reading {} A: {e}", self.name));
+        let mut response = self.send_udp(query.clone()).await.map_err(failed)?;
+        if response.metadata.truncation {
+            debug!(pool = %self.name, "answer truncated: asking again over TCP");
+            response = self.send_tcp(query).await.map_err(failed)?;
+        }
+        match response.metadata.response_code {
+            // NXDOMAIN: the name does not exist (yet), so neither does its A set.
+            ResponseCode::NoError | ResponseCode::NXDomain => {}
+            code => {
+                return Err(failed(format!(
+                    "the server answered {}{}",
+                    rcode_name(code),
+                    if code == ResponseCode::Refused {
+                        " (is it authoritative for the zone?)"
+                    } else {
+                        ""
+                    }
+                )))
+            }
+        }
+        Ok(response
+            .answers
+            .iter()
+            .filter(|r| r.name == self.name)
+            .filter_map(|r| match &r.data {
+                RData::A(a) => Some(a.0),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Sends one signed UPDATE applying `changes`, with `live` as prerequisite.
+    async fn update(&self, live: &BTreeSet<Ipv4Addr>, changes: &[Change]) -> Result<(), PoolError> {
+        let mut zone = Query::new();
+        zone.set_name(self.zone.clone())
+            .set_query_class(DNSClass::IN)
+            .set_query_type(RecordType::SOA);
+        let mut message = Message::query();
+        message.metadata.op_code = OpCode::Update;
+        message.metadata.recursion_desired = false;
+        message.add_query(zone);
+        // Prerequisite (RFC 2136 2.4): the A set is exactly the one we planned against.
+        if live.is_empty() {
+            // 2.4.3 RRset does not exist: class NONE, no rdata.
+            let mut absent = Record::update0(self.name.clone(), 0, RecordType::A);
+            absent.dns_class = DNSClass::NONE;
+            message.add_answer(absent);
+        } else {
+            // 2.4.2 RRset exists (value dependent): the whole set, class IN, TTL 0.
+            for &a in live {
+                message.add_answer(self.a_record(a, 0, DNSClass::IN));
+            }
+        }
+        for &change in changes {
+            message.add_authority(match change {
+                // 2.5.1 add to an RRset (a duplicate is silently ignored).
+                Change::Add(a) => self.a_record(a, self.ttl, DNSClass::IN),
+                // 2.5.4 delete an RR from an RRset: class NONE, TTL 0.
+                Change::Remove(a) => self.a_record(a, 0, DNSClass::NONE),
+            });
+        }
+        let failed = |e: String| PoolError::Failed(format!("updating {}: {e}", self.name));
+        let verifier = message
+            .finalize(&self.signer, unix_now())
+            .map_err(|e| failed(format!("cannot sign with key {}: {e}", self.key)))?;
+        let response = self.send_udp(message).await.map_err(failed)?;
+        let code = response.metadata.response_code;
+        if let Some(error) = response.signature().and_then(|tsig| tsig.data.error) {
+            return Err(failed(format!(
+                "the server answered {}, TSIG error {}",
+                rcode_name(code),
+                tsig_error_text(error, &self.key)
+            )));
+        }
+        if code == ResponseCode::NoError {
+            // Trust a success only if it is signed with our key.
+            let Some(mut verifier) = verifier else {
+                return Err(failed("no TSIG verifier for a signed update".to_string()));
+            };
+            verifier.verify(response.as_buffer()).map_err(|e| {
+                failed(format!(
+                    "the server's answer failed the TSIG check with key {}: {e}",
+                    self.key
+                ))
+            })?;
+            return Ok(());
+        }
+        let hint = match code {
+            ResponseCode::NXRRSet | ResponseCode::YXRRSet => return Err(PoolError::Changed),
+            ResponseCode::Refused => format!(
+                " (does the server let key {} update zone {}? check allow-update / update-policy)",
+                self.key, self.zone
+            ),
+            ResponseCode::NotAuth => format!(" (is it the primary for zone {}?)", self.zone),
+            ResponseCode::NotZone => format!(" ({} is not in zone {})", self.name, self.zone),
+            _ => " (the server's log says why)".to_string(),
+        };
+        Err(failed(format!(
+            "the server answered {}{hint}",
+            rcode_name(code)
+        )))
+    }
+
+    fn a_record(&self, addr: Ipv4Addr, ttl: u32, class: DNSClass) -> Record {
+        let mut record = Record::from_rdata(self.name.clone(), ttl, RData::A(A(addr)));
+        record.dns_class = class;
+        record
+    }
+
+    async fn send_udp(&self, message: Message) -> Result<DnsResponse, String> {
+        let mut udp = UdpClientStream::builder(self.server, TokioRuntimeProvider::new())
+            .with_timeout(Some(REQUEST_TIMEOUT))
+            .build();
+        match udp.send_message(DnsRequest::from(message)).next().await {
+            Some(Ok(response)) => Ok(response),
+            Some(Err(e)) => Err(format!("server {}: {e}", self.server)),
+            // hickory ends the stream without an item when the request timed out.
+            None => Err(format!(
+                "server {}: no answer within {}",
+                self.server,
+                humantime::format_duration(REQUEST_TIMEOUT)
+            )),
+        }
+    }
+
+    async fn send_tcp(&self, message: Message) -> Result<DnsResponse, String> {
+        let (connect, handle) = TcpClientStream::new(
+            self.server,
+            None,
+            Some(REQUEST_TIMEOUT),
+            TokioRuntimeProvider::new(),
+        );
+        let server = self.server;
+        let stream = connect
+            .await
+            .map_err(|e| format!("server {server} (TCP): {e}"))?;
+        let (client, background) =
+            Client::<TokioRuntimeProvider>::with_timeout(stream, handle, REQUEST_TIMEOUT);
+        let mut answers = client.send(DnsRequest::from(message));
+        tokio::select! {
+            answer = answers.next() => match answer {
+                Some(Ok(response)) => Ok(response),
+                Some(Err(e)) => Err(format!("server {server} (TCP): {e}")),
+                None => Err(format!(
+                    "server {server} (TCP): no answer within {}",
+                    humantime::format_duration(REQUEST_TIMEOUT)
+                )),
+            },
+            ended = background => Err(format!("server {server} (TCP): connection ended: {ended:?}")),
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    fn ip(last: u8) -> Ipv4Addr {
+        Ipv4Addr::new(198, 51, 100, last)
+    }
+
+    fn set(addrs: &[Ipv4Addr]) -> BTreeSet<Ipv4Addr> {
+        addrs.iter().copied().collect()
+    }
+
+    #[test]
+    fn desired_publishes_members_that_are_up() {
+        let members = [ip(1), ip(2), ip(3)];
+        let up = set(&[ip(1), ip(3), ip(9)]);
+        for policy in [AllDown::KeepAll, AllDown::Empty] {
+            assert_eq!(desired(&members, &up, policy), set(&[ip(1), ip(3)]));
+        }
+        assert_eq!(
+            desired(&members, &set(&members), AllDown::Empty),
+            set(&members)
+        );
+    }
+
+    #[test]
+    fn desired_when_all_down_follows_the_policy() {
+        let members = [ip(1), ip(2), ip(3)];
+        // A non-member that is up does not count.
+        let up = set(&[ip(9)]);
+        assert_eq!(desired(&members, &up, AllDown::KeepAll), set(&members));
+        assert_eq!(desired(&members, &up, AllDown::Empty), BTreeSet::new());
+        assert_eq!(
+            desired(&members, &BTreeSet::new(), AllDown::KeepAll),
+            set(&members)
+        );
+    }
+
+    #[test]
+    fn plan_adds_and_removes_only_members() {
+        let members = set(&[ip(1), ip(2), ip(3)]);
+        let foreign = Ipv4Addr::new(203, 0, 113, 7);
+        let live = set(&[ip(2), ip(3), foreign]);
+        let want = set(&[ip(1), ip(3)]);
+        assert_eq!(
+            plan(&members, &want, &live),
+            vec![Change::Add(ip(1)), Change::Remove(ip(2))]
+        );
+        // A foreign record is never removed, even when nothing of ours is wanted.
+        assert_eq!(
+            plan(&members, &BTreeSet::new(), &set(&[foreign, ip(3)])),
+            vec![Change::Remove(ip(3))]
+        );
+        // Nor is a non-member added because `desired` names it.
+        assert_eq!(plan(&members, &set(&[foreign]), &BTreeSet::new()), vec![]);
+    }
+
+    #[test]
+    fn plan_is_empty_when_in_sync_and_ordered_otherwise() {
+        let members = set(&[ip(1), ip(2), ip(3), ip(4)]);
+        let foreign = Ipv4Addr::new(203, 0, 113, 7);
+        let want = set(&[ip(1), ip(2)]);
+        assert!(plan(&members, &want, &set(&[ip(1), ip(2), foreign])).is_empty());
+        assert_eq!(
+            plan(&members, &want, &set(&[ip(4), ip(3)])),
+            vec![
+                Change::Add(ip(1)),
+                Change::Add(ip(2)),
+                Change::Remove(ip(3)),
+                Change::Remove(ip(4))
+            ]
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_from_half_a_second_to_thirty() {
+        let steps: Vec<u128> = (1..=9).map(|n| backoff(n).as_millis()).collect();
+        assert_eq!(
+            steps,
+            [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]
+        );
+        assert_eq!(backoff(u32::MAX), BACKOFF_MAX);
+    }
+
+    #[test]
+    fn member_reports_ignore_non_members_and_coalesce() {
+        let members = set(&[ip(1), ip(2)]);
+        let (up, mut reports) = watch::channel(members.clone());
+        let pool = DnsPool { members, up };
+        reports.borrow_and_update();
+        pool.member(ip(9), false);
+        assert!(!reports.has_changed().unwrap());
+        pool.member(ip(1), true); // already up: no change
+        assert!(!reports.has_changed().unwrap());
+        pool.member(ip(1), false);
+        pool.member(ip(2), false);
+        pool.member(ip(2), true);
+        assert!(reports.has_changed().unwrap());
+        assert_eq!(*reports.borrow_and_update(), set(&[ip(2)]));
+    }
+
+    #[test]
+    fn rcodes_and_tsig_errors_read_like_dig() {
+        assert_eq!(rcode_name(ResponseCode::NotAuth), "NOTAUTH");
+        assert_eq!(rcode_name(ResponseCode::Refused), "REFUSED");
+        let key = Name::from_ascii("xdprobe-key.").unwrap();
+        assert!(tsig_error_text(TsigError::BadSig, &key)
+            .starts_with("BADSIG: the secret does not match the server's key xdprobe-key."));
+        assert!(tsig_error_text(TsigError::BadKey, &key).starts_with("BADKEY"));
+    }
+
+    // --- configuration ---
+
+    /// A file in the temp dir, deleted on drop.
+    pub(super) struct TempFile(pub(super) PathBuf);
+
+    impl TempFile {
+        pub(super) fn new(contents: &str) -> TempFile {
+            static NEXT: AtomicUsize = AtomicUsize::new(0);
+            let path = std::env::temp_dir().join(format!(
+                "xdprobe-dns-{}-{}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            ));
+            fs::write(&path, contents).unwrap();
+            TempFile(path)
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = fs::remove_file(&self.0);
+        }
+    }
+
+    const SECRET: &str = "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0IQ==";
+
+    fn file_config(secret: &Path) -> DnsFileConfig {
+        DnsFileConfig {
+            server: "192.0.2.53:5353".to_string(),
+            zone: "example.test".to_string(),
+            name: "www".to_string(),
+            ttl: None,
+            tsig_name: "xdprobe-key".to_string(),
+            tsig_algorithm: None,
+            tsig_secret_file: secret.to_path_buf(),
+            members: vec![ip(1), ip(2)],
+            when_all_down: None,
+            resync: None,
+        }
+    }
+
+    fn field_of(index: usize, file: DnsFileConfig) -> String {
+        match PoolConfig::resolve(index, file) {
+            Ok(config) => panic!("accepted: {config:?}"),
+            Err((field, reason)) => {
+                assert!(!reason.is_empty());
+                field
+            }
+        }
+    }
+
+    #[test]
+    fn resolve_fills_defaults() {
+        let secret = TempFile::new(&format!("{SECRET}\n"));
+        let config = PoolConfig::resolve(0, file_config(&secret.0)).unwrap();
+        assert_eq!(config.server, "192.0.2.53:5353".parse().unwrap());
+        assert_eq!(config.zone, Name::from_ascii("example.test.").unwrap());
+        assert_eq!(config.name, "www.example.test.");
+        assert_eq!(config.ttl, 60);
+        assert_eq!(config.tsig.name, Name::from_ascii("xdprobe-key.").unwrap());
+        assert_eq!(config.tsig.algorithm, TsigAlgorithm::HmacSha256);
+        assert_eq!(config.tsig.secret, b"secret-secret-secret-secret!");
+        assert_eq!(config.members, vec![ip(1), ip(2)]);
+        assert_eq!(config.when_all_down, AllDown::KeepAll);
+        assert_eq!(config.resync, Duration::from_secs(30));
+        // The secret stays out of debug output (and so out of logs).
+        assert!(!format!("{config:?}").contains("c2VjcmV0"));
+        assert!(!format!("{config:?}").contains("secret-secret"));
+    }
+
+    #[test]
+    fn resolve_parses_a_dns_table_from_toml() {
+        let secret = TempFile::new(SECRET);
+        let text = format!(
+            "server = \"192.0.2.53\"\nzone = \"example.test.\"\nname = \"pool.example.test.\"\n\
+             ttl = 30\ntsig_name = \"k\"\ntsig_algorithm = \"HMAC-SHA512\"\n\
+             tsig_secret_file = \"{}\"\nmembers = [\"198.51.100.1\"]\n\
+             when_all_down = \"empty\"\nresync = \"1m 30s\"\n",
+            secret.0.display()
+        );
+        let file: DnsFileConfig = toml::from_str(&text).unwrap();
+        let config = PoolConfig::resolve(3, file).unwrap();
+        assert_eq!(config.server, "192.0.2.53:53".parse().unwrap());
+        assert_eq!(config.name, "pool.example.test.");
+        assert_eq!(config.ttl, 30);
+        assert_eq!(config.tsig.algorithm, TsigAlgorithm::HmacSha512);
+        assert_eq!(config.when_all_down, AllDown::Empty);
+        assert_eq!(config.resync, Duration::from_secs(90));
+        let unknown = toml::from_str::<DnsFileConfig>(&format!("{text}port = 53\n"));
+        assert!(unknown.unwrap_err().to_string().contains("unknown field"));
+        let policy = toml::from_str::<DnsFileConfig>(&text.replace("\"empty\"", "\"keep_some\""));
+        assert!(policy.is_err());
+    }
+
+    #[test]
+    fn resolve_names_the_field_of_each_error() {
+        let secret = TempFile::new(SECRET);
+        let with = |change: &dyn Fn(&mut DnsFileConfig)| {
+            let mut file = file_config(&secret.0);
+            change(&mut file);
+            field_of(1, file)
+        };
+        assert_eq!(
+            with(&|f| f.server = "dns.example.test:53".into()),
+            "dns[1].server"
+        );
+        assert_eq!(with(&|f| f.server = "192.0.2.53:0".into()), "dns[1].server");
+        assert_eq!(with(&|f| f.zone = "".into()), "dns[1].zone");
+        assert_eq!(with(&|f| f.zone = "exa mple.test".into()), "dns[1].zone");
+        assert_eq!(with(&|f| f.name = "www.other.test.".into()), "dns[1].name");
+        assert_eq!(with(&|f| f.name = "".into()), "dns[1].name");
+        assert_eq!(with(&|f| f.ttl = Some(0x8000_0000)), "dns[1].ttl");
+        assert_eq!(with(&|f| f.tsig_name = " ".into()), "dns[1].tsig_name");
+        assert_eq!(
+            with(&|f| f.tsig_algorithm = Some("hmac-md5".into())),
+            "dns[1].tsig_algorithm"
+        );
+        assert_eq!(
+            with(&|f| f.tsig_algorithm = Some("hmac-sha1".into())),
+            "dns[1].tsig_algorithm"
+        );
+        assert_eq!(with(&|f| f.members = vec![]), "dns[1].members");
+        assert_eq!(with(&|f| f.members = vec![ip(1), ip(1)]), "dns[1].members");
+        assert_eq!(
+            with(&|f| f.members = vec![Ipv4Addr::UNSPECIFIED]),
+            "dns[1].members"
+        );
+        assert_eq!(
+            with(&|f| f.resync = Some(Duration::from_millis(10))),
+            "dns[1].resync"
+        );
+    }
+
+    #[test]
+    fn resolve_reports_unreadable_and_bad_secrets() {
+        let missing = std::env::temp_dir().join("xdprobe-dns-no-such-secret");
+        let err = PoolConfig::resolve(0, file_config(&missing)).unwrap_err();
+        assert_eq!(err.0, "dns[0].tsig_secret_file");
+        assert!(err.1.contains("cannot read") && err.1.contains("xdprobe-dns-no-such-secret"));
+        for (contents, says) in [
+            ("not base64!", "not valid base64"),
+            ("  \n", "empty"),
+            ("key \"k\" { secret c2VjcmV0; };", "quoted"),
+        ] {
+            let file = TempFile::new(contents);
+            let (field, reason) = PoolConfig::resolve(0, file_config(&file.0)).unwrap_err();
+            assert_eq!(field, "dns[0].tsig_secret_file");
+            assert!(reason.contains(says), "{contents:?}: {reason}");
+        }
+    }
+
+    #[test]
+    fn secrets_may_be_bare_or_a_bind_key_clause() {
+        let clause = format!(
+            "key \"xdprobe-key\" {{\n\talgorithm hmac-sha256;\n\tsecret \"{SECRET}\";\n}};\n"
+        );
+        assert_eq!(
+            parse_secret(&clause).unwrap(),
+            b"secret-secret-secret-secret!"
+        );
+        assert_eq!(
+            parse_secret(&format!("  {SECRET}\n")).unwrap(),
+            b"secret-secret-secret-secret!"
+        );
+    }
+
+    #[test]
+    fn record_names_are_relative_unless_qualified() {
+        let zone = parse_name("example.test").unwrap();
+        let fqdn = |text: &str| record_name(&zone, text).map(|n| n.to_string());
+        assert_eq!(fqdn("www").unwrap(), "www.example.test.");
+        assert_eq!(fqdn("a.b").unwrap(), "a.b.example.test.");
+        assert_eq!(fqdn("www.example.test").unwrap(), "www.example.test.");
+        assert_eq!(fqdn("www.example.test.").unwrap(), "www.example.test.");
+        assert_eq!(fqdn("@").unwrap(), "example.test.");
+        assert!(fqdn("www.example.org.")
+            .unwrap_err()
+            .contains("not inside zone"));
+        // Without the dot, a name outside the zone is relative to it.
+        assert_eq!(
+            fqdn("www.example.org").unwrap(),
+            "www.example.org.example.test."
+        );
+    }
+
+    /// Against a real BIND 9 (`named`, Debian `bind9`) in a network namespace of our own,
+    /// checked with `dig` and disturbed with `nsupdate` (Debian `bind9-dnsutils`). Root only.
+    mod live {
+        use std::{
+            io::{self, Write as _},
+            os::fd::AsRawFd as _,
+            process::{Child, Command, Stdio},
+            sync::{Arc, Mutex},
+            thread,
+        };
+
+        use super::*;
+
+        /// The same templates as tests/src/bind.rs, the integration tests' launcher.
+        const NAMED_CONF: &str = include_str!("../../tests/fixtures/bind/named.conf");
+        const ZONE_FILE: &str = include_str!("../../tests/fixtures/bind/example.test.zone");
+        const NAMED: &str = "/usr/sbin/named";
+        const DIG: &str = "/usr/bin/dig";
+        const NSUPDATE: &str = "/usr/bin/nsupdate";
+        const PORT: u16 = 5353;
+        const KEY: &str = "xdprobe-key";
+        const RECORD: &str = "www.example.test.";
+        const WAIT: Duration = Duration::from_secs(15);
+        /// Short, so that drift is corrected within the tests' patience.
+        const RESYNC: Duration = Duration::from_millis(300);
+
+        fn foreign(last: u8) -> Ipv4Addr {
+            Ipv4Addr::new(203, 0, 113, last)
+        }
+
+        fn require(path: &str, package: &str) {
+            assert!(
+                Path::new(path).exists(),
+                "{path} not found: these tests need Debian's {package} (`cargo xtask setup` installs it)"
+            );
+        }
+
+        fn run(cmd: &mut Command) -> String {
+            let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+            assert!(
+                out.status.success(),
+                "{cmd:?}: {}\n{}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
+
+        fn random_secret() -> String {
+            BASE64.encode(&rand::random::<[u8; 32]>())
+        }
+
+        /// A network namespace with only `lo` up, deleted on drop.
+        struct Netns(String);
+
+        impl Netns {
+            fn new() -> Netns {
+                static NEXT: AtomicUsize = AtomicUsize::new(0);
+                // SAFETY: geteuid has no preconditions.
+                assert_eq!(
+                    unsafe { libc::geteuid() },
+                    0,
+                    "the live DNS tests need root (network namespaces): run them as root"
+                );
+                let name = format!(
+                    "xdns{}-{}",
+                    std::process::id(),
+                    NEXT.fetch_add(1, Ordering::Relaxed)
+                );
+                run(Command::new("ip").args(["netns", "add", &name]));
+                let ns = Netns(name);
+                run(Command::new("ip").args(["-n", &ns.0, "link", "set", "lo", "up"]));
+                ns
+            }
+
+            fn exec(&self, program: &str) -> Command {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", &self.0, program]);
+                cmd
+            }
+
+            /// Moves the calling thread into the namespace.
+            fn enter(&self) {
+                let file = fs::File::open(format!("/run/netns/{}", self.0)).unwrap();
+                // SAFETY: a valid namespace fd; only this thread changes namespace.
+                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns {}: {}", self.0, io::Error::last_os_error());
+            }
+        }
+
+        impl Drop for Netns {
+            fn drop(&mut self) {
+                let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+            }
+        }
+
+        /// `named` serving example.test. on 127.0.0.1:5353 in its own namespace.
+        struct Named {
+            child: Option<Child>,
+            dir: PathBuf,
+            secret: String,
+            ns: Arc<Netns>,
+        }
+
+        impl Named {
+            fn start() -> Named {
+                for (path, package) in [
+                    (NAMED, "bind9"),
+                    (DIG, "bind9-dnsutils"),
+                    (NSUPDATE, "bind9-dnsutils"),
+                ] {
+                    require(path, package);
+                }
+                let ns = Arc::new(Netns::new());
+                let dir = std::env::temp_dir().join(format!("{}-named", ns.0));
+                let _ = fs::remove_dir_all(&dir);
+                fs::create_dir_all(&dir).unwrap();
+                let secret = random_secret();
+                let conf = NAMED_CONF
+                    .replace("@DIR@", dir.to_str().unwrap())
+                    .replace("@LISTEN@", "127.0.0.1")
+                    .replace("@PORT@", &PORT.to_string())
+                    .replace("@KEY_NAME@", KEY)
+                    .replace("@KEY_ALGORITHM@", "hmac-sha256")
+                    .replace("@KEY_SECRET@", &secret);
+                fs::write(dir.join("named.conf"), conf).unwrap();
+                fs::write(dir.join("example.test.zone"), ZONE_FILE).unwrap();
+                let mut named = Named {
+                    child: None,
+                    dir,
+                    secret,
+                    ns,
+                };
+                named.run();
+                named
+            }
+
+            /// Starts named (again: the zone's journal keeps what was updated).
+            fn run(&mut self) {
+                let log = fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.dir.join("named.log"))
+                    .unwrap();
+                let child = self
+                    .ns
+                    .exec(NAMED)
+                    .args(["-g", "-n", "1", "-c"])
+                    .arg(self.dir.join("named.conf"))
+                    .stdin(Stdio::null())
+                    .stdout(log.try_clone().unwrap())
+                    .stderr(log)
+                    .spawn()
+                    .unwrap();
+                self.child = Some(child);
+                let deadline = std::time::Instant::now() + WAIT;
+                loop {
+                    let answer = self
+                        .ns
+                        .exec(DIG)
+                        .args([
+                            "@127.0.0.1",
+                            "-p",
+                            &PORT.to_string(),
+                            "+short",
+                            "+time=1",
+                            "+tries=1",
+                        ])
+                        .args(["example.test.", "SOA"])
+                        .output()
+                        .unwrap();
+                    if answer.status.success() && !answer.stdout.is_empty() {
+                        return;
+                    }
+                    if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                        panic!("named exited ({status}) before answering:\n{}", self.log());
+                    }
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "named did not answer within {WAIT:?}:\n{}",
+                        self.log()
+                    );
+                    thread::sleep(Duration::from_millis(100));
+                }
+            }
+
+            fn stop(&mut self) {
+                if let Some(mut child) = self.child.take() {
+                    // SAFETY: signalling our own child, which has not been reaped yet.
+                    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+                    let _ = child.wait();
+                }
+            }
+
+            fn log(&self) -> String {
+                fs::read_to_string(self.dir.join("named.log")).unwrap_or_default()
+            }
+
+            /// The A set of www.example.test. as dig sees it.
+            fn a_set(&self) -> BTreeSet<Ipv4Addr> {
+                let out = run(self
+                    .ns
+                    .exec(DIG)
+                    .args([
+                        "@127.0.0.1",
+                        "-p",
+                        &PORT.to_string(),
+                        "+short",
+                        "+norecurse",
+                    ])
+                    .args([RECORD, "A"]));
+                out.lines()
+                    .map(|l| l.trim().parse().unwrap_or_else(|_| panic!("dig: {l:?}")))
+                    .collect()
+            }
+
+            /// Runs nsupdate `commands` for zone example.test. with the right key.
+            fn nsupdate(&self, commands: &str) {
+                let mut child = self
+                    .ns
+                    .exec(NSUPDATE)
+                    .args(["-y", &format!("hmac-sha256:{KEY}:{}", self.secret)])
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                let script =
+                    format!("server 127.0.0.1 {PORT}\nzone example.test.\n{commands}\nsend\n");
+                child
+                    .stdin
+                    .take()
+                    .unwrap()
+                    .write_all(script.as_bytes())
+                    .unwrap();
+                let out = child.wait_with_output().unwrap();
+                assert!(
+                    out.status.success(),
+                    "nsupdate {commands:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+
+            fn pool_config(
+                &self,
+                secret: &str,
+                members: &[Ipv4Addr],
+                policy: Option<AllDown>,
+                resync: Duration,
+            ) -> (PoolConfig, TempFile) {
+                let file = TempFile::new(&format!("{secret}\n"));
+                let config = PoolConfig::resolve(
+                    0,
+                    DnsFileConfig {
+                        server: format!("127.0.0.1:{PORT}"),
+                        zone: "example.test".to_string(),
+                        name: "www".to_string(),
+                        ttl: Some(60),
+                        tsig_name: KEY.to_string(),
+                        tsig_algorithm: None,
+                        tsig_secret_file: file.0.clone(),
+                        members: members.to_vec(),
+                        when_all_down: policy,
+                        resync: Some(resync),
+                    },
+                )
+                .unwrap();
+                (config, file)
+            }
+        }
+
+        impl Drop for Named {
+            fn drop(&mut self) {
+                self.stop();
+                let _ = fs::remove_dir_all(&self.dir);
+            }
+        }
+
+        /// The tracing output of one pool's thread.
+        #[derive(Clone, Default)]
+        struct Log(Arc<Mutex<Vec<u8>>>);
+
+        impl io::Write for Log {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+
+        impl Log {
+            fn text(&self) -> String {
+                String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+            }
+            fn count(&self, needle: &str) -> usize {
+                self.text().matches(needle).count()
+            }
+        }
+
+        /// A DnsPool driven by a current-thread runtime on a thread inside the namespace, as
+        /// the daemon drives it; the test thread reports member states through `pool`.
+        struct Running {
+            pool: Option<DnsPool>,
+            shutdown: CancellationToken,
+            thread: Option<thread::JoinHandle<()>>,
+            log: Log,
+        }
+
+        impl Running {
+            fn start(named: &Named, config: PoolConfig) -> Running {
+                let shutdown = CancellationToken::new();
+                let log = Log::default();
+                let (tx, rx) = std::sync::mpsc::channel();
+                let thread = thread::spawn({
+                    let ns = Arc::clone(&named.ns);
+                    let shutdown = shutdown.clone();
+                    let log = log.clone();
+                    move || {
+                        ns.enter();
+                        let subscriber = tracing_subscriber::fmt()
+                            .with_writer(move || log.clone())
+                            .with_ansi(false)
+                            .with_env_filter(tracing_subscriber::EnvFilter::new(
+                                "info,xdprobe::dns=debug",
+                            ))
+                            .finish();
+                        let _default = tracing::subscriber::set_default(subscriber);
+                        let runtime = tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()
+                            .unwrap();
+                        runtime.block_on(async {
+                            let started = std::time::Instant::now();
+                            let pool = DnsPool::start(config, shutdown.clone());
+                            assert!(
+                                started.elapsed() < Duration::from_millis(50),
+                                "start blocked"
+                            );
+                            tx.send(pool).unwrap();
+                            shutdown.cancelled().await;
+                        });
+                    }
+                });
+                let pool = rx
+                    .recv_timeout(Duration::from_secs(5))
+                    .expect("pool thread did not start");
+                Running {
+                    pool: Some(pool),
+                    shutdown,
+                    thread: Some(thread),
+                    log,
+                }
+            }
+
+            fn member(&self, addr: Ipv4Addr, up: bool) {
+                let started = std::time::Instant::now();
+                self.pool.as_ref().unwrap().member(addr, up);
+                assert!(
+                    started.elapsed() < Duration::from_millis(20),
+                    "member() blocked"
+                );
+            }
+
+            /// Waits until the server's A set is `want`.
+            fn wait_for(&self, named: &Named, want: &BTreeSet<Ipv4Addr>) {
+                let deadline = std::time::Instant::now() + WAIT;
+                loop {
+                    let have = named.a_set();
+                    if &have == want {
+                        return;
+                    }
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "server A set still {have:?}, want {want:?}\n--- pool log:\n{}\n--- named log:\n{}",
+                        self.log.text(),
+                        named.log()
+                    );
+                    thread::sleep(Duration::from_millis(100));
+                }
+            }
+
+            fn wait_log(&self, needle: &str, times: usize) {
+                let deadline = std::time::Instant::now() + WAIT;
+                while self.log.count(needle) < times {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "{needle:?} not logged {times} times:\n{}",
+                        self.log.text()
+                    );
+                    thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+
+        impl Drop for Running {
+            fn drop(&mut self) {
+                self.shutdown.cancel();
+                drop(self.pool.take());
+                if let Some(thread) = self.thread.take() {
+                    let _ = thread.join();
+                }
+            }
+        }
+
+        #[test]
+        fn live_members_leave_and_return_and_all_down_keeps_the_full_set() {
+            let named = Named::start();
+            let members = [ip(1), ip(2), ip(3)];
+            let (config, _secret) = named.pool_config(&named.secret, &members, None, RESYNC);
+            let pool = Running::start(&named, config);
+            pool.wait_for(&named, &set(&members));
+            pool.wait_log(
+                "A record 198.51.100.1 added: start-up: record missing on server",
+                1,
+            );
+
+            pool.member(ip(2), false);
+            pool.wait_for(&named, &set(&[ip(1), ip(3)]));
+            pool.wait_log("A record 198.51.100.2 removed: member 198.51.100.2 DOWN", 1);
+            pool.member(ip(2), true);
+            pool.wait_for(&named, &set(&members));
+            pool.wait_log("A record 198.51.100.2 added: member 198.51.100.2 UP", 1);
+
+            // Every member down: the set stays full, through several resyncs, warned once.
+            pool.member(ip(1), false);
+            pool.member(ip(2), false);
+            pool.wait_for(&named, &set(&[ip(3)]));
+            pool.member(ip(3), false);
+            pool.wait_for(&named, &set(&members));
+            thread::sleep(Duration::from_millis(1200));
+            assert_eq!(named.a_set(), set(&members));
+            assert_eq!(pool.log.count("all members down: keeping the full set"), 3);
+            assert_eq!(pool.log.count("WARN"), 1, "{}", pool.log.text());
+
+            // Someone removes one while all are down: the next resync restores it.
+            named.nsupdate(&format!("update delete {RECORD} A {}", ip(1)));
+            pool.wait_for(&named, &set(&members));
+            pool.wait_log(
+                "A record 198.51.100.1 added: all members down: keeping the full set",
+                1,
+            );
+
+            // One comes back: only it stays.
+            pool.member(ip(3), true);
+            pool.wait_for(&named, &set(&[ip(3)]));
+            pool.wait_log("a member is up again", 1);
+            pool.wait_log("A record 198.51.100.1 removed: member 198.51.100.1 is DOWN (kept only while all members were down)", 1);
+
+            // A second episode is warned again.
+            pool.member(ip(3), false);
+            pool.wait_for(&named, &set(&members));
+            pool.wait_log("all members down: keeping the full set (when_all_down", 2);
+        }
+
+        #[test]
+        fn live_all_down_empties_the_set_with_the_empty_policy() {
+            let named = Named::start();
+            let members = [ip(1), ip(2)];
+            let (config, _secret) =
+                named.pool_config(&named.secret, &members, Some(AllDown::Empty), RESYNC);
+            let pool = Running::start(&named, config);
+            pool.wait_for(&named, &set(&members));
+            pool.member(ip(1), false);
+            pool.member(ip(2), false);
+            pool.wait_for(&named, &BTreeSet::new());
+            pool.wait_log(
+                "all members down: removing every member's record (when_all_down = \"empty\")",
+                1,
+            );
+            thread::sleep(Duration::from_millis(700));
+            assert_eq!(named.a_set(), BTreeSet::new());
+            pool.member(ip(2), true);
+            pool.wait_for(&named, &set(&[ip(2)]));
+        }
+
+        #[test]
+        fn live_foreign_records_are_left_alone_and_drift_is_corrected() {
+            let named = Named::start();
+            // 80 records of someone else's: with ours, the answer is too big for UDP, so the
+            // pool's reads go over TCP. (BIND 9.18 refuses more than 100 per RRset.)
+            let adds: Vec<String> = (1..=80)
+                .map(|n| format!("update add {RECORD} 300 A {}", foreign(n)))
+                .collect();
+            named.nsupdate(&adds.join("\n"));
+            let theirs: BTreeSet<Ipv4Addr> = (1..=80).map(foreign).collect();
+            let with_theirs = |ours: &[Ipv4Addr]| &theirs | &set(ours);
+
+            let members = [ip(1), ip(2), ip(3)];
+            let (config, _secret) = named.pool_config(&named.secret, &members, None, RESYNC);
+            let pool = Running::start(&named, config);
+            pool.wait_for(&named, &with_theirs(&members));
+
+            pool.member(ip(2), false);
+            pool.wait_for(&named, &with_theirs(&[ip(1), ip(3)]));
+
+            // Drift both ways, corrected at the next resync.
+            named.nsupdate(&format!("update delete {RECORD} A {}", ip(1)));
+            pool.wait_for(&named, &with_theirs(&[ip(1), ip(3)]));
+            pool.wait_log(
+                "A record 198.51.100.1 added: drift: record missing on server",
+                1,
+            );
+            named.nsupdate(&format!("update add {RECORD} 60 A {}", ip(2)));
+            pool.wait_for(&named, &with_theirs(&[ip(1), ip(3)]));
+            pool.wait_log("A record 198.51.100.2 removed: drift: record on server but member 198.51.100.2 is DOWN", 1);
+
+            // Someone adds another record while we run; our next change must not drop it
+            // (the update's prerequisite no longer matches: the pool reads and plans again).
+            named.nsupdate(&format!("update add {RECORD} 300 A {}", foreign(200)));
+            pool.member(ip(3), false);
+            let mut now = with_theirs(&[ip(1)]);
+            now.insert(foreign(200));
+            pool.wait_for(&named, &now);
+            thread::sleep(Duration::from_millis(700));
+            assert_eq!(named.a_set(), now);
+            assert_eq!(pool.log.count("WARN"), 0, "{}", pool.log.text());
+            assert!(
+                pool.log
+                    .text()
+                    .contains("answer truncated: asking again over TCP"),
+                "{}",
+                pool.log.text()
+            );
+        }
+
+        #[test]
+        fn live_an_edit_between_read_and_update_is_not_overwritten() {
+            let named = Named::start();
+            let members = [ip(1), ip(2)];
+            // No resync during the test: the pool's view goes stale on purpose.
+            let (config, _secret) =
+                named.pool_config(&named.secret, &members, None, Duration::from_secs(600));
+            let pool = Running::start(&named, config);
+            pool.wait_for(&named, &set(&members));
+            named.nsupdate(&format!(
+                "update add {RECORD} 300 A {}\nupdate delete {RECORD} A {}",
+                foreign(9),
+                ip(1)
+            ));
+            pool.member(ip(2), false);
+            // The update planned on the old set fails its prerequisite; the pool reads the set
+            // again: it keeps the newcomer, and sees (and fixes) the missing member too.
+            pool.wait_for(&named, &set(&[ip(1), foreign(9)]));
+            pool.wait_log("record set changed on the server since it was read", 1);
+            pool.wait_log(
+                "A record 198.51.100.1 added: drift: record missing on server",
+                1,
+            );
+            pool.wait_log("A record 198.51.100.2 removed: member 198.51.100.2 DOWN", 1);
+        }
+
+        #[test]
+        fn live_wrong_secret_is_reported_and_changes_nothing() {
+            let named = Named::start();
+            named.nsupdate(&format!(
+                "update add {RECORD} 60 A {}\nupdate add {RECORD} 60 A {}",
+                ip(1),
+                foreign(7)
+            ));
+            let before = named.a_set();
+            let members = [ip(1), ip(2)];
+            let (config, _secret) = named.pool_config(&random_secret(), &members, None, RESYNC);
+            let pool = Running::start(&named, config);
+            pool.wait_log(
+                "TSIG error BADSIG: the secret does not match the server's key xdprobe-key.",
+                1,
+            );
+            assert!(
+                pool.log.text().contains("the server answered NOTAUTH"),
+                "{}",
+                pool.log.text()
+            );
+            // Reports are still taken at once, and the pool keeps retrying, backing off.
+            for _ in 0..1000 {
+                pool.member(ip(1), false);
+                pool.member(ip(1), true);
+            }
+            pool.member(ip(1), false);
+            thread::sleep(Duration::from_secs(3));
+            let failures = pool.log.count("DNS records not in sync");
+            assert!(
+                (2..=6).contains(&failures),
+                "{failures} failures in ~3.5 s:\n{}",
+                pool.log.text()
+            );
+            assert!(
+                pool.log.text().contains("retrying in 2s"),
+                "{}",
+                pool.log.text()
+            );
+            assert_eq!(named.a_set(), before);
+            assert!(named.log().contains("BADSIG"));
+        }
+
+        #[test]
+        fn live_server_outage_is_retried_and_reports_coalesce() {
+            let mut named = Named::start();
+            let members = [ip(1), ip(2), ip(3)];
+            let (config, _secret) = named.pool_config(&named.secret, &members, None, RESYNC);
+            let pool = Running::start(&named, config);
+            pool.wait_for(&named, &set(&members));
+
+            named.stop();
+            pool.member(ip(2), false);
+            pool.wait_log("server 127.0.0.1:5353: no answer within 3s", 1);
+            pool.member(ip(3), false);
+            pool.member(ip(2), true);
+            named.run();
+            pool.wait_for(&named, &set(&[ip(1), ip(2)]));
+            pool.wait_log("DNS server works again", 1);
+            pool.wait_log("A record 198.51.100.3 removed: member 198.51.100.3 DOWN", 1);
+            // 198.51.100.2's DOWN was overtaken by its UP while the server was away.
+            assert_eq!(
+                pool.log.count("A record 198.51.100.2"),
+                1,
+                "{}",
+                pool.log.text()
+            );
+        }
+    }
+}
