@@ -15,6 +15,7 @@ use tracing::{error, info};
 use crate::{
     arp::ArpSocket,
     cli::RunArgs,
+    dns::DnsPool,
     events::{Report, Site},
     failover::Failover,
     failure::{Failure, OrSystem as _},
@@ -60,10 +61,12 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
     let monitored = monitored_hosts(&settings.monitor).await?;
     let watches: Vec<Ipv4Addr> = settings.groups.iter().map(|g| g.watch).collect();
     let witnesses = &settings.failover.witnesses;
+    let members = settings.dns.iter().flat_map(|pool| &pool.members);
     let mut hosts: Vec<Ipv4Addr> = watches
         .iter()
         .chain(witnesses)
         .chain(&monitored)
+        .chain(members)
         .copied()
         .collect();
     hosts.sort_unstable();
@@ -103,8 +106,16 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
         });
         info!(watch = %group.watch, vip = %group.vip, label = %group.label, "failover group");
     }
+    let pools: Vec<DnsPool> = settings
+        .dns
+        .iter()
+        .map(|pool| {
+            info!(name = %pool.name, server = %pool.server, members = ?pool.members, "DNS pool");
+            DnsPool::start(pool.clone(), shutdown.clone())
+        })
+        .collect();
     let (reports_tx, reports_rx) = mpsc::unbounded_channel();
-    let dispatcher = tokio::spawn(dispatch(reports_rx, groups, settings.hooks.clone()));
+    let dispatcher = tokio::spawn(dispatch(reports_rx, groups, pools, settings.hooks.clone()));
     let prober = Prober::new(
         hosts,
         roles,
@@ -120,6 +131,7 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
         groups = settings.groups.len(),
         witnesses = ?settings.failover.witnesses,
         monitored = monitored.len(),
+        dns_pools = settings.dns.len(),
         "xdprobe running"
     );
 
@@ -172,9 +184,15 @@ struct Route {
     tx: mpsc::UnboundedSender<Report>,
 }
 
-/// Runs the down/up hooks for every probed host and hands each group the reports about its
-/// primary (and the witnesses' liveness, which concerns them all).
-async fn dispatch(mut reports: mpsc::UnboundedReceiver<Report>, groups: Vec<Route>, hooks: Hooks) {
+/// Runs the down/up hooks for every probed host, tells the DNS pools about their members, and
+/// hands each group the reports about its primary (and the witnesses' liveness, which concerns
+/// them all).
+async fn dispatch(
+    mut reports: mpsc::UnboundedReceiver<Report>,
+    groups: Vec<Route>,
+    pools: Vec<DnsPool>,
+    hooks: Hooks,
+) {
     while let Some(report) = reports.recv().await {
         let host = match &report {
             Report::Host(event) => {
@@ -183,6 +201,11 @@ async fn dispatch(mut reports: mpsc::UnboundedReceiver<Report>, groups: Vec<Rout
                     (State::Down, State::Up) => Some(HookEvent::Up),
                     _ => None,
                 };
+                if matches!(event.change.to, State::Up | State::Down) {
+                    for pool in &pools {
+                        pool.member(event.host, event.change.to == State::Up);
+                    }
+                }
                 if let Some(hook) = hook {
                     let vip = groups
                         .iter()

@@ -55,6 +55,8 @@ pub struct FileConfig {
     pub group: Option<Vec<GroupFile>>,
     /// Plain monitored targets (addresses, CIDRs, names, @FILEs): probed and reported, no VIP.
     pub monitor: Option<Vec<String>>,
+    /// DNS round-robin pools kept in step with their members' health.
+    pub dns: Option<Vec<crate::dns::DnsFileConfig>>,
     #[serde(default, with = "humantime_serde")]
     pub window: Option<Duration>,
     pub probes: Option<u32>,
@@ -177,6 +179,8 @@ pub struct Settings {
     pub groups: Vec<Group>,
     /// Plain monitored targets, unresolved (see `targets`).
     pub monitor: Vec<String>,
+    /// DNS pools, secrets loaded.
+    pub dns: Vec<crate::dns::PoolConfig>,
     pub timing: Timing,
     pub failover: FailoverSettings,
     pub hooks: Hooks,
@@ -212,7 +216,19 @@ impl Settings {
             specs.push((format!("group[{i}]."), g));
         }
         let monitor = file.monitor.unwrap_or_default();
-        if specs.is_empty() && monitor.is_empty() {
+        let dns = file
+            .dns
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+            .map(|(i, pool)| {
+                crate::dns::PoolConfig::resolve(i, pool).map_err(|(field, reason)| Invalid {
+                    field: field.into(),
+                    reason,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if specs.is_empty() && monitor.is_empty() && dns.is_empty() {
             return Err(Missing {
                 field: "watch".into(),
             });
@@ -392,6 +408,7 @@ impl Settings {
             iface,
             groups,
             monitor,
+            dns,
             timing,
             failover,
             hooks,

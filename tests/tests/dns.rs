@@ -1,0 +1,149 @@
+//! Health-aware DNS round robin (issue 6), against a real BIND 9 on loopback in the standby's
+//! namespace: xdprobe probes the pool's members and keeps www.example.test's A records in step
+//! with their health through TSIG-signed RFC 2136 updates.
+
+use std::{
+    collections::BTreeSet,
+    net::Ipv4Addr,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use xdprobe_tests::{bind::Bind, Daemon, Lab};
+
+const WINDOW_MS: u64 = 100;
+const MEMBERS: [&str; 3] = ["192.0.2.11", "192.0.2.12", "192.0.2.13"];
+
+fn set(addrs: &[&str]) -> BTreeSet<Ipv4Addr> {
+    addrs.iter().map(|a| a.parse().unwrap()).collect()
+}
+
+fn lab() -> Lab {
+    Lab::with_hosts(&[
+        ("standby", "192.0.2.2/24"),
+        ("m1", "192.0.2.11/24"),
+        ("m2", "192.0.2.12/24"),
+        ("m3", "192.0.2.13/24"),
+    ])
+    .expect("lab")
+}
+
+fn config(lab: &Lab, bind: &Bind, key: &Path) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("{}.toml", lab.ns("dns")));
+    let members: Vec<String> = MEMBERS.iter().map(|m| format!("\"{m}\"")).collect();
+    std::fs::write(
+        &path,
+        format!(
+            "iface = \"eth0\"\nwindow = \"{WINDOW_MS}ms\"\n\n[[dns]]\nserver = \"{}\"\nzone = \"example.test\"\n\
+             name = \"www\"\nttl = 30\ntsig_name = \"xdprobe-key\"\ntsig_secret_file = \"{}\"\n\
+             members = [{}]\nresync = \"2s\"\n",
+            bind.server(),
+            key.display(),
+            members.join(", ")
+        ),
+    )
+    .expect("config");
+    path
+}
+
+/// Polls the server until `addr` is gone from (or back in) the set; returns how long it took.
+fn time_until(bind: &Bind, addr: &str, present: bool, timeout: Duration) -> Duration {
+    let start = Instant::now();
+    let addr: Ipv4Addr = addr.parse().unwrap();
+    loop {
+        if bind.a_records().expect("dig").contains(&addr) == present {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "{addr} still {} after {timeout:?}",
+            if present { "absent" } else { "present" }
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn records_follow_member_health_and_leave_others_alone() {
+    let lab = lab();
+    let bind = Bind::start(&lab.ns("standby")).expect("BIND");
+    let config = config(&lab, &bind, &bind.key_file());
+    let mut daemon = Daemon::start(
+        &lab.ns("standby"),
+        &["run", "--config", config.to_str().unwrap()],
+    )
+    .expect("xdprobe");
+    bind.wait_for_a(&set(&MEMBERS), Duration::from_secs(5))
+        .expect("members published at start-up");
+    daemon
+        .wait_for_log("host UP", Duration::from_secs(5))
+        .expect("members probed");
+    // Somebody else's record for the same name.
+    bind.add_a("192.0.2.99".parse().unwrap(), 30)
+        .expect("foreign record");
+
+    lab.kill("m2").unwrap();
+    let gone = time_until(&bind, "192.0.2.12", false, Duration::from_secs(3));
+    let bound = Duration::from_millis(2 * WINDOW_MS + 100);
+    println!(
+        "member death to record removal at a {WINDOW_MS} ms window: {gone:?} (bound {bound:?})"
+    );
+    assert!(gone <= bound, "removal took {gone:?}");
+    assert_eq!(
+        bind.a_records().unwrap(),
+        set(&["192.0.2.11", "192.0.2.13", "192.0.2.99"])
+    );
+
+    lab.revive("m2").unwrap();
+    let back = time_until(&bind, "192.0.2.12", true, Duration::from_secs(3));
+    println!("member return to record back: {back:?}");
+
+    // Every member down: the pool is never emptied (keep_all), the foreign record stays.
+    for m in ["m1", "m2", "m3"] {
+        lab.kill(m).unwrap();
+    }
+    daemon
+        .wait_for_log("all members down", Duration::from_secs(3))
+        .expect("all-down reported");
+    std::thread::sleep(Duration::from_millis(6 * WINDOW_MS));
+    assert_eq!(
+        bind.a_records().unwrap(),
+        set(&["192.0.2.11", "192.0.2.12", "192.0.2.13", "192.0.2.99"])
+    );
+    let (status, log) = daemon.stop().expect("stop");
+    let _ = std::fs::remove_file(&config);
+    assert!(status.success(), "{log}");
+    assert!(
+        log.contains("removed: member 192.0.2.12 DOWN"),
+        "change and reason not logged:\n{log}"
+    );
+}
+
+#[test]
+fn a_wrong_tsig_secret_is_reported_and_probing_goes_on() {
+    let lab = lab();
+    let bind = Bind::start(&lab.ns("standby")).expect("BIND");
+    bind.add_a("192.0.2.11".parse().unwrap(), 30).expect("seed");
+    let wrong = bind.wrong_key_file().expect("wrong key");
+    let config = config(&lab, &bind, &wrong);
+    let mut daemon = Daemon::start(
+        &lab.ns("standby"),
+        &["run", "--config", config.to_str().unwrap()],
+    )
+    .expect("xdprobe");
+    daemon
+        .wait_for_log("BADSIG", Duration::from_secs(5))
+        .expect("the bad key is reported");
+    lab.kill("m3").unwrap();
+    daemon
+        .wait_for_log("host DOWN", Duration::from_secs(3))
+        .expect("probing goes on");
+    let (status, log) = daemon.stop().expect("stop");
+    let _ = std::fs::remove_file(&config);
+    assert!(status.success(), "{log}");
+    assert_eq!(
+        bind.a_records().unwrap(),
+        set(&["192.0.2.11"]),
+        "server changed with a wrong key"
+    );
+}
