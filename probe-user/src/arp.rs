@@ -734,9 +734,7 @@ mod tests {
     /// Tests against the kernel's ARP, in a throwaway lab of two network namespaces.
     mod lab {
         use std::{
-            fs::File,
             future::Future,
-            os::fd::AsRawFd,
             process::Command,
             sync::{
                 atomic::{AtomicBool, AtomicU32, Ordering},
@@ -865,12 +863,9 @@ mod tests {
             F: FnOnce() -> Fut + Send + 'static,
             Fut: Future<Output = T>,
         {
-            let path = format!("/run/netns/{ns}");
+            let ns = ns.to_string();
             thread::spawn(move || {
-                let netns = File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
-                // SAFETY: `netns` is an open namespace fd; setns moves only this thread.
-                let rc = unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns {path}: {}", io::Error::last_os_error());
+                crate::testns::enter(&ns);
                 tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()

@@ -1160,7 +1160,6 @@ mod tests {
     mod live {
         use std::{
             io::{self, Write as _},
-            os::fd::AsRawFd as _,
             process::{Child, Command, Stdio},
             sync::{Arc, Mutex},
             thread,
@@ -1239,10 +1238,7 @@ mod tests {
 
             /// Moves the calling thread into the namespace.
             fn enter(&self) {
-                let file = fs::File::open(format!("/run/netns/{}", self.0)).unwrap();
-                // SAFETY: a valid namespace fd; only this thread changes namespace.
-                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns {}: {}", self.0, io::Error::last_os_error());
+                crate::testns::enter(&self.0);
             }
         }
 

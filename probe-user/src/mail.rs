@@ -502,7 +502,7 @@ mod tests {
         fs::{self, OpenOptions},
         future::Future,
         io::{self, BufRead as _, BufReader, Write as _},
-        os::{fd::AsRawFd as _, unix::fs::OpenOptionsExt as _},
+        os::unix::fs::OpenOptionsExt as _,
         path::PathBuf,
         process::{Child, Command, Stdio},
         sync::{
@@ -1082,13 +1082,9 @@ mod tests {
             F: Future<Output = T>,
             T: Send,
         {
-            let path = format!("/run/netns/{}", self.ns);
             thread::scope(|s| {
                 s.spawn(|| {
-                    let netns = fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-                    // SAFETY: a namespace fd we hold open; setns moves only this thread.
-                    let rc = unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) };
-                    assert_eq!(rc, 0, "setns {path}: {}", io::Error::last_os_error());
+                    crate::testns::enter(&self.ns);
                     let runtime = tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()

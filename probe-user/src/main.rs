@@ -22,6 +22,8 @@ mod sender;
 mod settings;
 mod startup;
 mod targets;
+#[cfg(test)]
+mod testns;
 mod vip;
 mod xdp;
 

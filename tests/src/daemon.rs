@@ -27,6 +27,15 @@ pub fn xdprobe_bin() -> PathBuf {
     path
 }
 
+/// The number after the last `key` in a log (e.g. `windows=31` in xdprobe's stop summary).
+pub fn log_number(log: &str, key: &str) -> Option<u64> {
+    let rest = &log[log.rfind(key)? + key.len()..];
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
 pub struct Daemon {
     child: Child,
     log: Arc<Mutex<String>>,

@@ -10,7 +10,7 @@ pub mod lab;
 pub mod smtp;
 pub mod traffic;
 
-pub use daemon::{xdprobe_bin, Daemon};
+pub use daemon::{log_number, xdprobe_bin, Daemon};
 pub use lab::{AddrWatch, Lab};
 pub use smtp::{SecureSmtp, Silent, Smtp};
 

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use xdprobe_tests::{AddrWatch, Daemon, Lab, Silent, Smtp};
+use xdprobe_tests::{log_number, AddrWatch, Daemon, Lab, Silent, Smtp};
 
 const WINDOW_MS: u64 = 100;
 const VIP: &str = "192.0.2.100";
@@ -89,8 +89,8 @@ fn no_takeover_while_the_primary_answers() {
     );
     // The daemon reports how many windows it ran: at least 20, with every probe answered
     // and counted in the kernel.
-    let windows = field(&log, "windows=").expect("stop summary in the log");
-    let counted = field(&log, "counted=").expect("stop summary in the log");
+    let windows = log_number(&log, "windows=").expect("stop summary in the log");
+    let counted = log_number(&log, "counted=").expect("stop summary in the log");
     assert!(windows >= 20, "only {windows} windows ran:\n{log}");
     assert!(
         counted >= 3 * (windows - 1),
@@ -217,15 +217,6 @@ fn takeover_is_as_fast_when_smtp_is_down_or_hanging() {
         );
         assert!(status.success(), "exit {status}:\n{log}");
     }
-}
-
-/// The number after `key` in the log (e.g. `windows=31`).
-fn field(log: &str, key: &str) -> Option<u64> {
-    let rest = &log[log.rfind(key)? + key.len()..];
-    rest.split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()
 }
 
 #[test]

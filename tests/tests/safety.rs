@@ -8,6 +8,7 @@ use std::{
 };
 
 use xdprobe_tests::{
+    log_number,
     traffic::{icmp_loss, longest_gap, Flapper, Forger, Pinger},
     Daemon, Lab,
 };
@@ -278,18 +279,8 @@ fn forged_replies_do_not_keep_a_dead_primary_alive() {
     let bound = window(2) + ms(50);
     println!("takeover under forged replies: {took:?} (bound {bound:?})");
     assert!(took <= bound, "took {took:?}\n{log}");
-    let wrong_cookie: u64 = log
-        .rsplit("wrong_cookie=")
-        .next()
-        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|n| n.parse().ok())
-        .expect("stop summary");
-    let stale: u64 = log
-        .rsplit("stale_window=")
-        .next()
-        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|n| n.parse().ok())
-        .expect("stop summary");
+    let wrong_cookie: u64 = log_number(&log, "wrong_cookie=").expect("stop summary");
+    let stale: u64 = log_number(&log, "stale_window=").expect("stop summary");
     // One forged reply a batch carries the current window (wrong cookie), the rest others.
     assert!(
         wrong_cookie >= 10 && stale >= 1000,
@@ -314,18 +305,8 @@ fn thirty_percent_loss_causes_no_false_takeover_over_200_windows() {
         "false takeover under 30% loss:\n{log}"
     );
     // The loss was real: fewer replies were counted than probes answered at 0% loss.
-    let counted: u64 = log
-        .rsplit("counted=")
-        .next()
-        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|n| n.parse().ok())
-        .expect("stop summary");
-    let windows: u64 = log
-        .rsplit("windows=")
-        .next()
-        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|n| n.parse().ok())
-        .expect("stop summary");
+    let counted: u64 = log_number(&log, "counted=").expect("stop summary");
+    let windows: u64 = log_number(&log, "windows=").expect("stop summary");
     assert!(windows >= 200, "{windows} windows");
     println!("30% loss: {counted} replies counted over {windows} windows");
     assert!(log.contains("retries=1"), "{log}");
