@@ -62,8 +62,7 @@ pub fn demo(window: &str) -> Result<()> {
     ));
     print!("{}", lab.ip(STANDBY, &["addr", "show", "dev", IFACE])?);
 
-    say("the client forgets the old MAC for the VIP and pings again: the standby answers");
-    lab.ip(CLIENT, &["neigh", "flush", VIP])?;
+    say("the client pings again: the standby's gratuitous ARP already moved its neighbour entry");
     ping_vip(&lab).context("the VIP does not answer after the takeover")?;
     show_vip_owner(&lab)?;
 
