@@ -20,6 +20,8 @@ pub struct HostEvent {
     pub silent_for: Duration,
     /// Length of a window, for the notice.
     pub window_len: Duration,
+    /// The last round-trip time, when the host came UP.
+    pub rtt: Option<Duration>,
 }
 
 /// Where the VIP lives on this node, for the notices.
@@ -215,6 +217,7 @@ mod tests {
             at: SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
             silent_for: Duration::from_millis(200),
             window_len: Duration::from_millis(100),
+            rtt: None,
         }
     }
 

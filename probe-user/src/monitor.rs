@@ -110,7 +110,7 @@ async fn print(
                         to: &to,
                         window: event.window,
                         at: event.at,
-                        rtt_us: None,
+                        rtt_us: event.rtt.map(|rtt| rtt.as_micros() as u64),
                     },
                 )?;
             }

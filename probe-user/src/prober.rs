@@ -315,6 +315,7 @@ impl Prober {
             }
         }
         for (i, change) in changed {
+            let rtt = Duration::from_nanos(u64::from(self.counters.slot(i).rtt_ns));
             let event = HostEvent {
                 host: self.hosts[i],
                 change,
@@ -322,8 +323,9 @@ impl Prober {
                 at: SystemTime::now(),
                 silent_for: round * change.silent_rounds,
                 window_len: self.timing.window,
+                rtt: (change.to == State::Up).then_some(rtt),
             };
-            let rtt_us = u64::from(self.counters.slot(i).rtt_ns) / 1_000;
+            let rtt_us = rtt.as_micros() as u64;
             let silent_ms = event.silent_for.as_millis() as u64;
             match (change.to, self.log_changes) {
                 (State::Down, true) => {

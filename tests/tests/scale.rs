@@ -162,6 +162,17 @@ fn count_stops_the_monitor_with_a_summary_and_exit_0_when_all_are_up() {
     // 1 + 2 (a /30 without network and broadcast) + 1 hosts, all up, in a text summary.
     assert!(log.contains("4 hosts: 4 up, 0 down"), "{log}");
     assert!(log.contains("(5 windows)"), "{log}");
+    // Each host's change to UP is printed with its round-trip time.
+    let ups: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("UNKNOWN -> UP"))
+        .collect();
+    assert_eq!(ups.len(), 4, "{log}");
+    assert!(
+        ups.iter()
+            .all(|l| l.contains(" rtt ") && l.ends_with(" ms")),
+        "{log}"
+    );
 }
 
 #[test]
