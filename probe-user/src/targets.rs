@@ -187,6 +187,39 @@ fn check_hostname(text: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Parsed targets in the compact form they are kept in until resolved: addresses and CIDRs as
+/// inclusive `u32` ranges (8 bytes each, so a 131,072-line file costs about a megabyte, not a
+/// string per line), names with the origin to report if they do not resolve.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Parsed {
+    pub ranges: Vec<(u32, u32)>,
+    pub names: Vec<(String, String)>,
+}
+
+impl Parsed {
+    pub fn push(&mut self, target: Target, origin: impl FnOnce() -> String) {
+        match target {
+            Target::Addr(addr) => self.ranges.push((u32::from(addr), u32::from(addr))),
+            Target::Net(net) => self.ranges.push(host_range(net)),
+            Target::Name(name) => self.names.push((name, origin())),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty() && self.names.is_empty()
+    }
+}
+
+impl From<Vec<(Target, String)>> for Parsed {
+    fn from(targets: Vec<(Target, String)>) -> Self {
+        let mut parsed = Parsed::default();
+        for (target, origin) in targets {
+            parsed.push(target, || origin);
+        }
+        parsed
+    }
+}
+
 /// Parses the TARGET arguments of `monitor`. An argument `@FILE` is replaced by the targets in
 /// FILE: one per line, `#` starts a comment anywhere on a line, blank lines are ignored, and
 /// `@FILE` inside a file is refused (no nesting, so no include loops to detect).
@@ -197,8 +230,8 @@ fn check_hostname(text: &str) -> Result<(), String> {
 pub fn parse_args(
     args: &[String],
     read_file: impl Fn(&Path) -> io::Result<String>,
-) -> Result<Vec<(Target, String)>, TargetError> {
-    let mut out = Vec::new();
+) -> Result<Parsed, TargetError> {
+    let mut out = Parsed::default();
     for (index, arg) in args.iter().enumerate() {
         let origin = format!("argument {}", index + 1);
         let Some(path) = arg.trim().strip_prefix('@') else {
@@ -207,7 +240,7 @@ pub fn parse_args(
                 text: arg.trim().to_string(),
                 reason,
             })?;
-            out.push((target, origin));
+            out.push(target, || origin);
             continue;
         };
         if path.is_empty() {
@@ -230,11 +263,7 @@ pub fn parse_args(
 }
 
 /// Parses the contents of one `@FILE`, appending to `out`.
-fn parse_file(
-    path: &str,
-    contents: &str,
-    out: &mut Vec<(Target, String)>,
-) -> Result<(), TargetError> {
+fn parse_file(path: &str, contents: &str, out: &mut Parsed) -> Result<(), TargetError> {
     // Files saved by some Windows editors start with a byte-order mark; `lines` also strips a
     // '\r' before each '\n', so such files work as they are.
     let contents = contents.strip_prefix('\u{feff}').unwrap_or(contents);
@@ -255,7 +284,7 @@ fn parse_file(
             });
         }
         match parse_target(text) {
-            Ok(target) => out.push((target, origin)),
+            Ok(target) => out.push(target, || origin),
             Err(reason) => {
                 return Err(TargetError::Syntax {
                     origin,
@@ -271,10 +300,7 @@ fn parse_file(
 /// Turns parsed targets into the sorted, duplicate-free list of hosts to probe, resolving names
 /// with the system resolver (`getaddrinfo` through [`tokio::net::lookup_host`]). See
 /// [`resolve_with`] for the rules.
-pub async fn resolve(
-    targets: Vec<(Target, String)>,
-    max_hosts: usize,
-) -> Result<Vec<Ipv4Addr>, TargetError> {
+pub async fn resolve(targets: Parsed, max_hosts: usize) -> Result<Vec<Ipv4Addr>, TargetError> {
     resolve_with(targets, max_hosts, |name: String| async move {
         let addrs = tokio::net::lookup_host((name.as_str(), 0)).await?;
         Ok(addrs.map(|sa| sa.ip()).collect())
@@ -299,7 +325,7 @@ pub async fn resolve(
 /// Expansion is integer arithmetic on merged `u32` ranges, which come out sorted and disjoint,
 /// so no sort of the expanded list is needed: a /15 takes a few milliseconds even unoptimised.
 pub async fn resolve_with<R, F>(
-    targets: Vec<(Target, String)>,
+    targets: impl Into<Parsed>,
     max_hosts: usize,
     lookup: R,
 ) -> Result<Vec<Ipv4Addr>, TargetError>
@@ -307,24 +333,16 @@ where
     R: Fn(String) -> F,
     F: Future<Output = io::Result<Vec<IpAddr>>>,
 {
-    if targets.is_empty() {
+    let Parsed { mut ranges, names } = targets.into();
+    if ranges.is_empty() && names.is_empty() {
         return Err(TargetError::Empty);
     }
-    let mut ranges: Vec<(u32, u32)> = Vec::with_capacity(targets.len());
-    let mut names: Vec<(String, String)> = Vec::new();
+    // The same name twice is looked up once; the first origin is reported.
     let mut seen = HashSet::new();
-    for (target, origin) in targets {
-        match target {
-            Target::Addr(addr) => ranges.push((u32::from(addr), u32::from(addr))),
-            Target::Net(net) => ranges.push(host_range(net)),
-            Target::Name(name) => {
-                // The same name twice is looked up once; the first origin is reported.
-                if seen.insert(name.to_ascii_lowercase()) {
-                    names.push((name, origin));
-                }
-            }
-        }
-    }
+    let names: Vec<(String, String)> = names
+        .into_iter()
+        .filter(|(name, _)| seen.insert(name.to_ascii_lowercase()))
+        .collect();
     // Fail fast on a huge CIDR before waiting on the resolver.
     ranges = merge(ranges);
     check_count(&ranges, max_hosts)?;
@@ -579,15 +597,31 @@ mod tests {
     }
 
     #[test]
+    fn targets_are_kept_as_ranges_and_only_names_keep_their_origin() {
+        let parsed =
+            parse_args(&args(&["198.18.0.1", "h.example", "10.0.0.0/30"]), no_files).unwrap();
+        assert_eq!(
+            parsed,
+            Parsed {
+                ranges: vec![
+                    (u32::from(ip("198.18.0.1")), u32::from(ip("198.18.0.1"))),
+                    (u32::from(ip("10.0.0.1")), u32::from(ip("10.0.0.2"))),
+                ],
+                names: vec![("h.example".into(), "argument 2".into())],
+            }
+        );
+    }
+
+    #[test]
     fn targets_args_have_origins() {
         let parsed = parse_args(&args(&["198.18.0.1", "h.example", "10.0.0.0/30"]), no_files);
         assert_eq!(
             parsed,
-            Ok(vec![
+            Ok(Parsed::from(vec![
                 (Target::Addr(ip("198.18.0.1")), "argument 1".into()),
                 (Target::Name("h.example".into()), "argument 2".into()),
                 (net("10.0.0.0/30"), "argument 3".into()),
-            ])
+            ]))
         );
         let err =
             parse_args(&args(&["198.18.0.1", "h.example", "10.0.0.1/30"]), no_files).unwrap_err();
@@ -614,12 +648,12 @@ mod tests {
         let parsed = parse_args(&args(&["192.0.2.1", "@hosts.txt"]), read).unwrap();
         assert_eq!(
             parsed,
-            vec![
+            Parsed::from(vec![
                 (Target::Addr(ip("192.0.2.1")), "argument 1".into()),
                 (Target::Addr(ip("198.18.0.1")), "hosts.txt:3".into()),
                 (Target::Name("h.example".into()), "hosts.txt:4".into()),
                 (net("10.0.0.0/31"), "hosts.txt:7".into()),
-            ]
+            ])
         );
     }
 
@@ -831,9 +865,12 @@ mod tests {
         let read = files(&[("big.txt", &contents)]);
         let start = Instant::now();
         let parsed = parse_args(&args(&["@big.txt"]), read).unwrap();
+        // Kept compact: one 8-byte range a line, no string per line.
+        assert_eq!(parsed.ranges.len(), 131_072);
+        assert!(parsed.names.is_empty());
         assert_eq!(
-            parsed.last().map(|(_, o)| o.as_str()),
-            Some("big.txt:131073")
+            parsed.ranges.last(),
+            Some(&(u32::from(ip("198.18.0.0")), u32::from(ip("198.18.0.0"))))
         );
         let hosts = futures::executor::block_on(resolve_with(parsed, 131_072, fake(&[]))).unwrap();
         let elapsed = start.elapsed();
