@@ -111,7 +111,7 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
         .iter()
         .map(|pool| {
             info!(name = %pool.name, server = %pool.server, members = ?pool.members, "DNS pool");
-            DnsPool::start(pool.clone(), shutdown.clone())
+            DnsPool::start(pool.clone(), notifier.clone(), shutdown.clone())
         })
         .collect();
     let (reports_tx, reports_rx) = mpsc::unbounded_channel();

@@ -60,6 +60,8 @@ use tokio::{sync::watch, time::Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use crate::mail::{Notice, Notifier};
+
 pub const DEFAULT_TTL: u32 = 60;
 pub const DEFAULT_TSIG_ALGORITHM: &str = "hmac-sha256";
 pub const DEFAULT_RESYNC: Duration = Duration::from_secs(30);
@@ -437,10 +439,12 @@ pub struct DnsPool {
 impl DnsPool {
     /// Spawns the pool's task on the current tokio runtime (must be called inside one) and
     /// returns at once. Every member starts UP.
-    pub fn start(config: PoolConfig, shutdown: CancellationToken) -> DnsPool {
+    /// Failures of the DNS server and "every member is down" episodes are also mailed
+    /// through `notifier` (once per episode).
+    pub fn start(config: PoolConfig, notifier: Notifier, shutdown: CancellationToken) -> DnsPool {
         let members: BTreeSet<Ipv4Addr> = config.members.iter().copied().collect();
         let (up, reports) = watch::channel(members.clone());
-        match Task::new(config, reports) {
+        match Task::new(config, reports, notifier) {
             Ok(task) => {
                 tokio::spawn(task.run(shutdown));
             }
@@ -491,12 +495,14 @@ struct Task {
     live: Option<BTreeSet<Ipv4Addr>>,
     /// The server was in sync at least once.
     synced: bool,
+    notifier: Notifier,
 }
 
 impl Task {
     fn new(
         config: PoolConfig,
         reports: watch::Receiver<BTreeSet<Ipv4Addr>>,
+        notifier: Notifier,
     ) -> Result<Task, String> {
         let name = Name::from_ascii(&config.name).map_err(|e| format!("{}: {e}", config.name))?;
         let signer = TSigner::new(
@@ -525,6 +531,7 @@ impl Task {
             all_down_ended: false,
             live: None,
             synced: false,
+            notifier,
         })
     }
 
@@ -547,6 +554,10 @@ impl Task {
                     Ok(()) => {
                         if failures > 0 {
                             info!(pool = %self.name, server = %self.server, "DNS server works again; records in sync");
+                            self.notify(
+                                "DNS records back in sync",
+                                format!("The DNS server {} accepts updates again after {failures} failed attempts; the records are in sync.", self.server),
+                            );
                         }
                         failures = 0;
                         retry_at = None;
@@ -561,6 +572,12 @@ impl Task {
                             "DNS records not in sync: {e}; retrying in {}",
                             humantime::format_duration(delay)
                         );
+                        if failures == 1 {
+                            self.notify(
+                                "DNS records out of sync",
+                                format!("Updating the DNS server {} failed: {e}\nxdprobe keeps retrying with backoff (next in {}); probing and failover go on.", self.server, humantime::format_duration(delay)),
+                            );
+                        }
                         retry_at = Some(Instant::now() + delay);
                         self.live = None;
                     }
@@ -579,6 +596,14 @@ impl Task {
                 _ = tokio::time::sleep_until(wake) => {}
             }
         }
+    }
+
+    /// Mails a notice about this pool (rate-limited and never blocking, like every notice).
+    fn notify(&self, what: &str, body: String) {
+        self.notifier.send(Notice {
+            subject: format!("xdprobe: DNS pool {}: {what}", self.name),
+            body: format!("{body}\n"),
+        });
     }
 
     /// Takes the latest member reports, noting which members changed.
@@ -602,6 +627,10 @@ impl Task {
                 AllDown::Empty => "removing every member's record (when_all_down = \"empty\")",
             };
             warn!(pool = %self.name, "all members down: {what}");
+            self.notify(
+                "every member is down",
+                format!("Every member of the pool is DOWN: {what}."),
+            );
         } else if !none_up && self.all_down {
             info!(pool = %self.name, "a member is up again: publishing only members that are up");
             self.all_down_ended = true;
@@ -1487,7 +1516,8 @@ mod tests {
                             .unwrap();
                         runtime.block_on(async {
                             let started = std::time::Instant::now();
-                            let pool = DnsPool::start(config, shutdown.clone());
+                            let pool =
+                                DnsPool::start(config, Notifier::disabled(), shutdown.clone());
                             assert!(
                                 started.elapsed() < Duration::from_millis(50),
                                 "start blocked"

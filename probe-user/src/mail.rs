@@ -357,6 +357,12 @@ pub struct Notifier {
 }
 
 impl Notifier {
+    /// A notifier that only logs (no mail configured).
+    #[cfg(test)]
+    pub fn disabled() -> Self {
+        Self { tx: None }
+    }
+
     /// Starts the mail task (if mail is configured); it stops when `shutdown` fires. Must be
     /// called within a Tokio runtime.
     ///

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use xdprobe_tests::{bind::Bind, Daemon, Lab};
+use xdprobe_tests::{bind::Bind, Daemon, Lab, Smtp};
 
 const WINDOW_MS: u64 = 100;
 const MEMBERS: [&str; 3] = ["192.0.2.11", "192.0.2.12", "192.0.2.13"];
@@ -28,13 +28,13 @@ fn lab() -> Lab {
     .expect("lab")
 }
 
-fn config(lab: &Lab, bind: &Bind, key: &Path) -> std::path::PathBuf {
+fn config(lab: &Lab, bind: &Bind, key: &Path, extra: &str) -> std::path::PathBuf {
     let path = std::env::temp_dir().join(format!("{}.toml", lab.ns("dns")));
     let members: Vec<String> = MEMBERS.iter().map(|m| format!("\"{m}\"")).collect();
     std::fs::write(
         &path,
         format!(
-            "iface = \"eth0\"\nwindow = \"{WINDOW_MS}ms\"\n\n[[dns]]\nserver = \"{}\"\nzone = \"example.test\"\n\
+            "iface = \"eth0\"\nwindow = \"{WINDOW_MS}ms\"\n{extra}\n[[dns]]\nserver = \"{}\"\nzone = \"example.test\"\n\
              name = \"www\"\nttl = 30\ntsig_name = \"xdprobe-key\"\ntsig_secret_file = \"{}\"\n\
              members = [{}]\nresync = \"2s\"\n",
             bind.server(),
@@ -67,7 +67,7 @@ fn time_until(bind: &Bind, addr: &str, present: bool, timeout: Duration) -> Dura
 fn records_follow_member_health_and_leave_others_alone() {
     let lab = lab();
     let bind = Bind::start(&lab.ns("standby")).expect("BIND");
-    let config = config(&lab, &bind, &bind.key_file());
+    let config = config(&lab, &bind, &bind.key_file(), "");
     let mut daemon = Daemon::start(
         &lab.ns("standby"),
         &["run", "--config", config.to_str().unwrap()],
@@ -125,7 +125,10 @@ fn a_wrong_tsig_secret_is_reported_and_probing_goes_on() {
     let bind = Bind::start(&lab.ns("standby")).expect("BIND");
     bind.add_a("192.0.2.11".parse().unwrap(), 30).expect("seed");
     let wrong = bind.wrong_key_file().expect("wrong key");
-    let config = config(&lab, &bind, &wrong);
+    let smtp = Smtp::start(&lab.ns("standby"), 2526).expect("SMTP server");
+    let mail =
+        "notify = \"ops@example.org\"\nsmtp = \"127.0.0.1:2526\"\nfrom = \"xdprobe@example.org\"\n";
+    let config = config(&lab, &bind, &wrong, mail);
     let mut daemon = Daemon::start(
         &lab.ns("standby"),
         &["run", "--config", config.to_str().unwrap()],
@@ -145,5 +148,14 @@ fn a_wrong_tsig_secret_is_reported_and_probing_goes_on() {
         bind.a_records().unwrap(),
         set(&["192.0.2.11"]),
         "server changed with a wrong key"
+    );
+    // The failure was mailed too.
+    let messages = smtp.wait_messages(2, Duration::from_secs(5));
+    assert!(
+        messages.iter().any(
+            |m| m.contains("DNS pool www.example.test.: DNS records out of sync")
+                && m.contains("BADSIG")
+        ),
+        "no DNS failure notice among {messages:?}"
     );
 }
