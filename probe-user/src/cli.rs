@@ -34,25 +34,8 @@ pub struct MonitorArgs {
     #[arg(long, value_name = "IFACE")]
     pub iface: String,
 
-    /// Length of a probe window, e.g. 100ms, 1s [default: 1s].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub window: Option<std::time::Duration>,
-
-    /// Echo requests per host per window [default: 3].
-    #[arg(long, value_name = "N")]
-    pub probes: Option<u32>,
-
-    /// Consecutive failed windows that make a host DOWN [default: 2].
-    #[arg(long, value_name = "N")]
-    pub failed_windows: Option<u32>,
-
-    /// Consecutive good windows that make a DOWN host UP again [default: 2].
-    #[arg(long, value_name = "N")]
-    pub recover_windows: Option<u32>,
-
-    /// Resends of an unanswered probe within its round (0 to 3) [default: 1].
-    #[arg(long, value_name = "N")]
-    pub retries: Option<u32>,
+    #[command(flatten)]
+    pub timing: TimingArgs,
 
     /// Stop after this many windows (default: run until Ctrl-C).
     #[arg(long, value_name = "WINDOWS")]
@@ -74,6 +57,31 @@ pub struct MonitorArgs {
     /// Addresses, CIDRs (198.18.0.0/15), hostnames, or @FILE (one target a line, # comments).
     #[arg(required = true, value_name = "TARGET")]
     pub targets: Vec<String>,
+}
+
+/// How often to probe and when a host changes state: the same flags for `run` and `monitor`.
+#[derive(Debug, Default, Args)]
+pub struct TimingArgs {
+    /// Length of a probe window, e.g. 100ms, 1s [default: 1s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub window: Option<std::time::Duration>,
+
+    /// Echo requests per host per window, spread evenly across it [default: 3].
+    #[arg(long, value_name = "N")]
+    pub probes: Option<u32>,
+
+    /// Consecutive failed windows that make a host DOWN [default: 2].
+    #[arg(long, value_name = "N")]
+    pub failed_windows: Option<u32>,
+
+    /// Consecutive good windows that make a DOWN host UP again [default: 2].
+    #[arg(long, value_name = "N")]
+    pub recover_windows: Option<u32>,
+
+    /// Resend an unanswered probe once its reply wait is over, this many times (0 to 3)
+    /// [default: 1]. Keeps random loss from failing windows.
+    #[arg(long, value_name = "N")]
+    pub retries: Option<u32>,
 }
 
 /// Where replies are counted.
@@ -105,21 +113,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "LABEL")]
     pub label: Option<String>,
 
-    /// Length of a probe window, e.g. 100ms, 1s [default: 1s].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub window: Option<std::time::Duration>,
-
-    /// Echo requests per host per window, spread evenly across it [default: 3].
-    #[arg(long, value_name = "N")]
-    pub probes: Option<u32>,
-
-    /// Consecutive failed windows that make a host DOWN [default: 2].
-    #[arg(long, value_name = "N")]
-    pub failed_windows: Option<u32>,
-
-    /// Consecutive good windows that make a DOWN host UP again [default: 2].
-    #[arg(long, value_name = "N")]
-    pub recover_windows: Option<u32>,
+    #[command(flatten)]
+    pub timing: TimingArgs,
 
     /// E-mail address to notify of takeovers (needs --smtp and --from).
     #[arg(long, value_name = "EMAIL")]
@@ -132,11 +127,6 @@ pub struct RunArgs {
     /// Sender address of notifications.
     #[arg(long, value_name = "EMAIL")]
     pub from: Option<String>,
-
-    /// Resend an unanswered probe once its reply wait is over, this many times (0 to 3)
-    /// [default: 1]. Keeps random loss from failing windows.
-    #[arg(long, value_name = "N")]
-    pub retries: Option<u32>,
 
     /// Another host to probe (typically the gateway); repeatable. If every witness is silent too
     /// when the primary goes down, we are the one cut off: the VIP is not taken.

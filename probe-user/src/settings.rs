@@ -252,17 +252,23 @@ impl Settings {
         }
 
         let timing = Timing {
-            window: args.window.or(file.window).unwrap_or(DEFAULT_WINDOW),
-            probes: args.probes.or(file.probes).unwrap_or(DEFAULT_PROBES),
+            window: args.timing.window.or(file.window).unwrap_or(DEFAULT_WINDOW),
+            probes: args.timing.probes.or(file.probes).unwrap_or(DEFAULT_PROBES),
             failed_windows: args
+                .timing
                 .failed_windows
                 .or(file.failed_windows)
                 .unwrap_or(DEFAULT_FAILED_WINDOWS),
             recover_windows: args
+                .timing
                 .recover_windows
                 .or(file.recover_windows)
                 .unwrap_or(DEFAULT_RECOVER_WINDOWS),
-            retries: args.retries.or(file.retries).unwrap_or(DEFAULT_RETRIES),
+            retries: args
+                .timing
+                .retries
+                .or(file.retries)
+                .unwrap_or(DEFAULT_RETRIES),
         };
         validate_timing(&timing)?;
 
@@ -491,11 +497,14 @@ fn bounded(
 /// The timing of `xdprobe monitor`, from its flags.
 pub fn monitor_timing(args: &crate::cli::MonitorArgs) -> Result<Timing, SettingsError> {
     let timing = Timing {
-        window: args.window.unwrap_or(DEFAULT_WINDOW),
-        probes: args.probes.unwrap_or(DEFAULT_PROBES),
-        failed_windows: args.failed_windows.unwrap_or(DEFAULT_FAILED_WINDOWS),
-        recover_windows: args.recover_windows.unwrap_or(DEFAULT_RECOVER_WINDOWS),
-        retries: args.retries.unwrap_or(DEFAULT_RETRIES),
+        window: args.timing.window.unwrap_or(DEFAULT_WINDOW),
+        probes: args.timing.probes.unwrap_or(DEFAULT_PROBES),
+        failed_windows: args.timing.failed_windows.unwrap_or(DEFAULT_FAILED_WINDOWS),
+        recover_windows: args
+            .timing
+            .recover_windows
+            .unwrap_or(DEFAULT_RECOVER_WINDOWS),
+        retries: args.timing.retries.unwrap_or(DEFAULT_RETRIES),
     };
     validate_timing(&timing)?;
     if args.count == Some(0) {
@@ -694,7 +703,7 @@ mod tests {
     fn flags_override_the_file() {
         let f = file("iface = \"eth9\"\nwindow = \"250ms\"\nprobes = 5\ndebug = true\n");
         let mut a = args();
-        a.window = Some(Duration::from_millis(100));
+        a.timing.window = Some(Duration::from_millis(100));
         let s = Settings::resolve(&a, f).unwrap();
         assert_eq!(s.iface, "eth0");
         assert_eq!(s.timing.window, Duration::from_millis(100));
@@ -805,7 +814,7 @@ mod tests {
             ),
             (|a| a.on_down = Some("   ".into()), "on_down"),
             (|a| a.smtp_starttls = true, "smtp_starttls"),
-            (|a| a.retries = Some(4), "retries"),
+            (|a| a.timing.retries = Some(4), "retries"),
         ];
         for (edit, field) in cases {
             let mut a = args();
@@ -945,18 +954,24 @@ mod tests {
     #[test]
     fn timing_out_of_range_is_rejected_by_field() {
         let cases: [Case; 6] = [
-            (|a| a.window = Some(Duration::from_millis(5)), "window"),
-            (|a| a.window = Some(Duration::from_secs(7200)), "window"),
-            (|a| a.probes = Some(0), "probes"),
+            (
+                |a| a.timing.window = Some(Duration::from_millis(5)),
+                "window",
+            ),
+            (
+                |a| a.timing.window = Some(Duration::from_secs(7200)),
+                "window",
+            ),
+            (|a| a.timing.probes = Some(0), "probes"),
             (
                 |a| {
-                    a.window = Some(Duration::from_millis(10));
-                    a.probes = Some(20)
+                    a.timing.window = Some(Duration::from_millis(10));
+                    a.timing.probes = Some(20)
                 },
                 "probes",
             ),
-            (|a| a.failed_windows = Some(0), "failed_windows"),
-            (|a| a.recover_windows = Some(0), "recover_windows"),
+            (|a| a.timing.failed_windows = Some(0), "failed_windows"),
+            (|a| a.timing.recover_windows = Some(0), "recover_windows"),
         ];
         for (edit, field) in cases {
             let mut a = args();
