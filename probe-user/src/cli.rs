@@ -138,6 +138,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "POLICY")]
     pub failback: Option<Failback>,
 
+    /// What to do with a VIP we hold when xdprobe stops (SIGTERM/SIGINT): `keep` it, so a
+    /// restart causes no outage, or `release` it [default: keep].
+    #[arg(long, value_name = "POLICY")]
+    pub on_exit: Option<OnExit>,
+
     /// Minimum time between taking the VIP and releasing it, against flapping [default: 10s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub hold_down: Option<std::time::Duration>,
@@ -210,6 +215,17 @@ pub enum Failback {
     Release,
     /// Keep the VIP on the standby and only report the primary's return.
     Keep,
+}
+
+/// What happens to a held VIP when xdprobe stops.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnExit {
+    /// Leave it on the interface: a restarted xdprobe adopts it.
+    #[default]
+    Keep,
+    /// Remove it.
+    Release,
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {

@@ -9,7 +9,7 @@ use lettre::message::Mailbox;
 use serde::Deserialize;
 
 use crate::{
-    cli::{Failback, RunArgs},
+    cli::{Failback, OnExit, RunArgs},
     hooks::{Hook, Hooks},
     mail::RateLimit,
 };
@@ -65,6 +65,7 @@ pub struct FileConfig {
     pub retries: Option<u32>,
     pub witness: Option<Vec<Ipv4Addr>>,
     pub failback: Option<Failback>,
+    pub on_exit: Option<OnExit>,
     #[serde(default, with = "humantime_serde")]
     pub hold_down: Option<Duration>,
     pub garp_count: Option<u32>,
@@ -159,6 +160,7 @@ pub struct Group {
 pub struct FailoverSettings {
     pub witnesses: Vec<Ipv4Addr>,
     pub failback: Failback,
+    pub on_exit: OnExit,
     pub hold_down: Duration,
     pub garp: Garp,
     /// Zero: no ARP conflict check before taking the VIP.
@@ -294,6 +296,7 @@ impl Settings {
         let failover = FailoverSettings {
             witnesses,
             failback: args.failback.or(file.failback).unwrap_or_default(),
+            on_exit: args.on_exit.or(file.on_exit).unwrap_or_default(),
             hold_down: bounded(
                 "hold_down",
                 args.hold_down.or(file.hold_down),
@@ -684,6 +687,7 @@ mod tests {
             FailoverSettings {
                 witnesses: vec![],
                 failback: Failback::Release,
+                on_exit: OnExit::Keep,
                 hold_down: Duration::from_secs(10),
                 garp: Garp {
                     count: 5,
@@ -758,6 +762,7 @@ mod tests {
             "retries",
             "witness",
             "failback",
+            "on_exit",
             "hold_down",
             "garp_count",
             "garp_interval",

@@ -342,3 +342,26 @@ fn groups_from_the_config_fail_over_independently_and_monitored_hosts_only_repor
         "group host's hook:\n{hooks}"
     );
 }
+
+#[test]
+fn on_exit_release_gives_the_vip_up_when_xdprobe_stops() {
+    let lab = lab();
+    let watch = lab.watch_addrs("standby").expect("ip monitor");
+    let daemon = start(&lab, &["--on-exit", "release"]);
+    kill_and_time(&lab, &watch, &daemon);
+    let (status, log) = daemon.stop().expect("stopping xdprobe");
+    assert!(status.success(), "exit {status}:\n{log}");
+    assert!(
+        log.contains("released the VIP (on_exit = release)"),
+        "{log}"
+    );
+    assert!(
+        !lab.addrs("standby").unwrap().contains(VIP_NET),
+        "VIP left behind:\n{log}"
+    );
+    assert!(
+        watch.wait_deleted(VIP, Duration::from_secs(1)).is_some(),
+        "no removal seen"
+    );
+    assert_detached(&lab);
+}

@@ -17,6 +17,7 @@ use tracing::{error, info, warn};
 use self::policy::{Action, Policy, PolicyConfig};
 use crate::{
     arp::ArpSocket,
+    cli::OnExit,
     events::{
         conflict_notice, isolation_notice, recovery_notice, release_notice, start_notice,
         takeover_notice, HostEvent, Report, Site,
@@ -120,6 +121,16 @@ impl Failover {
         }
         if let Some(announcer) = run.announcer.take() {
             announcer.abort();
+        }
+        if self.settings.on_exit == OnExit::Release && run.policy.holding() {
+            match self.vip.remove().await {
+                Ok(_) => {
+                    info!(vip = %self.vip.net(), "stopping: released the VIP (on_exit = release)")
+                }
+                Err(e) => {
+                    error!(vip = %self.vip.net(), error = %format!("{e:#}"), "stopping: releasing the VIP FAILED")
+                }
+            }
         }
     }
 

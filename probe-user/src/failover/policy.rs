@@ -83,7 +83,6 @@ impl Policy {
         }
     }
 
-    #[cfg(test)]
     pub fn holding(&self) -> bool {
         self.holding
     }
