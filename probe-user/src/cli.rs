@@ -26,6 +26,16 @@ pub enum Command {
     /// Watch many hosts and report their state changes and a summary, like fping.
     /// Exit codes: 0 all up, 1 some down, 2 bad usage, 3 system failure.
     Monitor(MonitorArgs),
+    /// Validate a config file without touching the system and print the resolved plan.
+    /// Exit 0 when it is valid, 2 otherwise (each error with file:line and field).
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The config file [default: /etc/xdprobe/xdprobe.toml].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -94,6 +104,7 @@ pub enum Receive {
 #[derive(Debug, Default, Args)]
 pub struct RunArgs {
     /// TOML file with the same settings as the flags (flags win). See examples/xdprobe.toml.
+    /// Without it, /etc/xdprobe/xdprobe.toml is read if it exists.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 

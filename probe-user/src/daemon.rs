@@ -24,23 +24,30 @@ use crate::{
     mail::Notifier,
     prober::{Prober, Roles},
     sender::Sender,
-    settings::{FileConfig, Settings},
+    settings::{FileConfig, Settings, DEFAULT_CONFIG},
     startup::{attach_xdp, interface_index},
     targets,
     vip::Vip,
 };
 
-fn load_settings(args: &RunArgs) -> Result<Settings, Failure> {
-    let file = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read config file {}", path.display()))
-                .map_err(Failure::Usage)?;
-            FileConfig::parse(path, &text).map_err(|e| Failure::Usage(e.into()))?
-        }
-        None => FileConfig::default(),
+/// The settings from the flags over the config file (`--config`, else the default file if it
+/// exists); errors point at the file's line.
+pub fn load_settings(args: &RunArgs) -> Result<Settings, Failure> {
+    let default = Path::new(DEFAULT_CONFIG);
+    let path = match &args.config {
+        Some(path) => Some(path.as_path()),
+        None => default.exists().then_some(default),
     };
-    Settings::resolve(args, file).map_err(|e| Failure::Usage(e.into()))
+    let Some(path) = path else {
+        return Settings::resolve(args, FileConfig::default())
+            .map_err(|e| Failure::Usage(e.into()));
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))
+        .map_err(Failure::Usage)?;
+    let file = FileConfig::parse(path, &text).map_err(|e| Failure::Usage(e.into()))?;
+    Settings::resolve(args, file)
+        .map_err(|e| Failure::Usage(anyhow::anyhow!(e.in_file(path, &text))))
 }
 
 fn node_name() -> String {

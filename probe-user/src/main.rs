@@ -4,6 +4,7 @@
 //! Exit codes: 0 clean stop, 2 bad usage or config, 3 system failure.
 
 mod arp;
+mod check;
 mod cli;
 mod clock;
 mod counters;
@@ -54,6 +55,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run(args) => daemon::run(*args).await.map(|()| 0),
             Command::Monitor(args) => monitor::monitor(args).await,
+            Command::Check(args) => check::check(args),
         }
     });
     match result {

@@ -109,6 +109,67 @@ impl FileConfig {
     }
 }
 
+/// The default config file, read when `--config` is not given and it exists.
+pub const DEFAULT_CONFIG: &str = "/etc/xdprobe/xdprobe.toml";
+
+/// The 1-based line of the config `text` where `field` is set: a top-level key (`window`), or
+/// a key of the n-th `[[table]]` (`group[1].vip`, `dns[0].members`). `None` if the file does
+/// not set it (the value came from a flag or a default).
+pub fn locate(text: &str, field: &str) -> Option<usize> {
+    let (table, index, key) = match field.split_once("].") {
+        Some((head, key)) => {
+            let (table, index) = head.split_once('[')?;
+            (Some(table), index.parse::<usize>().ok()?, key)
+        }
+        None => (None, 0, field),
+    };
+    let mut section: Option<(&str, usize)> = None;
+    let mut seen: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if let Some(name) = line.strip_prefix("[[").and_then(|l| l.split("]]").next()) {
+            let name = name.trim();
+            let count = seen.entry(name).or_insert(0);
+            section = Some((name, *count));
+            *count += 1;
+            continue;
+        }
+        if line.starts_with('[') {
+            section = Some(("", usize::MAX));
+            continue;
+        }
+        let here = match (table, section) {
+            (None, None) => true,
+            (Some(t), Some((name, i))) => t == name && i == index,
+            _ => false,
+        };
+        let is_key = line
+            .strip_prefix(key)
+            .is_some_and(|rest| rest.trim_start().starts_with('='));
+        if here && is_key {
+            return Some(n + 1);
+        }
+    }
+    None
+}
+
+impl SettingsError {
+    /// The error as the user should read it: with `path:line:` when the field is set in the
+    /// config file `text`.
+    pub fn in_file(&self, path: &Path, text: &str) -> String {
+        let line = match self {
+            SettingsError::Invalid { field, .. } | SettingsError::Missing { field } => {
+                locate(text, field)
+            }
+            SettingsError::File { .. } => None,
+        };
+        match line {
+            Some(line) => format!("{}:{line}: {self}", path.display()),
+            None => self.to_string(),
+        }
+    }
+}
+
 /// Where and how to send notification e-mail.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MailSettings {
@@ -238,10 +299,13 @@ impl Settings {
         let mut groups: Vec<Group> = Vec::with_capacity(specs.len());
         for (n, (prefix, spec)) in specs.into_iter().enumerate() {
             let group = resolve_group(&iface, n + 1, &prefix, spec)?;
-            if let Some(other) = groups
-                .iter()
-                .find(|g| g.vip.addr() == group.vip.addr() || g.label == group.label)
-            {
+            if let Some(other) = groups.iter().find(|g| {
+                // The same VIP or label twice, or one group's VIP the other's primary.
+                g.vip.addr() == group.vip.addr()
+                    || g.label == group.label
+                    || g.watch == group.vip.addr()
+                    || group.watch == g.vip.addr()
+            }) {
                 return Err(Invalid {
                     field: format!("{prefix}vip").into(),
                     reason: format!(
@@ -925,6 +989,31 @@ mod tests {
         let err = FileConfig::parse(Path::new("x.toml"), "[[group]]\nwach = \"192.0.2.1\"\n")
             .unwrap_err();
         assert!(err.to_string().contains("wach"), "{err}");
+    }
+
+    #[test]
+    fn fields_are_located_in_the_file() {
+        let text = "iface = \"eth0\"\nwindow = \"5ms\"\n\n[[group]]\nwatch = \"192.0.2.11\"\n\
+                    vip = \"192.0.2.110/24\"\n\n[[group]]\nvip = \"192.0.2.120/24\"\n\n\
+                    [[dns]]\nmembers = []\n";
+        assert_eq!(locate(text, "window"), Some(2));
+        assert_eq!(locate(text, "group[0].vip"), Some(6));
+        assert_eq!(locate(text, "group[1].vip"), Some(9));
+        assert_eq!(
+            locate(text, "group[1].watch"),
+            None,
+            "missing in that group"
+        );
+        assert_eq!(locate(text, "dns[0].members"), Some(12));
+        assert_eq!(locate(text, "probes"), None, "from a flag or a default");
+        // A top-level key after a table header belongs to the table, not the top level.
+        assert_eq!(locate("[[group]]\nwindow = \"1s\"\n", "window"), None);
+        let text = "iface = \"eth0\"\nwindow = \"5ms\"\n";
+        let err = Settings::resolve(&args(), file(text)).unwrap_err();
+        assert_eq!(
+            err.in_file(Path::new("/etc/xdprobe/xdprobe.toml"), text),
+            format!("/etc/xdprobe/xdprobe.toml:2: {err}")
+        );
     }
 
     #[test]

@@ -196,3 +196,54 @@ fn without_privileges_exit_3_saying_what_is_needed() {
         "{stderr}"
     );
 }
+
+#[test]
+fn check_validates_a_config_and_points_at_the_bad_line() {
+    let dir = std::env::temp_dir().join(format!("xdprobe-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let check = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new(xdprobe_bin())
+            .args(["check", "--config", path.to_str().unwrap()])
+            .output()
+            .expect("running xdprobe check");
+        (out, path.display().to_string())
+    };
+    let good =
+        "iface = \"eth0\"\nwatch = \"192.0.2.1\"\nvip = \"192.0.2.100/24\"\nwindow = \"100ms\"\n\
+                monitor = [\"198.51.100.0/28\"]\n";
+    let (out, path) = check("good.toml", good);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        format!("{path}: valid"),
+        "group 1: watch 192.0.2.1 -> take 192.0.2.100/24 as eth0:1".to_string(),
+        "timing: 100ms windows".to_string(),
+        "monitor: 198.51.100.0/28".to_string(),
+    ] {
+        assert!(stdout.contains(&needle), "missing {needle:?} in:\n{stdout}");
+    }
+    let broken = [
+        ("window.toml", "iface = \"eth0\"\nwatch = \"192.0.2.1\"\n\nvip = \"192.0.2.100/24\"\nwindow = \"5ms\"\n", ":5: invalid `window`"),
+        ("group.toml", "iface = \"eth0\"\n[[group]]\nwatch = \"192.0.2.1\"\nvip = \"192.0.2.100/24\"\n[[group]]\nwatch = \"192.0.2.2\"\nvip = \"192.0.2.1/24\"\n", ":7: invalid `group[1].vip`"),
+        ("label.toml", "iface = \"eth0\"\nwatch = \"192.0.2.1\"\nvip = \"192.0.2.100/24\"\nlabel = \"eth1:1\"\n", ":4: invalid `label`"),
+        ("unknown.toml", "iface = \"eth0\"\nwatchh = \"192.0.2.1\"\n", "line 2"),
+        ("target.toml", "iface = \"eth0\"\nmonitor = [\"198.51.100.0/33\"]\n", "invalid `monitor`"),
+    ];
+    for (name, text, needle) in broken {
+        let (out, path) = check(name, text);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}: {stderr}");
+        assert!(
+            stderr.contains(&path) && stderr.contains(needle),
+            "{name}: want {needle:?} in {stderr}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
