@@ -25,7 +25,7 @@ use crate::{
     prober::{Prober, Roles},
     sender::Sender,
     settings::{FileConfig, Settings, DEFAULT_CONFIG},
-    startup::{attach_xdp, interface_index},
+    startup::{attach_xdp, interface_index, require_capabilities},
     targets,
     vip::Vip,
 };
@@ -61,6 +61,7 @@ fn node_name() -> String {
 pub async fn run(args: RunArgs) -> Result<(), Failure> {
     let settings = load_settings(&args)?;
     let index = interface_index(&settings.iface)?;
+    require_capabilities()?;
     // Mail files (CA, credentials) and targets are checked before anything is set up.
     let shutdown = CancellationToken::new();
     let notifier =
@@ -141,6 +142,11 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
         dns_pools = settings.dns.len(),
         "xdprobe running"
     );
+
+    // systemd (Type=notify): we are up; the dispatcher pings the watchdog once per window.
+    if let Err(error) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(%error, "cannot notify systemd of readiness");
+    }
 
     let mut sigterm = signal(SignalKind::terminate())
         .context("installing SIGTERM handler")
@@ -230,7 +236,11 @@ async fn dispatch(
             }
             Report::Suspect { host, .. } => Some(*host),
             Report::Witnesses { .. } => None,
-            Report::Window { .. } => continue,
+            Report::Window { .. } => {
+                // A window closed: the probe loop is alive (no-op without systemd's watchdog).
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                continue;
+            }
         };
         for group in groups.iter().filter(|g| host.is_none_or(|h| h == g.watch)) {
             // A group's receiver only goes away at shutdown.

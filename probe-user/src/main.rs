@@ -4,6 +4,7 @@
 //! Exit codes: 0 clean stop, 2 bad usage or config, 3 system failure.
 
 mod arp;
+mod caps;
 mod check;
 mod cli;
 mod clock;

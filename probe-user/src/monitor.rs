@@ -24,6 +24,7 @@ use crate::{
 pub async fn monitor(args: MonitorArgs) -> Result<u8, Failure> {
     let timing = settings::monitor_timing(&args).map_err(|e| Failure::Usage(e.into()))?;
     crate::startup::interface_index(&args.iface)?;
+    crate::startup::require_capabilities()?;
     let parsed = targets::parse_args(&args.targets, |path| std::fs::read_to_string(path))
         .map_err(|e| Failure::Usage(e.into()))?;
     let hosts = targets::resolve(parsed, probe_common::maps::MAX_HOSTS as usize)

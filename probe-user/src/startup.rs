@@ -23,6 +23,11 @@ pub fn interface_index(iface: &str) -> Result<u32, Failure> {
 }
 
 /// Loads the XDP program for `hosts` (sorted) and attaches it to `iface`.
+/// Stops early, naming what is missing, when we lack a capability we need.
+pub fn require_capabilities() -> Result<(), Failure> {
+    crate::caps::check().map_err(Failure::System)
+}
+
 pub fn attach_xdp(hosts: &[Ipv4Addr], iface: &str, debug: bool) -> Result<XdpProbe, Failure> {
     let mut xdp = XdpProbe::load(hosts, debug).system()?;
     if debug {

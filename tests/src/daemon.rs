@@ -44,10 +44,18 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `xdprobe ARGS` in namespace `ns`.
     pub fn start(ns: &str, args: &[&str]) -> anyhow::Result<Self> {
+        let bin = xdprobe_bin();
+        let mut all = vec![bin.to_str().context("binary path")?];
+        all.extend_from_slice(args);
+        Self::start_program(ns, &all)
+    }
+
+    /// Starts `PROGRAM ARGS` (`command[0]` and the rest) in namespace `ns`, with its output
+    /// captured like xdprobe's: for wrappers such as setpriv.
+    pub fn start_program(ns: &str, command: &[&str]) -> anyhow::Result<Self> {
         let mut child = Command::new("ip")
             .args(["netns", "exec", ns])
-            .arg(xdprobe_bin())
-            .args(args)
+            .args(command)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -365,3 +365,86 @@ fn on_exit_release_gives_the_vip_up_when_xdprobe_stops() {
     );
     assert_detached(&lab);
 }
+
+/// The capabilities the shipped systemd unit grants (AmbientCapabilities=...).
+fn unit_capabilities() -> Vec<String> {
+    let unit = include_str!("../../probe-user/dist/xdprobe.service");
+    let line = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("AmbientCapabilities="))
+        .expect("the unit grants ambient capabilities");
+    line.split_whitespace().map(str::to_string).collect()
+}
+
+/// Runs `xdprobe ARGS` in `ns` as user nobody with exactly `caps` (setpriv), the way the unit
+/// would start it.
+fn start_as_nobody(lab: &Lab, ns: &str, caps: &[String], args: &[&str]) -> Daemon {
+    let list: Vec<String> = caps
+        .iter()
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect();
+    let list = list.join(",");
+    // nobody may not be able to enter the build directory: run a copy.
+    let bin = std::env::temp_dir().join(format!("xdprobe-{}", lab.ns("caps")));
+    std::fs::copy(xdprobe_tests::xdprobe_bin(), &bin).expect("copying the binary");
+    let setpriv = [
+        "setpriv".to_string(),
+        "--reuid=65534".into(),
+        "--regid=65534".into(),
+        "--clear-groups".into(),
+        format!("--inh-caps=-all,{list}"),
+        format!("--ambient-caps=-all,{list}"),
+        format!("--bounding-set=-all,{list}"),
+        "--no-new-privs".into(),
+        bin.display().to_string(),
+    ];
+    let mut all: Vec<&str> = setpriv.iter().map(String::as_str).collect();
+    all.extend_from_slice(args);
+    Daemon::start_program(ns, &all).expect("starting xdprobe as nobody")
+}
+
+#[test]
+fn runs_under_exactly_the_units_capabilities_and_names_a_missing_one() {
+    let caps = unit_capabilities();
+    assert_eq!(
+        caps,
+        ["CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN", "CAP_NET_RAW"]
+    );
+    let lab = lab();
+    let watch = lab.watch_addrs("standby").expect("ip monitor");
+    let args = [
+        "run",
+        "--iface",
+        "eth0",
+        "--watch",
+        "192.0.2.1",
+        "--vip",
+        VIP_NET,
+        "--window",
+        "100ms",
+    ];
+    let mut daemon = start_as_nobody(&lab, &lab.ns("standby"), &caps, &args);
+    daemon
+        .wait_for_log("host UP", Duration::from_secs(5))
+        .expect("probing as nobody");
+    let took = kill_and_time(&lab, &watch, &daemon);
+    let (status, log) = daemon.stop().expect("stop");
+    assert!(status.success(), "{log}");
+    assert!(took <= BOUND, "takeover as nobody took {took:?}");
+    assert_detached(&lab);
+
+    // Without CAP_NET_RAW: exit 3, and the message names it and what it is for.
+    let fewer: Vec<String> = caps
+        .iter()
+        .filter(|c| *c != "CAP_NET_RAW")
+        .cloned()
+        .collect();
+    let daemon = start_as_nobody(&lab, &lab.ns("standby"), &fewer, &args);
+    let (status, log) = daemon.wait().expect("exits");
+    assert_eq!(status.code(), Some(3), "{log}");
+    assert!(
+        log.contains("missing capability CAP_NET_RAW (to send probes"),
+        "{log}"
+    );
+    let _ = std::fs::remove_file(std::env::temp_dir().join(format!("xdprobe-{}", lab.ns("caps"))));
+}

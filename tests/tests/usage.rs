@@ -247,3 +247,36 @@ fn check_validates_a_config_and_points_at_the_bad_line() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_systemd_unit_passes_systemd_analyze_verify() {
+    let unit = include_str!("../../probe-user/dist/xdprobe.service");
+    assert!(
+        unit.contains("Type=notify") && unit.contains("WatchdogSec="),
+        "{unit}"
+    );
+    // verify wants ExecStart's binary to exist: point it at the one under test.
+    let dir = std::env::temp_dir().join(format!("xdprobe-unit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("xdprobe.service");
+    let bin = xdprobe_bin();
+    std::fs::write(
+        &path,
+        unit.replace("/usr/bin/xdprobe", bin.to_str().unwrap()),
+    )
+    .unwrap();
+    let out = Command::new("systemd-analyze")
+        .args(["verify", path.to_str().unwrap()])
+        .output()
+        .expect("systemd-analyze (Debian package systemd)");
+    let _ = std::fs::remove_dir_all(&dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "systemd-analyze verify failed: {stderr}"
+    );
+    assert!(
+        stderr.trim().is_empty(),
+        "systemd-analyze verify warned: {stderr}"
+    );
+}

@@ -35,6 +35,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "nftables",
     "python3-aiosmtpd",
     "openssl",
+    // systemd-analyze checks the shipped unit file.
+    "systemd",
     "fping",
     "bind9",
     "bind9-dnsutils",
