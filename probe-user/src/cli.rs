@@ -29,6 +29,9 @@ pub enum Command {
     /// Validate a config file without touching the system and print the resolved plan.
     /// Exit 0 when it is valid, 2 otherwise (each error with file:line and field).
     Check(CheckArgs),
+    /// Print the man page (roff), generated from these definitions; used for packaging.
+    #[command(hide = true)]
+    Man,
 }
 
 #[derive(Debug, Args)]

@@ -40,6 +40,9 @@ use crate::{
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Man = cli.command {
+        return man();
+    }
     init_logging();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -57,6 +60,7 @@ fn main() -> ExitCode {
             Command::Run(args) => daemon::run(*args).await.map(|()| 0),
             Command::Monitor(args) => monitor::monitor(args).await,
             Command::Check(args) => check::check(args),
+            Command::Man => Ok(0),
         }
     });
     match result {
@@ -67,6 +71,19 @@ fn main() -> ExitCode {
         }
         Err(Failure::System(e)) => {
             eprintln!("xdprobe: error: {e:#}{}", permission_hint(&e));
+            ExitCode::from(3)
+        }
+    }
+}
+
+/// Writes the man page to stdout.
+fn man() -> ExitCode {
+    use clap::CommandFactory as _;
+    let page = clap_mangen::Man::new(Cli::command()).section("8");
+    match page.render(&mut std::io::stdout()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xdprobe: error: writing the man page: {e}");
             ExitCode::from(3)
         }
     }

@@ -6,6 +6,7 @@ mod cargo_cmd;
 mod cmd;
 mod daemon;
 mod demo;
+mod dist;
 mod lab;
 mod netns;
 mod run;
@@ -55,6 +56,13 @@ enum Task {
     /// Measure xdprobe against fping (and against itself receiving on a socket) over up to
     /// 131,072 hosts in a namespace farm; prints the tables and writes BENCHMARKS.md.
     Bench(bench::BenchArgs),
+    /// Build the Debian package (binary, systemd unit, example config, man page) into
+    /// target/dist/.
+    Dist {
+        /// Package the debug build (quicker; what the test suite installs).
+        #[arg(long)]
+        debug: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -83,5 +91,6 @@ fn execute(task: Task) -> anyhow::Result<()> {
         Task::Test => testsuite::test(),
         Task::Demo { window } => demo::demo(&window),
         Task::Bench(args) => bench::bench(args),
+        Task::Dist { debug } => dist::dist(debug).map(drop),
     }
 }

@@ -7,6 +7,8 @@ use crate::{cargo_cmd, cmd};
 
 /// The environment variable that tells the integration tests which xdprobe binary to run.
 pub const XDPROBE_BIN_ENV: &str = "XDPROBE_BIN";
+/// ... and which Debian package to install.
+pub const XDPROBE_DEB_ENV: &str = "XDPROBE_DEB";
 
 struct Step {
     name: &'static str,
@@ -57,6 +59,7 @@ fn steps(xdprobe_bin: &str) -> Vec<Step> {
         "--test-threads=1",
     ]);
     integration.env(XDPROBE_BIN_ENV, xdprobe_bin);
+    integration.env(XDPROBE_DEB_ENV, crate::dist::package_path());
     vec![
         Step {
             name: "build",
@@ -100,6 +103,19 @@ fn steps(xdprobe_bin: &str) -> Vec<Step> {
             ]),
             // The XDP program, ARP and mail tests load BPF and build network namespaces.
             needs_root: true,
+        },
+        Step {
+            name: "package",
+            command: cargo(&[
+                "run",
+                "--quiet",
+                "--package",
+                "xtask",
+                "--",
+                "dist",
+                "--debug",
+            ]),
+            needs_root: false,
         },
         Step {
             name: "integration tests",
@@ -146,5 +162,6 @@ mod tests {
             .collect();
         assert_eq!(root_steps, ["unit tests", "integration tests"]);
         assert_eq!(steps[0].name, "build");
+        assert_eq!(steps[steps.len() - 2].name, "package");
     }
 }
