@@ -29,9 +29,26 @@ pub enum Command {
     /// Validate a config file without touching the system and print the resolved plan.
     /// Exit 0 when it is valid, 2 otherwise (each error with file:line and field).
     Check(CheckArgs),
+    /// Show a running daemon's hosts and groups (from its /status endpoint).
+    Status(StatusArgs),
     /// Print the man page (roff), generated from these definitions; used for packaging.
     #[command(hide = true)]
     Man,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The daemon's metrics address [default: 127.0.0.1:9641].
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9641")]
+    pub address: String,
+
+    /// Print the status as JSON, for scripts.
+    #[arg(long, conflicts_with = "metrics")]
+    pub json: bool,
+
+    /// Print the raw Prometheus metrics instead.
+    #[arg(long)]
+    pub metrics: bool,
 }
 
 #[derive(Debug, Args)]
@@ -214,6 +231,11 @@ pub struct RunArgs {
     /// Notification rate limit, N/DURATION: up to N at once, N per DURATION after [default: 10/1h].
     #[arg(long, value_name = "N/DURATION")]
     pub mail_limit: Option<String>,
+
+    /// Serve /metrics (Prometheus) and /status (JSON) on ADDR:PORT, or "off"
+    /// [default: 127.0.0.1:9641].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<String>,
 
     /// Turn on the XDP program's diagnostics (forwarded to this log); off costs nothing per packet.
     #[arg(long)]

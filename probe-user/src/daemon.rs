@@ -22,6 +22,7 @@ use crate::{
     health::State,
     hooks::{HookEvent, HookFacts, Hooks},
     mail::Notifier,
+    observe::{self, GroupStatus, Observed, Snapshot},
     prober::{Prober, Roles},
     sender::Sender,
     settings::{FileConfig, Settings, DEFAULT_CONFIG},
@@ -87,9 +88,33 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
     let arp = Arc::new(ArpSocket::open(&settings.iface).system()?);
     let node = node_name();
 
+    let observed = Observed::new(Snapshot {
+        groups: settings
+            .groups
+            .iter()
+            .map(|g| GroupStatus {
+                watch: g.watch,
+                vip: g.vip.to_string(),
+                label: g.label.clone(),
+                holding: false,
+                claims: 0,
+                releases: 0,
+            })
+            .collect(),
+        ..Snapshot::default()
+    });
+    if let Some(addr) = settings.metrics {
+        let (observed, shutdown) = (observed.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(e) = observe::serve(addr, observed, shutdown).await {
+                error!(error = %format!("{e:#}"), "metrics endpoint stopped; probing and failover go on");
+            }
+        });
+    }
+
     let mut groups = Vec::with_capacity(settings.groups.len());
     let mut failovers = Vec::with_capacity(settings.groups.len());
-    for group in &settings.groups {
+    for (n, group) in settings.groups.iter().enumerate() {
         let (tx, rx) = mpsc::unbounded_channel();
         let failover = Failover {
             watch: group.watch,
@@ -105,6 +130,8 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
             hooks: settings.hooks.clone(),
             settings: settings.failover.clone(),
             timing: settings.timing,
+            observed: observed.clone(),
+            group: n,
         };
         failovers.push(tokio::spawn(failover.run(rx, shutdown.clone())));
         groups.push(Route {
@@ -133,7 +160,8 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
         settings.failover.conflict_wait,
         reports_tx,
     )
-    .log_changes();
+    .log_changes()
+    .observed(observed);
     let mut prober = tokio::spawn(prober.run(shutdown.clone()));
     info!(
         groups = settings.groups.len(),

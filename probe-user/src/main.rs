@@ -18,11 +18,13 @@ mod health;
 mod hooks;
 mod mail;
 mod monitor;
+mod observe;
 mod prober;
 mod report;
 mod sender;
 mod settings;
 mod startup;
+mod status;
 mod targets;
 #[cfg(test)]
 mod testns;
@@ -60,6 +62,7 @@ fn main() -> ExitCode {
             Command::Run(args) => daemon::run(*args).await.map(|()| 0),
             Command::Monitor(args) => monitor::monitor(args).await,
             Command::Check(args) => check::check(args),
+            Command::Status(args) => status::status(args),
             Command::Man => Ok(0),
         }
     });

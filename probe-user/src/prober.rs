@@ -25,6 +25,7 @@ use crate::{
     counters::Counters,
     events::{HostEvent, Report},
     health::{Health, State},
+    observe::{HostStatus, Observed},
     report::Stats,
     sender::{Round, Sender},
     settings::Timing,
@@ -88,6 +89,13 @@ pub struct Prober {
     count: Option<u32>,
     /// Log every state change (the daemon); `monitor` prints them itself.
     log_changes: bool,
+    /// Published once per window for `/metrics` and `/status`, if anyone serves them.
+    observed: Option<Observed>,
+    /// Per host: probes sent, and the window its state began in.
+    sent: Vec<u32>,
+    since: Vec<u32>,
+    late_rounds: u64,
+    read_time: Duration,
 }
 
 impl Prober {
@@ -124,7 +132,18 @@ impl Prober {
             window_answered: 0,
             count: None,
             log_changes: false,
+            observed: None,
+            sent: vec![0; n],
+            since: vec![0; n],
+            late_rounds: 0,
+            read_time: Duration::ZERO,
         }
+    }
+
+    /// Publish each window's state to `observed`.
+    pub fn observed(mut self, observed: Observed) -> Self {
+        self.observed = Some(observed);
+        self
     }
 
     /// Log each state change at info (UP) and warn (DOWN) level.
@@ -150,7 +169,6 @@ impl Prober {
         let mut window: u32 = 0;
         let mut cookie: u32 = 0;
         let mut last_round: Option<u64> = None;
-        let mut late_rounds: u64 = 0;
         info!(
             ident = self.ident,
             hosts = self.hosts.len(),
@@ -170,7 +188,7 @@ impl Prober {
             let k = round_index(tick - start, round);
             if let Some(prev) = last_round {
                 if k > prev + 1 {
-                    late_rounds += k - prev - 1;
+                    self.late_rounds += k - prev - 1;
                     warn!(
                         skipped = k - prev - 1,
                         "probe rounds skipped: the loop ran late"
@@ -211,6 +229,9 @@ impl Prober {
                 match event.step {
                     Step::Send => {
                         self.answered[range.clone()].fill(false);
+                        self.sent[range.clone()]
+                            .iter_mut()
+                            .for_each(|n| *n = n.wrapping_add(1));
                         self.batch.clear();
                         self.batch.extend_from_slice(&self.hosts[range]);
                         self.send(&probe);
@@ -218,8 +239,10 @@ impl Prober {
                     Step::Retry => {
                         self.read(range.clone());
                         self.batch.clear();
-                        self.batch
-                            .extend(range.filter(|i| !self.answered[*i]).map(|i| self.hosts[i]));
+                        for i in range.filter(|i| !self.answered[*i]) {
+                            self.batch.push(self.hosts[i]);
+                            self.sent[i] = self.sent[i].wrapping_add(1);
+                        }
                         self.send(&probe);
                     }
                     Step::Judge => {
@@ -236,7 +259,7 @@ impl Prober {
         let kernel = self.counters.stats();
         info!(
             windows = window,
-            late_rounds,
+            late_rounds = self.late_rounds,
             counted = kernel[Stat::Counted as usize],
             wrong_cookie = kernel[Stat::WrongCookie as usize],
             stale_window = kernel[Stat::StaleWindow as usize],
@@ -244,7 +267,7 @@ impl Prober {
             "stopped probing"
         );
         let rtt_known = self.seen.iter().filter(|total| **total != 0).count() as u64;
-        self.stats.add_late_rounds(late_rounds);
+        self.stats.add_late_rounds(self.late_rounds);
         Ok(Outcome {
             stats: self.stats,
             windows: window,
@@ -277,6 +300,12 @@ impl Prober {
 
     /// Marks the hosts in `range` whose reply counters moved, with their RTT.
     fn read(&mut self, range: Range<usize>) {
+        let started = std::time::Instant::now();
+        self.read_slots(range);
+        self.read_time += started.elapsed();
+    }
+
+    fn read_slots(&mut self, range: Range<usize>) {
         for i in range {
             let slot = self.counters.slot(i);
             let replies = slot.total_replies.wrapping_sub(self.seen[i]);
@@ -296,6 +325,7 @@ impl Prober {
         let mut changed = Vec::new();
         for i in range.clone() {
             if let Some(change) = self.health[i].on_round(self.answered[i], &self.timing) {
+                self.since[i] = window;
                 self.states[state_index(change.from)] -= 1;
                 self.states[state_index(change.to)] += 1;
                 changed.push((i, change));
@@ -368,6 +398,33 @@ impl Prober {
         });
         self.window_sent = 0;
         self.window_answered = 0;
+        self.publish(window);
+    }
+
+    /// The window's state for `/metrics` and `/status`.
+    fn publish(&mut self, window: u32) {
+        let Some(observed) = &self.observed else {
+            return;
+        };
+        let read_time = std::mem::take(&mut self.read_time);
+        observed.update(|s| {
+            s.windows = u64::from(window);
+            s.late_rounds = self.late_rounds;
+            s.map_read_seconds = read_time.as_secs_f64();
+            s.hosts.clear();
+            s.hosts
+                .extend(self.hosts.iter().enumerate().map(|(i, host)| {
+                    let slot = self.counters.slot(i);
+                    HostStatus {
+                        host: *host,
+                        state: self.health[i].state().to_string(),
+                        since_window: self.since[i],
+                        rtt_ms: (slot.total_replies != 0).then(|| f64::from(slot.rtt_ns) / 1e6),
+                        probes_sent: u64::from(self.sent[i]),
+                        replies: u64::from(slot.total_replies),
+                    }
+                }));
+        });
     }
 
     fn report(&self, report: Report) {

@@ -24,6 +24,8 @@ pub const DEFAULT_GARP_COUNT: u32 = 5;
 pub const DEFAULT_GARP_INTERVAL: Duration = Duration::from_millis(200);
 pub const DEFAULT_CONFLICT_WAIT: Duration = Duration::from_millis(50);
 pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(10);
+/// Loopback only by default: the endpoint has no authentication.
+pub const DEFAULT_METRICS: &str = "127.0.0.1:9641";
 const MIN_WINDOW: Duration = Duration::from_millis(10);
 const MAX_WINDOW: Duration = Duration::from_secs(3600);
 const MIN_ROUND: Duration = Duration::from_millis(1);
@@ -89,6 +91,8 @@ pub struct FileConfig {
     pub smtp_credentials: Option<std::path::PathBuf>,
     pub mail_limit: Option<String>,
     pub debug: Option<bool>,
+    /// Where to serve /metrics and /status: ADDR:PORT, or "off".
+    pub metrics: Option<String>,
 }
 
 /// One `[[group]]` of the config file.
@@ -249,6 +253,8 @@ pub struct Settings {
     pub hooks: Hooks,
     pub mail: Option<MailSettings>,
     pub debug: bool,
+    /// Where to serve /metrics and /status (`None`: off).
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl Settings {
@@ -487,8 +493,21 @@ impl Settings {
             hooks,
             mail,
             debug: args.debug || file.debug.unwrap_or(false),
+            metrics: resolve_metrics(args.metrics.clone().or(file.metrics))?,
         })
     }
+}
+
+/// `ADDR:PORT` to serve on, or "off".
+fn resolve_metrics(value: Option<String>) -> Result<Option<std::net::SocketAddr>, SettingsError> {
+    let value = value.unwrap_or_else(|| DEFAULT_METRICS.to_string());
+    if value == "off" {
+        return Ok(None);
+    }
+    value.parse().map(Some).map_err(|_| SettingsError::Invalid {
+        field: "metrics".into(),
+        reason: format!("{value:?} is not ADDR:PORT (e.g. 127.0.0.1:9641) or \"off\""),
+    })
 }
 
 /// One failover group: `prefix` names where it came from in errors (`group[2].`), `n` numbers
@@ -846,6 +865,7 @@ mod tests {
             "mail_limit",
             "debug",
             "monitor",
+            "metrics",
         ] {
             let shown = |l: &str| l.trim_start_matches("# ").starts_with(&format!("{key} = "));
             assert!(text.lines().any(shown), "{key} missing");
@@ -1013,6 +1033,18 @@ mod tests {
         assert_eq!(
             err.in_file(Path::new("/etc/xdprobe/xdprobe.toml"), text),
             format!("/etc/xdprobe/xdprobe.toml:2: {err}")
+        );
+    }
+
+    #[test]
+    fn metrics_listen_on_loopback_by_default_and_can_be_turned_off() {
+        let s = Settings::resolve(&args(), FileConfig::default()).unwrap();
+        assert_eq!(s.metrics, Some("127.0.0.1:9641".parse().unwrap()));
+        let s = Settings::resolve(&args(), file("metrics = \"off\"\n")).unwrap();
+        assert_eq!(s.metrics, None);
+        assert_eq!(
+            invalid_field(Settings::resolve(&args(), file("metrics = \"loopback\"\n"))),
+            "metrics"
         );
     }
 

@@ -448,3 +448,80 @@ fn runs_under_exactly_the_units_capabilities_and_names_a_missing_one() {
     );
     let _ = std::fs::remove_file(std::env::temp_dir().join(format!("xdprobe-{}", lab.ns("caps"))));
 }
+
+/// `xdprobe status ARGS` run inside the standby's namespace (where the endpoint listens).
+fn status(lab: &Lab, args: &[&str]) -> String {
+    let bin = xdprobe_tests::xdprobe_bin();
+    let mut all = vec![bin.to_str().unwrap(), "status"];
+    all.extend_from_slice(args);
+    let out = lab.exec("standby", &all).expect("xdprobe status");
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+#[test]
+fn metrics_and_status_match_what_the_lab_did() {
+    let lab = lab();
+    let watch = lab.watch_addrs("standby").expect("ip monitor");
+    let daemon = start(&lab, &[]);
+    std::thread::sleep(Duration::from_millis(1000));
+    kill_and_time(&lab, &watch, &daemon);
+    std::thread::sleep(Duration::from_millis(300));
+
+    // /metrics parses as Prometheus text, and says what happened.
+    let text = status(&lab, &["--metrics"]);
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .expect("Prometheus text format");
+    let value = |metric: &str, label: (&str, &str)| -> f64 {
+        let sample = scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == metric && s.labels.get(label.0) == Some(label.1))
+            .unwrap_or_else(|| panic!("no {metric}{{{}={}}} in:\n{text}", label.0, label.1));
+        match sample.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            ref other => panic!("{metric}: unexpected {other:?}"),
+        }
+    };
+    let vip = ("vip", VIP_NET);
+    let host = ("host", "192.0.2.1");
+    assert_eq!(value("xdprobe_group_claims_total", vip), 1.0);
+    assert_eq!(value("xdprobe_group_vip_held", vip), 1.0);
+    assert_eq!(value("xdprobe_group_releases_total", vip), 0.0);
+    assert_eq!(value("xdprobe_host_up", host), 0.0);
+    let (sent, replies) = (
+        value("xdprobe_host_probes_sent_total", host),
+        value("xdprobe_host_replies_total", host),
+    );
+    // About 3 probes a window answered for ~1.5 s at 100 ms windows, then silence and retries.
+    assert!(
+        replies >= 30.0 && sent > replies,
+        "sent {sent}, replies {replies}\n{text}"
+    );
+    let windows = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == "xdprobe_windows_total")
+        .expect("windows");
+    assert!(
+        matches!(windows.value, prometheus_parse::Value::Counter(w) | prometheus_parse::Value::Untyped(w) if w >= 10.0),
+        "{:?}\n{text}",
+        windows.value
+    );
+
+    // /status as JSON agrees, and the table says so too.
+    let json: serde_json::Value =
+        serde_json::from_str(&status(&lab, &["--json"])).expect("JSON status");
+    assert_eq!(json["groups"][0]["holding"], true);
+    assert_eq!(json["groups"][0]["claims"], 1);
+    assert_eq!(json["hosts"][0]["state"], "DOWN");
+    assert_eq!(json["hosts"][0]["replies"].as_f64(), Some(replies));
+    let table = status(&lab, &[]);
+    assert!(
+        table.contains("VIP HELD here") && table.contains("DOWN"),
+        "{table}"
+    );
+    let (status, log) = daemon.stop().expect("stop");
+    assert!(status.success(), "{log}");
+}

@@ -25,6 +25,7 @@ use crate::{
     health::State,
     hooks::{HookEvent, HookFacts, Hooks},
     mail::Notifier,
+    observe::{GroupStatus, Observed},
     settings::{FailoverSettings, Timing},
     vip::{Added, Vip},
 };
@@ -41,6 +42,9 @@ pub struct Failover {
     pub hooks: Hooks,
     pub settings: FailoverSettings,
     pub timing: Timing,
+    /// Where this group's state is published (`/metrics`, `/status`), at index `group`.
+    pub observed: Observed,
+    pub group: usize,
 }
 
 /// What the loop keeps between events besides the policy.
@@ -90,6 +94,7 @@ impl Failover {
         if holding {
             info!(vip = %self.vip.net(), iface = %self.site.iface, "VIP already on this interface: adopting it");
             run.policy.adopt(run.now());
+            self.publish(|g| g.holding = true);
             run.announcer = self
                 .settings
                 .garp
@@ -125,6 +130,7 @@ impl Failover {
         if self.settings.on_exit == OnExit::Release && run.policy.holding() {
             match self.vip.remove().await {
                 Ok(_) => {
+                    self.publish(|g| g.holding = false);
                     info!(vip = %self.vip.net(), "stopping: released the VIP (on_exit = release)")
                 }
                 Err(e) => {
@@ -231,6 +237,10 @@ impl Failover {
                     warn!(%error, "gratuitous ARP failed");
                 }
                 run.policy.claimed(true, run.now());
+                self.publish(|g| {
+                    g.holding = true;
+                    g.claims += 1;
+                });
                 run.claim_failure_reported = false;
                 run.announcer = Some(self.spawn_announcer(
                     self.arp.mac(),
@@ -339,6 +349,14 @@ impl Failover {
                 }
             }
         })
+    }
+
+    fn publish(&self, f: impl FnOnce(&mut GroupStatus)) {
+        self.observed.update(|s| {
+            if let Some(group) = s.groups.get_mut(self.group) {
+                f(group);
+            }
+        });
     }
 
     fn fire(&self, event: HookEvent, host: Ipv4Addr, state: State, window: u32) {

@@ -1,0 +1,233 @@
+//! What the daemon shows from the outside: `/metrics` (Prometheus text) and `/status` (JSON)
+//! over HTTP, from one snapshot the prober and the failover tasks keep up to date.
+
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    sync::{Arc, Mutex},
+};
+
+use anyhow::Context as _;
+use axum::{http::header, response::IntoResponse, routing::get, Json, Router};
+use prometheus_client::{
+    encoding::{text::encode, EncodeLabelSet},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+/// The daemon's state as last published.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub windows: u64,
+    pub late_rounds: u64,
+    /// Time spent reading the per-host counters in the last window.
+    pub map_read_seconds: f64,
+    pub hosts: Vec<HostStatus>,
+    pub groups: Vec<GroupStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HostStatus {
+    pub host: Ipv4Addr,
+    pub state: String,
+    /// The window in which the host entered its state.
+    pub since_window: u32,
+    pub rtt_ms: Option<f64>,
+    pub probes_sent: u64,
+    pub replies: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GroupStatus {
+    pub watch: Ipv4Addr,
+    pub vip: String,
+    pub label: String,
+    pub holding: bool,
+    pub claims: u64,
+    pub releases: u64,
+}
+
+/// Shared, cheap to clone.
+#[derive(Clone, Default)]
+pub struct Observed(Arc<Mutex<Snapshot>>);
+
+impl Observed {
+    pub fn new(snapshot: Snapshot) -> Self {
+        Self(Arc::new(Mutex::new(snapshot)))
+    }
+
+    pub fn update(&self, f: impl FnOnce(&mut Snapshot)) {
+        f(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HostLabels {
+    host: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GroupLabels {
+    vip: String,
+    watch: String,
+}
+
+/// The snapshot in the Prometheus text format.
+pub fn render_metrics(s: &Snapshot) -> String {
+    let mut registry = Registry::with_prefix("xdprobe");
+    let up = Family::<HostLabels, Gauge>::default();
+    let rtt = Family::<HostLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+    let sent = Family::<HostLabels, Counter>::default();
+    let replies = Family::<HostLabels, Counter>::default();
+    for h in &s.hosts {
+        let l = HostLabels {
+            host: h.host.to_string(),
+        };
+        up.get_or_create(&l).set(i64::from(h.state == "UP"));
+        if let Some(ms) = h.rtt_ms {
+            rtt.get_or_create(&l).set(ms / 1000.0);
+        }
+        sent.get_or_create(&l).inc_by(h.probes_sent);
+        replies.get_or_create(&l).inc_by(h.replies);
+    }
+    registry.register("host_up", "1 if the host is UP", up);
+    registry.register("host_rtt_seconds", "Last round-trip time", rtt);
+    registry.register("host_probes_sent", "Echo requests sent to the host", sent);
+    registry.register("host_replies", "Valid replies counted in XDP", replies);
+
+    let holding = Family::<GroupLabels, Gauge>::default();
+    let claims = Family::<GroupLabels, Counter>::default();
+    let releases = Family::<GroupLabels, Counter>::default();
+    for g in &s.groups {
+        let l = GroupLabels {
+            vip: g.vip.clone(),
+            watch: g.watch.to_string(),
+        };
+        holding.get_or_create(&l).set(i64::from(g.holding));
+        claims.get_or_create(&l).inc_by(g.claims);
+        releases.get_or_create(&l).inc_by(g.releases);
+    }
+    registry.register(
+        "group_vip_held",
+        "1 while this node holds the group's VIP",
+        holding,
+    );
+    registry.register("group_claims", "Times the VIP was taken", claims);
+    registry.register("group_releases", "Times the VIP was given back", releases);
+
+    let windows = Counter::<u64>::default();
+    windows.inc_by(s.windows);
+    registry.register("windows", "Probe windows run", windows);
+    let late = Counter::<u64>::default();
+    late.inc_by(s.late_rounds);
+    registry.register(
+        "late_rounds",
+        "Probe rounds skipped because the loop ran late",
+        late,
+    );
+    let read = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+    read.set(s.map_read_seconds);
+    registry.register(
+        "map_read_seconds",
+        "Time reading the counters in the last window",
+        read,
+    );
+
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = encode(&mut out, &registry);
+    out
+}
+
+/// Serves `/metrics` and `/status` on `addr` until `shutdown`.
+pub async fn serve(
+    addr: SocketAddr,
+    observed: Observed,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening for metrics on {addr}"))?;
+    let metrics = observed.clone();
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let body = render_metrics(&metrics.snapshot());
+                async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
+                        body,
+                    )
+                        .into_response()
+                }
+            }),
+        )
+        .route(
+            "/status",
+            get(move || {
+                let snapshot = observed.snapshot();
+                async move { Json(snapshot) }
+            }),
+        );
+    info!(%addr, "serving /metrics and /status");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+        .context("serving HTTP")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_render_hosts_groups_and_process_counters() {
+        let s = Snapshot {
+            windows: 42,
+            late_rounds: 1,
+            map_read_seconds: 0.000_25,
+            hosts: vec![HostStatus {
+                host: "192.0.2.1".parse().unwrap(),
+                state: "UP".into(),
+                since_window: 1,
+                rtt_ms: Some(0.5),
+                probes_sent: 126,
+                replies: 125,
+            }],
+            groups: vec![GroupStatus {
+                watch: "192.0.2.1".parse().unwrap(),
+                vip: "192.0.2.100/24".into(),
+                label: "eth0:1".into(),
+                holding: true,
+                claims: 1,
+                releases: 0,
+            }],
+        };
+        let text = render_metrics(&s);
+        for line in [
+            "xdprobe_host_up{host=\"192.0.2.1\"} 1",
+            "xdprobe_host_probes_sent_total{host=\"192.0.2.1\"} 126",
+            "xdprobe_host_replies_total{host=\"192.0.2.1\"} 125",
+            "xdprobe_host_rtt_seconds{host=\"192.0.2.1\"} 0.0005",
+            "xdprobe_group_vip_held{vip=\"192.0.2.100/24\",watch=\"192.0.2.1\"} 1",
+            "xdprobe_group_claims_total{vip=\"192.0.2.100/24\",watch=\"192.0.2.1\"} 1",
+            "xdprobe_windows_total 42",
+            "xdprobe_late_rounds_total 1",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in:\n{text}"
+            );
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! `xdprobe status`: a running daemon's hosts and groups, read from its `/status` endpoint.
+
+use std::fmt::Write as _;
+
+use anyhow::Context as _;
+
+use crate::{cli::StatusArgs, failure::Failure, observe::Snapshot};
+
+pub fn status(args: StatusArgs) -> Result<u8, Failure> {
+    let path = if args.metrics { "metrics" } else { "status" };
+    let url = format!("http://{}/{path}", args.address);
+    let body = ureq::get(&url)
+        .call()
+        .and_then(|mut response| response.body_mut().read_to_string())
+        .with_context(|| format!("cannot read {url}: is xdprobe running with metrics on?"))
+        .map_err(Failure::System)?;
+    if args.metrics || args.json {
+        print!("{body}");
+        return Ok(0);
+    }
+    let snapshot: Snapshot = serde_json::from_str(&body)
+        .with_context(|| format!("{url} did not answer with a status"))
+        .map_err(Failure::System)?;
+    print!("{}", table(&snapshot));
+    Ok(0)
+}
+
+/// The snapshot for people: hosts, then groups.
+pub fn table(s: &Snapshot) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "window {}, late rounds {}", s.windows, s.late_rounds);
+    let _ = writeln!(
+        out,
+        "{:<16} {:<8} {:>12} {:>10} {:>8}",
+        "HOST", "STATE", "SINCE WINDOW", "RTT", "LOSS"
+    );
+    for h in &s.hosts {
+        let rtt = h.rtt_ms.map_or("-".to_string(), |ms| format!("{ms:.3} ms"));
+        let loss = if h.probes_sent == 0 {
+            "-".to_string()
+        } else {
+            format!(
+                "{:.1}%",
+                100.0 * (1.0 - (h.replies as f64 / h.probes_sent as f64).min(1.0))
+            )
+        };
+        let _ = writeln!(
+            out,
+            "{:<16} {:<8} {:>12} {:>10} {:>8}",
+            h.host, h.state, h.since_window, rtt, loss
+        );
+    }
+    for g in &s.groups {
+        let _ = writeln!(
+            out,
+            "group {} -> {} ({}): {}, {} claims, {} releases",
+            g.watch,
+            g.vip,
+            g.label,
+            if g.holding {
+                "VIP HELD here"
+            } else {
+                "VIP not held"
+            },
+            g.claims,
+            g.releases
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observe::{GroupStatus, HostStatus};
+
+    #[test]
+    fn the_table_shows_state_rtt_loss_and_groups() {
+        let s = Snapshot {
+            windows: 7,
+            late_rounds: 0,
+            map_read_seconds: 0.0,
+            hosts: vec![HostStatus {
+                host: "192.0.2.1".parse().unwrap(),
+                state: "UP".into(),
+                since_window: 1,
+                rtt_ms: Some(0.25),
+                probes_sent: 20,
+                replies: 19,
+            }],
+            groups: vec![GroupStatus {
+                watch: "192.0.2.1".parse().unwrap(),
+                vip: "192.0.2.100/24".into(),
+                label: "eth0:1".into(),
+                holding: false,
+                claims: 0,
+                releases: 0,
+            }],
+        };
+        let t = table(&s);
+        assert!(t.contains("192.0.2.1        UP"), "{t}");
+        assert!(t.contains("0.250 ms") && t.contains("5.0%"), "{t}");
+        assert!(
+            t.contains("group 192.0.2.1 -> 192.0.2.100/24 (eth0:1): VIP not held, 0 claims"),
+            "{t}"
+        );
+    }
+}
