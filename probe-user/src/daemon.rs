@@ -22,7 +22,7 @@ use crate::{
     health::State,
     hooks::{HookEvent, HookFacts, Hooks},
     mail::Notifier,
-    observe::{self, GroupStatus, Observed, Snapshot},
+    observe::{self, DnsStatus, GroupStatus, Observed, Snapshot},
     prober::{Prober, Roles},
     sender::Sender,
     settings::{FileConfig, Settings, DEFAULT_CONFIG},
@@ -101,6 +101,17 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
                 releases: 0,
             })
             .collect(),
+        dns: settings
+            .dns
+            .iter()
+            .map(|pool| DnsStatus {
+                name: pool.name.clone(),
+                server: pool.server.to_string(),
+                in_sync: false,
+                failures: 0,
+                published: 0,
+            })
+            .collect(),
         ..Snapshot::default()
     });
     if let Some(addr) = settings.metrics {
@@ -144,9 +155,11 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
     let pools: Vec<DnsPool> = settings
         .dns
         .iter()
-        .map(|pool| {
+        .enumerate()
+        .map(|(i, pool)| {
             info!(name = %pool.name, server = %pool.server, members = ?pool.members, "DNS pool");
-            DnsPool::start(pool.clone(), notifier.clone(), shutdown.clone())
+            let observed = Some((observed.clone(), i));
+            DnsPool::start(pool.clone(), notifier.clone(), observed, shutdown.clone())
         })
         .collect();
     let (reports_tx, reports_rx) = mpsc::unbounded_channel();

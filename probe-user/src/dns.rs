@@ -60,7 +60,10 @@ use tokio::{sync::watch, time::Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::mail::{Notice, Notifier};
+use crate::{
+    mail::{Notice, Notifier},
+    observe::{DnsStatus, Observed},
+};
 
 pub const DEFAULT_TTL: u32 = 60;
 pub const DEFAULT_TSIG_ALGORITHM: &str = "hmac-sha256";
@@ -441,10 +444,17 @@ impl DnsPool {
     /// returns at once. Every member starts UP.
     /// Failures of the DNS server and "every member is down" episodes are also mailed
     /// through `notifier` (once per episode).
-    pub fn start(config: PoolConfig, notifier: Notifier, shutdown: CancellationToken) -> DnsPool {
+    /// `observed`, if given, gets the pool's sync state and failures at entry `index` of its
+    /// `dns` list (for `/metrics` and `/status`).
+    pub fn start(
+        config: PoolConfig,
+        notifier: Notifier,
+        observed: Option<(Observed, usize)>,
+        shutdown: CancellationToken,
+    ) -> DnsPool {
         let members: BTreeSet<Ipv4Addr> = config.members.iter().copied().collect();
         let (up, reports) = watch::channel(members.clone());
-        match Task::new(config, reports, notifier) {
+        match Task::new(config, reports, notifier, observed) {
             Ok(task) => {
                 tokio::spawn(task.run(shutdown));
             }
@@ -496,6 +506,7 @@ struct Task {
     /// The server was in sync at least once.
     synced: bool,
     notifier: Notifier,
+    observed: Option<(Observed, usize)>,
 }
 
 impl Task {
@@ -503,6 +514,7 @@ impl Task {
         config: PoolConfig,
         reports: watch::Receiver<BTreeSet<Ipv4Addr>>,
         notifier: Notifier,
+        observed: Option<(Observed, usize)>,
     ) -> Result<Task, String> {
         let name = Name::from_ascii(&config.name).map_err(|e| format!("{}: {e}", config.name))?;
         let signer = TSigner::new(
@@ -532,6 +544,7 @@ impl Task {
             live: None,
             synced: false,
             notifier,
+            observed,
         })
     }
 
@@ -561,9 +574,17 @@ impl Task {
                         }
                         failures = 0;
                         retry_at = None;
+                        self.publish(|d| {
+                            d.in_sync = true;
+                            d.published = self.live.as_ref().map_or(0, |l| l.len() as u64);
+                        });
                     }
                     Err(e) => {
                         failures += 1;
+                        self.publish(|d| {
+                            d.in_sync = false;
+                            d.failures += 1;
+                        });
                         let delay = backoff(failures);
                         warn!(
                             pool = %self.name,
@@ -595,6 +616,17 @@ impl Task {
                 }
                 _ = tokio::time::sleep_until(wake) => {}
             }
+        }
+    }
+
+    /// Updates this pool's entry in the published status.
+    fn publish(&self, f: impl FnOnce(&mut DnsStatus)) {
+        if let Some((observed, index)) = &self.observed {
+            observed.update(|s| {
+                if let Some(pool) = s.dns.get_mut(*index) {
+                    f(pool);
+                }
+            });
         }
     }
 
@@ -1516,8 +1548,12 @@ mod tests {
                             .unwrap();
                         runtime.block_on(async {
                             let started = std::time::Instant::now();
-                            let pool =
-                                DnsPool::start(config, Notifier::disabled(), shutdown.clone());
+                            let pool = DnsPool::start(
+                                config,
+                                Notifier::disabled(),
+                                None,
+                                shutdown.clone(),
+                            );
                             assert!(
                                 started.elapsed() < Duration::from_millis(50),
                                 "start blocked"

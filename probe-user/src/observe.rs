@@ -26,6 +26,8 @@ pub struct Snapshot {
     pub map_read_seconds: f64,
     pub hosts: Vec<HostStatus>,
     pub groups: Vec<GroupStatus>,
+    #[serde(default)]
+    pub dns: Vec<DnsStatus>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -47,6 +49,18 @@ pub struct GroupStatus {
     pub holding: bool,
     pub claims: u64,
     pub releases: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DnsStatus {
+    pub name: String,
+    pub server: String,
+    /// The server's records matched the pool at the last attempt.
+    pub in_sync: bool,
+    /// Failed attempts to read or update the server.
+    pub failures: u64,
+    /// A records at the name after the last successful sync (ours and others').
+    pub published: u64,
 }
 
 /// Shared, cheap to clone.
@@ -76,6 +90,12 @@ struct HostLabels {
 struct GroupLabels {
     vip: String,
     watch: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolLabels {
+    pool: String,
+    server: String,
 }
 
 /// The snapshot in the Prometheus text format.
@@ -120,6 +140,32 @@ pub fn render_metrics(s: &Snapshot) -> String {
     );
     registry.register("group_claims", "Times the VIP was taken", claims);
     registry.register("group_releases", "Times the VIP was given back", releases);
+
+    let in_sync = Family::<PoolLabels, Gauge>::default();
+    let failures = Family::<PoolLabels, Counter>::default();
+    let published = Family::<PoolLabels, Gauge>::default();
+    for d in &s.dns {
+        let l = PoolLabels {
+            pool: d.name.clone(),
+            server: d.server.clone(),
+        };
+        in_sync.get_or_create(&l).set(i64::from(d.in_sync));
+        failures.get_or_create(&l).inc_by(d.failures);
+        published
+            .get_or_create(&l)
+            .set(i64::try_from(d.published).unwrap_or(i64::MAX));
+    }
+    registry.register(
+        "dns_pool_in_sync",
+        "1 if the DNS server's records match the pool",
+        in_sync,
+    );
+    registry.register("dns_pool_failures", "Failed DNS reads or updates", failures);
+    registry.register(
+        "dns_pool_records",
+        "A records at the pool's name after the last sync",
+        published,
+    );
 
     let windows = Counter::<u64>::default();
     windows.inc_by(s.windows);
@@ -212,6 +258,13 @@ mod tests {
                 claims: 1,
                 releases: 0,
             }],
+            dns: vec![DnsStatus {
+                name: "www.example.test.".into(),
+                server: "192.0.2.53:53".into(),
+                in_sync: false,
+                failures: 3,
+                published: 2,
+            }],
         };
         let text = render_metrics(&s);
         for line in [
@@ -223,6 +276,8 @@ mod tests {
             "xdprobe_group_claims_total{vip=\"192.0.2.100/24\",watch=\"192.0.2.1\"} 1",
             "xdprobe_windows_total 42",
             "xdprobe_late_rounds_total 1",
+            "xdprobe_dns_pool_in_sync{pool=\"www.example.test.\",server=\"192.0.2.53:53\"} 0",
+            "xdprobe_dns_pool_failures_total{pool=\"www.example.test.\",server=\"192.0.2.53:53\"} 3",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

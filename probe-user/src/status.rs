@@ -66,6 +66,17 @@ pub fn table(s: &Snapshot) -> String {
             g.releases
         );
     }
+    for d in &s.dns {
+        let _ = writeln!(
+            out,
+            "dns pool {} at {}: {} ({} failures), {} records",
+            d.name,
+            d.server,
+            if d.in_sync { "in sync" } else { "OUT OF SYNC" },
+            d.failures,
+            d.published
+        );
+    }
     out
 }
 
@@ -96,12 +107,25 @@ mod tests {
                 claims: 0,
                 releases: 0,
             }],
+            dns: vec![crate::observe::DnsStatus {
+                name: "www.example.test.".into(),
+                server: "192.0.2.53:53".into(),
+                in_sync: false,
+                failures: 2,
+                published: 3,
+            }],
         };
         let t = table(&s);
         assert!(t.contains("192.0.2.1        UP"), "{t}");
         assert!(t.contains("0.250 ms") && t.contains("5.0%"), "{t}");
         assert!(
             t.contains("group 192.0.2.1 -> 192.0.2.100/24 (eth0:1): VIP not held, 0 claims"),
+            "{t}"
+        );
+        assert!(
+            t.contains(
+                "dns pool www.example.test. at 192.0.2.53:53: OUT OF SYNC (2 failures), 3 records"
+            ),
             "{t}"
         );
     }

@@ -46,6 +46,15 @@ fn config(lab: &Lab, bind: &Bind, key: &Path, extra: &str) -> std::path::PathBuf
     path
 }
 
+/// The daemon's /metrics, read with `xdprobe status --metrics` in the standby's namespace.
+fn metrics(lab: &Lab) -> String {
+    let bin = xdprobe_tests::xdprobe_bin();
+    let out = lab
+        .exec("standby", &[bin.to_str().unwrap(), "status", "--metrics"])
+        .expect("xdprobe status");
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
 /// Polls the server until `addr` is gone from (or back in) the set; returns how long it took.
 fn time_until(bind: &Bind, addr: &str, present: bool, timeout: Duration) -> Duration {
     let start = Instant::now();
@@ -78,6 +87,12 @@ fn records_follow_member_health_and_leave_others_alone() {
     daemon
         .wait_for_log("host UP", Duration::from_secs(5))
         .expect("members probed");
+    assert!(
+        metrics(&lab).contains(
+            "xdprobe_dns_pool_in_sync{pool=\"www.example.test.\",server=\"127.0.0.1:5353\"} 1"
+        ),
+        "pool not reported in sync"
+    );
     // Somebody else's record for the same name.
     bind.add_a("192.0.2.99".parse().unwrap(), 30)
         .expect("foreign record");
@@ -141,6 +156,21 @@ fn a_wrong_tsig_secret_is_reported_and_probing_goes_on() {
     daemon
         .wait_for_log("host DOWN", Duration::from_secs(3))
         .expect("probing goes on");
+    // ... and in the metrics: out of sync, with failures counted.
+    let metrics = metrics(&lab);
+    assert!(
+        metrics.contains(
+            "xdprobe_dns_pool_in_sync{pool=\"www.example.test.\",server=\"127.0.0.1:5353\"} 0"
+        ),
+        "{metrics}"
+    );
+    let failures = metrics
+        .lines()
+        .find(|l| l.starts_with("xdprobe_dns_pool_failures_total{pool=\"www.example.test.\""))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(failures >= 1, "{metrics}");
     let (status, log) = daemon.stop().expect("stop");
     let _ = std::fs::remove_file(&config);
     assert!(status.success(), "{log}");
