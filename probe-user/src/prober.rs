@@ -218,11 +218,13 @@ impl Prober {
                 seq: u32::try_from(k).unwrap_or(u32::MAX),
             };
 
-            for event in self.plan.events(tick) {
-                if event.at > Instant::now() {
+            for e in 0..self.plan.events.len() {
+                let event = self.plan.events[e];
+                let at = tick + event.offset;
+                if at > Instant::now() {
                     tokio::select! {
                         _ = shutdown.cancelled() => break 'rounds,
-                        _ = tokio::time::sleep_until(event.at) => {}
+                        _ = tokio::time::sleep_until(at) => {}
                     }
                 }
                 let range = self.plan.range(event.slice);
@@ -450,6 +452,9 @@ struct Plan {
     spacing: Duration,
     wait: Duration,
     attempts: u32,
+    /// Every step of a round, in time order, as offsets from the round's start: the same for
+    /// every round, so computed once.
+    events: Vec<Event>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -462,7 +467,7 @@ enum Step {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Event {
-    at: Instant,
+    offset: Duration,
     step: Step,
     slice: usize,
 }
@@ -478,12 +483,14 @@ impl Plan {
         let span = round.saturating_sub(wait * attempts);
         let max_slices = (span.as_nanos() / MIN_SPACING.as_nanos()).max(1) as usize;
         let slices = hosts.clamp(1, max_slices);
+        let spacing = span / slices as u32;
         Self {
             hosts,
             slices,
-            spacing: span / slices as u32,
+            spacing,
             wait,
             attempts,
+            events: events(slices, spacing, wait, attempts),
         }
     }
 
@@ -491,33 +498,34 @@ impl Plan {
     fn range(&self, s: usize) -> Range<usize> {
         s * self.hosts / self.slices..(s + 1) * self.hosts / self.slices
     }
+}
 
-    /// Every step of a round starting at `start`, in time order.
-    fn events(&self, start: Instant) -> Vec<Event> {
-        let mut events = Vec::with_capacity(self.slices * (self.attempts as usize + 1));
-        for slice in 0..self.slices {
-            let sent = start + self.spacing * slice as u32;
+/// Every step of a round, in time order: slice `s` is sent at `s * spacing`, checked (and
+/// retried) after each `wait`, and judged after the last.
+fn events(slices: usize, spacing: Duration, wait: Duration, attempts: u32) -> Vec<Event> {
+    let mut events = Vec::with_capacity(slices * (attempts as usize + 1));
+    for slice in 0..slices {
+        let sent = spacing * slice as u32;
+        events.push(Event {
+            offset: sent,
+            step: Step::Send,
+            slice,
+        });
+        for attempt in 1..attempts {
             events.push(Event {
-                at: sent,
-                step: Step::Send,
-                slice,
-            });
-            for attempt in 1..self.attempts {
-                events.push(Event {
-                    at: sent + self.wait * attempt,
-                    step: Step::Retry,
-                    slice,
-                });
-            }
-            events.push(Event {
-                at: sent + self.wait * self.attempts,
-                step: Step::Judge,
+                offset: sent + wait * attempt,
+                step: Step::Retry,
                 slice,
             });
         }
-        events.sort_by_key(|e| (e.at, e.step, e.slice));
-        events
+        events.push(Event {
+            offset: sent + wait * attempts,
+            step: Step::Judge,
+            slice,
+        });
     }
+    events.sort_by_key(|e| (e.offset, e.step, e.slice));
+    events
 }
 
 /// How long after sending a probe its reply is awaited before a retry (or the judgement):
@@ -588,18 +596,17 @@ mod tests {
         let plan = Plan::new(&t, 131_072);
         assert_eq!(plan.slices, 480);
         assert_eq!(plan.spacing, Duration::from_millis(1));
-        let start = Instant::now();
-        let events = plan.events(start);
+        let events = &plan.events;
         assert_eq!(events.len(), 480 * 3);
         assert!(
-            events.windows(2).all(|w| w[0].at <= w[1].at),
+            events.windows(2).all(|w| w[0].offset <= w[1].offset),
             "in time order"
         );
         let last = events.last().unwrap();
         assert!(
-            last.at - start <= t.round(),
+            last.offset <= t.round(),
             "judged {:?} after the round began",
-            last.at - start
+            last.offset
         );
         // Every host is in exactly one slice, and slices differ by at most one host.
         let sizes: Vec<usize> = (0..plan.slices).map(|s| plan.range(s).len()).collect();
@@ -613,8 +620,7 @@ mod tests {
     fn few_hosts_make_few_slices() {
         let plan = Plan::new(&timing(100, 3, 1), 1);
         assert_eq!((plan.slices, plan.range(0)), (1, 0..1));
-        let events = plan.events(Instant::now());
-        let steps: Vec<Step> = events.iter().map(|e| e.step).collect();
+        let steps: Vec<Step> = plan.events.iter().map(|e| e.step).collect();
         assert_eq!(steps, [Step::Send, Step::Retry, Step::Judge]);
         let plan = Plan::new(&timing(100, 3, 0), 5);
         assert_eq!(plan.slices, 5);
