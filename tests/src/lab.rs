@@ -90,6 +90,17 @@ impl Lab {
         run(&full)
     }
 
+    /// Runs the xdprobe under test with `args` inside host `name`'s namespace; returns its
+    /// output whatever its exit code (callers check that).
+    pub fn xdprobe(&self, name: &str, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.ns(name)])
+            .arg(crate::xdprobe_bin())
+            .args(args)
+            .output()
+            .expect("spawning xdprobe")
+    }
+
     /// `ip -n <host> ARGS`.
     pub fn ip(&self, name: &str, args: &[&str]) -> anyhow::Result<String> {
         let ns = self.ns(name);

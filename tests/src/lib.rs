@@ -14,6 +14,13 @@ pub use daemon::{log_number, xdprobe_bin, Daemon};
 pub use lab::{AddrWatch, Lab};
 pub use smtp::{SecureSmtp, Silent, Smtp};
 
+/// Writes an executable script (for hooks the tests give xdprobe).
+pub fn write_script(path: &std::path::Path, body: &str) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::write(path, body).expect("writing the script");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod 755");
+}
+
 /// Panics unless we are root: these tests create namespaces and load XDP programs.
 /// (Failing, not skipping: `cargo xtask test` runs them as root.)
 pub fn require_root() {

@@ -48,10 +48,12 @@ fn config(lab: &Lab, bind: &Bind, key: &Path, extra: &str) -> std::path::PathBuf
 
 /// The daemon's /metrics, read with `xdprobe status --metrics` in the standby's namespace.
 fn metrics(lab: &Lab) -> String {
-    let bin = xdprobe_tests::xdprobe_bin();
-    let out = lab
-        .exec("standby", &[bin.to_str().unwrap(), "status", "--metrics"])
-        .expect("xdprobe status");
+    let out = lab.xdprobe("standby", &["status", "--metrics"]);
+    assert!(
+        out.status.success(),
+        "xdprobe status: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).expect("utf-8")
 }
 

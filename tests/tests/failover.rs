@@ -277,12 +277,10 @@ fn groups_from_the_config_fail_over_independently_and_monitored_hosts_only_repor
     std::fs::create_dir_all(&dir).unwrap();
     let hook = dir.join("hook");
     let hook_log = dir.join("hook.log");
-    std::fs::write(
+    xdprobe_tests::write_script(
         &hook,
-        format!("#!/bin/sh\necho \"$@\" >> {}\n", hook_log.display()),
-    )
-    .unwrap();
-    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        &format!("#!/bin/sh\necho \"$@\" >> {}\n", hook_log.display()),
+    );
     let config = dir.join("xdprobe.toml");
     std::fs::write(
         &config,
@@ -451,10 +449,12 @@ fn runs_under_exactly_the_units_capabilities_and_names_a_missing_one() {
 
 /// `xdprobe status ARGS` run inside the standby's namespace (where the endpoint listens).
 fn status(lab: &Lab, args: &[&str]) -> String {
-    let bin = xdprobe_tests::xdprobe_bin();
-    let mut all = vec![bin.to_str().unwrap(), "status"];
-    all.extend_from_slice(args);
-    let out = lab.exec("standby", &all).expect("xdprobe status");
+    let out = lab.xdprobe("standby", &[&["status"], args].concat());
+    assert!(
+        out.status.success(),
+        "xdprobe status: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).expect("utf-8")
 }
 

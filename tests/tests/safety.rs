@@ -321,9 +321,7 @@ fn a_dead_smtp_server_and_a_hung_hook_do_not_slow_the_takeover() {
     std::fs::create_dir_all(&dir).unwrap();
     let hang = |name: &str, secs: &str| {
         let path = dir.join(name);
-        std::fs::write(&path, format!("#!/bin/sh\nexec sleep {secs}\n")).unwrap();
-        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
+        xdprobe_tests::write_script(&path, &format!("#!/bin/sh\nexec sleep {secs}\n"));
         path.to_string_lossy().into_owned()
     };
     let (on_down, on_claim) = (hang("down", "987654"), hang("claim", "987655"));

@@ -10,12 +10,7 @@ fn lab() -> Lab {
 }
 
 fn xdprobe(lab: &Lab, args: &[&str]) -> Output {
-    Command::new("ip")
-        .args(["netns", "exec", &lab.ns("standby")])
-        .arg(xdprobe_bin())
-        .args(args)
-        .output()
-        .expect("spawning xdprobe")
+    lab.xdprobe("standby", args)
 }
 
 const GOOD: [&str; 7] = [
