@@ -5,13 +5,12 @@
 /// Single-entry array: what the program accepts right now.
 pub const CONFIG_MAP: &str = "CONFIG";
 /// Array of the monitored IPv4 addresses as host-order `u32`, sorted ascending; a host's index
-/// here is its index in [`SLOTS_MAP`]. Memory-mapped by userspace, which fills it at start-up.
+/// here is its index in [`SLOTS_MAP`]. Memory-mapped by userspace, which fills it at start-up
+/// and rewrites it on reload. Only the first [`ProbeConfig::hosts`] entries are in use.
 pub const ADDRS_MAP: &str = "ADDRS";
 /// Array of [`HostSlot`], one per monitored host; memory-mapped by userspace, which reads every
 /// host's counters without a system call.
 pub const SLOTS_MAP: &str = "SLOTS";
-/// Load-time constant: how many entries of [`ADDRS_MAP`] are in use.
-pub const HOST_COUNT_GLOBAL: &str = "HOST_COUNT";
 /// The most hosts one program can watch; the kernel's binary search is sized for it.
 pub const MAX_HOSTS: u32 = 1 << 20;
 /// Binary-search steps needed for [`MAX_HOSTS`] entries.
@@ -33,8 +32,12 @@ pub struct ProbeConfig {
     pub window: u32,
     /// Random cookie of the current window; replies without it are forged or stale.
     pub cookie: u32,
-    /// Zero unless `enabled` is set: before the first window the program counts nothing.
+    /// Zero unless `enabled` is set: before the first window, and while userspace rewrites
+    /// the host tables, the program counts nothing.
     pub enabled: u32,
+    /// Entries of [`ADDRS_MAP`] (and [`SLOTS_MAP`]) in use; the maps may be larger, leaving
+    /// room for hosts added on reload.
+    pub hosts: u32,
 }
 
 /// Per-host counters, written by the program, read in bulk by userspace. 16 bytes a host.
@@ -170,7 +173,7 @@ mod tests {
 
     #[test]
     fn map_values_have_no_padding() {
-        assert_eq!(core::mem::size_of::<ProbeConfig>(), 16);
+        assert_eq!(core::mem::size_of::<ProbeConfig>(), 20);
         assert_eq!(core::mem::size_of::<HostSlot>(), 16);
     }
 

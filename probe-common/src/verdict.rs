@@ -38,6 +38,7 @@ mod tests {
         window: 10,
         cookie: 0xfeed_f00d,
         enabled: 1,
+        hosts: 1,
     };
 
     #[test]

@@ -17,7 +17,6 @@ mod program {
         macros::{map, xdp},
         maps::{Array, PerCpuArray},
         programs::XdpContext,
-        Global,
     };
     use aya_log_ebpf::debug;
     use network_types::{
@@ -34,19 +33,16 @@ mod program {
     #[map]
     static CONFIG: Array<ProbeConfig> = Array::with_max_entries(1, 0);
 
-    /// Sorted host-order addresses of the monitored hosts (4 bytes a host). Sized and filled
-    /// by userspace at load time.
+    /// Sorted host-order addresses of the monitored hosts (8 bytes a host): the first
+    /// `ProbeConfig::hosts` are in use. Sized and written by userspace.
     #[map]
     static ADDRS: Array<u32> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
     /// One slot per monitored host, same index as in `ADDRS` (16 bytes a host). Sized by
-    /// userspace at load time, which reads it through a memory mapping.
+    /// userspace at load time, which reads it through a memory mapping (and moves the slots
+    /// with their hosts on reload).
     #[map]
     static SLOTS: Array<HostSlot> = Array::with_max_entries(1, BPF_F_MMAPABLE);
-
-    /// Entries of `ADDRS` in use; set at load time, so the verifier knows it.
-    #[unsafe(no_mangle)]
-    static HOST_COUNT: Global<u32> = Global::new(0);
 
     #[map]
     static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Stat::COUNT, 0);
@@ -146,7 +142,7 @@ mod program {
         }
 
         let addr = u32::from_be_bytes(src);
-        let Some(index) = find_host(addr) else {
+        let Some(index) = find_host(addr, config.hosts) else {
             bump(Stat::UnknownHost);
             debug!(ctx, "reply from unmonitored {:i}", addr);
             return Ok(Action::Pass);
@@ -173,8 +169,8 @@ mod program {
     /// The monitored host's index: a binary search over `ADDRS`, one `bpf_loop` step at a
     /// time (a plain loop makes the verifier walk every path of the search).
     #[inline(always)]
-    fn find_host(addr: u32) -> Option<u32> {
-        let mut search = Search::new(addr, HOST_COUNT.load());
+    fn find_host(addr: u32, hosts: u32) -> Option<u32> {
+        let mut search = Search::new(addr, hosts);
         // SAFETY: the callback only touches `search`, which outlives the call.
         unsafe {
             bpf_loop(

@@ -31,6 +31,10 @@ pub enum Command {
     Check(CheckArgs),
     /// Show a running daemon's hosts and groups (from its /status endpoint).
     Status(StatusArgs),
+    /// Make a running daemon re-read its config, like SIGHUP, and print what it did.
+    /// Exit 0 when applied, 2 when the daemon rejected the new config (it keeps running the old
+    /// one), 3 when it cannot be reached.
+    Reload(ReloadArgs),
     /// Print the man page (roff), generated from these definitions; used for packaging.
     #[command(hide = true)]
     Man,
@@ -49,6 +53,13 @@ pub struct StatusArgs {
     /// Print the raw Prometheus metrics instead.
     #[arg(long)]
     pub metrics: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReloadArgs {
+    /// The daemon's metrics address [default: 127.0.0.1:9641].
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9641")]
+    pub address: String,
 }
 
 #[derive(Debug, Args)]

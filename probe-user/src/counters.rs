@@ -33,6 +33,13 @@ pub trait Counters: Send {
     fn publish(&mut self, config: ProbeConfig) -> anyhow::Result<()>;
     /// Host `index`'s counters now (index in the sorted host list).
     fn slot(&self, index: usize) -> HostSlot;
+    /// Replaces the host list between two windows: `hosts` sorted and unique, `from[i]` the
+    /// index host `i` had until now (its counters move with it) or `None` for a new host.
+    /// Counting stays paused until the next [`Counters::publish`]. On error nothing changed.
+    fn rehost(&mut self, hosts: &[Ipv4Addr], from: &[Option<usize>]) -> anyhow::Result<()> {
+        let _ = (hosts, from);
+        anyhow::bail!("these counters cannot change their hosts while running")
+    }
     /// Why replies were or were not counted, in [`Stat::ALL`] order.
     fn stats(&self) -> [u64; Stat::COUNT as usize];
 }
@@ -207,6 +214,7 @@ fn count(shared: &Shared, packet: &[u8], now: u64) {
         window: shared.window.load(Relaxed),
         cookie: shared.cookie.load(Relaxed),
         enabled: shared.enabled.load(Relaxed),
+        hosts: shared.hosts.len() as u32,
     };
     let stat = match judge(ident, &probe, &config) {
         Verdict::NotOurs => return,

@@ -7,7 +7,7 @@ use std::{net::Ipv4Addr, path::Path, sync::Arc};
 use anyhow::Context as _;
 use tokio::{
     signal::unix::{signal, SignalKind},
-    sync::mpsc,
+    sync::{mpsc, watch},
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
@@ -21,9 +21,11 @@ use crate::{
     failure::{Failure, OrSystem as _},
     health::State,
     hooks::{HookEvent, HookFacts, Hooks},
+    logging::LogLevel,
     mail::Notifier,
     observe::{self, DnsStatus, GroupStatus, Observed, Snapshot},
     prober::{Prober, Roles},
+    reload::Reloader,
     sender::Sender,
     settings::{FileConfig, Settings, DEFAULT_CONFIG},
     startup::{attach_xdp, interface_index, require_capabilities},
@@ -59,8 +61,34 @@ fn node_name() -> String {
         .unwrap_or_else(|| "this host".into())
 }
 
-pub async fn run(args: RunArgs) -> Result<(), Failure> {
+/// Every host to probe, sorted: the groups' primaries, the witnesses, the monitored targets
+/// and the DNS pools' members; and which of them play a part in failover.
+pub fn probed_hosts(settings: &Settings, monitored: &[Ipv4Addr]) -> (Vec<Ipv4Addr>, Roles) {
+    let watches: Vec<Ipv4Addr> = settings.groups.iter().map(|g| g.watch).collect();
+    let witnesses = &settings.failover.witnesses;
+    let members = settings.dns.iter().flat_map(|pool| &pool.members);
+    let mut hosts: Vec<Ipv4Addr> = watches
+        .iter()
+        .chain(witnesses)
+        .chain(monitored)
+        .chain(members)
+        .copied()
+        .collect();
+    hosts.sort_unstable();
+    hosts.dedup();
+    let roles = Roles::find(&hosts, &watches, witnesses);
+    (hosts, roles)
+}
+
+/// Hosts the XDP maps get room for, so that a reload can add hosts without re-attaching:
+/// twice the hosts at start-up, and at least 4,096 (80 KiB of maps).
+pub fn reload_capacity(hosts: usize) -> usize {
+    (hosts * 2).clamp(4096, probe_common::maps::MAX_HOSTS as usize)
+}
+
+pub async fn run(args: RunArgs, log: LogLevel) -> Result<(), Failure> {
     let settings = load_settings(&args)?;
+    log.apply(&settings.log_level).map_err(Failure::Usage)?;
     let index = interface_index(&settings.iface)?;
     require_capabilities()?;
     // Mail files (CA, credentials) and targets are checked before anything is set up.
@@ -68,22 +96,15 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
     let notifier =
         Notifier::start(settings.mail.clone(), shutdown.clone()).map_err(Failure::Usage)?;
     let monitored = monitored_hosts(&settings.monitor).await?;
-    let watches: Vec<Ipv4Addr> = settings.groups.iter().map(|g| g.watch).collect();
-    let witnesses = &settings.failover.witnesses;
-    let members = settings.dns.iter().flat_map(|pool| &pool.members);
-    let mut hosts: Vec<Ipv4Addr> = watches
-        .iter()
-        .chain(witnesses)
-        .chain(&monitored)
-        .chain(members)
-        .copied()
-        .collect();
-    hosts.sort_unstable();
-    hosts.dedup();
-    let roles = Roles::find(&hosts, &watches, witnesses);
+    let (hosts, roles) = probed_hosts(&settings, &monitored);
+    let capacity = reload_capacity(hosts.len());
+    // Installed before we say we are ready: SIGHUP's default action would end the process.
+    let hangup = signal(SignalKind::hangup())
+        .context("installing the SIGHUP handler")
+        .system()?;
 
     // Everything set up below is undone by drop (the XDP link) if a later step fails.
-    let xdp = attach_xdp(&hosts, &settings.iface, settings.debug)?;
+    let xdp = attach_xdp(&hosts, capacity, &settings.iface, settings.debug)?;
     let sender = Sender::open(&settings.iface).system()?;
     let arp = Arc::new(ArpSocket::open(&settings.iface).system()?);
     let node = node_name();
@@ -114,15 +135,17 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
             .collect(),
         ..Snapshot::default()
     });
+    let (reload_tx, reload_rx) = mpsc::channel(4);
     if let Some(addr) = settings.metrics {
         let (observed, shutdown) = (observed.clone(), shutdown.clone());
         tokio::spawn(async move {
-            if let Err(e) = observe::serve(addr, observed, shutdown).await {
+            if let Err(e) = observe::serve(addr, observed, reload_tx, shutdown).await {
                 error!(error = %format!("{e:#}"), "metrics endpoint stopped; probing and failover go on");
             }
         });
     }
 
+    let (timing_tx, timing_rx) = watch::channel(settings.timing);
     let mut groups = Vec::with_capacity(settings.groups.len());
     let mut failovers = Vec::with_capacity(settings.groups.len());
     for (n, group) in settings.groups.iter().enumerate() {
@@ -140,7 +163,7 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
             notifier: notifier.clone(),
             hooks: settings.hooks.clone(),
             settings: settings.failover.clone(),
-            timing: settings.timing,
+            timing: timing_rx.clone(),
             observed: observed.clone(),
             group: n,
         };
@@ -164,8 +187,9 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
         .collect();
     let (reports_tx, reports_rx) = mpsc::unbounded_channel();
     let dispatcher = tokio::spawn(dispatch(reports_rx, groups, pools, settings.hooks.clone()));
+    let (reloads_tx, reloads_rx) = mpsc::unbounded_channel();
     let prober = Prober::new(
-        hosts,
+        hosts.clone(),
         roles,
         Box::new(xdp),
         sender,
@@ -174,15 +198,28 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
         reports_tx,
     )
     .log_changes()
-    .observed(observed);
+    .observed(observed.clone())
+    .reloads(reloads_rx);
     let mut prober = tokio::spawn(prober.run(shutdown.clone()));
     info!(
         groups = settings.groups.len(),
         witnesses = ?settings.failover.witnesses,
         monitored = monitored.len(),
         dns_pools = settings.dns.len(),
+        capacity,
         "xdprobe running"
     );
+    let reloader = Reloader {
+        args,
+        running: settings,
+        hosts,
+        capacity,
+        prober: reloads_tx,
+        timing: timing_tx,
+        observed,
+        log,
+    };
+    tokio::spawn(reloader.run(hangup, reload_rx, shutdown.clone()));
 
     // systemd (Type=notify): we are up; the dispatcher pings the watchdog once per window.
     if let Err(error) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
@@ -220,7 +257,7 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
 }
 
 /// The config's plain monitored targets, resolved.
-async fn monitored_hosts(specs: &[String]) -> Result<Vec<Ipv4Addr>, Failure> {
+pub async fn monitored_hosts(specs: &[String]) -> Result<Vec<Ipv4Addr>, Failure> {
     if specs.is_empty() {
         return Ok(Vec::new());
     }

@@ -16,10 +16,12 @@ mod failover;
 mod failure;
 mod health;
 mod hooks;
+mod logging;
 mod mail;
 mod monitor;
 mod observe;
 mod prober;
+mod reload;
 mod report;
 mod sender;
 mod settings;
@@ -45,7 +47,7 @@ fn main() -> ExitCode {
     if let Command::Man = cli.command {
         return man();
     }
-    init_logging();
+    let log = logging::init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -59,10 +61,11 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run(args) => daemon::run(*args).await.map(|()| 0),
+            Command::Run(args) => daemon::run(*args, log).await.map(|()| 0),
             Command::Monitor(args) => monitor::monitor(args).await,
             Command::Check(args) => check::check(args),
             Command::Status(args) => status::status(args),
+            Command::Reload(args) => status::reload(args),
             Command::Man => Ok(0),
         }
     });
@@ -90,16 +93,6 @@ fn man() -> ExitCode {
             ExitCode::from(3)
         }
     }
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
 }
 
 fn permission_hint(e: &anyhow::Error) -> &'static str {

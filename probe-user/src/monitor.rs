@@ -38,7 +38,12 @@ pub async fn monitor(args: MonitorArgs) -> Result<u8, Failure> {
     };
 
     let counters: Box<dyn Counters> = match args.receive {
-        Receive::Xdp => Box::new(crate::startup::attach_xdp(&hosts, &args.iface, args.debug)?),
+        Receive::Xdp => Box::new(crate::startup::attach_xdp(
+            &hosts,
+            hosts.len(),
+            &args.iface,
+            args.debug,
+        )?),
         Receive::Socket => Box::new(SocketCounters::start(&args.iface, &hosts).system()?),
     };
     // The maps' kernel memory is fixed once they exist (and gone once the prober ends).

@@ -7,15 +7,24 @@ use std::{
 };
 
 use anyhow::Context as _;
-use axum::{http::header, response::IntoResponse, routing::get, Json, Router};
+use axum::{
+    extract::ConnectInfo,
+    http::{header, StatusCode},
+    response::IntoResponse,
+    routing::{get, post},
+    Json, Router,
+};
 use prometheus_client::{
     encoding::{text::encode, EncodeLabelSet},
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
 use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
+
+use crate::reload;
 
 /// The daemon's state as last published.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -28,6 +37,14 @@ pub struct Snapshot {
     pub groups: Vec<GroupStatus>,
     #[serde(default)]
     pub dns: Vec<DnsStatus>,
+    /// Reloads applied, and rejected (the running config stayed).
+    #[serde(default)]
+    pub reloads: u64,
+    #[serde(default)]
+    pub reload_failures: u64,
+    /// The probe window now in use.
+    #[serde(default)]
+    pub window_seconds: f64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -177,6 +194,19 @@ pub fn render_metrics(s: &Snapshot) -> String {
         "Probe rounds skipped because the loop ran late",
         late,
     );
+    let reloads = Counter::<u64>::default();
+    reloads.inc_by(s.reloads);
+    registry.register("reloads", "Config reloads applied", reloads);
+    let rejected = Counter::<u64>::default();
+    rejected.inc_by(s.reload_failures);
+    registry.register(
+        "reload_failures",
+        "Config reloads rejected (the running config stayed)",
+        rejected,
+    );
+    let window = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+    window.set(s.window_seconds);
+    registry.register("window_seconds", "The probe window in use", window);
     let read = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
     read.set(s.map_read_seconds);
     registry.register(
@@ -191,10 +221,12 @@ pub fn render_metrics(s: &Snapshot) -> String {
     out
 }
 
-/// Serves `/metrics` and `/status` on `addr` until `shutdown`.
+/// Serves `/metrics` and `/status` on `addr` until `shutdown`, and `POST /reload` (loopback
+/// clients only) by handing the request to the reloader.
 pub async fn serve(
     addr: SocketAddr,
     observed: Observed,
+    reloads: mpsc::Sender<reload::Request>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
@@ -224,12 +256,40 @@ pub async fn serve(
                 let snapshot = observed.snapshot();
                 async move { Json(snapshot) }
             }),
+        )
+        .route(
+            "/reload",
+            post(move |ConnectInfo(peer): ConnectInfo<SocketAddr>| {
+                reload_request(peer, reloads.clone())
+            }),
         );
-    info!(%addr, "serving /metrics and /status");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
-        .context("serving HTTP")
+    info!(%addr, "serving /metrics, /status and /reload");
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    .await
+    .context("serving HTTP")
+}
+
+/// `POST /reload`: the reloader's outcome, 200 if applied, 422 if the config was rejected.
+async fn reload_request(
+    peer: SocketAddr,
+    reloads: mpsc::Sender<reload::Request>,
+) -> axum::response::Response {
+    if !peer.ip().is_loopback() {
+        return (StatusCode::FORBIDDEN, "reload is for local clients only\n").into_response();
+    }
+    let (reply, outcome) = oneshot::channel();
+    if reloads.send(reload::Request { reply }).await.is_err() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    }
+    match outcome.await {
+        Ok(outcome) if outcome.applied => (StatusCode::OK, Json(outcome)).into_response(),
+        Ok(outcome) => (StatusCode::UNPROCESSABLE_ENTITY, Json(outcome)).into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response(),
+    }
 }
 
 #[cfg(test)]
@@ -265,6 +325,9 @@ mod tests {
                 failures: 3,
                 published: 2,
             }],
+            reloads: 2,
+            reload_failures: 1,
+            window_seconds: 0.1,
         };
         let text = render_metrics(&s);
         for line in [
@@ -276,6 +339,9 @@ mod tests {
             "xdprobe_group_claims_total{vip=\"192.0.2.100/24\",watch=\"192.0.2.1\"} 1",
             "xdprobe_windows_total 42",
             "xdprobe_late_rounds_total 1",
+            "xdprobe_reloads_total 2",
+            "xdprobe_reload_failures_total 1",
+            "xdprobe_window_seconds 0.1",
             "xdprobe_dns_pool_in_sync{pool=\"www.example.test.\",server=\"192.0.2.53:53\"} 0",
             "xdprobe_dns_pool_failures_total{pool=\"www.example.test.\",server=\"192.0.2.53:53\"} 3",
         ] {

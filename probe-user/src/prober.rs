@@ -15,8 +15,8 @@ use std::{
 
 use probe_common::maps::{ProbeConfig, Stat};
 use tokio::{
-    sync::mpsc,
-    time::{Instant, MissedTickBehavior},
+    sync::{mpsc, oneshot},
+    time::{Instant, Interval, MissedTickBehavior},
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -52,6 +52,18 @@ impl Roles {
             witnesses: find(witnesses),
         }
     }
+}
+
+/// A reload's new host list and timing, applied by the loop at the next window boundary.
+pub struct Reload {
+    /// Sorted and unique, like the list the prober started with.
+    pub hosts: Vec<Ipv4Addr>,
+    pub roles: Roles,
+    pub timing: Timing,
+    pub suspect_lead: Duration,
+    /// Answered with the first window that runs with it, or why it was not applied (then
+    /// the loop goes on as before).
+    pub done: oneshot::Sender<Result<u32, String>>,
 }
 
 /// What the loop saw, for the final summary.
@@ -96,6 +108,31 @@ pub struct Prober {
     since: Vec<u32>,
     late_rounds: u64,
     read_time: Duration,
+    reloads: Option<mpsc::UnboundedReceiver<Reload>>,
+}
+
+/// Where the round numbering stands: the round at `start` is `round`, and the first of window
+/// `window`. Reset when a reload changes the timing.
+#[derive(Clone, Copy, Debug)]
+struct Epoch {
+    start: Instant,
+    round: u64,
+    window: u32,
+}
+
+impl Epoch {
+    /// The round (counted from the very first) that a tick `at` belongs to, and its window.
+    fn locate(&self, at: Instant, timing: &Timing) -> (u64, u32) {
+        let k = round_index(at - self.start, timing.round());
+        let window = u64::from(self.window) + k / u64::from(timing.probes.max(1));
+        (self.round + k, u32::try_from(window).unwrap_or(u32::MAX))
+    }
+}
+
+fn ticker(first: Instant, round: Duration) -> Interval {
+    let mut ticker = tokio::time::interval_at(first, round);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    ticker
 }
 
 impl Prober {
@@ -137,7 +174,14 @@ impl Prober {
             since: vec![0; n],
             late_rounds: 0,
             read_time: Duration::ZERO,
+            reloads: None,
         }
+    }
+
+    /// Take new host lists and timings from `reloads` (the daemon's SIGHUP).
+    pub fn reloads(mut self, reloads: mpsc::UnboundedReceiver<Reload>) -> Self {
+        self.reloads = Some(reloads);
+        self
     }
 
     /// Publish each window's state to `observed`.
@@ -161,11 +205,12 @@ impl Prober {
     /// Probes until `shutdown` fires or the window count is reached; returning drops the
     /// counters (detaching the XDP program).
     pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<Outcome> {
-        let round = self.timing.round();
-        let per_window = u64::from(self.timing.probes);
-        let start = Instant::now();
-        let mut ticker = tokio::time::interval_at(start, round);
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        let mut epoch = Epoch {
+            start: Instant::now(),
+            round: 0,
+            window: 1,
+        };
+        let mut ticker = ticker(epoch.start, self.timing.round());
         let mut window: u32 = 0;
         let mut cookie: u32 = 0;
         let mut last_round: Option<u64> = None;
@@ -185,7 +230,7 @@ impl Prober {
                 _ = shutdown.cancelled() => break,
                 tick = ticker.tick() => tick,
             };
-            let k = round_index(tick - start, round);
+            let (k, this_window) = epoch.locate(tick, &self.timing);
             if let Some(prev) = last_round {
                 if k > prev + 1 {
                     self.late_rounds += k - prev - 1;
@@ -197,18 +242,30 @@ impl Prober {
             }
             last_round = Some(k);
 
-            let this_window = u32::try_from(k / per_window + 1).unwrap_or(u32::MAX);
             if this_window != window {
                 if self.count.is_some_and(|count| window >= count) {
                     break;
                 }
                 window = this_window;
+                // Between two windows: nothing of the last one is still to be judged.
+                if let Some(reload) = self.reloads.as_mut().and_then(|r| r.try_recv().ok()) {
+                    let retimed = reload.timing != self.timing;
+                    if self.reload(reload, window) && retimed {
+                        epoch = Epoch {
+                            start: tick,
+                            round: k,
+                            window,
+                        };
+                        ticker = self::ticker(tick + self.timing.round(), self.timing.round());
+                    }
+                }
                 cookie = rand::random();
                 self.counters.publish(ProbeConfig {
                     ident: u32::from(self.ident),
                     window,
                     cookie,
                     enabled: 1,
+                    hosts: self.hosts.len() as u32,
                 })?;
             }
             let probe = Round {
@@ -253,7 +310,7 @@ impl Prober {
                     }
                 }
             }
-            if (k + 1).is_multiple_of(per_window) {
+            if epoch.locate(tick + self.timing.round(), &self.timing).1 != window {
                 self.close_window(window);
             }
         }
@@ -276,6 +333,54 @@ impl Prober {
             states: self.states,
             rtt_known,
         })
+    }
+
+    /// Switches to a reload's hosts and timing from `window` on, keeping every remaining host's
+    /// state and counters; says how it went on `reload.done`. False if nothing changed.
+    fn reload(&mut self, reload: Reload, window: u32) -> bool {
+        let Reload {
+            hosts,
+            roles,
+            timing,
+            suspect_lead,
+            done,
+        } = reload;
+        if done.is_closed() {
+            // The reloader gave up waiting and told its caller so: withdrawn.
+            return false;
+        }
+        let from = origins(&self.hosts, &hosts);
+        if let Err(e) = self.counters.rehost(&hosts, &from) {
+            let _ = done.send(Err(format!("{e:#}")));
+            return false;
+        }
+        let n = hosts.len();
+        self.health = moved(&from, &self.health, Health::new());
+        self.seen = moved(&from, &self.seen, 0);
+        self.sent = moved(&from, &self.sent, 0);
+        self.since = moved(&from, &self.since, 0);
+        self.answered = vec![false; n];
+        self.states = [0; 3];
+        for h in &self.health {
+            self.states[state_index(h.state())] += 1;
+        }
+        info!(
+            window,
+            hosts = n,
+            added = from.iter().filter(|f| f.is_none()).count(),
+            removed = self.hosts.len() - from.iter().flatten().count(),
+            window_len = ?timing.window,
+            probes = timing.probes,
+            retries = timing.retries,
+            "probing the reloaded hosts and timing"
+        );
+        self.hosts = hosts;
+        self.roles = roles;
+        self.plan = Plan::new(&timing, n);
+        self.suspect_at = suspect_threshold(&timing, suspect_lead);
+        self.timing = timing;
+        let _ = done.send(Ok(window));
+        true
     }
 
     /// Sends this round's probe to the hosts in `self.batch`.
@@ -412,6 +517,7 @@ impl Prober {
         observed.update(|s| {
             s.windows = u64::from(window);
             s.late_rounds = self.late_rounds;
+            s.window_seconds = self.timing.window.as_secs_f64();
             s.map_read_seconds = read_time.as_secs_f64();
             s.hosts.clear();
             s.hosts
@@ -550,6 +656,26 @@ fn round_index(elapsed: Duration, round: Duration) -> u64 {
     (elapsed.as_nanos() / round.as_nanos().max(1)) as u64
 }
 
+/// For each host of `new`, its index in `old` (both sorted), or `None` if it is new.
+fn origins(old: &[Ipv4Addr], new: &[Ipv4Addr]) -> Vec<Option<usize>> {
+    let mut i = 0;
+    new.iter()
+        .map(|host| {
+            while i < old.len() && old[i] < *host {
+                i += 1;
+            }
+            (old.get(i) == Some(host)).then_some(i)
+        })
+        .collect()
+}
+
+/// Per-host values re-indexed after [`origins`]: kept hosts keep theirs, new ones get `fresh`.
+fn moved<T: Clone>(from: &[Option<usize>], old: &[T], fresh: T) -> Vec<T> {
+    from.iter()
+        .map(|f| f.map_or_else(|| fresh.clone(), |i| old[i].clone()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -624,6 +750,47 @@ mod tests {
         assert_eq!(steps, [Step::Send, Step::Retry, Step::Judge]);
         let plan = Plan::new(&timing(100, 3, 0), 5);
         assert_eq!(plan.slices, 5);
+    }
+
+    #[test]
+    fn a_reload_keeps_each_remaining_hosts_values_wherever_it_moves() {
+        let a = |last: u8| Ipv4Addr::new(192, 0, 2, last);
+        let old = [a(1), a(5), a(9)];
+        let new = [a(0), a(1), a(6), a(9), a(200)];
+        let from = origins(&old, &new);
+        assert_eq!(from, [None, Some(0), None, Some(2), None]);
+        assert_eq!(
+            moved(&from, &["one", "five", "nine"], "new"),
+            ["new", "one", "new", "nine", "new"]
+        );
+        assert_eq!(origins(&old, &old), [Some(0), Some(1), Some(2)]);
+        assert_eq!(origins(&old, &[]), []);
+        assert_eq!(origins(&[], &old), [None, None, None]);
+    }
+
+    #[test]
+    fn window_numbers_run_on_across_a_change_of_timing() {
+        let start = Instant::now();
+        let old = timing(300, 3, 1); // 100 ms rounds
+        let epoch = Epoch {
+            start,
+            round: 0,
+            window: 1,
+        };
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        assert_eq!(epoch.locate(at(0), &old), (0, 1));
+        assert_eq!(epoch.locate(at(299), &old), (2, 1));
+        assert_eq!(epoch.locate(at(300), &old), (3, 2));
+        // Reloaded at the start of window 3 (round 6) to 50 ms windows of 2 probes.
+        let new = timing(50, 2, 1);
+        let epoch = Epoch {
+            start: at(600),
+            round: 6,
+            window: 3,
+        };
+        assert_eq!(epoch.locate(at(600), &new), (6, 3));
+        assert_eq!(epoch.locate(at(625), &new), (7, 3));
+        assert_eq!(epoch.locate(at(650), &new), (8, 4));
     }
 
     #[test]

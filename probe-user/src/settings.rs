@@ -93,6 +93,8 @@ pub struct FileConfig {
     pub debug: Option<bool>,
     /// Where to serve /metrics and /status: ADDR:PORT, or "off".
     pub metrics: Option<String>,
+    /// What to log: a level (`info`) or `RUST_LOG`-style directives; `RUST_LOG` wins if set.
+    pub log_level: Option<String>,
 }
 
 /// One `[[group]]` of the config file.
@@ -255,6 +257,8 @@ pub struct Settings {
     pub debug: bool,
     /// Where to serve /metrics and /status (`None`: off).
     pub metrics: Option<std::net::SocketAddr>,
+    /// Log filter directives (checked), e.g. `info` or `warn,xdprobe::hooks=debug`.
+    pub log_level: String,
 }
 
 impl Settings {
@@ -494,8 +498,35 @@ impl Settings {
             mail,
             debug: args.debug || file.debug.unwrap_or(false),
             metrics: resolve_metrics(args.metrics.clone().or(file.metrics))?,
+            log_level: resolve_log_level(file.log_level)?,
         })
     }
+}
+
+/// The default log level of `run`.
+pub const DEFAULT_LOG_LEVEL: &str = "info";
+
+/// Log filter directives, checked now so that a typo is a config error, not a silent default.
+/// A bare word must be a level: `EnvFilter` would take `loud` for a target name.
+fn resolve_log_level(value: Option<String>) -> Result<String, SettingsError> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let value = value.unwrap_or_else(|| DEFAULT_LOG_LEVEL.to_string());
+    let bare_words_are_levels = value.split(',').all(|directive| {
+        directive.contains('=') || LEVELS.contains(&directive.trim().to_ascii_lowercase().as_str())
+    });
+    let parses = tracing_subscriber::EnvFilter::builder()
+        .parse(&value)
+        .is_ok();
+    if bare_words_are_levels && parses {
+        return Ok(value);
+    }
+    Err(SettingsError::Invalid {
+        field: "log_level".into(),
+        reason: format!(
+            "{value:?} is not a log level (error, warn, info, debug, trace) or a list of \
+             directives like \"info,xdprobe::hooks=debug\""
+        ),
+    })
 }
 
 /// `ADDR:PORT` to serve on, or "off".
@@ -866,6 +897,7 @@ mod tests {
             "debug",
             "monitor",
             "metrics",
+            "log_level",
         ] {
             let shown = |l: &str| l.trim_start_matches("# ").starts_with(&format!("{key} = "));
             assert!(text.lines().any(shown), "{key} missing");
@@ -1034,6 +1066,23 @@ mod tests {
             err.in_file(Path::new("/etc/xdprobe/xdprobe.toml"), text),
             format!("/etc/xdprobe/xdprobe.toml:2: {err}")
         );
+    }
+
+    #[test]
+    fn the_log_level_defaults_to_info_and_a_bad_one_is_an_error() {
+        let s = Settings::resolve(&args(), file("")).unwrap();
+        assert_eq!(s.log_level, "info");
+        let s = Settings::resolve(&args(), file("log_level = \"warn,xdprobe::hooks=debug\"\n"))
+            .unwrap();
+        assert_eq!(s.log_level, "warn,xdprobe::hooks=debug");
+        for bad in ["loud", "", "info,", "xdprobe=[[", "xdprobe=loud"] {
+            let text = format!("log_level = {bad:?}\n");
+            assert_eq!(
+                invalid_field(Settings::resolve(&args(), file(&text))),
+                "log_level",
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -22,14 +22,20 @@ pub fn interface_index(iface: &str) -> Result<u32, Failure> {
     Ok(index)
 }
 
-/// Loads the XDP program for `hosts` (sorted) and attaches it to `iface`.
 /// Stops early, naming what is missing, when we lack a capability we need.
 pub fn require_capabilities() -> Result<(), Failure> {
     crate::caps::check().map_err(Failure::System)
 }
 
-pub fn attach_xdp(hosts: &[Ipv4Addr], iface: &str, debug: bool) -> Result<XdpProbe, Failure> {
-    let mut xdp = XdpProbe::load(hosts, debug).system()?;
+/// Loads the XDP program with room for `capacity` hosts, fills it with `hosts` (sorted) and
+/// attaches it to `iface`.
+pub fn attach_xdp(
+    hosts: &[Ipv4Addr],
+    capacity: usize,
+    iface: &str,
+    debug: bool,
+) -> Result<XdpProbe, Failure> {
+    let mut xdp = XdpProbe::load(hosts, capacity, debug).system()?;
     if debug {
         xdp.spawn_log_forwarder().system()?;
     }

@@ -1,10 +1,16 @@
-//! `xdprobe status`: a running daemon's hosts and groups, read from its `/status` endpoint.
+//! Talking to a running daemon over its HTTP endpoint: `xdprobe status` reads its hosts and
+//! groups from `/status`; `xdprobe reload` asks it to re-read its config (`POST /reload`).
 
 use std::fmt::Write as _;
 
 use anyhow::Context as _;
 
-use crate::{cli::StatusArgs, failure::Failure, observe::Snapshot};
+use crate::{
+    cli::{ReloadArgs, StatusArgs},
+    failure::Failure,
+    observe::Snapshot,
+    reload::Outcome,
+};
 
 pub fn status(args: StatusArgs) -> Result<u8, Failure> {
     let path = if args.metrics { "metrics" } else { "status" };
@@ -25,10 +31,45 @@ pub fn status(args: StatusArgs) -> Result<u8, Failure> {
     Ok(0)
 }
 
+/// `xdprobe reload`: 0 if the daemon applied its config, 2 if it rejected it.
+pub fn reload(args: ReloadArgs) -> Result<u8, Failure> {
+    let url = format!("http://{}/reload", args.address);
+    let mut response = ureq::post(&url)
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .send_empty()
+        .with_context(|| format!("cannot reach {url}: is xdprobe running with metrics on?"))
+        .map_err(Failure::System)?;
+    let status = response.status();
+    let body = response
+        .body_mut()
+        .read_to_string()
+        .with_context(|| format!("reading the answer of {url}"))
+        .map_err(Failure::System)?;
+    let outcome: Outcome = serde_json::from_str(&body)
+        .map_err(|_| anyhow::anyhow!("{url} answered {status}: {}", body.trim()))
+        .map_err(Failure::System)?;
+    if outcome.applied {
+        println!("reloaded: {}", outcome.message);
+        Ok(0)
+    } else {
+        eprintln!(
+            "xdprobe: reload rejected, the old config keeps running: {}",
+            outcome.message
+        );
+        Ok(2)
+    }
+}
+
 /// The snapshot for people: hosts, then groups.
 pub fn table(s: &Snapshot) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "window {}, late rounds {}", s.windows, s.late_rounds);
+    let _ = writeln!(
+        out,
+        "window {} ({} s each), late rounds {}, reloads {} ({} rejected)",
+        s.windows, s.window_seconds, s.late_rounds, s.reloads, s.reload_failures
+    );
     let _ = writeln!(
         out,
         "{:<16} {:<8} {:>12} {:>10} {:>8}",
@@ -114,8 +155,15 @@ mod tests {
                 failures: 2,
                 published: 3,
             }],
+            reloads: 1,
+            reload_failures: 0,
+            window_seconds: 0.05,
         };
         let t = table(&s);
+        assert!(
+            t.starts_with("window 7 (0.05 s each), late rounds 0, reloads 1 (0 rejected)\n"),
+            "{t}"
+        );
         assert!(t.contains("192.0.2.1        UP"), "{t}");
         assert!(t.contains("0.250 ms") && t.contains("5.0%"), "{t}");
         assert!(

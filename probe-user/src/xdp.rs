@@ -5,6 +5,7 @@ use std::{
     net::Ipv4Addr,
     os::fd::{AsFd as _, AsRawFd as _},
     ptr::NonNull,
+    time::Duration,
 };
 
 use anyhow::{anyhow, bail, Context as _};
@@ -15,8 +16,8 @@ use aya::{
 };
 use aya_log::EbpfLogger;
 use probe_common::maps::{
-    HostSlot, ProbeConfig, Stat, ADDRS_MAP, CONFIG_MAP, HOST_COUNT_GLOBAL, LOG_LEVEL_GLOBAL,
-    MAX_HOSTS, PROGRAM_NAME, SLOTS_MAP, STATS_MAP,
+    HostSlot, ProbeConfig, Stat, ADDRS_MAP, CONFIG_MAP, LOG_LEVEL_GLOBAL, MAX_HOSTS, PROGRAM_NAME,
+    SLOTS_MAP, STATS_MAP,
 };
 use tokio::io::unix::AsyncFd;
 use tracing::{debug, warn};
@@ -31,12 +32,16 @@ pub struct XdpProbe {
     // Owns the program and its link; kept alive for as long as we probe.
     ebpf: Ebpf,
     config: Array<MapData, ProbeConfig>,
-    /// The per-host slots, read without system calls. Declared before `_slots_map` so the
-    /// mapping goes before the map's fd.
+    /// What `config` holds now.
+    published: ProbeConfig,
+    /// The sorted address table and the per-host slots, read and written without system
+    /// calls. Declared before the maps so the mappings go before the maps' fds.
+    addrs: Mapped,
     slots: Mapped,
-    _slots_map: MapData,
-    /// Kept open so the map's memory shows among our fds (the program holds it anyway).
     _addrs_map: MapData,
+    _slots_map: MapData,
+    /// Entries both tables have room for.
+    capacity: usize,
     stats: PerCpuArray<MapData, u64>,
 }
 
@@ -47,29 +52,28 @@ pub enum AttachMode {
     Generic,
 }
 
+/// How long the program is left paused before the host tables are rewritten: far longer than
+/// one run of the program, which the kernel never preempts (it runs in softirq context).
+const REWRITE_PAUSE: Duration = Duration::from_millis(1);
+
 impl XdpProbe {
-    /// Loads the program with its maps sized for `hosts`, which must be sorted and unique
-    /// (slot `i` is `hosts[i]`; the program finds a host by binary search).
+    /// Loads the program with its maps sized for `capacity` hosts and filled with `hosts`, which
+    /// must be sorted and unique (slot `i` is `hosts[i]`; the program finds a host by binary
+    /// search). Room beyond `hosts` is for hosts added later by [`Counters::rehost`].
     /// With `debug`, the program's aya-log diagnostics are compiled in by the verifier;
     /// without, the log level is 0 and every log call is pruned at load time.
-    pub fn load(hosts: &[Ipv4Addr], debug: bool) -> anyhow::Result<Self> {
-        if !hosts.windows(2).all(|w| w[0] < w[1]) {
-            bail!("the host list must be sorted and free of duplicates");
-        }
-        let count = u32::try_from(hosts.len())
+    pub fn load(hosts: &[Ipv4Addr], capacity: usize, debug: bool) -> anyhow::Result<Self> {
+        let capacity = capacity.max(hosts.len()).max(1);
+        let entries = u32::try_from(capacity)
             .ok()
             .filter(|n| *n <= MAX_HOSTS)
-            .with_context(|| {
-                format!("{} hosts: at most {MAX_HOSTS} can be watched", hosts.len())
-            })?;
-        let entries = count.max(1);
+            .with_context(|| format!("{capacity} hosts: at most {MAX_HOSTS} can be watched"))?;
         // aya_log_common::Level: Error = 1 ... Trace = 5; 0 disables everything.
         let level: u8 = if debug { 5 } else { 0 };
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(ADDRS_MAP, entries)
             .map_max_entries(SLOTS_MAP, entries)
             .override_global(LOG_LEVEL_GLOBAL, &level, true)
-            .override_global(HOST_COUNT_GLOBAL, &count, true)
             .load(PROGRAM)
             .context("loading the XDP program into the kernel")?;
         let program: &mut Xdp = ebpf
@@ -78,33 +82,72 @@ impl XdpProbe {
             .try_into()?;
         program.load().context("verifying the XDP program")?;
 
-        // The address table is written once, through a mapping: no system call per host.
         let addrs_map = array_data(take(&mut ebpf, ADDRS_MAP)?)?;
-        let addrs = Mapped::new(&addrs_map, entries as usize * ADDR_STRIDE, true)
+        let addrs = Mapped::new(&addrs_map, capacity * ADDR_STRIDE)
             .with_context(|| format!("mapping the {ADDRS_MAP} map"))?;
-        for (i, addr) in hosts.iter().enumerate() {
-            // SAFETY: i < entries, so the 4 bytes at i * ADDR_STRIDE lie inside the mapping,
-            // which is writable; the program does not look at them before we attach.
+        let slots_map = array_data(take(&mut ebpf, SLOTS_MAP)?)?;
+        let slots = Mapped::new(&slots_map, capacity * SLOT_STRIDE)
+            .with_context(|| format!("mapping the {SLOTS_MAP} map"))?;
+        let mut probe = Self {
+            config: Array::try_from(take(&mut ebpf, CONFIG_MAP)?)?,
+            published: ProbeConfig::default(),
+            addrs,
+            slots,
+            _addrs_map: addrs_map,
+            _slots_map: slots_map,
+            capacity,
+            stats: PerCpuArray::try_from(take(&mut ebpf, STATS_MAP)?)?,
+            ebpf,
+        };
+        // Nothing is attached yet: no need to pause the program.
+        let fresh = vec![None; hosts.len()];
+        probe.write_tables(hosts, &fresh)?;
+        probe.publish(ProbeConfig {
+            hosts: hosts.len() as u32,
+            ..ProbeConfig::default()
+        })?;
+        Ok(probe)
+    }
+
+    /// Writes the address table and the slots for `hosts`: slot `i` gets the counters of old
+    /// slot `from[i]`, or zeroes. The program must not be counting (nothing attached, or
+    /// paused).
+    fn write_tables(&mut self, hosts: &[Ipv4Addr], from: &[Option<usize>]) -> anyhow::Result<()> {
+        if !hosts.windows(2).all(|w| w[0] < w[1]) {
+            bail!("the host list must be sorted and free of duplicates");
+        }
+        if hosts.len() != from.len() {
+            bail!("{} hosts but {} slot origins", hosts.len(), from.len());
+        }
+        if hosts.len() > self.capacity {
+            bail!(
+                "{} hosts do not fit the {} the XDP maps were sized for at start-up",
+                hosts.len(),
+                self.capacity
+            );
+        }
+        // Read every moving slot before any is overwritten.
+        let slots: Vec<HostSlot> = from
+            .iter()
+            .map(|old| old.map(|i| self.slot(i)).unwrap_or_default())
+            .collect();
+        for (i, (addr, slot)) in hosts.iter().zip(slots).enumerate() {
+            // SAFETY: i < capacity, so both entries lie inside their writable mappings, whose
+            // elements are ADDR_STRIDE and SLOT_STRIDE apart.
             unsafe {
-                addrs
+                self.addrs
                     .ptr()
                     .add(i * ADDR_STRIDE)
                     .cast::<u32>()
-                    .write(u32::from(*addr))
-            };
+                    .write_volatile(u32::from(*addr));
+                self.slots
+                    .ptr()
+                    .add(i * SLOT_STRIDE)
+                    .cast::<HostSlot>()
+                    .write_volatile(slot);
+            }
         }
-        drop(addrs);
-        let slots_map = array_data(take(&mut ebpf, SLOTS_MAP)?)?;
-        let slots = Mapped::new(&slots_map, entries as usize * SLOT_STRIDE, false)
-            .with_context(|| format!("mapping the {SLOTS_MAP} map"))?;
-        Ok(Self {
-            config: Array::try_from(take(&mut ebpf, CONFIG_MAP)?)?,
-            slots,
-            _slots_map: slots_map,
-            _addrs_map: addrs_map,
-            stats: PerCpuArray::try_from(take(&mut ebpf, STATS_MAP)?)?,
-            ebpf,
-        })
+        Ok(())
     }
 
     /// Attaches to `iface` in native mode, falling back to generic mode with a warning.
@@ -185,7 +228,28 @@ impl Counters for XdpProbe {
     fn publish(&mut self, config: ProbeConfig) -> anyhow::Result<()> {
         self.config
             .set(0, config, 0)
-            .context("updating the CONFIG map")
+            .context("updating the CONFIG map")?;
+        self.published = config;
+        Ok(())
+    }
+
+    fn rehost(&mut self, hosts: &[Ipv4Addr], from: &[Option<usize>]) -> anyhow::Result<()> {
+        if hosts.len() > self.capacity {
+            bail!(
+                "{} hosts do not fit the {} the XDP maps were sized for at start-up; \
+                 restart xdprobe to grow them",
+                hosts.len(),
+                self.capacity
+            );
+        }
+        // Pause counting, and let any run of the program that read the old config finish,
+        // before the tables move under it. The next publish resumes counting.
+        self.publish(ProbeConfig {
+            enabled: 0,
+            ..self.published
+        })?;
+        std::thread::sleep(REWRITE_PAUSE);
+        self.write_tables(hosts, from)
     }
 
     fn slot(&self, index: usize) -> HostSlot {
@@ -193,7 +257,7 @@ impl Counters for XdpProbe {
             (index + 1) * SLOT_STRIDE <= self.slots.len,
             "slot {index} out of range"
         );
-        // SAFETY: in bounds (checked above) of a live read-only mapping of the SLOTS array,
+        // SAFETY: in bounds (checked above) of a live mapping of the SLOTS array,
         // whose elements are SLOT_STRIDE apart. The kernel writes it concurrently, so read it
         // volatile and as a copy: a torn read can only mix two consecutive counter states.
         unsafe {
@@ -231,15 +295,11 @@ unsafe impl Send for Mapped {}
 unsafe impl Sync for Mapped {}
 
 impl Mapped {
-    fn new(map: &MapData, len: usize, writable: bool) -> std::io::Result<Self> {
+    fn new(map: &MapData, len: usize) -> std::io::Result<Self> {
         // SAFETY: sysconf has no preconditions.
         let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
         let mapped = len.div_ceil(page).max(1) * page;
-        let prot = if writable {
-            libc::PROT_READ | libc::PROT_WRITE
-        } else {
-            libc::PROT_READ
-        };
+        let prot = libc::PROT_READ | libc::PROT_WRITE;
         // SAFETY: mapping a map fd we own, with the kernel checking size and permissions.
         let ptr = unsafe {
             libc::mmap(
@@ -328,12 +388,13 @@ mod tests {
     const PASS: u32 = 2;
 
     fn probe() -> XdpProbe {
-        let mut xdp = XdpProbe::load(&[PRIMARY], false).expect("load (needs root)");
+        let mut xdp = XdpProbe::load(&[PRIMARY], 1, false).expect("load (needs root)");
         xdp.publish(ProbeConfig {
             ident: IDENT.into(),
             window: WINDOW,
             cookie: COOKIE,
             enabled: 1,
+            hosts: 1,
         })
         .unwrap();
         xdp
@@ -485,21 +546,67 @@ mod tests {
 
     #[test]
     fn nothing_counts_before_the_first_window_is_published() {
-        let mut xdp = XdpProbe::load(&[PRIMARY], false).expect("load (needs root)");
+        let mut xdp = XdpProbe::load(&[PRIMARY], 1, false).expect("load (needs root)");
         assert_eq!(xdp.test_run(&valid()).unwrap(), PASS);
         xdp.publish(ProbeConfig {
             ident: IDENT.into(),
             window: WINDOW,
             cookie: COOKIE,
             enabled: 1,
+            hosts: 1,
         })
         .unwrap();
         assert_eq!(xdp.test_run(&valid()).unwrap(), DROP);
     }
 
     #[test]
+    fn rehosting_moves_each_hosts_counters_with_it_and_counts_new_hosts() {
+        const LOW: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 0);
+        let mut xdp = XdpProbe::load(&[PRIMARY], 4, false).expect("load (needs root)");
+        let config = ProbeConfig {
+            ident: IDENT.into(),
+            window: WINDOW,
+            cookie: COOKIE,
+            enabled: 1,
+            hosts: 1,
+        };
+        xdp.publish(config).unwrap();
+        assert_eq!(xdp.test_run(&valid()).unwrap(), DROP);
+        let other = || reply_from(OTHER, IDENT, WINDOW, COOKIE, monotonic_ns());
+        assert_eq!(xdp.test_run(&other()).unwrap(), PASS, "not watched yet");
+
+        // A host before PRIMARY and one after: PRIMARY's slot moves from 0 to 1.
+        xdp.rehost(&[LOW, PRIMARY, OTHER], &[None, Some(0), None])
+            .unwrap();
+        assert_eq!(
+            xdp.test_run(&valid()).unwrap(),
+            PASS,
+            "paused until the next publish"
+        );
+        xdp.publish(ProbeConfig { hosts: 3, ..config }).unwrap();
+        assert_eq!(xdp.test_run(&valid()).unwrap(), DROP);
+        assert_eq!(xdp.test_run(&other()).unwrap(), DROP);
+        assert_eq!(xdp.slot_at(0), HostSlot::default());
+        assert_eq!(xdp.slot_at(1).total_replies, 2, "moved, then counted again");
+        assert_eq!(xdp.slot_at(2).total_replies, 1);
+
+        // PRIMARY removed: OTHER keeps its counters, PRIMARY's replies count no more.
+        xdp.rehost(&[OTHER], &[Some(2)]).unwrap();
+        xdp.publish(ProbeConfig { hosts: 1, ..config }).unwrap();
+        assert_eq!(xdp.test_run(&valid()).unwrap(), PASS);
+        assert_eq!(xdp.slot_at(0).total_replies, 1);
+
+        // More hosts than the maps were sized for: refused, and nothing moved.
+        let five: Vec<Ipv4Addr> = (10..15).map(|i| Ipv4Addr::new(192, 0, 2, i)).collect();
+        let error = xdp.rehost(&five, &[None; 5]).unwrap_err();
+        assert!(format!("{error:#}").contains("restart"), "{error:#}");
+        assert_eq!(xdp.test_run(&other()).unwrap(), DROP);
+        assert_eq!(xdp.slot_at(0).total_replies, 2);
+    }
+
+    #[test]
     fn loads_with_kernel_diagnostics_on() {
-        let xdp = XdpProbe::load(&[PRIMARY, OTHER], true).expect("load with debug logging");
+        let xdp = XdpProbe::load(&[PRIMARY, OTHER], 2, true).expect("load with debug logging");
         assert_eq!(xdp.test_run(&valid()).unwrap(), PASS);
     }
 }

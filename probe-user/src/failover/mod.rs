@@ -10,7 +10,11 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use tokio::{sync::mpsc, task::JoinHandle, time::Instant};
+use tokio::{
+    sync::{mpsc, watch},
+    task::JoinHandle,
+    time::Instant,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -30,6 +34,16 @@ use crate::{
     vip::{Added, Vip},
 };
 
+/// How long an ARP conflict check's answer stays good for a claim.
+fn check_valid_for(timing: &Timing) -> Duration {
+    timing.window * timing.failed_windows.max(2)
+}
+
+/// The policy's clock (hold-down, pending checks): once a round, at most every 10 ms.
+fn ticker(timing: &Timing) -> tokio::time::Interval {
+    tokio::time::interval(timing.round().max(Duration::from_millis(10)))
+}
+
 /// How long to listen for the primary's ARP answer when announcing the VIP back to it.
 const RELEASE_PROBE_WAIT: Duration = Duration::from_millis(100);
 
@@ -41,7 +55,8 @@ pub struct Failover {
     pub notifier: Notifier,
     pub hooks: Hooks,
     pub settings: FailoverSettings,
-    pub timing: Timing,
+    /// The probe timing, which a reload may change.
+    pub timing: watch::Receiver<Timing>,
     /// Where this group's state is published (`/metrics`, `/status`), at index `group`.
     pub observed: Observed,
     pub group: usize,
@@ -66,17 +81,18 @@ impl Run {
 
 impl Failover {
     pub async fn run(
-        self,
+        mut self,
         mut reports: mpsc::UnboundedReceiver<Report>,
         shutdown: CancellationToken,
     ) {
         let (checks, mut check_results) = mpsc::unbounded_channel();
+        let timing = *self.timing.borrow_and_update();
         let mut run = Run {
             policy: Policy::new(PolicyConfig {
                 failback: self.settings.failback,
                 hold_down: self.settings.hold_down,
                 conflict_check: !self.settings.conflict_wait.is_zero(),
-                check_valid_for: self.timing.window * self.timing.failed_windows.max(2),
+                check_valid_for: check_valid_for(&timing),
             }),
             start: Instant::now(),
             window: 0,
@@ -104,7 +120,7 @@ impl Failover {
         self.notifier
             .send(start_notice(self.watch, &self.site, holding));
 
-        let mut tick = tokio::time::interval(self.timing.round().max(Duration::from_millis(10)));
+        let mut tick = ticker(&timing);
         loop {
             let (actions, event) = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -119,6 +135,12 @@ impl Failover {
                     (run.policy.conflict_checked(holder, run.now()), None)
                 }
                 _ = tick.tick() => (run.policy.tick(run.now()), None),
+                Ok(()) = self.timing.changed() => {
+                    let timing = *self.timing.borrow_and_update();
+                    run.policy.set_check_valid_for(check_valid_for(&timing));
+                    tick = ticker(&timing);
+                    (vec![], None)
+                }
             };
             for action in actions {
                 self.act(&mut run, action, event.as_ref()).await;

@@ -69,6 +69,11 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// A reload changed the timing, and with it how long a conflict check stays good.
+    pub fn set_check_valid_for(&mut self, valid_for: Duration) {
+        self.cfg.check_valid_for = valid_for;
+    }
+
     pub fn new(cfg: PolicyConfig) -> Self {
         Self {
             cfg,

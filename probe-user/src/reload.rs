@@ -1,0 +1,295 @@
+//! Reload (SIGHUP, or `xdprobe reload` over the HTTP endpoint): re-read the config and apply
+//! what can change while running from the next window on: the hosts probed (`monitor`
+//! targets), the timing and the log level. Host state, counters and held VIPs stay; the XDP
+//! program stays attached. A config that does not parse, or that changes anything else (the
+//! interface, groups, witnesses, DNS pools, hooks, mail, the endpoint), is rejected as a whole
+//! with a logged reason, and the running config stays.
+
+use std::{net::Ipv4Addr, time::Duration};
+
+use serde::{Deserialize, Serialize};
+use tokio::{
+    signal::unix::Signal,
+    sync::{mpsc, oneshot, watch},
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::{
+    cli::RunArgs,
+    daemon::{load_settings, monitored_hosts, probed_hosts},
+    failure::Failure,
+    logging::LogLevel,
+    observe::Observed,
+    prober::Reload,
+    settings::{Settings, Timing},
+};
+
+/// A reload asked for over HTTP; the outcome goes back on `reply`.
+pub struct Request {
+    pub reply: oneshot::Sender<Outcome>,
+}
+
+/// What a reload did, as `xdprobe reload` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outcome {
+    /// False when the new config was rejected (the old one keeps running).
+    pub applied: bool,
+    pub message: String,
+}
+
+/// The settings that only a restart can change, among those that differ between `running`
+/// and `new` (in the config file's words).
+pub fn needs_restart(running: &Settings, new: &Settings) -> Vec<&'static str> {
+    let fixed = [
+        ("iface", running.iface == new.iface),
+        ("the failover groups", running.groups == new.groups),
+        ("dns", running.dns == new.dns),
+        ("the failover settings", running.failover == new.failover),
+        ("the hooks", running.hooks == new.hooks),
+        ("the mail settings", running.mail == new.mail),
+        ("debug", running.debug == new.debug),
+        ("metrics", running.metrics == new.metrics),
+    ];
+    fixed
+        .into_iter()
+        .filter(|(_, same)| !same)
+        .map(|(name, _)| name)
+        .collect()
+}
+
+/// Hosts added and removed going from `old` to `new` (both sorted and unique).
+pub fn host_changes(old: &[Ipv4Addr], new: &[Ipv4Addr]) -> (usize, usize) {
+    let kept = new.iter().filter(|h| old.binary_search(h).is_ok()).count();
+    (new.len() - kept, old.len() - kept)
+}
+
+/// The task that owns the running settings and applies reloads, one at a time.
+pub struct Reloader {
+    pub args: RunArgs,
+    pub running: Settings,
+    /// What the prober probes now (sorted).
+    pub hosts: Vec<Ipv4Addr>,
+    /// Hosts the XDP maps have room for.
+    pub capacity: usize,
+    pub prober: mpsc::UnboundedSender<Reload>,
+    /// The failover tasks follow the timing.
+    pub timing: watch::Sender<Timing>,
+    pub observed: Observed,
+    pub log: LogLevel,
+}
+
+impl Reloader {
+    pub async fn run(
+        mut self,
+        mut hangup: Signal,
+        mut requests: mpsc::Receiver<Request>,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            let reply = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                Some(()) = hangup.recv() => {
+                    info!("SIGHUP: reloading the config");
+                    None
+                }
+                Some(request) = requests.recv() => {
+                    info!("reload requested over HTTP: reloading the config");
+                    Some(request.reply)
+                }
+            };
+            notify_systemd(true);
+            let outcome = match self.reload().await {
+                Ok(message) => {
+                    info!(%message, "reloaded");
+                    self.observed.update(|s| s.reloads += 1);
+                    Outcome {
+                        applied: true,
+                        message,
+                    }
+                }
+                Err(reason) => {
+                    error!(%reason, "reload rejected; the running config stays");
+                    self.observed.update(|s| s.reload_failures += 1);
+                    Outcome {
+                        applied: false,
+                        message: reason,
+                    }
+                }
+            };
+            notify_systemd(false);
+            if let Some(reply) = reply {
+                let _ = reply.send(outcome);
+            }
+        }
+    }
+
+    /// Reads and applies the config; on error nothing changed.
+    async fn reload(&mut self) -> Result<String, String> {
+        let new = load_settings(&self.args).map_err(reason)?;
+        let fixed = needs_restart(&self.running, &new);
+        if !fixed.is_empty() {
+            return Err(format!(
+                "changing {} needs a restart (a reload changes monitor, the timing and \
+                 log_level)",
+                fixed.join(", ")
+            ));
+        }
+        let monitored = monitored_hosts(&new.monitor).await.map_err(reason)?;
+        let (hosts, roles) = probed_hosts(&new, &monitored);
+        if hosts.len() > self.capacity {
+            return Err(format!(
+                "{} hosts do not fit the {} the XDP maps were sized for at start-up; restart \
+                 xdprobe to probe them all",
+                hosts.len(),
+                self.capacity
+            ));
+        }
+        let (added, removed) = host_changes(&self.hosts, &hosts);
+        let retimed = new.timing != self.running.timing;
+        let mut message = if added == 0 && removed == 0 && !retimed {
+            "hosts and timing unchanged".to_string()
+        } else {
+            let (done, applied) = oneshot::channel();
+            self.prober
+                .send(Reload {
+                    hosts: hosts.clone(),
+                    roles,
+                    timing: new.timing,
+                    suspect_lead: new.failover.conflict_wait,
+                    done,
+                })
+                .map_err(|_| "the probe loop has stopped".to_string())?;
+            // The loop applies it at its next window boundary; if it does not answer in time,
+            // dropping `applied` withdraws the reload.
+            let wait = self.running.timing.window * 2 + Duration::from_secs(1);
+            let window = match tokio::time::timeout(wait, applied).await {
+                Ok(Ok(Ok(window))) => window,
+                Ok(Ok(Err(e))) => return Err(e),
+                Ok(Err(_)) => return Err("the probe loop has stopped".into()),
+                Err(_) => return Err(format!("the probe loop did not take it within {wait:?}")),
+            };
+            self.timing.send_replace(new.timing);
+            format!(
+                "from window {window}: {} hosts ({added} added, {removed} removed), window {:?}, \
+                 {} probes, {} retries",
+                hosts.len(),
+                new.timing.window,
+                new.timing.probes,
+                new.timing.retries
+            )
+        };
+        if new.log_level != self.running.log_level {
+            match self.log.apply(&new.log_level) {
+                Ok(()) => message.push_str(&format!("; log_level {:?}", new.log_level)),
+                Err(e) => message.push_str(&format!("; log_level not changed: {e:#}")),
+            }
+        }
+        self.hosts = hosts;
+        self.running = new;
+        Ok(message)
+    }
+}
+
+fn reason(failure: Failure) -> String {
+    match failure {
+        Failure::Usage(e) | Failure::System(e) => format!("{e:#}"),
+    }
+}
+
+/// systemd (`Type=notify`): reloading, then ready again.
+fn notify_systemd(reloading: bool) {
+    use sd_notify::NotifyState;
+    let states: Vec<NotifyState> = if reloading {
+        let mut states = vec![NotifyState::Reloading];
+        states.extend(NotifyState::monotonic_usec_now().ok());
+        states
+    } else {
+        vec![NotifyState::Ready]
+    };
+    // Without systemd (no NOTIFY_SOCKET) this does nothing.
+    let _ = sd_notify::notify(&states);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::settings::FileConfig;
+
+    fn settings(text: &str) -> Settings {
+        let file = FileConfig::parse(Path::new("test.toml"), text).unwrap();
+        Settings::resolve(&RunArgs::default(), file).unwrap()
+    }
+
+    const BASE: &str = r#"
+iface = "eth0"
+watch = "192.0.2.1"
+vip = "192.0.2.100/24"
+monitor = ["198.51.100.0/30"]
+window = "1s"
+"#;
+
+    #[test]
+    fn hosts_timing_and_log_level_change_without_a_restart() {
+        let running = settings(BASE);
+        let new = settings(&format!(
+            "{}probes = 5\nlog_level = \"debug\"\n",
+            BASE.replace("198.51.100.0/30", "203.0.113.7")
+                .replace("1s", "100ms")
+        ));
+        assert_ne!(running, new);
+        assert!(needs_restart(&running, &new).is_empty());
+    }
+
+    #[test]
+    fn everything_else_needs_a_restart_and_is_named() {
+        let running = settings(BASE);
+        let cases = [
+            (
+                BASE.replace("192.0.2.100", "192.0.2.101"),
+                "the failover groups",
+            ),
+            (
+                format!("{BASE}[[group]]\nwatch = \"192.0.2.2\"\nvip = \"192.0.2.102/24\"\n"),
+                "the failover groups",
+            ),
+            (
+                format!("{BASE}witness = [\"192.0.2.254\"]\n"),
+                "the failover settings",
+            ),
+            (format!("{BASE}on_down = \"/bin/true\"\n"), "the hooks"),
+            (
+                format!("{BASE}notify = \"ops@example.org\"\nsmtp = \"127.0.0.1:25\"\nfrom = \"xdprobe@example.org\"\n"),
+                "the mail settings",
+            ),
+            (format!("{BASE}metrics = \"off\"\n"), "metrics"),
+            (format!("{BASE}debug = true\n"), "debug"),
+        ];
+        for (text, field) in cases {
+            assert_eq!(needs_restart(&running, &settings(&text)), [field], "{text}");
+        }
+        // The groups' default labels follow the interface.
+        let both = format!("{}metrics = \"off\"\n", BASE.replace("eth0", "eth1"));
+        assert_eq!(
+            needs_restart(&running, &settings(&both)),
+            ["iface", "the failover groups", "metrics"]
+        );
+    }
+
+    #[test]
+    fn added_and_removed_hosts_are_counted() {
+        let a = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let old = [a("192.0.2.1"), a("192.0.2.5"), a("192.0.2.9")];
+        let new = [
+            a("192.0.2.1"),
+            a("192.0.2.6"),
+            a("192.0.2.7"),
+            a("192.0.2.9"),
+        ];
+        assert_eq!(host_changes(&old, &new), (2, 1));
+        assert_eq!(host_changes(&old, &old), (0, 0));
+        assert_eq!(host_changes(&old, &[]), (0, 3));
+    }
+}
