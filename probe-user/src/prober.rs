@@ -379,6 +379,13 @@ impl Prober {
         self.plan = Plan::new(&timing, n);
         self.suspect_at = suspect_threshold(&timing, suspect_lead);
         self.timing = timing;
+        // Shown at once: the reloader reports it done as soon as we answer.
+        if let Some(observed) = &self.observed {
+            observed.update(|s| {
+                s.window_seconds = timing.window.as_secs_f64();
+                self.host_statuses(&mut s.hosts);
+            });
+        }
         let _ = done.send(Ok(window));
         true
     }
@@ -519,20 +526,24 @@ impl Prober {
             s.late_rounds = self.late_rounds;
             s.window_seconds = self.timing.window.as_secs_f64();
             s.map_read_seconds = read_time.as_secs_f64();
-            s.hosts.clear();
-            s.hosts
-                .extend(self.hosts.iter().enumerate().map(|(i, host)| {
-                    let slot = self.counters.slot(i);
-                    HostStatus {
-                        host: *host,
-                        state: self.health[i].state().to_string(),
-                        since_window: self.since[i],
-                        rtt_ms: (slot.total_replies != 0).then(|| f64::from(slot.rtt_ns) / 1e6),
-                        probes_sent: u64::from(self.sent[i]),
-                        replies: u64::from(slot.total_replies),
-                    }
-                }));
+            self.host_statuses(&mut s.hosts);
         });
+    }
+
+    /// Every host's state and counters, in place of what `hosts` held.
+    fn host_statuses(&self, hosts: &mut Vec<HostStatus>) {
+        hosts.clear();
+        hosts.extend(self.hosts.iter().enumerate().map(|(i, host)| {
+            let slot = self.counters.slot(i);
+            HostStatus {
+                host: *host,
+                state: self.health[i].state().to_string(),
+                since_window: self.since[i],
+                rtt_ms: (slot.total_replies != 0).then(|| f64::from(slot.rtt_ns) / 1e6),
+                probes_sent: u64::from(self.sent[i]),
+                replies: u64::from(slot.total_replies),
+            }
+        }));
     }
 
     fn report(&self, report: Report) {

@@ -101,7 +101,7 @@ impl Reloader {
             notify_systemd(true);
             let outcome = match self.reload().await {
                 Ok(message) => {
-                    info!(%message, "reloaded");
+                    info!(change = %message, "reloaded");
                     self.observed.update(|s| s.reloads += 1);
                     Outcome {
                         applied: true,

@@ -53,10 +53,28 @@ impl Daemon {
     /// Starts `PROGRAM ARGS` (`command[0]` and the rest) in namespace `ns`, with its output
     /// captured like xdprobe's: for wrappers such as setpriv.
     pub fn start_program(ns: &str, command: &[&str]) -> anyhow::Result<Self> {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", ns])
-            .args(command)
-            .env("RUST_LOG", "info")
+        Self::spawn(ns, command, Some("info"))
+    }
+
+    /// Starts `xdprobe ARGS` without `RUST_LOG`, so the config's `log_level` decides.
+    pub fn start_logging_by_config(ns: &str, args: &[&str]) -> anyhow::Result<Self> {
+        let bin = xdprobe_bin();
+        let mut all = vec![bin.to_str().context("binary path")?];
+        all.extend_from_slice(args);
+        Self::spawn(ns, &all, None)
+    }
+
+    fn spawn(ns: &str, command: &[&str], rust_log: Option<&str>) -> anyhow::Result<Self> {
+        let mut command = {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).args(command);
+            match rust_log {
+                Some(filter) => c.env("RUST_LOG", filter),
+                None => c.env_remove("RUST_LOG"),
+            };
+            c
+        };
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -127,6 +145,12 @@ impl Daemon {
             }
             thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// Sends SIGHUP: re-read the config.
+    pub fn hangup(&self) {
+        // SAFETY: plain kill(2) on our own child's pid (xdprobe itself, as in `stop`).
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGHUP) };
     }
 
     /// Sends SIGTERM and waits for the exit.
