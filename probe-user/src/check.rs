@@ -139,6 +139,11 @@ pub fn plan(s: &Settings, source: &str) -> String {
             let _ = writeln!(out, "mail: off");
         }
     }
+    let metrics = s
+        .metrics
+        .map_or("off".to_string(), |addr| format!("http://{addr}/metrics"));
+    let _ = writeln!(out, "metrics: {metrics}");
+    let _ = writeln!(out, "log level: {} (unless RUST_LOG is set)", s.log_level);
     out
 }
 
@@ -164,6 +169,8 @@ mod tests {
             "monitor: 198.51.100.0/28",
             "hook on_claim: /usr/local/bin/xdprobe-hook --restart-services",
             "mail: to ops@example.org from xdprobe@standby.example.org via 127.0.0.1:25, at most 10/1h",
+            "metrics: http://127.0.0.1:9641/metrics",
+            "log level: info (unless RUST_LOG is set)",
         ] {
             assert!(plan.contains(needle), "missing {needle:?} in:\n{plan}");
         }

@@ -39,7 +39,12 @@ pub fn reload(args: ReloadArgs) -> Result<u8, Failure> {
         .http_status_as_error(false)
         .build()
         .send_empty()
-        .with_context(|| format!("cannot reach {url}: is xdprobe running with metrics on?"))
+        .with_context(|| {
+            format!(
+                "cannot reach {url}: is xdprobe running with metrics on? (without them, send it \
+                 SIGHUP: systemctl reload xdprobe)"
+            )
+        })
         .map_err(Failure::System)?;
     let status = response.status();
     let body = response

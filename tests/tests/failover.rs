@@ -410,8 +410,14 @@ fn runs_under_exactly_the_units_capabilities_and_names_a_missing_one() {
     );
     let lab = lab();
     let watch = lab.watch_addrs("standby").expect("ip monitor");
+    // A config file nobody can read, for the reload below.
+    let config = std::env::temp_dir().join(format!("{}.toml", lab.ns("caps")));
+    std::fs::write(&config, "monitor = []\n").expect("config");
+    let config_path = config.display().to_string();
     let args = [
         "run",
+        "--config",
+        &config_path,
         "--iface",
         "eth0",
         "--watch",
@@ -426,6 +432,16 @@ fn runs_under_exactly_the_units_capabilities_and_names_a_missing_one() {
         .wait_for_log("host UP", Duration::from_secs(5))
         .expect("probing as nobody");
     let took = kill_and_time(&lab, &watch, &daemon);
+    // A reload that adds a host rewrites the maps: that works with these capabilities too.
+    std::fs::write(&config, "monitor = [\"192.0.2.7\"]\n").expect("config");
+    let reload = lab.xdprobe("standby", &["reload"]);
+    let said = String::from_utf8_lossy(&reload.stdout);
+    assert!(
+        reload.status.success() && said.contains("2 hosts (1 added, 0 removed)"),
+        "{said}{}\n{}",
+        String::from_utf8_lossy(&reload.stderr),
+        daemon.log()
+    );
     let (status, log) = daemon.stop().expect("stop");
     assert!(status.success(), "{log}");
     assert!(took <= BOUND, "takeover as nobody took {took:?}");
@@ -445,6 +461,7 @@ fn runs_under_exactly_the_units_capabilities_and_names_a_missing_one() {
         "{log}"
     );
     let _ = std::fs::remove_file(std::env::temp_dir().join(format!("xdprobe-{}", lab.ns("caps"))));
+    let _ = std::fs::remove_file(&config);
 }
 
 /// `xdprobe status ARGS` run inside the standby's namespace (where the endpoint listens).

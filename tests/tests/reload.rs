@@ -162,6 +162,7 @@ fn reload_changes_hosts_and_window_while_the_vip_is_held() {
         "VIP removed: {:?}",
         watch.seen("Deleted")
     );
+    eprintln!("longest gap between the client's ping replies across the reload: {gaps:.3} s");
     assert!(gaps < 0.1, "client lost the VIP for {gaps:.3} s");
     // No lost state: the group still holds with its one claim; the primary is still DOWN
     // since the same window; the kept host kept its counters and its UP.
