@@ -146,6 +146,7 @@ pub async fn run(args: RunArgs, log: LogLevel) -> Result<(), Failure> {
     }
 
     let (timing_tx, timing_rx) = watch::channel(settings.timing);
+    let (hooks_tx, hooks_rx) = watch::channel(settings.hooks.clone());
     let mut groups = Vec::with_capacity(settings.groups.len());
     let mut failovers = Vec::with_capacity(settings.groups.len());
     for (n, group) in settings.groups.iter().enumerate() {
@@ -161,7 +162,7 @@ pub async fn run(args: RunArgs, log: LogLevel) -> Result<(), Failure> {
             vip: Vip::new(index, group.vip, group.label.clone()).system()?,
             arp: Arc::clone(&arp),
             notifier: notifier.clone(),
-            hooks: settings.hooks.clone(),
+            hooks: hooks_rx.clone(),
             settings: settings.failover.clone(),
             timing: timing_rx.clone(),
             observed: observed.clone(),
@@ -186,7 +187,7 @@ pub async fn run(args: RunArgs, log: LogLevel) -> Result<(), Failure> {
         })
         .collect();
     let (reports_tx, reports_rx) = mpsc::unbounded_channel();
-    let dispatcher = tokio::spawn(dispatch(reports_rx, groups, pools, settings.hooks.clone()));
+    let dispatcher = tokio::spawn(dispatch(reports_rx, groups, pools, hooks_rx));
     let (reloads_tx, reloads_rx) = mpsc::unbounded_channel();
     let prober = Prober::new(
         hosts.clone(),
@@ -216,6 +217,7 @@ pub async fn run(args: RunArgs, log: LogLevel) -> Result<(), Failure> {
         capacity,
         prober: reloads_tx,
         timing: timing_tx,
+        hooks: hooks_tx,
         observed,
         log,
     };
@@ -282,7 +284,7 @@ async fn dispatch(
     mut reports: mpsc::UnboundedReceiver<Report>,
     groups: Vec<Route>,
     pools: Vec<DnsPool>,
-    hooks: Hooks,
+    hooks: watch::Receiver<Hooks>,
 ) {
     while let Some(report) = reports.recv().await {
         let host = match &report {
@@ -302,7 +304,7 @@ async fn dispatch(
                         .iter()
                         .find(|g| g.watch == event.host)
                         .map(|g| g.vip.clone());
-                    hooks.fire(HookFacts {
+                    hooks.borrow().fire(HookFacts {
                         event: hook,
                         host: event.host,
                         vip: vip.unwrap_or_default(),

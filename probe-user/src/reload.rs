@@ -1,9 +1,9 @@
 //! Reload (SIGHUP, or `xdprobe reload` over the HTTP endpoint): re-read the config and apply
-//! what can change while running from the next window on: the hosts probed (`monitor`
-//! targets), the timing and the log level. Host state, counters and held VIPs stay; the XDP
-//! program stays attached. A config that does not parse, or that changes anything else (the
-//! interface, groups, witnesses, DNS pools, hooks, mail, the endpoint), is rejected as a whole
-//! with a logged reason, and the running config stays.
+//! what can change while running: the hosts probed (`monitor` targets) and the timing from
+//! the next window on, the hooks and the log level at once. Host state, counters and held VIPs
+//! stay; the XDP program stays attached. A config that does not parse, or that changes
+//! anything else (the interface, groups, witnesses, DNS pools, mail, the endpoint), is rejected
+//! as a whole with a logged reason, and the running config stays.
 
 use std::{net::Ipv4Addr, time::Duration};
 
@@ -19,6 +19,7 @@ use crate::{
     cli::RunArgs,
     daemon::{load_settings, monitored_hosts, probed_hosts},
     failure::Failure,
+    hooks::Hooks,
     logging::LogLevel,
     observe::Observed,
     prober::Reload,
@@ -46,7 +47,6 @@ pub fn needs_restart(running: &Settings, new: &Settings) -> Vec<&'static str> {
         ("the failover groups", running.groups == new.groups),
         ("dns", running.dns == new.dns),
         ("the failover settings", running.failover == new.failover),
-        ("the hooks", running.hooks == new.hooks),
         ("the mail settings", running.mail == new.mail),
         ("debug", running.debug == new.debug),
         ("metrics", running.metrics == new.metrics),
@@ -73,8 +73,9 @@ pub struct Reloader {
     /// Hosts the XDP maps have room for.
     pub capacity: usize,
     pub prober: mpsc::UnboundedSender<Reload>,
-    /// The failover tasks follow the timing.
+    /// The failover tasks follow the timing; they and the dispatcher follow the hooks.
     pub timing: watch::Sender<Timing>,
+    pub hooks: watch::Sender<Hooks>,
     pub observed: Observed,
     pub log: LogLevel,
 }
@@ -130,8 +131,8 @@ impl Reloader {
         let fixed = needs_restart(&self.running, &new);
         if !fixed.is_empty() {
             return Err(format!(
-                "changing {} needs a restart (a reload changes monitor, the timing and \
-                 log_level)",
+                "changing {} needs a restart (a reload changes monitor, the timing, the hooks \
+                 and log_level)",
                 fixed.join(", ")
             ));
         }
@@ -179,6 +180,10 @@ impl Reloader {
                 new.timing.retries
             )
         };
+        if new.hooks != self.running.hooks {
+            self.hooks.send_replace(new.hooks.clone());
+            message.push_str("; hooks changed");
+        }
         if new.log_level != self.running.log_level {
             match self.log.apply(&new.log_level) {
                 Ok(()) => message.push_str(&format!("; log_level {:?}", new.log_level)),
@@ -232,10 +237,10 @@ window = "1s"
 "#;
 
     #[test]
-    fn hosts_timing_and_log_level_change_without_a_restart() {
+    fn hosts_timing_hooks_and_log_level_change_without_a_restart() {
         let running = settings(BASE);
         let new = settings(&format!(
-            "{}probes = 5\nlog_level = \"debug\"\n",
+            "{}probes = 5\nlog_level = \"debug\"\non_down = \"/bin/true\"\n",
             BASE.replace("198.51.100.0/30", "203.0.113.7")
                 .replace("1s", "100ms")
         ));
@@ -259,7 +264,6 @@ window = "1s"
                 format!("{BASE}witness = [\"192.0.2.254\"]\n"),
                 "the failover settings",
             ),
-            (format!("{BASE}on_down = \"/bin/true\"\n"), "the hooks"),
             (
                 format!("{BASE}notify = \"ops@example.org\"\nsmtp = \"127.0.0.1:25\"\nfrom = \"xdprobe@example.org\"\n"),
                 "the mail settings",

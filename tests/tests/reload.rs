@@ -229,8 +229,25 @@ fn reload_changes_hosts_and_window_while_the_vip_is_held() {
         .log()
         .contains("reload rejected; the running config stays"));
 
-    // SIGHUP does the same as `xdprobe reload`: back to 100 ms, without the added host.
-    write(&file.0, &config("100ms", &[KEPT], "info"));
+    // SIGHUP does the same as `xdprobe reload`: back to 100 ms, without the added host, and
+    // with a down hook.
+    let hook = std::env::temp_dir().join(format!("{}-hook", lab.ns("reload")));
+    let hook_out = std::env::temp_dir().join(format!("{}-hook.out", lab.ns("reload")));
+    xdprobe_tests::write_script(
+        &hook,
+        &format!(
+            "#!/bin/sh\necho \"$XDPROBE_EVENT $XDPROBE_HOST\" >> {}\n",
+            hook_out.display()
+        ),
+    );
+    write(
+        &file.0,
+        &format!(
+            "{}on_down = \"{}\"\n",
+            config("100ms", &[KEPT], "info"),
+            hook.display()
+        ),
+    );
     daemon.hangup();
     wait_until("the SIGHUP reload", Duration::from_secs(5), || {
         status(&lab)["reloads"] == 2
@@ -241,11 +258,15 @@ fn reload_changes_hosts_and_window_while_the_vip_is_held() {
     assert_eq!(last["groups"][0]["holding"], true);
     assert_eq!(xdp_prog_id(&lab), prog);
 
-    // The kept host still goes DOWN on time with the reloaded timing.
+    // The kept host still goes DOWN with the reloaded timing, and the reloaded hook runs.
     lab.kill("kept").expect("killing the kept host");
     daemon
         .wait_for_log(&format!("host DOWN host={KEPT}"), Duration::from_secs(2))
         .expect("the kept host goes DOWN");
+    wait_until("the reloaded down hook", Duration::from_secs(5), || {
+        std::fs::read_to_string(&hook_out).is_ok_and(|out| out.contains(&format!("down {KEPT}")))
+    });
+    let _ = (std::fs::remove_file(&hook), std::fs::remove_file(&hook_out));
     let (exit, log) = daemon.stop().expect("stopping xdprobe");
     assert!(exit.success(), "{log}");
     // Logged at info, which the SIGHUP's config turned back on.

@@ -53,7 +53,8 @@ pub struct Failover {
     pub vip: Vip,
     pub arp: Arc<ArpSocket>,
     pub notifier: Notifier,
-    pub hooks: Hooks,
+    /// The hooks, which a reload may change.
+    pub hooks: watch::Receiver<Hooks>,
     pub settings: FailoverSettings,
     /// The probe timing, which a reload may change.
     pub timing: watch::Receiver<Timing>,
@@ -382,7 +383,7 @@ impl Failover {
     }
 
     fn fire(&self, event: HookEvent, host: Ipv4Addr, state: State, window: u32) {
-        self.hooks.fire(HookFacts {
+        self.hooks.borrow().fire(HookFacts {
             event,
             host,
             vip: self.vip.net().to_string(),
