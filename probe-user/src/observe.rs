@@ -184,35 +184,46 @@ pub fn render_metrics(s: &Snapshot) -> String {
         published,
     );
 
-    let windows = Counter::<u64>::default();
-    windows.inc_by(s.windows);
-    registry.register("windows", "Probe windows run", windows);
-    let late = Counter::<u64>::default();
-    late.inc_by(s.late_rounds);
-    registry.register(
+    let counter = |registry: &mut Registry, name: &str, help: &str, value: u64| {
+        let counter = Counter::<u64>::default();
+        counter.inc_by(value);
+        registry.register(name, help, counter);
+    };
+    let gauge = |registry: &mut Registry, name: &str, help: &str, value: f64| {
+        let gauge = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        gauge.set(value);
+        registry.register(name, help, gauge);
+    };
+    counter(&mut registry, "windows", "Probe windows run", s.windows);
+    counter(
+        &mut registry,
         "late_rounds",
         "Probe rounds skipped because the loop ran late",
-        late,
+        s.late_rounds,
     );
-    let reloads = Counter::<u64>::default();
-    reloads.inc_by(s.reloads);
-    registry.register("reloads", "Config reloads applied", reloads);
-    let rejected = Counter::<u64>::default();
-    rejected.inc_by(s.reload_failures);
-    registry.register(
+    counter(
+        &mut registry,
+        "reloads",
+        "Config reloads applied",
+        s.reloads,
+    );
+    counter(
+        &mut registry,
         "reload_failures",
         "Config reloads rejected (the running config stayed)",
-        rejected,
+        s.reload_failures,
     );
-    let window = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
-    window.set(s.window_seconds);
-    registry.register("window_seconds", "The probe window in use", window);
-    let read = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
-    read.set(s.map_read_seconds);
-    registry.register(
+    gauge(
+        &mut registry,
+        "window_seconds",
+        "The probe window in use",
+        s.window_seconds,
+    );
+    gauge(
+        &mut registry,
         "map_read_seconds",
         "Time reading the counters in the last window",
-        read,
+        s.map_read_seconds,
     );
 
     let mut out = String::new();
