@@ -1,5 +1,5 @@
-//! Bad flags and bad config files: exit 2 with a message naming what is wrong; no permission:
-//! exit 3. Each runs inside a namespace of its own, so nothing could ever probe outside it.
+//! Bad flags and bad config files: exit 2 with a message naming what is wrong; no permission,
+//! or no daemon to talk to: exit 3. Each runs inside a namespace of its own, so nothing could ever probe outside it.
 
 use std::process::{Command, Output};
 
@@ -190,6 +190,23 @@ fn without_privileges_exit_3_saying_what_is_needed() {
         stderr.contains("CAP_BPF") && stderr.contains("CAP_NET_ADMIN"),
         "{stderr}"
     );
+}
+
+#[test]
+fn status_and_reload_without_a_daemon_exit_3_saying_so() {
+    let lab = lab();
+    for command in ["status", "reload"] {
+        let out = xdprobe(&lab, &[command]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{command}: {stderr}");
+        assert!(
+            stderr.contains("cannot re") && stderr.contains("127.0.0.1:9641"),
+            "{command}: {stderr}"
+        );
+    }
+    let out = xdprobe(&lab, &["reload"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("systemctl reload xdprobe"), "{stderr}");
 }
 
 #[test]
