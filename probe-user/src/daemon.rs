@@ -16,21 +16,20 @@ use crate::{
     arp::ArpSocket,
     cli::RunArgs,
     dns::DnsPool,
-    events::{Report, Site},
-    failover::Failover,
+    events::Report,
     failure::{Failure, OrSystem as _},
+    groups::{Common, Groups, Route},
     health::State,
     hooks::{HookEvent, HookFacts, Hooks},
     logging::LogLevel,
     mail::Notifier,
-    observe::{self, DnsStatus, GroupStatus, Observed, Snapshot},
+    observe::{self, DnsStatus, Observed, Snapshot},
     prober::{Prober, Roles},
     reload::Reloader,
     sender::Sender,
     settings::{FileConfig, Settings, DEFAULT_CONFIG},
     startup::{attach_xdp, interface_index, require_capabilities},
     targets,
-    vip::Vip,
 };
 
 /// The settings from the flags over the config file (`--config`, else the default file if it
@@ -107,21 +106,8 @@ pub async fn run(args: RunArgs, log: LogLevel) -> Result<(), Failure> {
     let xdp = attach_xdp(&hosts, capacity, &settings.iface, settings.debug)?;
     let sender = Sender::open(&settings.iface).system()?;
     let arp = Arc::new(ArpSocket::open(&settings.iface).system()?);
-    let node = node_name();
 
     let observed = Observed::new(Snapshot {
-        groups: settings
-            .groups
-            .iter()
-            .map(|g| GroupStatus {
-                watch: g.watch,
-                vip: g.vip.to_string(),
-                label: g.label.clone(),
-                holding: false,
-                claims: 0,
-                releases: 0,
-            })
-            .collect(),
         dns: settings
             .dns
             .iter()
@@ -147,34 +133,22 @@ pub async fn run(args: RunArgs, log: LogLevel) -> Result<(), Failure> {
 
     let (timing_tx, timing_rx) = watch::channel(settings.timing);
     let (hooks_tx, hooks_rx) = watch::channel(settings.hooks.clone());
-    let mut groups = Vec::with_capacity(settings.groups.len());
-    let mut failovers = Vec::with_capacity(settings.groups.len());
-    for (n, group) in settings.groups.iter().enumerate() {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let failover = Failover {
-            watch: group.watch,
-            site: Site {
-                vip: group.vip.to_string(),
-                iface: settings.iface.clone(),
-                label: group.label.clone(),
-                node: node.clone(),
-            },
-            vip: Vip::new(index, group.vip, group.label.clone()).system()?,
-            arp: Arc::clone(&arp),
+    let (mut groups, routes) = Groups::new(
+        Common {
+            iface: settings.iface.clone(),
+            index,
+            node: node_name(),
+            arp,
             notifier: notifier.clone(),
             hooks: hooks_rx.clone(),
+            timing: timing_rx,
             settings: settings.failover.clone(),
-            timing: timing_rx.clone(),
             observed: observed.clone(),
-            group: n,
-        };
-        failovers.push(tokio::spawn(failover.run(rx, shutdown.clone())));
-        groups.push(Route {
-            watch: group.watch,
-            vip: group.vip.to_string(),
-            tx,
-        });
-        info!(watch = %group.watch, vip = %group.vip, label = %group.label, "failover group");
+        },
+        shutdown.clone(),
+    );
+    for group in &settings.groups {
+        groups.start(group).system()?;
     }
     let pools: Vec<DnsPool> = settings
         .dns
@@ -187,7 +161,7 @@ pub async fn run(args: RunArgs, log: LogLevel) -> Result<(), Failure> {
         })
         .collect();
     let (reports_tx, reports_rx) = mpsc::unbounded_channel();
-    let dispatcher = tokio::spawn(dispatch(reports_rx, groups, pools, hooks_rx));
+    let dispatcher = tokio::spawn(dispatch(reports_rx, routes, pools, hooks_rx));
     let (reloads_tx, reloads_rx) = mpsc::unbounded_channel();
     let prober = Prober::new(
         hosts.clone(),
@@ -218,10 +192,13 @@ pub async fn run(args: RunArgs, log: LogLevel) -> Result<(), Failure> {
         prober: reloads_tx,
         timing: timing_tx,
         hooks: hooks_tx,
+        groups,
         observed,
         log,
     };
-    tokio::spawn(reloader.run(hangup, reload_rx, shutdown.clone()));
+    // The reloader owns the failover groups: at shutdown it waits for them to leave their
+    // VIPs as `on_exit` says.
+    let reloader = tokio::spawn(reloader.run(hangup, reload_rx, shutdown.clone()));
 
     // systemd (Type=notify): we are up; the dispatcher pings the watchdog once per window.
     if let Err(error) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
@@ -242,9 +219,7 @@ pub async fn run(args: RunArgs, log: LogLevel) -> Result<(), Failure> {
         None => prober.await,
     };
     let _ = dispatcher.await;
-    for failover in failovers {
-        let _ = failover.await;
-    }
+    let _ = reloader.await;
     match result {
         Ok(Ok(_)) => {
             info!("stopped cleanly; XDP detached");
@@ -270,23 +245,17 @@ pub async fn monitored_hosts(specs: &[String]) -> Result<Vec<Ipv4Addr>, Failure>
         .map_err(|e| Failure::Usage(anyhow::Error::from(e).context("invalid `monitor`")))
 }
 
-/// Where the reports about one group's primary go.
-struct Route {
-    watch: Ipv4Addr,
-    vip: String,
-    tx: mpsc::UnboundedSender<Report>,
-}
-
 /// Runs the down/up hooks for every probed host, tells the DNS pools about their members, and
 /// hands each group the reports about its primary (and the witnesses' liveness, which concerns
-/// them all).
+/// them all), following `routes` as reloads add and remove groups.
 async fn dispatch(
     mut reports: mpsc::UnboundedReceiver<Report>,
-    groups: Vec<Route>,
+    routes: watch::Receiver<Vec<Route>>,
     pools: Vec<DnsPool>,
     hooks: watch::Receiver<Hooks>,
 ) {
     while let Some(report) = reports.recv().await {
+        let groups = routes.borrow().clone();
         let host = match &report {
             Report::Host(event) => {
                 let hook = match (event.change.from, event.change.to) {
@@ -314,6 +283,7 @@ async fn dispatch(
                 }
                 Some(event.host)
             }
+            Report::Known(event) => Some(event.host),
             Report::Suspect { host, .. } => Some(*host),
             Report::Witnesses { .. } => None,
             Report::Window { .. } => {
@@ -323,7 +293,7 @@ async fn dispatch(
             }
         };
         for group in groups.iter().filter(|g| host.is_none_or(|h| h == g.watch)) {
-            // A group's receiver only goes away at shutdown.
+            // A group's receiver goes away when it stops (shutdown, or a reload removed it).
             let _ = group.tx.send(report.clone());
         }
     }

@@ -38,6 +38,9 @@ pub struct Site {
 pub enum Report {
     /// A host changed state.
     Host(HostEvent),
+    /// A host's current state, for a failover group that a reload has just added to watch it
+    /// (it missed the change): the group acts on it, but it is not a change, so no hooks.
+    Known(HostEvent),
     /// The watched host has been silent long enough that a DOWN may follow.
     Suspect { host: Ipv4Addr, window: u32 },
     /// Whether any witness answered within the last window (sent when it changes).

@@ -14,6 +14,7 @@ mod dns;
 mod events;
 mod failover;
 mod failure;
+mod groups;
 mod health;
 mod hooks;
 mod logging;

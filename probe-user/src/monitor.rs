@@ -141,7 +141,7 @@ async fn print(
                     },
                 )?;
             }
-            Report::Suspect { .. } | Report::Witnesses { .. } => {}
+            Report::Suspect { .. } | Report::Witnesses { .. } | Report::Known(_) => {}
         }
         out.flush()?;
     }

@@ -61,6 +61,8 @@ pub struct Reload {
     pub roles: Roles,
     pub timing: Timing,
     pub suspect_lead: Duration,
+    /// Watched hosts whose failover groups have just started: they are told the host's state.
+    pub announce: Vec<Ipv4Addr>,
     /// Answered with the first window that runs with it, or why it was not applied (then
     /// the loop goes on as before).
     pub done: oneshot::Sender<Result<u32, String>>,
@@ -343,6 +345,7 @@ impl Prober {
             roles,
             timing,
             suspect_lead,
+            announce,
             done,
         } = reload;
         if done.is_closed() {
@@ -379,6 +382,7 @@ impl Prober {
         self.plan = Plan::new(&timing, n);
         self.suspect_at = suspect_threshold(&timing, suspect_lead);
         self.timing = timing;
+        self.tell_new_watchers(&announce, window);
         // Shown at once: the reloader reports it done as soon as we answer.
         if let Some(observed) = &self.observed {
             observed.update(|s| {
@@ -388,6 +392,45 @@ impl Prober {
         }
         let _ = done.send(Ok(window));
         true
+    }
+
+    /// Tells the failover groups a reload started what they missed: the state of the hosts
+    /// they watch (`announce`), if known, and that no witness answers, if so.
+    fn tell_new_watchers(&self, announce: &[Ipv4Addr], window: u32) {
+        if announce.is_empty() {
+            return;
+        }
+        for host in announce {
+            let Ok(w) = self.hosts.binary_search(host) else {
+                continue;
+            };
+            let health = &self.health[w];
+            let to = health.state();
+            if to == State::Unknown {
+                continue;
+            }
+            let silent_rounds = health.silent_rounds();
+            self.report(Report::Known(HostEvent {
+                host: *host,
+                change: crate::health::Change {
+                    from: State::Unknown,
+                    to,
+                    silent_rounds,
+                    good_windows: 0,
+                },
+                window,
+                at: SystemTime::now(),
+                silent_for: self.timing.round() * silent_rounds,
+                window_len: self.timing.window,
+                rtt: None,
+            }));
+        }
+        if !self.witnesses_alive {
+            self.report(Report::Witnesses {
+                alive: false,
+                window,
+            });
+        }
     }
 
     /// Sends this round's probe to the hosts in `self.batch`.

@@ -1,9 +1,10 @@
 //! Reload (SIGHUP, or `xdprobe reload` over the HTTP endpoint): re-read the config and apply
-//! what can change while running: the hosts probed (`monitor` targets) and the timing from
-//! the next window on, the hooks and the log level at once. Host state, counters and held VIPs
-//! stay; the XDP program stays attached. A config that does not parse, or that changes
-//! anything else (the interface, groups, witnesses, DNS pools, mail, the endpoint), is rejected
-//! as a whole with a logged reason, and the running config stays.
+//! what can change while running: the hosts probed (`monitor` targets, failover groups) and
+//! the timing from the next window on, the hooks and the log level at once. Host state,
+//! counters and the VIPs of the groups that stay are kept; the XDP program stays attached. A
+//! removed group leaves its VIP as `on_exit` says. A config that does not parse, or that
+//! changes anything else (the interface, witnesses and failover settings, DNS pools, mail, the
+//! endpoint), is rejected as a whole with a logged reason, and the running config stays.
 
 use std::{net::Ipv4Addr, time::Duration};
 
@@ -19,11 +20,12 @@ use crate::{
     cli::RunArgs,
     daemon::{load_settings, monitored_hosts, probed_hosts},
     failure::Failure,
+    groups::{self, Groups},
     hooks::Hooks,
     logging::LogLevel,
     observe::Observed,
     prober::Reload,
-    settings::{Settings, Timing},
+    settings::{Group, Settings, Timing},
 };
 
 /// A reload asked for over HTTP; the outcome goes back on `reply`.
@@ -44,7 +46,6 @@ pub struct Outcome {
 pub fn needs_restart(running: &Settings, new: &Settings) -> Vec<&'static str> {
     let fixed = [
         ("iface", running.iface == new.iface),
-        ("the failover groups", running.groups == new.groups),
         ("dns", running.dns == new.dns),
         ("the failover settings", running.failover == new.failover),
         ("the mail settings", running.mail == new.mail),
@@ -76,6 +77,8 @@ pub struct Reloader {
     /// The failover tasks follow the timing; they and the dispatcher follow the hooks.
     pub timing: watch::Sender<Timing>,
     pub hooks: watch::Sender<Hooks>,
+    /// The failover groups, started and stopped as reloads say.
+    pub groups: Groups,
     pub observed: Observed,
     pub log: LogLevel,
 }
@@ -89,7 +92,7 @@ impl Reloader {
     ) {
         loop {
             let reply = tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => break,
                 Some(()) = hangup.recv() => {
                     info!("SIGHUP: reloading the config");
                     None
@@ -123,6 +126,7 @@ impl Reloader {
                 let _ = reply.send(outcome);
             }
         }
+        self.groups.join().await;
     }
 
     /// Reads and applies the config; on error nothing changed.
@@ -131,8 +135,8 @@ impl Reloader {
         let fixed = needs_restart(&self.running, &new);
         if !fixed.is_empty() {
             return Err(format!(
-                "changing {} needs a restart (a reload changes monitor, the timing, the hooks \
-                 and log_level)",
+                "changing {} needs a restart (a reload changes monitor, the failover groups, \
+                 the timing, the hooks and log_level)",
                 fixed.join(", ")
             ));
         }
@@ -148,38 +152,61 @@ impl Reloader {
         }
         let (added, removed) = host_changes(&self.hosts, &hosts);
         let retimed = new.timing != self.running.timing;
-        let mut message = if added == 0 && removed == 0 && !retimed {
-            "hosts and timing unchanged".to_string()
-        } else {
-            let (done, applied) = oneshot::channel();
-            self.prober
-                .send(Reload {
+        let (start, stop) = groups::changes(&self.groups.groups(), &new.groups);
+        let mut message =
+            if added == 0 && removed == 0 && !retimed && start.is_empty() && stop.is_empty() {
+                "hosts, groups and timing unchanged".to_string()
+            } else {
+                // Groups change first, so the new ones hear of their primary from this window on.
+                self.regroup(&start, &stop).await?;
+                let (done, applied) = oneshot::channel();
+                let reload = Reload {
                     hosts: hosts.clone(),
                     roles,
                     timing: new.timing,
                     suspect_lead: new.failover.conflict_wait,
+                    announce: start.iter().map(|g| g.watch).collect(),
                     done,
-                })
-                .map_err(|_| "the probe loop has stopped".to_string())?;
-            // The loop applies it at its next window boundary; if it does not answer in time,
-            // dropping `applied` withdraws the reload.
-            let wait = self.running.timing.window * 2 + Duration::from_secs(1);
-            let window = match tokio::time::timeout(wait, applied).await {
-                Ok(Ok(Ok(window))) => window,
-                Ok(Ok(Err(e))) => return Err(e),
-                Ok(Err(_)) => return Err("the probe loop has stopped".into()),
-                Err(_) => return Err(format!("the probe loop did not take it within {wait:?}")),
-            };
-            self.timing.send_replace(new.timing);
-            format!(
+                };
+                // The loop applies it at its next window boundary; if it does not answer in time,
+                // dropping `applied` withdraws the reload.
+                let wait = self.running.timing.window * 2 + Duration::from_secs(1);
+                let outcome = match self.prober.send(reload) {
+                    Err(_) => Err("the probe loop has stopped".to_string()),
+                    Ok(()) => match tokio::time::timeout(wait, applied).await {
+                        Ok(Ok(result)) => result,
+                        Ok(Err(_)) => Err("the probe loop has stopped".into()),
+                        Err(_) => Err(format!("the probe loop did not take it within {wait:?}")),
+                    },
+                };
+                let window = match outcome {
+                    Ok(window) => window,
+                    Err(e) => {
+                        // Back to the groups that match the hosts still probed.
+                        if let Err(again) = self.regroup(&stop, &start).await {
+                            error!(reason = %again, "restoring the failover groups failed");
+                        }
+                        return Err(e);
+                    }
+                };
+                self.timing.send_replace(new.timing);
+                let mut message = format!(
                 "from window {window}: {} hosts ({added} added, {removed} removed), window {:?}, \
                  {} probes, {} retries",
                 hosts.len(),
                 new.timing.window,
                 new.timing.probes,
                 new.timing.retries
-            )
-        };
+            );
+                if !start.is_empty() || !stop.is_empty() {
+                    message.push_str(&format!(
+                        "; failover groups: {} started, {} stopped",
+                        start.len(),
+                        stop.len()
+                    ));
+                }
+                message
+            };
         if new.hooks != self.running.hooks {
             self.hooks.send_replace(new.hooks.clone());
             message.push_str("; hooks changed");
@@ -193,6 +220,33 @@ impl Reloader {
         self.hosts = hosts;
         self.running = new;
         Ok(message)
+    }
+}
+
+impl Reloader {
+    /// Stops the groups in `stop` (each leaves its VIP as `on_exit` says), then starts those in
+    /// `start`; if one cannot start, undoes it all.
+    async fn regroup(&mut self, start: &[Group], stop: &[Group]) -> Result<(), String> {
+        for group in stop {
+            self.groups.stop(group).await;
+        }
+        for (n, group) in start.iter().enumerate() {
+            if let Err(e) = self.groups.start(group) {
+                for started in &start[..n] {
+                    self.groups.stop(started).await;
+                }
+                for stopped in stop {
+                    if let Err(again) = self.groups.start(stopped) {
+                        error!(vip = %stopped.vip, reason = %format!("{again:#}"), "restarting a failover group failed");
+                    }
+                }
+                return Err(format!(
+                    "starting the failover group for {}: {e:#}",
+                    group.vip
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -237,12 +291,14 @@ window = "1s"
 "#;
 
     #[test]
-    fn hosts_timing_hooks_and_log_level_change_without_a_restart() {
+    fn hosts_groups_timing_hooks_and_log_level_change_without_a_restart() {
         let running = settings(BASE);
         let new = settings(&format!(
-            "{}probes = 5\nlog_level = \"debug\"\non_down = \"/bin/true\"\n",
+            "{}probes = 5\nlog_level = \"debug\"\non_down = \"/bin/true\"\n\
+             [[group]]\nwatch = \"192.0.2.2\"\nvip = \"192.0.2.102/24\"\n",
             BASE.replace("198.51.100.0/30", "203.0.113.7")
                 .replace("1s", "100ms")
+                .replace("192.0.2.100", "192.0.2.101")
         ));
         assert_ne!(running, new);
         assert!(needs_restart(&running, &new).is_empty());
@@ -252,14 +308,6 @@ window = "1s"
     fn everything_else_needs_a_restart_and_is_named() {
         let running = settings(BASE);
         let cases = [
-            (
-                BASE.replace("192.0.2.100", "192.0.2.101"),
-                "the failover groups",
-            ),
-            (
-                format!("{BASE}[[group]]\nwatch = \"192.0.2.2\"\nvip = \"192.0.2.102/24\"\n"),
-                "the failover groups",
-            ),
             (
                 format!("{BASE}witness = [\"192.0.2.254\"]\n"),
                 "the failover settings",
@@ -274,11 +322,10 @@ window = "1s"
         for (text, field) in cases {
             assert_eq!(needs_restart(&running, &settings(&text)), [field], "{text}");
         }
-        // The groups' default labels follow the interface.
         let both = format!("{}metrics = \"off\"\n", BASE.replace("eth0", "eth1"));
         assert_eq!(
             needs_restart(&running, &settings(&both)),
-            ["iface", "the failover groups", "metrics"]
+            ["iface", "metrics"]
         );
     }
 

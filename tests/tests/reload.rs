@@ -1,6 +1,7 @@
 //! Reload while a VIP is held: `xdprobe reload` (and SIGHUP) change the hosts and the window
-//! without an outage, without re-attaching XDP, and without losing any host's state; a broken
-//! or restart-only change is rejected and the running config stays.
+//! without an outage, without re-attaching XDP, and without losing any host's state; they
+//! start and stop failover groups; a broken or restart-only change is rejected and the running
+//! config stays.
 
 use std::{
     path::{Path, PathBuf},
@@ -215,11 +216,17 @@ fn reload_changes_hosts_and_window_while_the_vip_is_held() {
     // A change only a restart can make is rejected too, naming it.
     write(
         &file.0,
-        &config("1s", &[KEPT], "info").replace(VIP_NET, "192.0.2.101/24"),
+        &format!(
+            "{}witness = [\"192.0.2.3\"]\n",
+            config("1s", &[KEPT], "info")
+        ),
     );
     let (code, out) = reload(&lab);
     assert_eq!(code, Some(2), "{out}");
-    assert!(out.contains("the failover groups needs a restart"), "{out}");
+    assert!(
+        out.contains("the failover settings needs a restart"),
+        "{out}"
+    );
     let rejected = status(&lab);
     assert_eq!(rejected["window_seconds"], 0.05);
     assert_eq!(rejected["reloads"], 1);
@@ -274,4 +281,95 @@ fn reload_changes_hosts_and_window_while_the_vip_is_held() {
         log[log_at_reload..].contains("reloaded change=from window"),
         "{log}"
     );
+}
+
+#[test]
+fn reload_starts_a_group_for_a_host_already_down_and_stops_removed_groups() {
+    const DB: &str = "192.0.2.7";
+    const DB_VIP: &str = "192.0.2.107";
+    let lab = Lab::with_hosts(&[
+        ("primary", "192.0.2.1/24"),
+        ("standby", "192.0.2.2/24"),
+        ("db", "192.0.2.7/24"),
+    ])
+    .expect("building the lab");
+    let file = ConfigFile(std::env::temp_dir().join(format!("{}.toml", lab.ns("groups"))));
+    let path = file.0.to_str().expect("path");
+    let db_group = format!("[[group]]\nwatch = \"{DB}\"\nvip = \"{DB_VIP}/24\"\n");
+    // At first the database host is only monitored.
+    write(&file.0, &config("100ms", &[DB], "info"));
+    let watch = lab.watch_addrs("standby").expect("ip monitor");
+    let mut daemon =
+        Daemon::start(&lab.ns("standby"), &["run", "--config", path]).expect("starting xdprobe");
+    daemon
+        .wait_for_log(&format!("host UP host={DB}"), Duration::from_secs(5))
+        .expect("the database host comes up");
+    lab.kill("db").expect("killing the database host");
+    daemon
+        .wait_for_log(&format!("host DOWN host={DB}"), Duration::from_secs(2))
+        .expect("the database host goes down");
+    assert!(
+        watch.seen(DB_VIP).is_empty(),
+        "nobody watched it: no VIP yet"
+    );
+
+    // A group for it appears: told the host is already DOWN, it takes the VIP at once.
+    write(
+        &file.0,
+        &format!("{}{db_group}", config("100ms", &[DB], "info")),
+    );
+    let asked = Instant::now();
+    let (code, out) = reload(&lab);
+    assert_eq!(code, Some(0), "{out}\n{}", daemon.log());
+    assert!(
+        out.contains("failover groups: 1 started, 0 stopped"),
+        "{out}"
+    );
+    let (seen_at, line) = watch
+        .wait_for(DB_VIP, Duration::from_secs(2))
+        .unwrap_or_else(|| panic!("the new group never took its VIP:\n{}", daemon.log()));
+    assert!(line.contains("eth0:2"), "{line}");
+    let took = seen_at - asked;
+    eprintln!("VIP of a group added for a host already down: up {took:?} after the reload");
+    // Applied at the next window boundary (100 ms), then the 50 ms conflict check.
+    assert!(took < Duration::from_millis(400), "took {took:?}");
+    let s = status(&lab);
+    assert_eq!(s["groups"].as_array().map(Vec::len), Some(2), "{s}");
+
+    // The first group goes: its task stops; the database group keeps its VIP and its claim.
+    let only_db = config("100ms", &[DB], "info")
+        .replace("watch = \"192.0.2.1\"\n", "")
+        .replace(&format!("vip = \"{VIP_NET}\"\n"), "");
+    write(&file.0, &format!("{only_db}{db_group}"));
+    let (code, out) = reload(&lab);
+    assert_eq!(code, Some(0), "{out}\n{}", daemon.log());
+    assert!(
+        out.contains("failover groups: 0 started, 1 stopped"),
+        "{out}"
+    );
+    let s = status(&lab);
+    let groups = s["groups"].as_array().expect("groups");
+    assert_eq!(groups.len(), 1, "{s}");
+    assert_eq!(groups[0]["vip"], format!("{DB_VIP}/24"));
+    assert_eq!(groups[0]["holding"], true);
+    assert_eq!(groups[0]["claims"], 1);
+    assert!(
+        host(&s, "192.0.2.1").is_none(),
+        "the old primary is no longer probed: {s}"
+    );
+
+    // The database group goes too, holding its VIP: on_exit = keep leaves the VIP in place.
+    write(&file.0, &only_db);
+    let (code, out) = reload(&lab);
+    assert_eq!(code, Some(0), "{out}\n{}", daemon.log());
+    assert!(out.contains("0 started, 1 stopped"), "{out}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        watch.seen("Deleted").iter().all(|l| !l.contains(DB_VIP)),
+        "{:?}",
+        watch.seen("Deleted")
+    );
+    assert_eq!(status(&lab)["groups"].as_array().map(Vec::len), Some(0));
+    let (exit, log) = daemon.stop().expect("stopping xdprobe");
+    assert!(exit.success(), "{log}");
 }

@@ -58,9 +58,8 @@ pub struct Failover {
     pub settings: FailoverSettings,
     /// The probe timing, which a reload may change.
     pub timing: watch::Receiver<Timing>,
-    /// Where this group's state is published (`/metrics`, `/status`), at index `group`.
+    /// Where this group's state is published (`/metrics`, `/status`), under its VIP.
     pub observed: Observed,
-    pub group: usize,
 }
 
 /// What the loop keeps between events besides the policy.
@@ -184,7 +183,7 @@ impl Failover {
                 }
                 (run.policy.witnesses(alive, now), None)
             }
-            Report::Host(event) => {
+            Report::Host(event) | Report::Known(event) => {
                 run.window = event.window;
                 if event.host != self.watch {
                     return (vec![], None);
@@ -376,7 +375,7 @@ impl Failover {
 
     fn publish(&self, f: impl FnOnce(&mut GroupStatus)) {
         self.observed.update(|s| {
-            if let Some(group) = s.groups.get_mut(self.group) {
+            if let Some(group) = s.groups.iter_mut().find(|g| g.vip == self.site.vip) {
                 f(group);
             }
         });

@@ -1,0 +1,207 @@
+//! The failover groups of `run`, one task each: started at start-up or when a reload adds a
+//! group, stopped at shutdown or when a reload removes one (the group's `on_exit` then decides
+//! what happens to a VIP it holds, as at shutdown). The dispatcher finds each group's task
+//! through the routes published here.
+
+use std::{net::Ipv4Addr, sync::Arc};
+
+use tokio::{
+    sync::{mpsc, watch},
+    task::JoinHandle,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::{
+    arp::ArpSocket,
+    events::{Report, Site},
+    failover::Failover,
+    hooks::Hooks,
+    mail::Notifier,
+    observe::{GroupStatus, Observed},
+    settings::{FailoverSettings, Group, Timing},
+    vip::Vip,
+};
+
+/// Where the reports about one group's primary go.
+#[derive(Clone, Debug)]
+pub struct Route {
+    pub watch: Ipv4Addr,
+    pub vip: String,
+    pub tx: mpsc::UnboundedSender<Report>,
+}
+
+/// What every group's task shares.
+pub struct Common {
+    pub iface: String,
+    pub index: u32,
+    pub node: String,
+    pub arp: Arc<ArpSocket>,
+    pub notifier: Notifier,
+    pub hooks: watch::Receiver<Hooks>,
+    pub timing: watch::Receiver<Timing>,
+    pub settings: FailoverSettings,
+    pub observed: Observed,
+}
+
+struct Running {
+    group: Group,
+    route: Route,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+/// The running groups.
+pub struct Groups {
+    common: Common,
+    running: Vec<Running>,
+    routes: watch::Sender<Vec<Route>>,
+    shutdown: CancellationToken,
+}
+
+impl Groups {
+    /// No groups yet; the receiver follows the routes as groups start and stop.
+    pub fn new(common: Common, shutdown: CancellationToken) -> (Self, watch::Receiver<Vec<Route>>) {
+        let (routes, receiver) = watch::channel(Vec::new());
+        let groups = Self {
+            common,
+            running: Vec::new(),
+            routes,
+            shutdown,
+        };
+        (groups, receiver)
+    }
+
+    /// The groups running now, in the order they started.
+    pub fn groups(&self) -> Vec<Group> {
+        self.running.iter().map(|r| r.group.clone()).collect()
+    }
+
+    /// Starts `group`'s task and routes its primary's reports to it.
+    pub fn start(&mut self, group: &Group) -> anyhow::Result<()> {
+        let c = &self.common;
+        let vip = Vip::new(c.index, group.vip, group.label.clone())?;
+        c.observed.update(|s| {
+            s.groups.push(GroupStatus {
+                watch: group.watch,
+                vip: group.vip.to_string(),
+                label: group.label.clone(),
+                holding: false,
+                claims: 0,
+                releases: 0,
+            })
+        });
+        let (tx, rx) = mpsc::unbounded_channel();
+        let failover = Failover {
+            watch: group.watch,
+            site: Site {
+                vip: group.vip.to_string(),
+                iface: c.iface.clone(),
+                label: group.label.clone(),
+                node: c.node.clone(),
+            },
+            vip,
+            arp: Arc::clone(&c.arp),
+            notifier: c.notifier.clone(),
+            hooks: c.hooks.clone(),
+            settings: c.settings.clone(),
+            timing: c.timing.clone(),
+            observed: c.observed.clone(),
+        };
+        let stop = self.shutdown.child_token();
+        let task = tokio::spawn(failover.run(rx, stop.clone()));
+        info!(watch = %group.watch, vip = %group.vip, label = %group.label, "failover group");
+        self.running.push(Running {
+            group: group.clone(),
+            route: Route {
+                watch: group.watch,
+                vip: group.vip.to_string(),
+                tx,
+            },
+            stop,
+            task,
+        });
+        self.publish_routes();
+        Ok(())
+    }
+
+    /// Stops `group`'s task (which leaves its VIP as `on_exit` says) and waits for it.
+    pub async fn stop(&mut self, group: &Group) {
+        let Some(at) = self.running.iter().position(|r| r.group == *group) else {
+            return;
+        };
+        let running = self.running.remove(at);
+        self.publish_routes();
+        running.stop.cancel();
+        let _ = running.task.await;
+        let vip = group.vip.to_string();
+        self.common
+            .observed
+            .update(|s| s.groups.retain(|g| g.vip != vip));
+        info!(watch = %group.watch, vip = %group.vip, "failover group stopped");
+    }
+
+    /// Waits for every task to end (after shutdown).
+    pub async fn join(self) {
+        for running in self.running {
+            let _ = running.task.await;
+        }
+    }
+
+    fn publish_routes(&self) {
+        let routes = self.running.iter().map(|r| r.route.clone()).collect();
+        self.routes.send_replace(routes);
+    }
+}
+
+/// Going from the `running` groups to `wanted`: the groups to start and the groups to stop.
+/// A group is its primary and its VIP: a group whose VIP changed is a group stopped and another
+/// started, but one whose label alone changed (as default labels do when an earlier group is
+/// removed) keeps running with the label its VIP has.
+pub fn changes(running: &[Group], wanted: &[Group]) -> (Vec<Group>, Vec<Group>) {
+    let same = |a: &Group, b: &Group| a.watch == b.watch && a.vip == b.vip;
+    let start = wanted
+        .iter()
+        .filter(|w| !running.iter().any(|r| same(r, w)))
+        .cloned()
+        .collect();
+    let stop = running
+        .iter()
+        .filter(|r| !wanted.iter().any(|w| same(r, w)))
+        .cloned()
+        .collect();
+    (start, stop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(watch: &str, vip: &str) -> Group {
+        Group {
+            watch: watch.parse().unwrap(),
+            vip: vip.parse().unwrap(),
+            label: "eth0:1".into(),
+        }
+    }
+
+    #[test]
+    fn groups_are_started_and_stopped_by_what_changed() {
+        let a = group("192.0.2.1", "192.0.2.100/24");
+        let b = group("192.0.2.2", "192.0.2.101/24");
+        let c = group("192.0.2.3", "192.0.2.102/24");
+        let (ab, bc) = ([a.clone(), b.clone()], [b, c.clone()]);
+        assert_eq!(changes(&ab, &bc), (vec![c], vec![a.clone()]));
+        let only_a = [a.clone()];
+        assert_eq!(changes(&only_a, &only_a), (vec![], vec![]));
+        // A new VIP for the same primary: the old group stops, the new one starts.
+        let moved = [group("192.0.2.1", "192.0.2.110/24")];
+        assert_eq!(changes(&only_a, &moved), (moved.to_vec(), vec![a.clone()]));
+        // A new label alone changes nothing: the running group keeps its VIP as it is.
+        let relabelled = [Group {
+            label: "eth0:7".into(),
+            ..a
+        }];
+        assert_eq!(changes(&only_a, &relabelled), (vec![], vec![]));
+    }
+}
