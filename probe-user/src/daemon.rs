@@ -15,7 +15,7 @@ use tracing::{error, info};
 use crate::{
     arp::ArpSocket,
     cli::RunArgs,
-    dns::DnsPool,
+    dns::{DnsPool, Start},
     events::Report,
     failure::{Failure, OrSystem as _},
     groups::{Common, Groups, Route},
@@ -23,7 +23,8 @@ use crate::{
     hooks::{HookEvent, HookFacts, Hooks},
     logging::LogLevel,
     mail::Notifier,
-    observe::{self, DnsStatus, Observed, Snapshot},
+    observe::{self, Observed, Snapshot},
+    pools::Pools,
     prober::{Prober, Roles},
     reload::Reloader,
     sender::Sender,
@@ -107,20 +108,7 @@ pub async fn run(args: RunArgs, log: LogLevel) -> Result<(), Failure> {
     let sender = Sender::open(&settings.iface).system()?;
     let arp = Arc::new(ArpSocket::open(&settings.iface).system()?);
 
-    let observed = Observed::new(Snapshot {
-        dns: settings
-            .dns
-            .iter()
-            .map(|pool| DnsStatus {
-                name: pool.name.clone(),
-                server: pool.server.to_string(),
-                in_sync: false,
-                failures: 0,
-                published: 0,
-            })
-            .collect(),
-        ..Snapshot::default()
-    });
+    let observed = Observed::new(Snapshot::default());
     let (reload_tx, reload_rx) = mpsc::channel(4);
     if let Some(addr) = settings.metrics {
         let (observed, shutdown) = (observed.clone(), shutdown.clone());
@@ -150,18 +138,13 @@ pub async fn run(args: RunArgs, log: LogLevel) -> Result<(), Failure> {
     for group in &settings.groups {
         groups.start(group).system()?;
     }
-    let pools: Vec<DnsPool> = settings
-        .dns
-        .iter()
-        .enumerate()
-        .map(|(i, pool)| {
-            info!(name = %pool.name, server = %pool.server, members = ?pool.members, "DNS pool");
-            let observed = Some((observed.clone(), i));
-            DnsPool::start(pool.clone(), notifier.clone(), observed, shutdown.clone())
-        })
-        .collect();
+    let (mut pools, pool_handles) =
+        Pools::new(notifier.clone(), observed.clone(), shutdown.clone());
+    for pool in &settings.dns {
+        pools.start(pool, Start::default());
+    }
     let (reports_tx, reports_rx) = mpsc::unbounded_channel();
-    let dispatcher = tokio::spawn(dispatch(reports_rx, routes, pools, hooks_rx));
+    let dispatcher = tokio::spawn(dispatch(reports_rx, routes, pool_handles, hooks_rx));
     let (reloads_tx, reloads_rx) = mpsc::unbounded_channel();
     let prober = Prober::new(
         hosts.clone(),
@@ -193,6 +176,7 @@ pub async fn run(args: RunArgs, log: LogLevel) -> Result<(), Failure> {
         timing: timing_tx,
         hooks: hooks_tx,
         groups,
+        pools,
         observed,
         log,
     };
@@ -251,11 +235,12 @@ pub async fn monitored_hosts(specs: &[String]) -> Result<Vec<Ipv4Addr>, Failure>
 async fn dispatch(
     mut reports: mpsc::UnboundedReceiver<Report>,
     routes: watch::Receiver<Vec<Route>>,
-    pools: Vec<DnsPool>,
+    pools: watch::Receiver<Vec<Arc<DnsPool>>>,
     hooks: watch::Receiver<Hooks>,
 ) {
     while let Some(report) = reports.recv().await {
         let groups = routes.borrow().clone();
+        let pools = pools.borrow().clone();
         let host = match &report {
             Report::Host(event) => {
                 let hook = match (event.change.from, event.change.to) {
@@ -283,7 +268,14 @@ async fn dispatch(
                 }
                 Some(event.host)
             }
-            Report::Known(event) => Some(event.host),
+            Report::Known(event) => {
+                if matches!(event.change.to, State::Up | State::Down) {
+                    for pool in &pools {
+                        pool.member(event.host, event.change.to == State::Up);
+                    }
+                }
+                Some(event.host)
+            }
             Report::Suspect { host, .. } => Some(*host),
             Report::Witnesses { .. } => None,
             Report::Window { .. } => {

@@ -13,7 +13,9 @@
 //! - It never empties the pool under the default policy: when no member is UP it keeps (or
 //!   restores) every member's record, and warns once per such episode.
 //! - It reads the live A set from the server at start and every `resync`, and corrects drift in
-//!   either direction. Records at the name that are not members are never touched.
+//!   either direction. Records at the name that are not members are never touched, except
+//!   those of addresses a reload has just removed from the pool (see [`Start::retired`]): they
+//!   go at the first sync.
 //! - Every UPDATE carries, as prerequisite, the exact A set it was planned against (RFC 2136
 //!   2.4.2, or 2.4.3 "does not exist" when empty). If someone changed the set in between, the
 //!   server refuses the whole update (NXRRSET) and the task reads the set again and re-plans,
@@ -439,22 +441,37 @@ pub struct DnsPool {
     up: watch::Sender<BTreeSet<Ipv4Addr>>,
 }
 
+/// How a pool starts when a reload (re)starts it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Start {
+    /// The members known to be UP; `None`: every member, as at start-up.
+    pub up: Option<BTreeSet<Ipv4Addr>>,
+    /// Addresses that were members until now: their records are removed at the first sync.
+    pub retired: BTreeSet<Ipv4Addr>,
+}
+
 impl DnsPool {
     /// Spawns the pool's task on the current tokio runtime (must be called inside one) and
-    /// returns at once. Every member starts UP.
+    /// returns at once. Every member starts UP, unless `start` (from a reload) knows better.
     /// Failures of the DNS server and "every member is down" episodes are also mailed
     /// through `notifier` (once per episode).
-    /// `observed`, if given, gets the pool's sync state and failures at entry `index` of its
-    /// `dns` list (for `/metrics` and `/status`).
+    /// `observed`, if given, gets the pool's sync state and failures in the entry of its `dns`
+    /// list with the pool's name (for `/metrics` and `/status`).
     pub fn start(
         config: PoolConfig,
         notifier: Notifier,
-        observed: Option<(Observed, usize)>,
+        observed: Option<Observed>,
         shutdown: CancellationToken,
+        start: Start,
     ) -> DnsPool {
         let members: BTreeSet<Ipv4Addr> = config.members.iter().copied().collect();
-        let (up, reports) = watch::channel(members.clone());
-        match Task::new(config, reports, notifier, observed) {
+        let up = start.up.map_or_else(
+            || members.clone(),
+            |up| up.intersection(&members).copied().collect(),
+        );
+        let (up, reports) = watch::channel(up);
+        let retired = start.retired.difference(&members).copied().collect();
+        match Task::new(config, reports, notifier, observed, retired) {
             Ok(task) => {
                 tokio::spawn(task.run(shutdown));
             }
@@ -492,6 +509,8 @@ struct Task {
     key: Name,
     signer: TSigner,
     reports: watch::Receiver<BTreeSet<Ipv4Addr>>,
+    /// Former members (before a reload) whose records are still to be removed.
+    retired: BTreeSet<Ipv4Addr>,
     /// Members UP, as of the last reports taken.
     up: BTreeSet<Ipv4Addr>,
     /// Members whose state was reported since the last time the server was in sync, with the
@@ -506,7 +525,9 @@ struct Task {
     /// The server was in sync at least once.
     synced: bool,
     notifier: Notifier,
-    observed: Option<(Observed, usize)>,
+    observed: Option<Observed>,
+    /// The pool's name as in its config (and its `/status` entry).
+    pool_name: String,
 }
 
 impl Task {
@@ -514,7 +535,8 @@ impl Task {
         config: PoolConfig,
         reports: watch::Receiver<BTreeSet<Ipv4Addr>>,
         notifier: Notifier,
-        observed: Option<(Observed, usize)>,
+        observed: Option<Observed>,
+        retired: BTreeSet<Ipv4Addr>,
     ) -> Result<Task, String> {
         let name = Name::from_ascii(&config.name).map_err(|e| format!("{}: {e}", config.name))?;
         let signer = TSigner::new(
@@ -537,6 +559,7 @@ impl Task {
             key: config.tsig.name,
             signer,
             reports,
+            retired,
             up,
             reported: BTreeMap::new(),
             all_down: false,
@@ -545,6 +568,7 @@ impl Task {
             synced: false,
             notifier,
             observed,
+            pool_name: config.name,
         })
     }
 
@@ -621,9 +645,9 @@ impl Task {
 
     /// Updates this pool's entry in the published status.
     fn publish(&self, f: impl FnOnce(&mut DnsStatus)) {
-        if let Some((observed, index)) = &self.observed {
+        if let Some(observed) = &self.observed {
             observed.update(|s| {
-                if let Some(pool) = s.dns.get_mut(*index) {
+                if let Some(pool) = s.dns.iter_mut().find(|d| d.name == self.pool_name) {
                     f(pool);
                 }
             });
@@ -685,7 +709,15 @@ impl Task {
                     live
                 }
             };
-            let changes = plan(&self.members, &desired, &live);
+            let changes = if self.retired.is_empty() {
+                plan(&self.members, &desired, &live)
+            } else {
+                plan(
+                    &self.members.union(&self.retired).copied().collect(),
+                    &desired,
+                    &live,
+                )
+            };
             if changes.is_empty() {
                 self.in_sync();
                 return Ok(());
@@ -721,6 +753,7 @@ impl Task {
     }
 
     fn in_sync(&mut self) {
+        self.retired.clear();
         self.reported.clear();
         self.all_down_ended = false;
         self.synced = true;
@@ -730,6 +763,9 @@ impl Task {
     fn reason(&self, change: Change) -> String {
         let reported = |a: &Ipv4Addr| self.reported.get(a).copied();
         match change {
+            Change::Remove(a) if self.retired.contains(&a) => {
+                format!("{a} is no longer a member of the pool (reload)")
+            }
             Change::Add(a) if !self.up.contains(&a) => {
                 "all members down: keeping the full set".to_string()
             }
@@ -1553,6 +1589,7 @@ mod tests {
                                 Notifier::disabled(),
                                 None,
                                 shutdown.clone(),
+                                Start::default(),
                             );
                             assert!(
                                 started.elapsed() < Duration::from_millis(50),

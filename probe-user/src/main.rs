@@ -21,6 +21,7 @@ mod logging;
 mod mail;
 mod monitor;
 mod observe;
+mod pools;
 mod prober;
 mod reload;
 mod report;

@@ -6,7 +6,7 @@
 //! changes anything else (the interface, witnesses and failover settings, DNS pools, mail, the
 //! endpoint), is rejected as a whole with a logged reason, and the running config stays.
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::{collections::BTreeSet, net::Ipv4Addr, time::Duration};
 
 use serde::{Deserialize, Serialize};
 use tokio::{
@@ -19,11 +19,14 @@ use tracing::{error, info};
 use crate::{
     cli::RunArgs,
     daemon::{load_settings, monitored_hosts, probed_hosts},
+    dns::{PoolConfig, Start},
     failure::Failure,
     groups::{self, Groups},
+    health::State,
     hooks::Hooks,
     logging::LogLevel,
     observe::Observed,
+    pools::{self, PoolChanges, Pools},
     prober::Reload,
     settings::{Group, Settings, Timing},
 };
@@ -46,7 +49,6 @@ pub struct Outcome {
 pub fn needs_restart(running: &Settings, new: &Settings) -> Vec<&'static str> {
     let fixed = [
         ("iface", running.iface == new.iface),
-        ("dns", running.dns == new.dns),
         ("the failover settings", running.failover == new.failover),
         ("the mail settings", running.mail == new.mail),
         ("debug", running.debug == new.debug),
@@ -77,8 +79,9 @@ pub struct Reloader {
     /// The failover tasks follow the timing; they and the dispatcher follow the hooks.
     pub timing: watch::Sender<Timing>,
     pub hooks: watch::Sender<Hooks>,
-    /// The failover groups, started and stopped as reloads say.
+    /// The failover groups and the DNS pools, started and stopped as reloads say.
     pub groups: Groups,
+    pub pools: Pools,
     pub observed: Observed,
     pub log: LogLevel,
 }
@@ -136,7 +139,7 @@ impl Reloader {
         if !fixed.is_empty() {
             return Err(format!(
                 "changing {} needs a restart (a reload changes monitor, the failover groups, \
-                 the timing, the hooks and log_level)",
+                 the DNS pools, the timing, the hooks and log_level)",
                 fixed.join(", ")
             ));
         }
@@ -153,44 +156,48 @@ impl Reloader {
         let (added, removed) = host_changes(&self.hosts, &hosts);
         let retimed = new.timing != self.running.timing;
         let (start, stop) = groups::changes(&self.groups.groups(), &new.groups);
-        let mut message =
-            if added == 0 && removed == 0 && !retimed && start.is_empty() && stop.is_empty() {
-                "hosts, groups and timing unchanged".to_string()
-            } else {
-                // Groups change first, so the new ones hear of their primary from this window on.
-                self.regroup(&start, &stop).await?;
-                let (done, applied) = oneshot::channel();
-                let reload = Reload {
-                    hosts: hosts.clone(),
-                    roles,
-                    timing: new.timing,
-                    suspect_lead: new.failover.conflict_wait,
-                    announce: start.iter().map(|g| g.watch).collect(),
-                    done,
-                };
-                // The loop applies it at its next window boundary; if it does not answer in time,
-                // dropping `applied` withdraws the reload.
-                let wait = self.running.timing.window * 2 + Duration::from_secs(1);
-                let outcome = match self.prober.send(reload) {
-                    Err(_) => Err("the probe loop has stopped".to_string()),
-                    Ok(()) => match tokio::time::timeout(wait, applied).await {
-                        Ok(Ok(result)) => result,
-                        Ok(Err(_)) => Err("the probe loop has stopped".into()),
-                        Err(_) => Err(format!("the probe loop did not take it within {wait:?}")),
-                    },
-                };
-                let window = match outcome {
-                    Ok(window) => window,
-                    Err(e) => {
-                        // Back to the groups that match the hosts still probed.
-                        if let Err(again) = self.regroup(&stop, &start).await {
-                            error!(reason = %again, "restoring the failover groups failed");
-                        }
-                        return Err(e);
+        let repool = pools::changes(&self.pools.configs(), &new.dns);
+        let unchanged = added == 0
+            && removed == 0
+            && !retimed
+            && start.is_empty()
+            && stop.is_empty()
+            && repool.is_empty();
+        let mut message = if unchanged {
+            "hosts, groups, DNS pools and timing unchanged".to_string()
+        } else {
+            // Groups and pools change first, so the new ones hear of their hosts from the
+            // window the prober takes the new list on.
+            self.regroup(&start, &stop).await?;
+            let before = self.pools.configs();
+            self.apply_pools(&repool);
+            let announce = start
+                .iter()
+                .map(|g| g.watch)
+                .chain(repool.start.iter().flat_map(|(p, _)| p.members.clone()))
+                .collect();
+            let (done, applied) = oneshot::channel();
+            let reload = Reload {
+                hosts: hosts.clone(),
+                roles,
+                timing: new.timing,
+                suspect_lead: new.failover.conflict_wait,
+                announce,
+                done,
+            };
+            let window = match self.hand_to_prober(reload, applied).await {
+                Ok(window) => window,
+                Err(e) => {
+                    // Back to the groups and pools that match the hosts still probed.
+                    self.undo_pools(&repool, &before);
+                    if let Err(again) = self.regroup(&stop, &start).await {
+                        error!(reason = %again, "restoring the failover groups failed");
                     }
-                };
-                self.timing.send_replace(new.timing);
-                let mut message = format!(
+                    return Err(e);
+                }
+            };
+            self.timing.send_replace(new.timing);
+            let mut message = format!(
                 "from window {window}: {} hosts ({added} added, {removed} removed), window {:?}, \
                  {} probes, {} retries",
                 hosts.len(),
@@ -198,15 +205,22 @@ impl Reloader {
                 new.timing.probes,
                 new.timing.retries
             );
-                if !start.is_empty() || !stop.is_empty() {
-                    message.push_str(&format!(
-                        "; failover groups: {} started, {} stopped",
-                        start.len(),
-                        stop.len()
-                    ));
-                }
-                message
-            };
+            if !start.is_empty() || !stop.is_empty() {
+                message.push_str(&format!(
+                    "; failover groups: {} started, {} stopped",
+                    start.len(),
+                    stop.len()
+                ));
+            }
+            if !repool.is_empty() {
+                message.push_str(&format!(
+                    "; DNS pools: {} started, {} stopped",
+                    repool.start.len(),
+                    repool.stop.len()
+                ));
+            }
+            message
+        };
         if new.hooks != self.running.hooks {
             self.hooks.send_replace(new.hooks.clone());
             message.push_str("; hooks changed");
@@ -224,6 +238,70 @@ impl Reloader {
 }
 
 impl Reloader {
+    /// Hands the prober its new hosts and timing, and waits for the window it applies them
+    /// from (its next window boundary). If it does not answer in time, dropping the answer's
+    /// receiver withdraws the reload.
+    async fn hand_to_prober(
+        &self,
+        reload: Reload,
+        applied: oneshot::Receiver<Result<u32, String>>,
+    ) -> Result<u32, String> {
+        let wait = self.running.timing.window * 2 + Duration::from_secs(1);
+        if self.prober.send(reload).is_err() {
+            return Err("the probe loop has stopped".into());
+        }
+        match tokio::time::timeout(wait, applied).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err("the probe loop has stopped".into()),
+            Err(_) => Err(format!("the probe loop did not take it within {wait:?}")),
+        }
+    }
+
+    /// Stops and starts pools as `changes` says; a started pool begins from what the prober
+    /// knows of its members, so a reload never publishes a member known to be DOWN.
+    fn apply_pools(&mut self, changes: &PoolChanges) {
+        for name in &changes.stop {
+            self.pools.stop(name);
+        }
+        for (config, retired) in &changes.start {
+            let start = Start {
+                up: Some(self.known_up(&config.members)),
+                retired: retired.clone(),
+            };
+            self.pools.start(config, start);
+        }
+    }
+
+    /// Undoes [`Reloader::apply_pools`], `before` being the pools that ran until then.
+    fn undo_pools(&mut self, changes: &PoolChanges, before: &[PoolConfig]) {
+        for (config, _) in &changes.start {
+            self.pools.stop(&config.name);
+        }
+        for config in before.iter().filter(|c| changes.stop.contains(&c.name)) {
+            let start = Start {
+                up: Some(self.known_up(&config.members)),
+                retired: BTreeSet::new(),
+            };
+            self.pools.start(config, start);
+        }
+    }
+
+    /// The `members` not known to be DOWN (as last published by the prober).
+    fn known_up(&self, members: &[Ipv4Addr]) -> BTreeSet<Ipv4Addr> {
+        let snapshot = self.observed.snapshot();
+        let down: BTreeSet<Ipv4Addr> = snapshot
+            .hosts
+            .iter()
+            .filter(|h| h.state == State::Down.to_string())
+            .map(|h| h.host)
+            .collect();
+        members
+            .iter()
+            .filter(|m| !down.contains(m))
+            .copied()
+            .collect()
+    }
+
     /// Stops the groups in `stop` (each leaves its VIP as `on_exit` says), then starts those in
     /// `start`; if one cannot start, undoes it all.
     async fn regroup(&mut self, start: &[Group], stop: &[Group]) -> Result<(), String> {

@@ -29,8 +29,19 @@ fn lab() -> Lab {
 }
 
 fn config(lab: &Lab, bind: &Bind, key: &Path, extra: &str) -> std::path::PathBuf {
+    config_with(lab, bind, key, extra, &MEMBERS)
+}
+
+/// The config of one pool with `members`, after the `extra` top-level lines.
+fn config_with(
+    lab: &Lab,
+    bind: &Bind,
+    key: &Path,
+    extra: &str,
+    members: &[&str],
+) -> std::path::PathBuf {
     let path = std::env::temp_dir().join(format!("{}.toml", lab.ns("dns")));
-    let members: Vec<String> = MEMBERS.iter().map(|m| format!("\"{m}\"")).collect();
+    let members: Vec<String> = members.iter().map(|m| format!("\"{m}\"")).collect();
     std::fs::write(
         &path,
         format!(
@@ -190,4 +201,86 @@ fn a_wrong_tsig_secret_is_reported_and_probing_goes_on() {
         ),
         "no DNS failure notice among {messages:?}"
     );
+}
+
+/// `xdprobe reload` in the standby; its output, after checking it succeeded.
+fn reload(lab: &Lab, daemon: &Daemon) -> String {
+    let out = lab.xdprobe("standby", &["reload"]);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{said}\n{}", daemon.log());
+    said
+}
+
+#[test]
+fn reload_changes_a_pools_members_without_publishing_the_dead() {
+    let lab = lab();
+    let bind = Bind::start(&lab.ns("standby")).expect("BIND");
+    let key = bind.key_file();
+    let (m1, m2, m3) = (MEMBERS[0], MEMBERS[1], MEMBERS[2]);
+    let config = config_with(&lab, &bind, &key, "", &[m1, m2]);
+    let mut daemon = Daemon::start(
+        &lab.ns("standby"),
+        &["run", "--config", config.to_str().unwrap()],
+    )
+    .expect("xdprobe");
+    bind.wait_for_a(&set(&[m1, m2]), Duration::from_secs(5))
+        .expect("members published at start-up");
+    bind.add_a("192.0.2.99".parse().unwrap(), 30)
+        .expect("foreign record");
+
+    // m2 leaves the pool (alive: its record must go), m3 joins.
+    config_with(&lab, &bind, &key, "", &[m1, m3]);
+    let said = reload(&lab, &daemon);
+    assert!(said.contains("DNS pools: 1 started, 1 stopped"), "{said}");
+    bind.wait_for_a(&set(&[m1, m3, "192.0.2.99"]), Duration::from_secs(3))
+        .expect("the pool follows its new members");
+    daemon
+        .wait_for_log(
+            &format!("A record {m2} removed: {m2} is no longer a member of the pool (reload)"),
+            Duration::from_secs(1),
+        )
+        .expect("the removal and its reason are logged");
+
+    // The restarted pool follows health as before.
+    lab.kill("m1").unwrap();
+    bind.wait_for_a(&set(&[m3, "192.0.2.99"]), Duration::from_secs(3))
+        .expect("a dead member's record goes");
+
+    // m2 comes back into the pool while m1, DOWN, stays in it: m1 is never published.
+    config_with(&lab, &bind, &key, "", &[m1, m2, m3]);
+    reload(&lab, &daemon);
+    let deadline = Instant::now() + Duration::from_millis(8 * WINDOW_MS);
+    let m1_addr: Ipv4Addr = m1.parse().unwrap();
+    while Instant::now() < deadline {
+        let now = bind.a_records().expect("dig");
+        assert!(
+            !now.contains(&m1_addr),
+            "a DOWN member was published: {now:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(bind.a_records().unwrap(), set(&[m2, m3, "192.0.2.99"]));
+
+    // The pool goes from the config: its task stops and the records stay as they are.
+    std::fs::write(
+        &config,
+        format!("iface = \"eth0\"\nwindow = \"{WINDOW_MS}ms\"\nmonitor = [\"{m3}\"]\n"),
+    )
+    .expect("config");
+    let said = reload(&lab, &daemon);
+    assert!(said.contains("DNS pools: 0 started, 1 stopped"), "{said}");
+    lab.kill("m3").unwrap();
+    daemon
+        .wait_for_log(&format!("host DOWN host={m3}"), Duration::from_secs(2))
+        .expect("m3 still probed");
+    std::thread::sleep(Duration::from_millis(3 * WINDOW_MS));
+    assert_eq!(bind.a_records().unwrap(), set(&[m2, m3, "192.0.2.99"]));
+    assert!(!metrics(&lab).contains("xdprobe_dns_pool_in_sync{"));
+    let (status, log) = daemon.stop().expect("stop");
+    let _ = std::fs::remove_file(&config);
+    assert!(status.success(), "{log}");
 }
