@@ -1,10 +1,11 @@
 //! Reload (SIGHUP, or `xdprobe reload` over the HTTP endpoint): re-read the config and apply
-//! what can change while running: the hosts probed (`monitor` targets, failover groups) and
-//! the timing from the next window on, the hooks and the log level at once. Host state,
-//! counters and the VIPs of the groups that stay are kept; the XDP program stays attached. A
-//! removed group leaves its VIP as `on_exit` says. A config that does not parse, or that
-//! changes anything else (the interface, witnesses and failover settings, DNS pools, mail, the
-//! endpoint), is rejected as a whole with a logged reason, and the running config stays.
+//! what can change while running: the hosts probed (`monitor` targets, failover groups, DNS
+//! pools) and the timing from the next window on, the hooks and the log level at once. Host
+//! state, counters and the VIPs of the groups that stay are kept; the XDP program stays
+//! attached. A removed group leaves its VIP as `on_exit` says; a removed pool leaves its
+//! records. A config that does not parse, or that changes anything else (the interface,
+//! witnesses and failover settings, mail, the endpoint), is rejected as a whole with a logged
+//! reason, and the running config stays.
 
 use std::{collections::BTreeSet, net::Ipv4Addr, time::Duration};
 
