@@ -175,6 +175,7 @@ pub async fn run(args: RunArgs, log: LogLevel) -> Result<(), Failure> {
         prober: reloads_tx,
         timing: timing_tx,
         hooks: hooks_tx,
+        notifier,
         groups,
         pools,
         observed,

@@ -16,6 +16,7 @@ use std::{
     os::unix::fs::PermissionsExt as _,
     path::Path,
     str::FromStr,
+    sync::{Arc, RwLock},
     time::{Duration, Instant},
 };
 
@@ -350,17 +351,20 @@ pub struct Notice {
     pub body: String,
 }
 
-/// The sending side, cheap to clone. Without mail settings, notices are only logged.
+/// The sending side, cheap to clone; every clone follows [`Notifier::reconfigure`]. Without
+/// mail settings, notices are only logged.
 #[derive(Clone)]
 pub struct Notifier {
-    tx: Option<mpsc::Sender<Notice>>,
+    tx: Arc<RwLock<Option<mpsc::Sender<Notice>>>>,
 }
 
 impl Notifier {
     /// A notifier that only logs (no mail configured).
     #[cfg(test)]
     pub fn disabled() -> Self {
-        Self { tx: None }
+        Self {
+            tx: Arc::new(RwLock::new(None)),
+        }
     }
 
     /// Starts the mail task (if mail is configured); it stops when `shutdown` fires. Must be
@@ -381,29 +385,55 @@ impl Notifier {
         retry: Retry,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
-        let Some(settings) = settings else {
-            return Ok(Self { tx: None });
-        };
-        let transport = transport(&settings)?;
-        let limiter = Limiter::new(settings.limit, Instant::now());
-        let (tx, rx) = mpsc::channel(QUEUE);
-        let mailer = Mailer {
-            settings,
-            transport,
-            retry,
-            limiter,
-        };
-        tokio::spawn(run(mailer, rx, shutdown));
-        Ok(Self { tx: Some(tx) })
+        let tx = spawn(settings, retry, shutdown)?;
+        Ok(Self {
+            tx: Arc::new(RwLock::new(tx)),
+        })
+    }
+
+    /// Sends notices with new settings from now on (a reload): a new mail task takes over,
+    /// and the old one delivers what it had queued, then ends. On error (the same as
+    /// [`Notifier::start`]'s) nothing changed.
+    pub fn reconfigure(
+        &self,
+        settings: Option<MailSettings>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let tx = spawn(settings, Retry::default(), shutdown)?;
+        *self.tx.write().unwrap_or_else(|e| e.into_inner()) = tx;
+        Ok(())
     }
 
     /// Queues a notice without waiting.
     pub fn send(&self, notice: Notice) {
-        let Some(tx) = &self.tx else { return };
+        let tx = self.tx.read().unwrap_or_else(|e| e.into_inner());
+        let Some(tx) = tx.as_ref() else { return };
         if let Err(e) = tx.try_send(notice) {
             warn!(error = %e, "notification queue full or closed; notice dropped");
         }
     }
+}
+
+/// Starts a mail task for `settings` (none without them); its queue's sending side.
+fn spawn(
+    settings: Option<MailSettings>,
+    retry: Retry,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Option<mpsc::Sender<Notice>>> {
+    let Some(settings) = settings else {
+        return Ok(None);
+    };
+    let transport = transport(&settings)?;
+    let limiter = Limiter::new(settings.limit, Instant::now());
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let mailer = Mailer {
+        settings,
+        transport,
+        retry,
+        limiter,
+    };
+    tokio::spawn(run(mailer, rx, shutdown));
+    Ok(Some(tx))
 }
 
 /// Everything the mail task owns.
@@ -1162,6 +1192,52 @@ mod tests {
         assert!(
             log.contains("notification sent") && log.contains("attempt=1"),
             "{log}"
+        );
+    }
+
+    #[test]
+    fn a_reconfigured_notifier_mails_with_the_new_settings_and_a_bad_one_changes_nothing() {
+        let lab = SecureLab::start();
+        let good = lab.settings(PASSWORD);
+        let bad = MailSettings {
+            credentials: Some("/nonexistent/xdprobe-credentials".into()),
+            ..good.clone()
+        };
+        let notice = |n: u32| Notice {
+            subject: format!("xdprobe: notice {n}"),
+            body: format!("body of notice {n}\n"),
+        };
+        let logs = Logs::default();
+        let (messages, refused) = lab.inside(&logs, || async {
+            let shutdown = CancellationToken::new();
+            // Started without mail, as a daemon whose config had none.
+            let notifier = Notifier::start(None, shutdown.clone()).expect("starting");
+            let clone = notifier.clone();
+            notifier.send(notice(1));
+            notifier
+                .reconfigure(Some(good), shutdown.clone())
+                .expect("reconfiguring");
+            clone.send(notice(2));
+            let refused = notifier.reconfigure(Some(bad), shutdown.clone()).is_err();
+            clone.send(notice(3));
+            let messages = lab.wait_messages(2, secs(20)).await;
+            shutdown.cancel();
+            (messages, refused)
+        });
+        assert!(refused, "a missing credentials file was accepted");
+        let subjects: Vec<bool> = (1..=3)
+            .map(|n| {
+                messages.iter().any(|m| {
+                    m.contains(&format!("Subject: xdprobe: notice {n}\r\n"))
+                        || m.contains(&format!("Subject: xdprobe: notice {n}\n"))
+                })
+            })
+            .collect();
+        assert_eq!(
+            subjects,
+            [false, true, true],
+            "{messages:?}\n{}",
+            logs.text()
         );
     }
 

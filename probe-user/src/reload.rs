@@ -26,6 +26,7 @@ use crate::{
     health::State,
     hooks::Hooks,
     logging::LogLevel,
+    mail::Notifier,
     observe::Observed,
     pools::{self, PoolChanges, Pools},
     prober::Reload,
@@ -51,7 +52,6 @@ pub fn needs_restart(running: &Settings, new: &Settings) -> Vec<&'static str> {
     let fixed = [
         ("iface", running.iface == new.iface),
         ("the failover settings", running.failover == new.failover),
-        ("the mail settings", running.mail == new.mail),
         ("debug", running.debug == new.debug),
         ("metrics", running.metrics == new.metrics),
     ];
@@ -80,6 +80,8 @@ pub struct Reloader {
     /// The failover tasks follow the timing; they and the dispatcher follow the hooks.
     pub timing: watch::Sender<Timing>,
     pub hooks: watch::Sender<Hooks>,
+    /// Mail goes out through it; a reload may point it elsewhere.
+    pub notifier: Notifier,
     /// The failover groups and the DNS pools, started and stopped as reloads say.
     pub groups: Groups,
     pub pools: Pools,
@@ -107,7 +109,7 @@ impl Reloader {
                 }
             };
             notify_systemd(true);
-            let outcome = match self.reload().await {
+            let outcome = match self.reload(&shutdown).await {
                 Ok(message) => {
                     info!(change = %message, "reloaded");
                     self.observed.update(|s| s.reloads += 1);
@@ -134,7 +136,7 @@ impl Reloader {
     }
 
     /// Reads and applies the config; on error nothing changed.
-    async fn reload(&mut self) -> Result<String, String> {
+    async fn reload(&mut self, shutdown: &CancellationToken) -> Result<String, String> {
         let new = load_settings(&self.args).map_err(reason)?;
         let fixed = needs_restart(&self.running, &new);
         if !fixed.is_empty() {
@@ -164,6 +166,14 @@ impl Reloader {
             && start.is_empty()
             && stop.is_empty()
             && repool.is_empty();
+        // Mail first: its files are checked here, and a bad one rejects the reload before
+        // anything else changed.
+        let remailed = new.mail != self.running.mail;
+        if remailed {
+            self.notifier
+                .reconfigure(new.mail.clone(), shutdown.clone())
+                .map_err(|e| format!("{e:#}"))?;
+        }
         let mut message = if unchanged {
             "hosts, groups, DNS pools and timing unchanged".to_string()
         } else {
@@ -189,7 +199,16 @@ impl Reloader {
             let window = match self.hand_to_prober(reload, applied).await {
                 Ok(window) => window,
                 Err(e) => {
-                    // Back to the groups and pools that match the hosts still probed.
+                    // Back to the groups and pools that match the hosts still probed, and
+                    // to the mail settings that go with them.
+                    if remailed {
+                        if let Err(again) = self
+                            .notifier
+                            .reconfigure(self.running.mail.clone(), shutdown.clone())
+                        {
+                            error!(reason = %format!("{again:#}"), "restoring the mail settings failed");
+                        }
+                    }
                     self.undo_pools(&repool, &before);
                     if let Err(again) = self.regroup(&stop, &start).await {
                         error!(reason = %again, "restoring the failover groups failed");
@@ -222,6 +241,12 @@ impl Reloader {
             }
             message
         };
+        if remailed {
+            message.push_str(match &new.mail {
+                Some(_) => "; mail settings changed",
+                None => "; mail off",
+            });
+        }
         if new.hooks != self.running.hooks {
             self.hooks.send_replace(new.hooks.clone());
             message.push_str("; hooks changed");
@@ -370,10 +395,11 @@ window = "1s"
 "#;
 
     #[test]
-    fn hosts_groups_timing_hooks_and_log_level_change_without_a_restart() {
+    fn hosts_groups_timing_hooks_mail_and_log_level_change_without_a_restart() {
         let running = settings(BASE);
         let new = settings(&format!(
             "{}probes = 5\nlog_level = \"debug\"\non_down = \"/bin/true\"\n\
+             notify = \"ops@example.org\"\nsmtp = \"127.0.0.1:25\"\nfrom = \"x@example.org\"\n\
              [[group]]\nwatch = \"192.0.2.2\"\nvip = \"192.0.2.102/24\"\n",
             BASE.replace("198.51.100.0/30", "203.0.113.7")
                 .replace("1s", "100ms")
@@ -390,10 +416,6 @@ window = "1s"
             (
                 format!("{BASE}witness = [\"192.0.2.254\"]\n"),
                 "the failover settings",
-            ),
-            (
-                format!("{BASE}notify = \"ops@example.org\"\nsmtp = \"127.0.0.1:25\"\nfrom = \"xdprobe@example.org\"\n"),
-                "the mail settings",
             ),
             (format!("{BASE}metrics = \"off\"\n"), "metrics"),
             (format!("{BASE}debug = true\n"), "debug"),

@@ -10,7 +10,7 @@ use std::{
 
 use xdprobe_tests::{
     traffic::{longest_gap, Pinger},
-    Daemon, Lab,
+    Daemon, Lab, Smtp,
 };
 
 const VIP: &str = "192.0.2.100";
@@ -313,16 +313,21 @@ fn reload_starts_a_group_for_a_host_already_down_and_stops_removed_groups() {
         "nobody watched it: no VIP yet"
     );
 
-    // A group for it appears: told the host is already DOWN, it takes the VIP at once.
+    // A group for it appears: told the host is already DOWN, it takes the VIP at once. Mail,
+    // off until now, comes on in the same reload.
+    let smtp = Smtp::start(&lab.ns("standby"), 2527).expect("SMTP server");
+    let mail = "notify = \"ops@example.org\"\nsmtp = \"127.0.0.1:2527\"\n\
+                from = \"xdprobe@example.org\"\n";
     write(
         &file.0,
-        &format!("{}{db_group}", config("100ms", &[DB], "info")),
+        &format!("{}{mail}{db_group}", config("100ms", &[DB], "info")),
     );
     let asked = Instant::now();
     let (code, out) = reload(&lab);
     assert_eq!(code, Some(0), "{out}\n{}", daemon.log());
     assert!(
-        out.contains("failover groups: 1 started, 0 stopped"),
+        out.contains("failover groups: 1 started, 0 stopped")
+            && out.contains("mail settings changed"),
         "{out}"
     );
     let (seen_at, line) = watch
@@ -335,9 +340,20 @@ fn reload_starts_a_group_for_a_host_already_down_and_stops_removed_groups() {
     assert!(took < Duration::from_millis(400), "took {took:?}");
     let s = status(&lab);
     assert_eq!(s["groups"].as_array().map(Vec::len), Some(2), "{s}");
+    // The takeover is mailed with the reloaded settings.
+    let taken = format!("{DB} is DOWN, {DB_VIP}/24 taken over");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !smtp.messages().iter().any(|m| m.contains(&taken)) {
+        assert!(
+            Instant::now() < deadline,
+            "no takeover notice by the reloaded mail settings among {:?}",
+            smtp.messages()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     // The first group goes: its task stops; the database group keeps its VIP and its claim.
-    let only_db = config("100ms", &[DB], "info")
+    let only_db = format!("{}{mail}", config("100ms", &[DB], "info"))
         .replace("watch = \"192.0.2.1\"\n", "")
         .replace(&format!("vip = \"{VIP_NET}\"\n"), "");
     write(&file.0, &format!("{only_db}{db_group}"));

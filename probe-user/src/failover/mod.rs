@@ -71,6 +71,9 @@ struct Run {
     announcer: Option<JoinHandle<()>>,
     checks: mpsc::UnboundedSender<Option<[u8; 6]>>,
     claim_failure_reported: bool,
+    /// The primary's last DOWN, for the takeover notice when the claim comes later (after an
+    /// ARP conflict check that was not done yet when the DOWN arrived).
+    down: Option<HostEvent>,
 }
 
 impl Run {
@@ -99,6 +102,7 @@ impl Failover {
             announcer: None,
             checks,
             claim_failure_reported: false,
+            down: None,
         };
         let holding = match self.vip.is_present().await {
             Ok(present) => present,
@@ -189,7 +193,10 @@ impl Failover {
                     return (vec![], None);
                 }
                 let actions = match event.change.to {
-                    State::Down => run.policy.primary_down(now),
+                    State::Down => {
+                        run.down = Some(event);
+                        run.policy.primary_down(now)
+                    }
                     State::Up => run.policy.primary_up(now),
                     State::Unknown => vec![],
                 };
@@ -249,6 +256,8 @@ impl Failover {
     }
 
     async fn claim(&self, run: &mut Run, event: Option<&HostEvent>) {
+        let event = event.copied().or(run.down);
+        let event = event.as_ref();
         let started = Instant::now();
         let outcome = self.vip.add().await;
         let netlink_us = started.elapsed().as_micros() as u64;
