@@ -48,6 +48,7 @@ struct Running {
     group: Group,
     route: Route,
     stop: CancellationToken,
+    handover: CancellationToken,
     task: JoinHandle<()>,
 }
 
@@ -79,17 +80,47 @@ impl Groups {
 
     /// Starts `group`'s task and routes its primary's reports to it.
     pub fn start(&mut self, group: &Group) -> anyhow::Result<()> {
+        self.spawn(group, false)
+    }
+
+    /// The failover settings all groups run with.
+    pub fn settings(&self) -> &FailoverSettings {
+        &self.common.settings
+    }
+
+    /// Hands every running group over to a task with `settings`: each old task stops without
+    /// touching its VIP, and the new one adopts the VIP if it is there. Counts in `/status`
+    /// carry over. The groups to hand over must then be told their primary's state.
+    pub async fn hand_over(&mut self, settings: FailoverSettings) -> anyhow::Result<()> {
+        self.common.settings = settings;
+        let groups = self.groups();
+        for group in &groups {
+            let Some(at) = self.running.iter().position(|r| r.group == *group) else {
+                continue;
+            };
+            let old = self.running.remove(at);
+            old.handover.cancel();
+            let _ = old.task.await;
+            self.spawn(group, true)?;
+        }
+        Ok(())
+    }
+
+    fn spawn(&mut self, group: &Group, handed_over: bool) -> anyhow::Result<()> {
         let c = &self.common;
         let vip = Vip::new(c.index, group.vip, group.label.clone())?;
+        let key = group.vip.to_string();
         c.observed.update(|s| {
-            s.groups.push(GroupStatus {
-                watch: group.watch,
-                vip: group.vip.to_string(),
-                label: group.label.clone(),
-                holding: false,
-                claims: 0,
-                releases: 0,
-            })
+            if !s.groups.iter().any(|g| g.vip == key) {
+                s.groups.push(GroupStatus {
+                    watch: group.watch,
+                    vip: key.clone(),
+                    label: group.label.clone(),
+                    holding: false,
+                    claims: 0,
+                    releases: 0,
+                });
+            }
         });
         let (tx, rx) = mpsc::unbounded_channel();
         let failover = Failover {
@@ -107,10 +138,15 @@ impl Groups {
             settings: c.settings.clone(),
             timing: c.timing.clone(),
             observed: c.observed.clone(),
+            handover: CancellationToken::new(),
+            quiet_start: handed_over,
         };
+        let handover = failover.handover.clone();
         let stop = self.shutdown.child_token();
         let task = tokio::spawn(failover.run(rx, stop.clone()));
-        info!(watch = %group.watch, vip = %group.vip, label = %group.label, "failover group");
+        if !handed_over {
+            info!(watch = %group.watch, vip = %group.vip, label = %group.label, "failover group");
+        }
         self.running.push(Running {
             group: group.clone(),
             route: Route {
@@ -119,6 +155,7 @@ impl Groups {
                 tx,
             },
             stop,
+            handover,
             task,
         });
         self.publish_routes();

@@ -29,8 +29,8 @@ use crate::{
     mail::Notifier,
     observe::Observed,
     pools::{self, PoolChanges, Pools},
-    prober::Reload,
-    settings::{Group, Settings, Timing},
+    prober::{Reload, Roles},
+    settings::{FailoverSettings, Group, Settings, Timing},
 };
 
 /// A reload asked for over HTTP; the outcome goes back on `reply`.
@@ -51,7 +51,6 @@ pub struct Outcome {
 pub fn needs_restart(running: &Settings, new: &Settings) -> Vec<&'static str> {
     let fixed = [
         ("iface", running.iface == new.iface),
-        ("the failover settings", running.failover == new.failover),
         ("debug", running.debug == new.debug),
         ("metrics", running.metrics == new.metrics),
     ];
@@ -159,13 +158,13 @@ impl Reloader {
         let (added, removed) = host_changes(&self.hosts, &hosts);
         let retimed = new.timing != self.running.timing;
         let (start, stop) = groups::changes(&self.groups.groups(), &new.groups);
-        let repool = pools::changes(&self.pools.configs(), &new.dns);
-        let unchanged = added == 0
-            && removed == 0
-            && !retimed
-            && start.is_empty()
-            && stop.is_empty()
-            && repool.is_empty();
+        let changes = Changes {
+            resettled: new.failover != *self.groups.settings(),
+            repool: pools::changes(&self.pools.configs(), &new.dns),
+            start,
+            stop,
+        };
+        let unchanged = added == 0 && removed == 0 && !retimed && changes.is_empty();
         // Mail first: its files are checked here, and a bad one rejects the reload before
         // anything else changed.
         let remailed = new.mail != self.running.mail;
@@ -177,30 +176,9 @@ impl Reloader {
         let mut message = if unchanged {
             "hosts, groups, DNS pools and timing unchanged".to_string()
         } else {
-            // Groups and pools change first, so the new ones hear of their hosts from the
-            // window the prober takes the new list on.
-            self.regroup(&start, &stop).await?;
-            let before = self.pools.configs();
-            self.apply_pools(&repool);
-            let announce = start
-                .iter()
-                .map(|g| g.watch)
-                .chain(repool.start.iter().flat_map(|(p, _)| p.members.clone()))
-                .collect();
-            let (done, applied) = oneshot::channel();
-            let reload = Reload {
-                hosts: hosts.clone(),
-                roles,
-                timing: new.timing,
-                suspect_lead: new.failover.conflict_wait,
-                announce,
-                done,
-            };
-            let window = match self.hand_to_prober(reload, applied).await {
+            let window = match self.switch(&new, &changes, hosts.clone(), roles).await {
                 Ok(window) => window,
                 Err(e) => {
-                    // Back to the groups and pools that match the hosts still probed, and
-                    // to the mail settings that go with them.
                     if remailed {
                         if let Err(again) = self
                             .notifier
@@ -208,10 +186,6 @@ impl Reloader {
                         {
                             error!(reason = %format!("{again:#}"), "restoring the mail settings failed");
                         }
-                    }
-                    self.undo_pools(&repool, &before);
-                    if let Err(again) = self.regroup(&stop, &start).await {
-                        error!(reason = %again, "restoring the failover groups failed");
                     }
                     return Err(e);
                 }
@@ -225,20 +199,7 @@ impl Reloader {
                 new.timing.probes,
                 new.timing.retries
             );
-            if !start.is_empty() || !stop.is_empty() {
-                message.push_str(&format!(
-                    "; failover groups: {} started, {} stopped",
-                    start.len(),
-                    stop.len()
-                ));
-            }
-            if !repool.is_empty() {
-                message.push_str(&format!(
-                    "; DNS pools: {} started, {} stopped",
-                    repool.start.len(),
-                    repool.stop.len()
-                ));
-            }
+            message.push_str(&changes.summary());
             message
         };
         if remailed {
@@ -263,7 +224,116 @@ impl Reloader {
     }
 }
 
+/// What a reload does to the groups and pools.
+struct Changes {
+    start: Vec<Group>,
+    stop: Vec<Group>,
+    /// The failover settings changed: every group is handed over to a task with the new ones.
+    resettled: bool,
+    repool: PoolChanges,
+}
+
+impl Changes {
+    fn is_empty(&self) -> bool {
+        self.start.is_empty() && self.stop.is_empty() && !self.resettled && self.repool.is_empty()
+    }
+
+    fn summary(&self) -> String {
+        let mut out = String::new();
+        if !self.start.is_empty() || !self.stop.is_empty() {
+            out.push_str(&format!(
+                "; failover groups: {} started, {} stopped",
+                self.start.len(),
+                self.stop.len()
+            ));
+        }
+        if self.resettled {
+            out.push_str("; failover settings changed");
+        }
+        if !self.repool.is_empty() {
+            out.push_str(&format!(
+                "; DNS pools: {} started, {} stopped",
+                self.repool.start.len(),
+                self.repool.stop.len()
+            ));
+        }
+        out
+    }
+}
+
 impl Reloader {
+    /// Switches groups and pools, then the prober; returns the window the prober switched on.
+    /// Groups and pools change first, so that new ones hear of their hosts from that window
+    /// on (the prober tells them what it already knows). On error, everything is as before.
+    async fn switch(
+        &mut self,
+        new: &Settings,
+        changes: &Changes,
+        hosts: Vec<Ipv4Addr>,
+        roles: Roles,
+    ) -> Result<u32, String> {
+        let old = self.groups.settings().clone();
+        if changes.resettled {
+            if let Err(e) = self.groups.hand_over(new.failover.clone()).await {
+                self.hand_back(old).await;
+                return Err(format!("restarting the failover groups: {e:#}"));
+            }
+        }
+        if let Err(e) = self.regroup(&changes.start, &changes.stop).await {
+            if changes.resettled {
+                self.hand_back(old).await;
+            }
+            return Err(e);
+        }
+        let before = self.pools.configs();
+        self.apply_pools(&changes.repool);
+        let watches: Vec<Ipv4Addr> = if changes.resettled {
+            new.groups.iter().map(|g| g.watch).collect()
+        } else {
+            changes.start.iter().map(|g| g.watch).collect()
+        };
+        let announce = watches
+            .into_iter()
+            .chain(
+                changes
+                    .repool
+                    .start
+                    .iter()
+                    .flat_map(|(p, _)| p.members.clone()),
+            )
+            .collect();
+        let (done, applied) = oneshot::channel();
+        let reload = Reload {
+            hosts,
+            roles,
+            timing: new.timing,
+            suspect_lead: new.failover.conflict_wait,
+            announce,
+            done,
+        };
+        match self.hand_to_prober(reload, applied).await {
+            Ok(window) => Ok(window),
+            Err(e) => {
+                // Back to the groups and pools that match the hosts still probed.
+                self.undo_pools(&changes.repool, &before);
+                if let Err(again) = self.regroup(&changes.stop, &changes.start).await {
+                    error!(reason = %again, "restoring the failover groups failed");
+                }
+                if changes.resettled {
+                    self.hand_back(old).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Back to the failover settings the groups ran with.
+    async fn hand_back(&mut self, old: FailoverSettings) {
+        if let Err(e) = self.groups.hand_over(old).await {
+            error!(reason = %format!("{e:#}"), "restoring the failover settings failed");
+        }
+    }
+
     /// Hands the prober its new hosts and timing, and waits for the window it applies them
     /// from (its next window boundary). If it does not answer in time, dropping the answer's
     /// receiver withdraws the reload.
@@ -395,10 +465,11 @@ window = "1s"
 "#;
 
     #[test]
-    fn hosts_groups_timing_hooks_mail_and_log_level_change_without_a_restart() {
+    fn hosts_groups_failover_timing_hooks_mail_and_log_level_change_without_a_restart() {
         let running = settings(BASE);
         let new = settings(&format!(
             "{}probes = 5\nlog_level = \"debug\"\non_down = \"/bin/true\"\n\
+             witness = [\"192.0.2.254\"]\non_exit = \"release\"\n\
              notify = \"ops@example.org\"\nsmtp = \"127.0.0.1:25\"\nfrom = \"x@example.org\"\n\
              [[group]]\nwatch = \"192.0.2.2\"\nvip = \"192.0.2.102/24\"\n",
             BASE.replace("198.51.100.0/30", "203.0.113.7")
@@ -413,10 +484,6 @@ window = "1s"
     fn everything_else_needs_a_restart_and_is_named() {
         let running = settings(BASE);
         let cases = [
-            (
-                format!("{BASE}witness = [\"192.0.2.254\"]\n"),
-                "the failover settings",
-            ),
             (format!("{BASE}metrics = \"off\"\n"), "metrics"),
             (format!("{BASE}debug = true\n"), "debug"),
         ];

@@ -216,17 +216,11 @@ fn reload_changes_hosts_and_window_while_the_vip_is_held() {
     // A change only a restart can make is rejected too, naming it.
     write(
         &file.0,
-        &format!(
-            "{}witness = [\"192.0.2.3\"]\n",
-            config("1s", &[KEPT], "info")
-        ),
+        &format!("{}metrics = \"off\"\n", config("1s", &[KEPT], "info")),
     );
     let (code, out) = reload(&lab);
     assert_eq!(code, Some(2), "{out}");
-    assert!(
-        out.contains("the failover settings needs a restart"),
-        "{out}"
-    );
+    assert!(out.contains("metrics needs a restart"), "{out}");
     let rejected = status(&lab);
     assert_eq!(rejected["window_seconds"], 0.05);
     assert_eq!(rejected["reloads"], 1);
@@ -236,8 +230,8 @@ fn reload_changes_hosts_and_window_while_the_vip_is_held() {
         .log()
         .contains("reload rejected; the running config stays"));
 
-    // SIGHUP does the same as `xdprobe reload`: back to 100 ms, without the added host, and
-    // with a down hook.
+    // SIGHUP does the same as `xdprobe reload`: back to 100 ms, without the added host, with
+    // a down hook, a witness (the client) and on_exit = "release".
     let hook = std::env::temp_dir().join(format!("{}-hook", lab.ns("reload")));
     let hook_out = std::env::temp_dir().join(format!("{}-hook.out", lab.ns("reload")));
     xdprobe_tests::write_script(
@@ -250,7 +244,7 @@ fn reload_changes_hosts_and_window_while_the_vip_is_held() {
     write(
         &file.0,
         &format!(
-            "{}on_down = \"{}\"\n",
+            "{}on_down = \"{}\"\nwitness = [\"192.0.2.3\"]\non_exit = \"release\"\n",
             config("100ms", &[KEPT], "info"),
             hook.display()
         ),
@@ -262,7 +256,15 @@ fn reload_changes_hosts_and_window_while_the_vip_is_held() {
     let last = status(&lab);
     assert_eq!(last["window_seconds"], 0.1);
     assert!(host(&last, ADDED).is_none(), "{last}");
+    assert!(
+        host(&last, "192.0.2.3").is_some(),
+        "the witness is probed: {last}"
+    );
+    // The group was handed over to a task with the new failover settings: still holding, its
+    // counts carried over, the VIP never removed.
     assert_eq!(last["groups"][0]["holding"], true);
+    assert_eq!(last["groups"][0]["claims"], 1);
+    assert!(watch.seen("Deleted").iter().all(|l| !l.contains(VIP)));
     assert_eq!(xdp_prog_id(&lab), prog);
 
     // The kept host still goes DOWN with the reloaded timing, and the reloaded hook runs.
@@ -276,6 +278,10 @@ fn reload_changes_hosts_and_window_while_the_vip_is_held() {
     let _ = (std::fs::remove_file(&hook), std::fs::remove_file(&hook_out));
     let (exit, log) = daemon.stop().expect("stopping xdprobe");
     assert!(exit.success(), "{log}");
+    // The reloaded on_exit = "release" is what the group did at the end.
+    watch
+        .wait_deleted(VIP, Duration::from_secs(2))
+        .unwrap_or_else(|| panic!("the VIP was kept despite on_exit = release:\n{log}"));
     // Logged at info, which the SIGHUP's config turned back on.
     assert!(
         log[log_at_reload..].contains("reloaded change=from window"),

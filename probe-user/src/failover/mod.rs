@@ -60,6 +60,11 @@ pub struct Failover {
     pub timing: watch::Receiver<Timing>,
     /// Where this group's state is published (`/metrics`, `/status`), under its VIP.
     pub observed: Observed,
+    /// Cancelled when a reload hands the group over to a task with new settings: stop
+    /// without touching the VIP, whatever `on_exit` says.
+    pub handover: CancellationToken,
+    /// Taking over from such a task: no start notice.
+    pub quiet_start: bool,
 }
 
 /// What the loop keeps between events besides the policy.
@@ -121,13 +126,20 @@ impl Failover {
                 .refresh
                 .map(|every| self.spawn_announcer(self.arp.mac(), 0, every));
         }
-        self.notifier
-            .send(start_notice(self.watch, &self.site, holding));
+        if !self.quiet_start {
+            self.notifier
+                .send(start_notice(self.watch, &self.site, holding));
+        }
 
         let mut tick = ticker(&timing);
+        let mut handed_over = false;
         loop {
             let (actions, event) = tokio::select! {
                 _ = shutdown.cancelled() => break,
+                _ = self.handover.cancelled() => {
+                    handed_over = true;
+                    break;
+                }
                 report = reports.recv() => match report {
                     Some(report) => self.on_report(&mut run, report),
                     None => break,
@@ -153,7 +165,7 @@ impl Failover {
         if let Some(announcer) = run.announcer.take() {
             announcer.abort();
         }
-        if self.settings.on_exit == OnExit::Release && run.policy.holding() {
+        if !handed_over && self.settings.on_exit == OnExit::Release && run.policy.holding() {
             match self.vip.remove().await {
                 Ok(_) => {
                     self.publish(|g| g.holding = false);
