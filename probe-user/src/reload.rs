@@ -1,10 +1,10 @@
 //! Reload (SIGHUP, or `xdprobe reload` over the HTTP endpoint): re-read the config and apply
-//! what can change while running: the hosts probed (`monitor` targets, failover groups, DNS
-//! pools) and the timing from the next window on, the hooks, mail and the log level at once. Host
-//! state, counters and the VIPs of the groups that stay are kept; the XDP program stays
-//! attached. A removed group leaves its VIP as `on_exit` says; a removed pool leaves its
-//! records. A config that does not parse, or that changes anything else (the interface,
-//! witnesses and failover settings, the endpoint, debug), is rejected as a whole with a logged
+//! it while running: the hosts probed (`monitor` targets, failover groups, witnesses, DNS
+//! pools), the failover settings and the timing from the next window on, the hooks, mail and
+//! the log level at once. Host state, counters and the VIPs of the groups that stay are kept;
+//! the XDP program stays attached. A removed group leaves its VIP as `on_exit` says; a removed
+//! pool leaves its records. A config that does not parse, or that changes what only a restart
+//! can change (the interface, the endpoint, debug), is rejected as a whole with a logged
 //! reason, and the running config stays.
 
 use std::{collections::BTreeSet, net::Ipv4Addr, time::Duration};
@@ -140,8 +140,8 @@ impl Reloader {
         let fixed = needs_restart(&self.running, &new);
         if !fixed.is_empty() {
             return Err(format!(
-                "changing {} needs a restart (a reload changes monitor, the failover groups, \
-                 the DNS pools, the timing, the hooks, mail and log_level)",
+                "changing {} needs a restart (a reload changes everything but iface, metrics \
+                 and debug)",
                 fixed.join(", ")
             ));
         }
