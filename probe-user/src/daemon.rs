@@ -23,7 +23,7 @@ use crate::{
     hooks::{HookEvent, HookFacts, Hooks},
     logging::LogLevel,
     mail::Notifier,
-    observe::{self, Observed, Snapshot},
+    observe::{Endpoint, Observed, Snapshot},
     pools::Pools,
     prober::{Prober, Roles},
     reload::Reloader,
@@ -110,13 +110,9 @@ pub async fn run(args: RunArgs, log: LogLevel) -> Result<(), Failure> {
 
     let observed = Observed::new(Snapshot::default());
     let (reload_tx, reload_rx) = mpsc::channel(4);
-    if let Some(addr) = settings.metrics {
-        let (observed, shutdown) = (observed.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            if let Err(e) = observe::serve(addr, observed, reload_tx, shutdown).await {
-                error!(error = %format!("{e:#}"), "metrics endpoint stopped; probing and failover go on");
-            }
-        });
+    let mut endpoint = Endpoint::new(observed.clone(), reload_tx, shutdown.clone());
+    if let Err(e) = endpoint.move_to(settings.metrics).await {
+        error!(error = %format!("{e:#}"), "no metrics endpoint; probing and failover go on");
     }
 
     let (timing_tx, timing_rx) = watch::channel(settings.timing);
@@ -176,6 +172,7 @@ pub async fn run(args: RunArgs, log: LogLevel) -> Result<(), Failure> {
         timing: timing_tx,
         hooks: hooks_tx,
         notifier,
+        endpoint,
         groups,
         pools,
         observed,

@@ -22,7 +22,7 @@ use prometheus_client::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{error, info};
 
 use crate::reload;
 
@@ -232,17 +232,76 @@ pub fn render_metrics(s: &Snapshot) -> String {
     out
 }
 
-/// Serves `/metrics` and `/status` on `addr` until `shutdown`, and `POST /reload` (loopback
-/// clients only) by handing the request to the reloader.
-pub async fn serve(
-    addr: SocketAddr,
+/// The HTTP endpoint, wherever the config puts it now (a reload may move it or turn it off).
+pub struct Endpoint {
+    addr: Option<SocketAddr>,
+    stop: CancellationToken,
+    observed: Observed,
+    reloads: mpsc::Sender<reload::Request>,
+    shutdown: CancellationToken,
+}
+
+impl Endpoint {
+    /// Nothing served yet; [`Endpoint::move_to`] starts serving.
+    pub fn new(
+        observed: Observed,
+        reloads: mpsc::Sender<reload::Request>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            addr: None,
+            stop: CancellationToken::new(),
+            observed,
+            reloads,
+            shutdown,
+        }
+    }
+
+    /// Serves on `addr` from now on (`None`: nowhere). The new address is bound before the
+    /// old one is let go: if it cannot be, nothing changed.
+    pub async fn move_to(&mut self, addr: Option<SocketAddr>) -> anyhow::Result<()> {
+        let listener = match addr {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("listening for metrics on {addr}"))?,
+            ),
+            None => None,
+        };
+        self.stop.cancel();
+        self.stop = self.shutdown.child_token();
+        self.addr = addr;
+        if let Some(listener) = listener {
+            let (observed, reloads, stop) = (
+                self.observed.clone(),
+                self.reloads.clone(),
+                self.stop.clone(),
+            );
+            tokio::spawn(async move {
+                if let Err(e) = serve(listener, observed, reloads, stop).await {
+                    error!(error = %format!("{e:#}"), "metrics endpoint stopped; probing and failover go on");
+                }
+            });
+        }
+        Ok(())
+    }
+
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.addr
+    }
+}
+
+/// Serves `/metrics` and `/status` on `listener` until `shutdown`, and `POST /reload`
+/// (loopback clients only) by handing the request to the reloader.
+async fn serve(
+    listener: tokio::net::TcpListener,
     observed: Observed,
     reloads: mpsc::Sender<reload::Request>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("listening for metrics on {addr}"))?;
+    let addr = listener
+        .local_addr()
+        .context("the metrics socket's address")?;
     let metrics = observed.clone();
     let app = Router::new()
         .route(

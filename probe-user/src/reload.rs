@@ -27,6 +27,7 @@ use crate::{
     hooks::Hooks,
     logging::LogLevel,
     mail::Notifier,
+    observe::Endpoint,
     observe::Observed,
     pools::{self, PoolChanges, Pools},
     prober::{Reload, Roles},
@@ -52,7 +53,6 @@ pub fn needs_restart(running: &Settings, new: &Settings) -> Vec<&'static str> {
     let fixed = [
         ("iface", running.iface == new.iface),
         ("debug", running.debug == new.debug),
-        ("metrics", running.metrics == new.metrics),
     ];
     fixed
         .into_iter()
@@ -81,6 +81,8 @@ pub struct Reloader {
     pub hooks: watch::Sender<Hooks>,
     /// Mail goes out through it; a reload may point it elsewhere.
     pub notifier: Notifier,
+    /// `/metrics`, `/status` and `/reload`, which a reload may move.
+    pub endpoint: Endpoint,
     /// The failover groups and the DNS pools, started and stopped as reloads say.
     pub groups: Groups,
     pub pools: Pools,
@@ -140,8 +142,7 @@ impl Reloader {
         let fixed = needs_restart(&self.running, &new);
         if !fixed.is_empty() {
             return Err(format!(
-                "changing {} needs a restart (a reload changes everything but iface, metrics \
-                 and debug)",
+                "changing {} needs a restart (a reload changes everything but iface and debug)",
                 fixed.join(", ")
             ));
         }
@@ -173,6 +174,16 @@ impl Reloader {
                 .reconfigure(new.mail.clone(), shutdown.clone())
                 .map_err(|e| format!("{e:#}"))?;
         }
+        // The endpoint too: a new address is bound before anything else changes.
+        let moved = new.metrics != self.endpoint.addr();
+        if moved {
+            if let Err(e) = self.endpoint.move_to(new.metrics).await {
+                if remailed {
+                    self.restore_mail(shutdown);
+                }
+                return Err(format!("{e:#}"));
+            }
+        }
         let mut message = if unchanged {
             "hosts, groups, DNS pools and timing unchanged".to_string()
         } else {
@@ -180,11 +191,11 @@ impl Reloader {
                 Ok(window) => window,
                 Err(e) => {
                     if remailed {
-                        if let Err(again) = self
-                            .notifier
-                            .reconfigure(self.running.mail.clone(), shutdown.clone())
-                        {
-                            error!(reason = %format!("{again:#}"), "restoring the mail settings failed");
+                        self.restore_mail(shutdown);
+                    }
+                    if moved {
+                        if let Err(again) = self.endpoint.move_to(self.running.metrics).await {
+                            error!(reason = %format!("{again:#}"), "restoring the metrics endpoint failed");
                         }
                     }
                     return Err(e);
@@ -202,6 +213,12 @@ impl Reloader {
             message.push_str(&changes.summary());
             message
         };
+        if moved {
+            message.push_str(&match new.metrics {
+                Some(addr) => format!("; metrics on {addr}"),
+                None => "; metrics off".to_string(),
+            });
+        }
         if remailed {
             message.push_str(match &new.mail {
                 Some(_) => "; mail settings changed",
@@ -324,6 +341,16 @@ impl Reloader {
                 }
                 Err(e)
             }
+        }
+    }
+
+    /// Back to the mail settings that ran until this reload.
+    fn restore_mail(&self, shutdown: &CancellationToken) {
+        if let Err(again) = self
+            .notifier
+            .reconfigure(self.running.mail.clone(), shutdown.clone())
+        {
+            error!(reason = %format!("{again:#}"), "restoring the mail settings failed");
         }
     }
 
@@ -465,11 +492,11 @@ window = "1s"
 "#;
 
     #[test]
-    fn hosts_groups_failover_timing_hooks_mail_and_log_level_change_without_a_restart() {
+    fn everything_but_the_interface_and_debug_changes_without_a_restart() {
         let running = settings(BASE);
         let new = settings(&format!(
             "{}probes = 5\nlog_level = \"debug\"\non_down = \"/bin/true\"\n\
-             witness = [\"192.0.2.254\"]\non_exit = \"release\"\n\
+             witness = [\"192.0.2.254\"]\non_exit = \"release\"\nmetrics = \"off\"\n\
              notify = \"ops@example.org\"\nsmtp = \"127.0.0.1:25\"\nfrom = \"x@example.org\"\n\
              [[group]]\nwatch = \"192.0.2.2\"\nvip = \"192.0.2.102/24\"\n",
             BASE.replace("198.51.100.0/30", "203.0.113.7")
@@ -481,19 +508,14 @@ window = "1s"
     }
 
     #[test]
-    fn everything_else_needs_a_restart_and_is_named() {
+    fn the_interface_and_debug_need_a_restart_and_are_named() {
         let running = settings(BASE);
-        let cases = [
-            (format!("{BASE}metrics = \"off\"\n"), "metrics"),
-            (format!("{BASE}debug = true\n"), "debug"),
-        ];
-        for (text, field) in cases {
-            assert_eq!(needs_restart(&running, &settings(&text)), [field], "{text}");
-        }
-        let both = format!("{}metrics = \"off\"\n", BASE.replace("eth0", "eth1"));
+        let debug = format!("{BASE}debug = true\n");
+        assert_eq!(needs_restart(&running, &settings(&debug)), ["debug"]);
+        let both = format!("{}debug = true\n", BASE.replace("eth0", "eth1"));
         assert_eq!(
             needs_restart(&running, &settings(&both)),
-            ["iface", "metrics"]
+            ["iface", "debug"]
         );
     }
 

@@ -216,11 +216,11 @@ fn reload_changes_hosts_and_window_while_the_vip_is_held() {
     // A change only a restart can make is rejected too, naming it.
     write(
         &file.0,
-        &format!("{}metrics = \"off\"\n", config("1s", &[KEPT], "info")),
+        &format!("{}debug = true\n", config("1s", &[KEPT], "info")),
     );
     let (code, out) = reload(&lab);
     assert_eq!(code, Some(2), "{out}");
-    assert!(out.contains("metrics needs a restart"), "{out}");
+    assert!(out.contains("debug needs a restart"), "{out}");
     let rejected = status(&lab);
     assert_eq!(rejected["window_seconds"], 0.05);
     assert_eq!(rejected["reloads"], 1);
@@ -392,6 +392,23 @@ fn reload_starts_a_group_for_a_host_already_down_and_stops_removed_groups() {
         watch.seen("Deleted")
     );
     assert_eq!(status(&lab)["groups"].as_array().map(Vec::len), Some(0));
+
+    // The endpoint moves: the reload is answered on the old address, later calls use the new.
+    write(&file.0, &format!("{only_db}metrics = \"127.0.0.1:9642\"\n"));
+    let (code, out) = reload(&lab);
+    assert_eq!(code, Some(0), "{out}\n{}", daemon.log());
+    assert!(out.contains("metrics on 127.0.0.1:9642"), "{out}");
+    let moved = lab.xdprobe(
+        "standby",
+        &["status", "--address", "127.0.0.1:9642", "--json"],
+    );
+    assert!(
+        moved.status.success(),
+        "{}",
+        String::from_utf8_lossy(&moved.stderr)
+    );
+    let old = lab.xdprobe("standby", &["status"]);
+    assert_eq!(old.status.code(), Some(3), "the old address still answers");
     let (exit, log) = daemon.stop().expect("stopping xdprobe");
     assert!(exit.success(), "{log}");
 }
