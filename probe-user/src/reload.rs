@@ -1,11 +1,11 @@
 //! Reload (SIGHUP, or `xdprobe reload` over the HTTP endpoint): re-read the config and apply
 //! it while running: the hosts probed (`monitor` targets, failover groups, witnesses, DNS
-//! pools), the failover settings and the timing from the next window on, the hooks, mail and
-//! the log level at once. Host state, counters and the VIPs of the groups that stay are kept;
+//! pools), the failover settings and the timing from the next window on, the hooks, mail, the
+//! metrics endpoint and the log level at once. Host state, counters and the VIPs of the groups that stay are kept;
 //! the XDP program stays attached. A removed group leaves its VIP as `on_exit` says; a removed
 //! pool leaves its records. A config that does not parse, or that changes what only a restart
-//! can change (the interface, the endpoint, debug), is rejected as a whole with a logged
-//! reason, and the running config stays.
+//! can change (the interface, debug), is rejected as a whole with a logged reason, and the
+//! running config stays.
 
 use std::{collections::BTreeSet, net::Ipv4Addr, time::Duration};
 
