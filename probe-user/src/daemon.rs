@@ -237,54 +237,58 @@ async fn dispatch(
     hooks: watch::Receiver<Hooks>,
 ) {
     while let Some(report) = reports.recv().await {
-        let groups = routes.borrow().clone();
-        let pools = pools.borrow().clone();
-        let host = match &report {
-            Report::Host(event) => {
-                let hook = match (event.change.from, event.change.to) {
-                    (_, State::Down) => Some(HookEvent::Down),
-                    (State::Down, State::Up) => Some(HookEvent::Up),
-                    _ => None,
-                };
-                if matches!(event.change.to, State::Up | State::Down) {
-                    for pool in &pools {
-                        pool.member(event.host, event.change.to == State::Up);
-                    }
-                }
-                if let Some(hook) = hook {
-                    let vip = groups
-                        .iter()
-                        .find(|g| g.watch == event.host)
-                        .map(|g| g.vip.clone());
-                    hooks.borrow().fire(HookFacts {
-                        event: hook,
-                        host: event.host,
-                        vip: vip.unwrap_or_default(),
-                        state: event.change.to.to_string(),
-                        window: event.window,
-                    });
-                }
-                Some(event.host)
-            }
-            Report::Known(event) => {
-                if matches!(event.change.to, State::Up | State::Down) {
-                    for pool in &pools {
-                        pool.member(event.host, event.change.to == State::Up);
-                    }
-                }
-                Some(event.host)
-            }
-            Report::Suspect { host, .. } => Some(*host),
-            Report::Witnesses { .. } => None,
-            Report::Window { .. } => {
-                // A window closed: the probe loop is alive (no-op without systemd's watchdog).
-                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
-                continue;
-            }
-        };
-        for group in groups.iter().filter(|g| host.is_none_or(|h| h == g.watch)) {
-            // A group's receiver goes away when it stops (shutdown, or a reload removed it).
-            let _ = group.tx.send(report.clone());
+        if let Report::Window { .. } = report {
+            // A window closed: the probe loop is alive (no-op without systemd's watchdog).
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            continue;
         }
+        // Borrowed, not copied, per report: nothing below waits.
+        deliver(&report, &routes.borrow(), &pools.borrow(), &hooks.borrow());
+    }
+}
+
+/// Where one report goes: the hooks and the DNS pools for a state change (only the pools for a
+/// state told to new pools and groups), and the groups it concerns.
+fn deliver(report: &Report, groups: &[Route], pools: &[Arc<DnsPool>], hooks: &Hooks) {
+    let tell_pools = |event: &crate::events::HostEvent| {
+        if matches!(event.change.to, State::Up | State::Down) {
+            for pool in pools {
+                pool.member(event.host, event.change.to == State::Up);
+            }
+        }
+    };
+    let host = match report {
+        Report::Host(event) => {
+            tell_pools(event);
+            let hook = match (event.change.from, event.change.to) {
+                (_, State::Down) => Some(HookEvent::Down),
+                (State::Down, State::Up) => Some(HookEvent::Up),
+                _ => None,
+            };
+            if let Some(hook) = hook {
+                let vip = groups
+                    .iter()
+                    .find(|g| g.watch == event.host)
+                    .map(|g| g.vip.clone());
+                hooks.fire(HookFacts {
+                    event: hook,
+                    host: event.host,
+                    vip: vip.unwrap_or_default(),
+                    state: event.change.to.to_string(),
+                    window: event.window,
+                });
+            }
+            Some(event.host)
+        }
+        Report::Known(event) => {
+            tell_pools(event);
+            Some(event.host)
+        }
+        Report::Suspect { host, .. } => Some(*host),
+        Report::Witnesses { .. } | Report::Window { .. } => None,
+    };
+    for group in groups.iter().filter(|g| host.is_none_or(|h| h == g.watch)) {
+        // A group's receiver goes away when it stops (shutdown, or a reload removed it).
+        let _ = group.tx.send(report.clone());
     }
 }

@@ -80,7 +80,9 @@ impl Groups {
 
     /// Starts `group`'s task and routes its primary's reports to it.
     pub fn start(&mut self, group: &Group) -> anyhow::Result<()> {
-        self.spawn(group, false)
+        let vip = self.vip(group)?;
+        self.spawn(group, vip, false);
+        Ok(())
     }
 
     /// The failover settings all groups run with.
@@ -90,25 +92,34 @@ impl Groups {
 
     /// Hands every running group over to a task with `settings`: each old task stops without
     /// touching its VIP, and the new one adopts the VIP if it is there. Counts in `/status`
-    /// carry over. The groups to hand over must then be told their primary's state.
+    /// carry over. The groups to hand over must then be told their primary's state. On error
+    /// (before any task stopped) nothing changed.
     pub async fn hand_over(&mut self, settings: FailoverSettings) -> anyhow::Result<()> {
-        self.common.settings = settings;
         let groups = self.groups();
-        for group in &groups {
+        let vips = groups
+            .iter()
+            .map(|g| self.vip(g))
+            .collect::<anyhow::Result<Vec<Vip>>>()?;
+        self.common.settings = settings;
+        for (group, vip) in groups.iter().zip(vips) {
             let Some(at) = self.running.iter().position(|r| r.group == *group) else {
                 continue;
             };
             let old = self.running.remove(at);
             old.handover.cancel();
             let _ = old.task.await;
-            self.spawn(group, true)?;
+            self.spawn(group, vip, true);
         }
         Ok(())
     }
 
-    fn spawn(&mut self, group: &Group, handed_over: bool) -> anyhow::Result<()> {
+    /// The group's VIP, with its own rtnetlink connection.
+    fn vip(&self, group: &Group) -> anyhow::Result<Vip> {
+        Vip::new(self.common.index, group.vip, group.label.clone())
+    }
+
+    fn spawn(&mut self, group: &Group, vip: Vip, handed_over: bool) {
         let c = &self.common;
-        let vip = Vip::new(c.index, group.vip, group.label.clone())?;
         let key = group.vip.to_string();
         c.observed.update(|s| {
             if !s.groups.iter().any(|g| g.vip == key) {
@@ -159,7 +170,6 @@ impl Groups {
             task,
         });
         self.publish_routes();
-        Ok(())
     }
 
     /// Stops `group`'s task (which leaves its VIP as `on_exit` says) and waits for it.

@@ -291,10 +291,11 @@ impl Reloader {
     ) -> Result<u32, String> {
         let old = self.groups.settings().clone();
         if changes.resettled {
-            if let Err(e) = self.groups.hand_over(new.failover.clone()).await {
-                self.hand_back(old).await;
-                return Err(format!("restarting the failover groups: {e:#}"));
-            }
+            // On error nothing changed.
+            self.groups
+                .hand_over(new.failover.clone())
+                .await
+                .map_err(|e| format!("restarting the failover groups: {e:#}"))?;
         }
         if let Err(e) = self.regroup(&changes.start, &changes.stop).await {
             if changes.resettled {
