@@ -382,6 +382,13 @@ impl Prober {
         self.plan = Plan::new(&timing, n);
         self.suspect_at = suspect_threshold(&timing, suspect_lead);
         self.timing = timing;
+        // The witnesses may have changed (or gone): what they say now, not what the old ones
+        // said.
+        let alive = self.witnesses_answer();
+        if alive != self.witnesses_alive {
+            self.witnesses_alive = alive;
+            self.report(Report::Witnesses { alive, window });
+        }
         self.tell_new_watchers(&announce, window);
         // Shown at once: the reloader reports it done as soon as we answer.
         if let Some(observed) = &self.observed {
@@ -392,6 +399,17 @@ impl Prober {
         }
         let _ = done.send(Ok(window));
         true
+    }
+
+    /// Whether any witness answered within the last window (true without witnesses).
+    fn witnesses_answer(&self) -> bool {
+        let probes = self.timing.probes;
+        self.roles.witnesses.is_empty()
+            || self
+                .roles
+                .witnesses
+                .iter()
+                .any(|w| self.health[*w].silent_rounds() < probes)
     }
 
     /// Tells the failover groups a reload started what they missed: the state of the hosts
@@ -490,12 +508,7 @@ impl Prober {
         }
         // Witnesses first: the failover must know we are cut off before it hears of a DOWN.
         if self.roles.witnesses.iter().any(|w| range.contains(w)) {
-            let probes = self.timing.probes;
-            let alive = self
-                .roles
-                .witnesses
-                .iter()
-                .any(|w| self.health[*w].silent_rounds() < probes);
+            let alive = self.witnesses_answer();
             if alive != self.witnesses_alive {
                 self.witnesses_alive = alive;
                 self.report(Report::Witnesses { alive, window });
