@@ -1,4 +1,4 @@
-//! Logging: one line per event on stderr (journald adds the time and the unit under systemd),
+//! Logging: one line per event on stderr, with its time (journald collects it under systemd),
 //! filtered by `RUST_LOG` if it is set, else by the config's `log_level`, which a reload may
 //! change while running.
 

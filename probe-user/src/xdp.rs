@@ -387,16 +387,18 @@ mod tests {
     const DROP: u32 = 1;
     const PASS: u32 = 2;
 
+    /// The window the tests' replies belong to, with PRIMARY as the one host.
+    const CONFIG: ProbeConfig = ProbeConfig {
+        ident: IDENT as u32,
+        window: WINDOW,
+        cookie: COOKIE,
+        enabled: 1,
+        hosts: 1,
+    };
+
     fn probe() -> XdpProbe {
         let mut xdp = XdpProbe::load(&[PRIMARY], 1, false).expect("load (needs root)");
-        xdp.publish(ProbeConfig {
-            ident: IDENT.into(),
-            window: WINDOW,
-            cookie: COOKIE,
-            enabled: 1,
-            hosts: 1,
-        })
-        .unwrap();
+        xdp.publish(CONFIG).unwrap();
         xdp
     }
 
@@ -548,14 +550,7 @@ mod tests {
     fn nothing_counts_before_the_first_window_is_published() {
         let mut xdp = XdpProbe::load(&[PRIMARY], 1, false).expect("load (needs root)");
         assert_eq!(xdp.test_run(&valid()).unwrap(), PASS);
-        xdp.publish(ProbeConfig {
-            ident: IDENT.into(),
-            window: WINDOW,
-            cookie: COOKIE,
-            enabled: 1,
-            hosts: 1,
-        })
-        .unwrap();
+        xdp.publish(CONFIG).unwrap();
         assert_eq!(xdp.test_run(&valid()).unwrap(), DROP);
     }
 
@@ -563,13 +558,7 @@ mod tests {
     fn rehosting_moves_each_hosts_counters_with_it_and_counts_new_hosts() {
         const LOW: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 0);
         let mut xdp = XdpProbe::load(&[PRIMARY], 4, false).expect("load (needs root)");
-        let config = ProbeConfig {
-            ident: IDENT.into(),
-            window: WINDOW,
-            cookie: COOKIE,
-            enabled: 1,
-            hosts: 1,
-        };
+        let config = CONFIG;
         xdp.publish(config).unwrap();
         assert_eq!(xdp.test_run(&valid()).unwrap(), DROP);
         let other = || reply_from(OTHER, IDENT, WINDOW, COOKIE, monotonic_ns());

@@ -44,10 +44,7 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `xdprobe ARGS` in namespace `ns`.
     pub fn start(ns: &str, args: &[&str]) -> anyhow::Result<Self> {
-        let bin = xdprobe_bin();
-        let mut all = vec![bin.to_str().context("binary path")?];
-        all.extend_from_slice(args);
-        Self::start_program(ns, &all)
+        Self::start_xdprobe(ns, args, Some("info"))
     }
 
     /// Starts `PROGRAM ARGS` (`command[0]` and the rest) in namespace `ns`, with its output
@@ -58,10 +55,14 @@ impl Daemon {
 
     /// Starts `xdprobe ARGS` without `RUST_LOG`, so the config's `log_level` decides.
     pub fn start_logging_by_config(ns: &str, args: &[&str]) -> anyhow::Result<Self> {
+        Self::start_xdprobe(ns, args, None)
+    }
+
+    fn start_xdprobe(ns: &str, args: &[&str], rust_log: Option<&str>) -> anyhow::Result<Self> {
         let bin = xdprobe_bin();
         let mut all = vec![bin.to_str().context("binary path")?];
         all.extend_from_slice(args);
-        Self::spawn(ns, &all, None)
+        Self::spawn(ns, &all, rust_log)
     }
 
     fn spawn(ns: &str, command: &[&str], rust_log: Option<&str>) -> anyhow::Result<Self> {
