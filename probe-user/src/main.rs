@@ -3,44 +3,22 @@
 //!
 //! Exit codes: 0 clean stop, 2 bad usage or config, 3 system failure.
 
-mod arp;
-mod caps;
-mod check;
-mod cli;
-mod clock;
-mod counters;
-mod daemon;
-mod dns;
-mod events;
-mod failover;
+mod act;
+mod cmd;
+mod config;
 mod failure;
-mod groups;
-mod health;
-mod hooks;
-mod logging;
-mod mail;
-mod monitor;
-mod observe;
-mod pools;
-mod prober;
-mod reload;
-mod report;
-mod sender;
-mod settings;
-mod startup;
-mod status;
-mod targets;
+mod model;
+mod probe;
+mod service;
 #[cfg(test)]
 mod testns;
-mod vip;
-mod xdp;
 
 use std::process::ExitCode;
 
 use clap::Parser as _;
 
 use crate::{
-    cli::{Cli, Command},
+    config::flags::{Cli, Command},
     failure::Failure,
 };
 
@@ -49,7 +27,7 @@ fn main() -> ExitCode {
     if let Command::Man = cli.command {
         return man();
     }
-    let log = logging::init();
+    let log = service::logging::init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -63,11 +41,11 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run(args) => daemon::run(*args, log).await.map(|()| 0),
-            Command::Monitor(args) => monitor::monitor(args).await,
-            Command::Check(args) => check::check(args),
-            Command::Status(args) => status::status(args),
-            Command::Reload(args) => status::reload(args),
+            Command::Run(args) => service::daemon::run(*args, log).await.map(|()| 0),
+            Command::Monitor(args) => cmd::monitor::monitor(args).await,
+            Command::Check(args) => cmd::check::check(args),
+            Command::Status(args) => cmd::status::status(args),
+            Command::Reload(args) => cmd::status::reload(args),
             Command::Man => Ok(0),
         }
     });

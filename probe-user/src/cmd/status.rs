@@ -6,10 +6,10 @@ use std::fmt::Write as _;
 use anyhow::Context as _;
 
 use crate::{
-    cli::{ReloadArgs, StatusArgs},
+    config::flags::{ReloadArgs, StatusArgs},
     failure::Failure,
-    observe::Snapshot,
-    reload::Outcome,
+    service::endpoint::Snapshot,
+    service::reload::Outcome,
 };
 
 pub fn status(args: StatusArgs) -> Result<u8, Failure> {
@@ -129,7 +129,7 @@ pub fn table(s: &Snapshot) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::observe::{GroupStatus, HostStatus};
+    use crate::service::endpoint::{GroupStatus, HostStatus};
 
     #[test]
     fn the_table_shows_state_rtt_loss_and_groups() {
@@ -153,7 +153,7 @@ mod tests {
                 claims: 0,
                 releases: 0,
             }],
-            dns: vec![crate::observe::DnsStatus {
+            dns: vec![crate::service::endpoint::DnsStatus {
                 name: "www.example.test.".into(),
                 server: "192.0.2.53:53".into(),
                 in_sync: false,

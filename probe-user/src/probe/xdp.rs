@@ -22,7 +22,7 @@ use probe_common::maps::{
 use tokio::io::unix::AsyncFd;
 use tracing::{debug, warn};
 
-use crate::counters::Counters;
+use crate::probe::counters::Counters;
 
 /// The program object, built by `build.rs` from the `probe-ebpf` crate.
 static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe"));
@@ -375,7 +375,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::clock::monotonic_ns;
+    use crate::probe::clock::monotonic_ns;
 
     const PRIMARY: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
     const OTHER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 9);

@@ -5,7 +5,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use crate::{health::Change, mail::Notice};
+use crate::{model::health::Change, act::mail::Notice};
 
 /// A host changed state at the end of a probe round.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -205,7 +205,7 @@ fn round_ms(d: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::health::State;
+    use crate::model::health::State;
 
     fn down_event() -> HostEvent {
         HostEvent {

@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use tracing_subscriber::{layer::SubscriberExt as _, reload, util::SubscriberInitExt as _};
 use tracing_subscriber::{EnvFilter, Registry};
 
-use crate::settings::DEFAULT_LOG_LEVEL;
+use crate::config::settings::DEFAULT_LOG_LEVEL;
 
 /// Changes the running log filter (unless `RUST_LOG` fixed it).
 #[derive(Clone)]

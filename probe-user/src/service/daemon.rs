@@ -13,24 +13,24 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use crate::{
-    arp::ArpSocket,
-    cli::RunArgs,
-    dns::{DnsPool, Start},
-    events::Report,
+    act::arp::ArpSocket,
+    config::flags::RunArgs,
+    act::dns::{DnsPool, Start},
+    model::events::Report,
     failure::{Failure, OrSystem as _},
-    groups::{Common, Groups, Route},
-    health::State,
-    hooks::{HookEvent, HookFacts, Hooks},
-    logging::LogLevel,
-    mail::Notifier,
-    observe::{Endpoint, Observed, Snapshot},
-    pools::Pools,
-    prober::{Prober, Roles},
-    reload::Reloader,
-    sender::Sender,
-    settings::{FileConfig, Settings, DEFAULT_CONFIG},
-    startup::{attach_xdp, interface_index, require_capabilities},
-    targets,
+    service::groups::{Common, Groups, Route},
+    model::health::State,
+    act::hooks::{HookEvent, HookFacts, Hooks},
+    service::logging::LogLevel,
+    act::mail::Notifier,
+    service::endpoint::{Endpoint, Observed, Snapshot},
+    service::pools::Pools,
+    probe::prober::{Prober, Roles},
+    service::reload::Reloader,
+    probe::sender::Sender,
+    config::settings::{FileConfig, Settings, DEFAULT_CONFIG},
+    service::startup::{attach_xdp, interface_index, require_capabilities},
+    probe::targets,
 };
 
 /// The settings from the flags over the config file (`--config`, else the default file if it
@@ -250,7 +250,7 @@ async fn dispatch(
 /// Where one report goes: the hooks and the DNS pools for a state change (only the pools for a
 /// state told to new pools and groups), and the groups it concerns.
 fn deliver(report: &Report, groups: &[Route], pools: &[Arc<DnsPool>], hooks: &Hooks) {
-    let tell_pools = |event: &crate::events::HostEvent| {
+    let tell_pools = |event: &crate::model::events::HostEvent| {
         if matches!(event.change.to, State::Up | State::Down) {
             for pool in pools {
                 pool.member(event.host, event.change.to == State::Up);

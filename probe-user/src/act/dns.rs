@@ -63,8 +63,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    mail::{Notice, Notifier},
-    observe::{DnsStatus, Observed},
+    act::mail::{Notice, Notifier},
+    service::endpoint::{DnsStatus, Observed},
 };
 
 pub const DEFAULT_TTL: u32 = 60;
@@ -1265,8 +1265,8 @@ mod tests {
         use super::*;
 
         /// The same templates as tests/src/bind.rs, the integration tests' launcher.
-        const NAMED_CONF: &str = include_str!("../../tests/fixtures/bind/named.conf");
-        const ZONE_FILE: &str = include_str!("../../tests/fixtures/bind/example.test.zone");
+        const NAMED_CONF: &str = include_str!("../../../tests/fixtures/bind/named.conf");
+        const ZONE_FILE: &str = include_str!("../../../tests/fixtures/bind/example.test.zone");
         const NAMED: &str = "/usr/sbin/named";
         const DIG: &str = "/usr/bin/dig";
         const NSUPDATE: &str = "/usr/bin/nsupdate";

@@ -22,13 +22,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::{
-    counters::Counters,
-    events::{HostEvent, Report},
-    health::{Health, State},
-    observe::{HostStatus, Observed},
-    report::Stats,
-    sender::{Round, Sender},
-    settings::Timing,
+    probe::counters::Counters,
+    model::events::{HostEvent, Report},
+    model::health::{Health, State},
+    service::endpoint::{HostStatus, Observed},
+    cmd::report::Stats,
+    probe::sender::{Round, Sender},
+    config::settings::Timing,
 };
 
 /// Which of the (sorted) hosts play a part in failover.
@@ -430,7 +430,7 @@ impl Prober {
             let silent_rounds = health.silent_rounds();
             self.report(Report::Known(HostEvent {
                 host: *host,
-                change: crate::health::Change {
+                change: crate::model::health::Change {
                     from: State::Unknown,
                     to,
                     silent_rounds,

@@ -20,18 +20,18 @@ use tracing::{error, info, warn};
 
 use self::policy::{Action, Policy, PolicyConfig};
 use crate::{
-    arp::ArpSocket,
-    cli::OnExit,
-    events::{
+    act::arp::ArpSocket,
+    config::flags::OnExit,
+    model::events::{
         conflict_notice, isolation_notice, recovery_notice, release_notice, start_notice,
         takeover_notice, HostEvent, Report, Site,
     },
-    health::State,
-    hooks::{HookEvent, HookFacts, Hooks},
-    mail::Notifier,
-    observe::{GroupStatus, Observed},
-    settings::{FailoverSettings, Timing},
-    vip::{Added, Vip},
+    model::health::State,
+    act::hooks::{HookEvent, HookFacts, Hooks},
+    act::mail::Notifier,
+    service::endpoint::{GroupStatus, Observed},
+    config::settings::{FailoverSettings, Timing},
+    act::vip::{Added, Vip},
 };
 
 /// How long an ARP conflict check's answer stays good for a claim.

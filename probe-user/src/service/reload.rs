@@ -18,20 +18,20 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use crate::{
-    cli::RunArgs,
-    daemon::{load_settings, monitored_hosts, probed_hosts},
-    dns::{PoolConfig, Start},
+    config::flags::RunArgs,
+    service::daemon::{load_settings, monitored_hosts, probed_hosts},
+    act::dns::{PoolConfig, Start},
     failure::Failure,
-    groups::{self, Groups},
-    health::State,
-    hooks::Hooks,
-    logging::LogLevel,
-    mail::Notifier,
-    observe::Endpoint,
-    observe::Observed,
-    pools::{self, PoolChanges, Pools},
-    prober::{Reload, Roles},
-    settings::{FailoverSettings, Group, Settings, Timing},
+    service::groups::{self, Groups},
+    model::health::State,
+    act::hooks::Hooks,
+    service::logging::LogLevel,
+    act::mail::Notifier,
+    service::endpoint::Endpoint,
+    service::endpoint::Observed,
+    service::pools::{self, PoolChanges, Pools},
+    probe::prober::{Reload, Roles},
+    config::settings::{FailoverSettings, Group, Settings, Timing},
 };
 
 /// A reload asked for over HTTP; the outcome goes back on `reply`.
@@ -477,7 +477,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::settings::FileConfig;
+    use crate::config::settings::FileConfig;
 
     fn settings(text: &str) -> Settings {
         let file = FileConfig::parse(Path::new("test.toml"), text).unwrap();

@@ -33,7 +33,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::settings::MailSettings;
+use crate::config::settings::MailSettings;
 
 /// Queued notices beyond this are dropped (and logged): the queue must never block a sender.
 const QUEUE: usize = 64;
@@ -973,7 +973,7 @@ mod tests {
     // --- against a real SMTP server that requires STARTTLS and AUTH ---
 
     /// The test server, shared with the integration tests: there is one copy of it.
-    const SECURE_SMTP: &str = include_str!("../../tests/fixtures/smtp_secure.py");
+    const SECURE_SMTP: &str = include_str!("../../../tests/fixtures/smtp_secure.py");
     /// Debian's interpreter, the one python3-aiosmtpd is installed for.
     const PYTHON: &str = "/usr/bin/python3";
     const PORT: u16 = 2525;

@@ -6,7 +6,7 @@ use tracing::info;
 
 use crate::{
     failure::{Failure, OrSystem as _},
-    xdp::{AttachMode, XdpProbe},
+    probe::xdp::{AttachMode, XdpProbe},
 };
 
 pub fn interface_index(iface: &str) -> Result<u32, Failure> {
@@ -24,7 +24,7 @@ pub fn interface_index(iface: &str) -> Result<u32, Failure> {
 
 /// Stops early, naming what is missing, when we lack a capability we need.
 pub fn require_capabilities() -> Result<(), Failure> {
-    crate::caps::check().map_err(Failure::System)
+    crate::service::caps::check().map_err(Failure::System)
 }
 
 /// Loads the XDP program with room for `capacity` hosts, fills it with `hosts` (sorted) and

@@ -4,11 +4,11 @@
 use std::{fmt::Write as _, path::PathBuf};
 
 use crate::{
-    cli::{CheckArgs, RunArgs},
-    daemon::load_settings,
+    config::flags::{CheckArgs, RunArgs},
+    service::daemon::load_settings,
     failure::Failure,
-    settings::{Settings, DEFAULT_CONFIG},
-    targets,
+    config::settings::{Settings, DEFAULT_CONFIG},
+    probe::targets,
 };
 
 pub fn check(args: CheckArgs) -> Result<u8, Failure> {
@@ -29,7 +29,7 @@ pub fn check(args: CheckArgs) -> Result<u8, Failure> {
     // Mail files: the credentials must parse, the CA must be readable.
     if let Some(mail) = &settings.mail {
         if let Some(credentials) = &mail.credentials {
-            crate::mail::load_credentials(credentials).map_err(Failure::Usage)?;
+            crate::act::mail::load_credentials(credentials).map_err(Failure::Usage)?;
         }
         if let Some(ca) = &mail.ca {
             std::fs::read(ca).map_err(|e| {
@@ -152,11 +152,11 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::settings::FileConfig;
+    use crate::config::settings::FileConfig;
 
     #[test]
     fn the_plan_shows_groups_timing_failover_and_mail() {
-        let text = include_str!("../examples/xdprobe.toml");
+        let text = include_str!("../../examples/xdprobe.toml");
         let file = FileConfig::parse(Path::new("x.toml"), text).unwrap();
         let settings = Settings::resolve(&RunArgs::default(), file).unwrap();
         let plan = plan(&settings, "xdprobe.toml");

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use probe_common::wire::{EchoPacket, ProbeHeader, ECHO_PACKET_LEN, ICMP_ECHO_REQUEST};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::clock::monotonic_ns;
+use crate::probe::clock::monotonic_ns;
 
 /// What one round of probes carries besides the destination.
 #[derive(Clone, Copy, Debug)]

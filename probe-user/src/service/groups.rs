@@ -13,14 +13,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::{
-    arp::ArpSocket,
-    events::{Report, Site},
-    failover::Failover,
-    hooks::Hooks,
-    mail::Notifier,
-    observe::{GroupStatus, Observed},
-    settings::{FailoverSettings, Group, Timing},
-    vip::Vip,
+    act::arp::ArpSocket,
+    model::events::{Report, Site},
+    act::failover::Failover,
+    act::hooks::Hooks,
+    act::mail::Notifier,
+    service::endpoint::{GroupStatus, Observed},
+    config::settings::{FailoverSettings, Group, Timing},
+    act::vip::Vip,
 };
 
 /// Where the reports about one group's primary go.

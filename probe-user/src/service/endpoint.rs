@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-use crate::reload;
+use crate::service::reload;
 
 /// The daemon's state as last published.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

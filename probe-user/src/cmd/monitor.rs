@@ -11,20 +11,20 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    cli::{MonitorArgs, Receive},
-    counters::{Counters, SocketCounters},
-    events::Report,
+    config::flags::{MonitorArgs, Receive},
+    probe::counters::{Counters, SocketCounters},
+    model::events::Report,
     failure::{Failure, OrSystem as _},
-    prober::{Outcome, Prober, Roles},
-    report::{self, Format, StateLine, WindowLine},
-    sender::Sender,
-    settings, targets,
+    probe::prober::{Outcome, Prober, Roles},
+    cmd::report::{self, Format, StateLine, WindowLine},
+    probe::sender::Sender,
+    config::settings, probe::targets,
 };
 
 pub async fn monitor(args: MonitorArgs) -> Result<u8, Failure> {
     let timing = settings::monitor_timing(&args).map_err(|e| Failure::Usage(e.into()))?;
-    crate::startup::interface_index(&args.iface)?;
-    crate::startup::require_capabilities()?;
+    crate::service::startup::interface_index(&args.iface)?;
+    crate::service::startup::require_capabilities()?;
     let parsed = targets::parse_args(&args.targets, |path| std::fs::read_to_string(path))
         .map_err(|e| Failure::Usage(e.into()))?;
     let hosts = targets::resolve(parsed, probe_common::maps::MAX_HOSTS as usize)
@@ -38,7 +38,7 @@ pub async fn monitor(args: MonitorArgs) -> Result<u8, Failure> {
     };
 
     let counters: Box<dyn Counters> = match args.receive {
-        Receive::Xdp => Box::new(crate::startup::attach_xdp(
+        Receive::Xdp => Box::new(crate::service::startup::attach_xdp(
             &hosts,
             hosts.len(),
             &args.iface,

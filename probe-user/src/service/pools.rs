@@ -10,9 +10,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::{
-    dns::{DnsPool, PoolConfig, Start},
-    mail::Notifier,
-    observe::{DnsStatus, Observed},
+    act::dns::{DnsPool, PoolConfig, Start},
+    act::mail::Notifier,
+    service::endpoint::{DnsStatus, Observed},
 };
 
 struct Running {
@@ -149,7 +149,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::{cli::RunArgs, settings::FileConfig, settings::Settings};
+    use crate::{config::flags::RunArgs, config::settings::FileConfig, config::settings::Settings};
 
     /// The pools of a config with `[[dns]]` tables given as (name, server, members).
     fn pools(specs: &[(&str, &str, &[&str])]) -> Vec<PoolConfig> {

@@ -1,6 +1,6 @@
 //! Where the per-host reply counters live, behind one trait:
 //!
-//! * [`crate::xdp::XdpProbe`]: the XDP program counts replies in the kernel, and userspace
+//! * [`crate::probe::xdp::XdpProbe`]: the XDP program counts replies in the kernel, and userspace
 //!   reads a memory-mapped array (the real thing);
 //! * [`SocketCounters`]: a raw ICMP socket receives every reply in userspace, which judges and
 //!   counts it (the ablation the benchmark compares against, to show what XDP buys).
@@ -26,7 +26,7 @@ use probe_common::{
 use socket2::{Domain, Protocol, Socket, Type};
 use tracing::warn;
 
-use crate::clock::monotonic_ns;
+use crate::probe::clock::monotonic_ns;
 
 pub trait Counters: Send {
     /// Publishes what counts from now on: identifier, window and its cookie.

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use crate::cli::Failback;
+use crate::config::flags::Failback;
 
 /// What the executor must do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

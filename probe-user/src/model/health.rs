@@ -8,7 +8,7 @@
 //! rounds ending with the current round) had at least one answer. That slides too, so the
 //! window in which the host came back counts even if it returned halfway through.
 
-use crate::settings::Timing;
+use crate::config::settings::Timing;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum State {

@@ -9,9 +9,9 @@ use lettre::message::Mailbox;
 use serde::Deserialize;
 
 use crate::{
-    cli::{Failback, OnExit, RunArgs},
-    hooks::{Hook, Hooks},
-    mail::RateLimit,
+    config::flags::{Failback, OnExit, RunArgs},
+    act::hooks::{Hook, Hooks},
+    act::mail::RateLimit,
 };
 
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(1);
@@ -58,7 +58,7 @@ pub struct FileConfig {
     /// Plain monitored targets (addresses, CIDRs, names, @FILEs): probed and reported, no VIP.
     pub monitor: Option<Vec<String>>,
     /// DNS round-robin pools kept in step with their members' health.
-    pub dns: Option<Vec<crate::dns::DnsFileConfig>>,
+    pub dns: Option<Vec<crate::act::dns::DnsFileConfig>>,
     #[serde(default, with = "humantime_serde")]
     pub window: Option<Duration>,
     pub probes: Option<u32>,
@@ -190,7 +190,7 @@ pub struct MailSettings {
     /// File holding the SMTP username and password (never given on the command line).
     pub credentials: Option<std::path::PathBuf>,
     /// How many notices may be sent, and how fast the allowance refills.
-    pub limit: crate::mail::RateLimit,
+    pub limit: crate::act::mail::RateLimit,
 }
 
 /// How often to probe and when to change a host's state.
@@ -249,7 +249,7 @@ pub struct Settings {
     /// Plain monitored targets, unresolved (see `targets`).
     pub monitor: Vec<String>,
     /// DNS pools, secrets loaded.
-    pub dns: Vec<crate::dns::PoolConfig>,
+    pub dns: Vec<crate::act::dns::PoolConfig>,
     pub timing: Timing,
     pub failover: FailoverSettings,
     pub hooks: Hooks,
@@ -295,7 +295,7 @@ impl Settings {
             .into_iter()
             .enumerate()
             .map(|(i, pool)| {
-                crate::dns::PoolConfig::resolve(i, pool).map_err(|(field, reason)| Invalid {
+                crate::act::dns::PoolConfig::resolve(i, pool).map_err(|(field, reason)| Invalid {
                     field: field.into(),
                     reason,
                 })
@@ -612,7 +612,7 @@ fn bounded(
 }
 
 /// The timing of `xdprobe monitor`, from its flags.
-pub fn monitor_timing(args: &crate::cli::MonitorArgs) -> Result<Timing, SettingsError> {
+pub fn monitor_timing(args: &crate::config::flags::MonitorArgs) -> Result<Timing, SettingsError> {
     let timing = Timing {
         window: args.timing.window.unwrap_or(DEFAULT_WINDOW),
         probes: args.timing.probes.unwrap_or(DEFAULT_PROBES),
@@ -662,14 +662,14 @@ fn validate_timing(t: &Timing) -> Result<(), SettingsError> {
             ),
         });
     }
-    if t.recover_windows.saturating_mul(t.probes) > crate::health::MAX_RECOVERY_ROUNDS {
+    if t.recover_windows.saturating_mul(t.probes) > crate::model::health::MAX_RECOVERY_ROUNDS {
         return Err(Invalid {
             field: "recover_windows".into(),
             reason: format!(
                 "{} windows of {} probes look back more than {} rounds",
                 t.recover_windows,
                 t.probes,
-                crate::health::MAX_RECOVERY_ROUNDS
+                crate::model::health::MAX_RECOVERY_ROUNDS
             ),
         });
     }
@@ -748,7 +748,7 @@ fn resolve_mail(
         starttls: false,
         ca: None,
         credentials: None,
-        limit: crate::mail::RateLimit::default(),
+        limit: crate::act::mail::RateLimit::default(),
     }))
 }
 
@@ -858,7 +858,7 @@ mod tests {
 
     #[test]
     fn the_commented_example_file_is_valid_and_complete() {
-        let text = include_str!("../examples/xdprobe.toml");
+        let text = include_str!("../../examples/xdprobe.toml");
         let f = file(text);
         let s = Settings::resolve(&RunArgs::default(), f).unwrap();
         assert_eq!(s.timing.window, Duration::from_millis(100));

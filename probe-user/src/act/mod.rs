@@ -1,0 +1,9 @@
+//! Acting on the network and telling people: the VIP over rtnetlink, ARP, the failover
+//! task, hooks, mail and DNS pools.
+
+pub mod arp;
+pub mod dns;
+pub mod failover;
+pub mod hooks;
+pub mod mail;
+pub mod vip;
