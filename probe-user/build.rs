@@ -1,5 +1,5 @@
 //! Compiles `probe-ebpf` for the BPF target (nightly + bpf-linker) and leaves the object in
-//! `OUT_DIR/probe`, which `src/xdp.rs` embeds with `include_bytes_aligned!`.
+//! `OUT_DIR/probe`, which `src/probe/xdp.rs` embeds with `include_bytes_aligned!`.
 use anyhow::{anyhow, Context as _};
 use aya_build::Toolchain;
 

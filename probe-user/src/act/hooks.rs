@@ -1,11 +1,12 @@
-//! Operator hooks (`--on-down`, `--on-up`, `--on-claim`, `--on-release`), run on failover events.
+//! Running the operator's hooks (`--on-down`, `--on-up`, `--on-claim`, `--on-release`) on
+//! failover events; which hook is which is `config::hooks`.
 //!
 //! A hook is run directly, never through a shell: the command line is split once, like a shell
 //! would split it, and the facts of the event are appended as separate arguments. Nothing the
 //! prober learnt from the network (or from anywhere else) can therefore be interpreted as shell
 //! syntax. The facts are also in the environment, for hooks that prefer to read them there.
 //!
-//! Hooks must never delay a takeover: [`Hooks::fire`] only spawns a task and returns. That task
+//! Hooks must never delay a takeover: [`fire`] only spawns a task and returns. That task
 //! logs the hook's output line by line as it arrives, and kills the hook together with
 //! everything it started (its whole process group) when it overruns its timeout.
 
@@ -14,7 +15,6 @@ use std::{
     net::Ipv4Addr,
     os::unix::process::ExitStatusExt as _,
     process::{ExitStatus, Stdio},
-    str::FromStr,
     time::Duration,
 };
 
@@ -26,12 +26,14 @@ use tokio::{
 };
 use tracing::{debug, error, info, instrument::WithSubscriber as _, warn};
 
+use crate::{
+    config::hooks::{Hook, HookEvent, Hooks},
+    model::health::State,
+};
+
 /// All hook logging goes here, whatever module the daemon later moves this code to, so that
 /// operators can filter on it (`RUST_LOG=xdprobe::hooks=debug`).
 const TARGET: &str = "xdprobe::hooks";
-
-/// `--hook-timeout` when not given.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Output lines longer than this are logged in pieces, so that a hook printing without newlines
 /// cannot make the daemon buffer without bound.
@@ -43,74 +45,6 @@ const MAX_LINE: usize = 4096;
 /// output is still logged, by the reader tasks, which run on until the pipe closes.
 const OUTPUT_GRACE: Duration = Duration::from_millis(500);
 
-/// What happened, from the daemon's point of view; each has its own hook.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HookEvent {
-    /// A monitored host was declared DOWN.
-    Down,
-    /// A monitored host came back UP.
-    Up,
-    /// This node claimed the virtual IP.
-    Claim,
-    /// This node released the virtual IP.
-    Release,
-}
-
-impl HookEvent {
-    /// The name hooks see, as first fact argument and in `XDPROBE_EVENT`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HookEvent::Down => "down",
-            HookEvent::Up => "up",
-            HookEvent::Claim => "claim",
-            HookEvent::Release => "release",
-        }
-    }
-}
-
-impl fmt::Display for HookEvent {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A command line split like a shell would (shell-words), but run without a shell.
-///
-/// Quotes and backslashes group and escape words; nothing else is special: no variables,
-/// globbing, pipes or redirections (a `>` is passed on as an argument). A word starting with `#`
-/// begins a comment, as in a shell. To use shell features, make the hook a script.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Hook {
-    pub program: String,
-    pub args: Vec<String>,
-}
-
-impl Hook {
-    /// Splits `cmd` into a program and its arguments. Fails on an empty command and on
-    /// unbalanced quotes, so that a mistyped flag is reported at startup, not at failover.
-    pub fn parse(cmd: &str) -> Result<Hook, String> {
-        let mut words = shell_words::split(cmd)
-            .map_err(|e| format!("cannot split hook command {cmd:?}: {e} (unbalanced quotes?)"))?
-            .into_iter();
-        let program = words
-            .next()
-            .ok_or_else(|| format!("empty hook command {cmd:?}: a program to run is needed"))?;
-        Ok(Hook {
-            program,
-            args: words.collect(),
-        })
-    }
-}
-
-/// So that a command-line parser can take a `Hook` directly.
-impl FromStr for Hook {
-    type Err = String;
-
-    fn from_str(cmd: &str) -> Result<Self, Self::Err> {
-        Hook::parse(cmd)
-    }
-}
-
 /// The facts of an event, handed to its hook as arguments and environment.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HookFacts {
@@ -119,36 +53,10 @@ pub struct HookFacts {
     pub host: Ipv4Addr,
     /// The virtual IP, as configured (e.g. `192.0.2.100/24`).
     pub vip: String,
-    /// The host's state after the event (e.g. `DOWN`).
-    pub state: String,
+    /// The host's state after the event (`DOWN` to the hook).
+    pub state: State,
     /// The probe window in which the event was decided.
     pub window: u32,
-}
-
-/// The configured hooks; one per event, each optional.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Hooks {
-    pub on_down: Option<Hook>,
-    pub on_up: Option<Hook>,
-    pub on_claim: Option<Hook>,
-    pub on_release: Option<Hook>,
-    /// How long a hook may run before it is killed with everything it started. A zero timeout
-    /// kills a hook as soon as it has been started.
-    pub timeout: Duration,
-}
-
-/// No hooks, and the documented default timeout (a derived default would be a zero timeout,
-/// which kills every hook at once).
-impl Default for Hooks {
-    fn default() -> Self {
-        Hooks {
-            on_down: None,
-            on_up: None,
-            on_claim: None,
-            on_release: None,
-            timeout: DEFAULT_TIMEOUT,
-        }
-    }
 }
 
 /// How a hook ended.
@@ -175,33 +83,21 @@ impl fmt::Display for HookOutcome {
     }
 }
 
-impl Hooks {
-    /// The hook configured for `event`, if any.
-    pub fn hook_for(&self, event: HookEvent) -> Option<&Hook> {
-        match event {
-            HookEvent::Down => self.on_down.as_ref(),
-            HookEvent::Up => self.on_up.as_ref(),
-            HookEvent::Claim => self.on_claim.as_ref(),
-            HookEvent::Release => self.on_release.as_ref(),
-        }
-    }
-
-    /// Starts the hook for `facts.event`, if one is configured, in its own task; returns at once.
-    /// The handle resolves when the hook has finished or was killed; callers may drop it.
-    ///
-    /// Hooks fired one after the other run concurrently, in no guaranteed order. Their logging
-    /// goes to the subscriber that is current here, even from another worker thread.
-    /// Must be called inside a Tokio runtime; outside one, the hook is not run (and that is
-    /// logged), rather than panicking in the middle of a failover.
-    pub fn fire(&self, facts: HookFacts) -> Option<JoinHandle<HookOutcome>> {
-        let hook = self.hook_for(facts.event)?.clone();
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            error!(target: TARGET, hook = %facts.event, program = %hook.program,
-                "hook not run: no async runtime to run it on");
-            return None;
-        };
-        Some(runtime.spawn(run(hook, facts, self.timeout).with_current_subscriber()))
-    }
+/// Starts the hook for `facts.event`, if one is configured, in its own task; returns at once.
+/// The handle resolves when the hook has finished or was killed; callers may drop it.
+///
+/// Hooks fired one after the other run concurrently, in no guaranteed order. Their logging
+/// goes to the subscriber that is current here, even from another worker thread.
+/// Must be called inside a Tokio runtime; outside one, the hook is not run (and that is
+/// logged), rather than panicking in the middle of a failover.
+pub fn fire(hooks: &Hooks, facts: HookFacts) -> Option<JoinHandle<HookOutcome>> {
+    let hook = hooks.hook_for(facts.event)?.clone();
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        error!(target: TARGET, hook = %facts.event, program = %hook.program,
+            "hook not run: no async runtime to run it on");
+        return None;
+    };
+    Some(runtime.spawn(run(hook, facts, hooks.timeout).with_current_subscriber()))
 }
 
 /// The arguments a hook is run with: its own, then the facts,
@@ -212,7 +108,7 @@ fn command_args(hook: &Hook, facts: &HookFacts) -> Vec<String> {
         facts.event.to_string(),
         facts.host.to_string(),
         facts.vip.clone(),
-        facts.state.clone(),
+        facts.state.to_string(),
         facts.window.to_string(),
     ]);
     args
@@ -224,7 +120,7 @@ fn command_env(facts: &HookFacts) -> [(&'static str, String); 5] {
         ("XDPROBE_EVENT", facts.event.to_string()),
         ("XDPROBE_HOST", facts.host.to_string()),
         ("XDPROBE_VIP", facts.vip.clone()),
-        ("XDPROBE_STATE", facts.state.clone()),
+        ("XDPROBE_STATE", facts.state.to_string()),
         ("XDPROBE_WINDOW", facts.window.to_string()),
     ]
 }
@@ -495,7 +391,7 @@ mod tests {
             event,
             host: Ipv4Addr::new(192, 0, 2, 1),
             vip: "192.0.2.100/24".into(),
-            state: "DOWN".into(),
+            state: State::Down,
             window: 42,
         }
     }
@@ -503,8 +399,7 @@ mod tests {
     /// Fires the hook for `facts.event` and waits for its outcome.
     async fn fire_and_wait(hooks: &Hooks, facts: HookFacts) -> HookOutcome {
         let _spawning = SPAWNING.read().await;
-        hooks
-            .fire(facts)
+        fire(hooks, facts)
             .expect("a hook is configured")
             .await
             .unwrap()
@@ -590,56 +485,6 @@ mod tests {
         }
     }
 
-    // --- Pure parts. ---
-
-    #[test]
-    fn parse_splits_like_a_shell() {
-        let hook = Hook::parse(r#"/usr/bin/logger -t "xd probe" hello"#).unwrap();
-        assert_eq!(hook.program, "/usr/bin/logger");
-        assert_eq!(hook.args, ["-t", "xd probe", "hello"]);
-
-        let hook: Hook = r"notify 'a b' c\ d '$HOME' > file".parse().unwrap();
-        assert_eq!(hook.program, "notify");
-        assert_eq!(hook.args, ["a b", "c d", "$HOME", ">", "file"]);
-
-        assert_eq!(
-            Hook::parse("  /bin/true  ").unwrap(),
-            Hook {
-                program: "/bin/true".into(),
-                args: vec![]
-            }
-        );
-    }
-
-    #[test]
-    fn parse_rejects_empty_and_unbalanced() {
-        for empty in ["", "   ", "\t\n", "# only a comment"] {
-            let error = Hook::parse(empty).unwrap_err();
-            assert!(error.contains("empty hook command"), "{empty:?}: {error}");
-        }
-        for unbalanced in [r#"/bin/echo "oops"#, "/bin/echo 'oops"] {
-            let error = Hook::parse(unbalanced).unwrap_err();
-            assert!(
-                error.contains("cannot split hook command"),
-                "{unbalanced:?}: {error}"
-            );
-        }
-    }
-
-    #[test]
-    fn events_display_as_hooks_see_them() {
-        let names: Vec<String> = [
-            HookEvent::Down,
-            HookEvent::Up,
-            HookEvent::Claim,
-            HookEvent::Release,
-        ]
-        .iter()
-        .map(|e| e.to_string())
-        .collect();
-        assert_eq!(names, ["down", "up", "claim", "release"]);
-    }
-
     #[test]
     fn facts_follow_the_hooks_own_arguments() {
         let hook = Hook::parse("/usr/local/bin/move-route --table 'main 2'").unwrap();
@@ -660,7 +505,7 @@ mod tests {
     #[test]
     fn facts_are_in_the_environment() {
         let env = command_env(&HookFacts {
-            state: "UP".into(),
+            state: State::Up,
             window: 7,
             ..facts(HookEvent::Up)
         });
@@ -674,20 +519,6 @@ mod tests {
                 "XDPROBE_WINDOW=7",
             ]
         );
-    }
-
-    #[test]
-    fn default_timeout_is_ten_seconds_and_no_hooks() {
-        let hooks = Hooks::default();
-        assert_eq!(hooks.timeout, Duration::from_secs(10));
-        for event in [
-            HookEvent::Down,
-            HookEvent::Up,
-            HookEvent::Claim,
-            HookEvent::Release,
-        ] {
-            assert!(hooks.hook_for(event).is_none());
-        }
     }
 
     #[tokio::test]
@@ -844,7 +675,7 @@ printf 'pid=%s pgid=%s\n' "$$" "$(cut -d' ' -f5 /proc/$$/stat)" >> "$out""#,
         );
 
         let _spawning = SPAWNING.read().await;
-        let handle = hooks.fire(facts(HookEvent::Down)).unwrap();
+        let handle = fire(&hooks, facts(HookEvent::Down)).unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while std::fs::read_to_string(&pid_file).map_or(true, |pid| !pid.ends_with('\n'))
             && std::time::Instant::now() < deadline
@@ -956,7 +787,7 @@ printf 'pid=%s pgid=%s\n' "$$" "$(cut -d' ' -f5 /proc/$$/stat)" >> "$out""#,
         );
         let _spawning = SPAWNING.read().await;
         let started = std::time::Instant::now();
-        let handle = hooks.fire(facts(HookEvent::Claim)).unwrap();
+        let handle = fire(&hooks, facts(HookEvent::Claim)).unwrap();
         let elapsed = started.elapsed();
         assert!(elapsed < Duration::from_millis(50), "{elapsed:?}");
         assert!(!handle.is_finished());
@@ -970,7 +801,7 @@ printf 'pid=%s pgid=%s\n' "$$" "$(cut -d' ' -f5 /proc/$$/stat)" >> "$out""#,
             hook(Path::new("/bin/true"), &[]),
             Duration::from_secs(5),
         );
-        assert!(hooks.fire(facts(HookEvent::Release)).is_none());
+        assert!(fire(&hooks, facts(HookEvent::Release)).is_none());
     }
 
     #[tokio::test]
@@ -993,7 +824,7 @@ printf 'pid=%s pgid=%s\n' "$$" "$(cut -d' ' -f5 /proc/$$/stat)" >> "$out""#,
         let (captured, dispatch) = Captured::install();
         let _spawning = SPAWNING.read().await;
         let handle =
-            tracing::dispatcher::with_default(&dispatch, || hooks.fire(facts(HookEvent::Down)))
+            tracing::dispatcher::with_default(&dispatch, || fire(&hooks, facts(HookEvent::Down)))
                 .unwrap();
 
         // The hook is still waiting for us, yet its first lines are already in the log.
@@ -1044,7 +875,7 @@ printf 'pid=%s pgid=%s\n' "$$" "$(cut -d' ' -f5 /proc/$$/stat)" >> "$out""#,
         );
         let _spawning = SPAWNING.read().await;
         let handle =
-            tracing::dispatcher::with_default(&dispatch, || hooks.fire(facts(HookEvent::Up)))
+            tracing::dispatcher::with_default(&dispatch, || fire(&hooks, facts(HookEvent::Up)))
                 .unwrap();
         assert_eq!(handle.await.unwrap(), HookOutcome::Exited(0));
 

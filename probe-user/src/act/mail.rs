@@ -10,12 +10,10 @@
 //! - the send loop: [`run`] takes notices off the queue, [`deliver`] retries with backoff.
 
 use std::{
-    fmt,
     fs::File,
     io::Read as _,
     os::unix::fs::PermissionsExt as _,
     path::Path,
-    str::FromStr,
     sync::{Arc, RwLock},
     time::{Duration, Instant},
 };
@@ -33,66 +31,15 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::settings::MailSettings;
+use crate::{
+    config::mail::{MailSettings, RateLimit},
+    model::notice::Notice,
+};
 
 /// Queued notices beyond this are dropped (and logged): the queue must never block a sender.
 const QUEUE: usize = 64;
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const SMTP_TIMEOUT: Duration = Duration::from_secs(10);
-/// The shortest period a rate limit may have.
-const MIN_LIMIT_PERIOD: Duration = Duration::from_secs(1);
-
-/// A token bucket for notices: up to `burst` at once, refilled at `burst` per `per`.
-/// Written as `N/DURATION` in flags and config (e.g. `5/10m`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RateLimit {
-    pub burst: u32,
-    pub per: Duration,
-}
-
-impl Default for RateLimit {
-    fn default() -> Self {
-        Self {
-            burst: 10,
-            per: Duration::from_secs(3600),
-        }
-    }
-}
-
-impl FromStr for RateLimit {
-    type Err = String;
-
-    /// `N/DURATION`: N ≥ 1 notices, a humantime DURATION of at least 1s (`10/1h`, `5/10m`).
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (n, per) = s
-            .trim()
-            .split_once('/')
-            .ok_or_else(|| format!("{s:?} is not N/DURATION (e.g. 10/1h or 5/10m)"))?;
-        let burst = n
-            .trim()
-            .parse::<u32>()
-            .ok()
-            .filter(|n| *n >= 1)
-            .ok_or_else(|| format!("{n:?} in {s:?} is not a number of notices (1 or more)"))?;
-        let per = humantime::parse_duration(per.trim())
-            .map_err(|e| format!("{per:?} in {s:?} is not a duration ({e}; e.g. 10m, 1h)"))?;
-        if per < MIN_LIMIT_PERIOD {
-            return Err(format!(
-                "{per:?} in {s:?} is too short a period (at least {})",
-                humantime::format_duration(MIN_LIMIT_PERIOD)
-            ));
-        }
-        Ok(Self { burst, per })
-    }
-}
-
-impl fmt::Display for RateLimit {
-    /// The `N/DURATION` form `from_str` reads, without spaces (`10/1h`, `5/1m30s`).
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let per = humantime::format_duration(self.per).to_string();
-        write!(f, "{}/{}", self.burst, per.replace(' ', ""))
-    }
-}
 
 /// A token bucket: starts full with `burst` tokens, refills continuously at `burst` per `per`,
 /// never holds more than `burst`. Pure: the time is always an argument.
@@ -345,12 +292,6 @@ impl Default for Retry {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Notice {
-    pub subject: String,
-    pub body: String,
-}
-
 /// The sending side, cheap to clone; every clone follows [`Notifier::reconfigure`]. Without
 /// mail settings, notices are only logged.
 #[derive(Clone)]
@@ -581,51 +522,6 @@ mod tests {
             "{text}"
         );
         assert!(text.trim_end().ends_with("details"), "{text}");
-    }
-
-    // --- the rate limit ---
-
-    #[test]
-    fn rate_limits_are_n_per_duration() {
-        let limit = |burst, per| Ok(RateLimit { burst, per });
-        assert_eq!("5/10m".parse(), limit(5, secs(600)));
-        assert_eq!("10/1h".parse(), limit(10, secs(3600)));
-        assert_eq!(" 1/1s ".parse(), limit(1, secs(1)));
-        assert_eq!("3/1h 30m".parse(), limit(3, secs(5400)));
-        assert_eq!("3/1h30m".parse(), limit(3, secs(5400)));
-    }
-
-    #[test]
-    fn bad_rate_limits_say_what_is_wrong() {
-        for (text, needle) in [
-            ("10", "is not N/DURATION"),
-            ("", "is not N/DURATION"),
-            ("0/1h", "1 or more"),
-            ("-1/1h", "1 or more"),
-            ("x/1h", "1 or more"),
-            ("99999999999/1h", "1 or more"),
-            ("5/", "is not a duration"),
-            ("5/soon", "is not a duration"),
-            ("5/10", "is not a duration"),
-            ("5/500ms", "too short a period (at least 1s)"),
-            ("5/0s", "too short"),
-        ] {
-            let err = text.parse::<RateLimit>().unwrap_err();
-            assert!(
-                err.contains(needle) && err.contains(&format!("{text:?}")),
-                "{text:?}: {err}"
-            );
-        }
-    }
-
-    #[test]
-    fn rate_limits_display_as_they_are_written() {
-        assert_eq!(RateLimit::default().to_string(), "10/1h");
-        for text in ["5/10m", "1/1s", "3/1h30m", "7/1day", "2/1s500ms"] {
-            let limit: RateLimit = text.parse().unwrap();
-            assert_eq!(limit.to_string(), text);
-            assert_eq!(limit.to_string().parse(), Ok(limit));
-        }
     }
 
     /// Takes tokens at `now` until there are none; how many there were.

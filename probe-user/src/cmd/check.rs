@@ -4,10 +4,18 @@
 use std::{fmt::Write as _, path::PathBuf};
 
 use crate::{
-    config::flags::{CheckArgs, RunArgs},
-    service::daemon::load_settings,
+    act::mail::load_credentials,
+    config::{
+        dns::PoolConfig,
+        file::DEFAULT_CONFIG,
+        flags::{CheckArgs, RunArgs},
+        hooks::Hooks,
+        load::load_settings,
+        mail::MailSettings,
+        settings::Settings,
+        timing::Timing,
+    },
     failure::Failure,
-    config::settings::{Settings, DEFAULT_CONFIG},
     probe::targets,
 };
 
@@ -29,7 +37,7 @@ pub fn check(args: CheckArgs) -> Result<u8, Failure> {
     // Mail files: the credentials must parse, the CA must be readable.
     if let Some(mail) = &settings.mail {
         if let Some(credentials) = &mail.credentials {
-            crate::act::mail::load_credentials(credentials).map_err(Failure::Usage)?;
+            load_credentials(credentials).map_err(Failure::Usage)?;
         }
         if let Some(ca) = &mail.ca {
             std::fs::read(ca).map_err(|e| {
@@ -46,21 +54,41 @@ pub fn check(args: CheckArgs) -> Result<u8, Failure> {
 
 /// What xdprobe would do with these settings, for people.
 pub fn plan(s: &Settings, source: &str) -> String {
-    let mut out = String::new();
-    let t = &s.timing;
-    let f = &s.failover;
-    let _ = writeln!(out, "{source}: valid");
-    let _ = writeln!(out, "interface: {}", s.iface);
-    let _ = writeln!(
-        out,
-        "timing: {} windows, {} probes each ({} retr{}), DOWN after {} failed windows, UP after {} good",
+    let mut out = format!("{source}: valid\ninterface: {}\n", s.iface);
+    out.push_str(&timing_line(&s.timing));
+    out.push_str(&groups_lines(s));
+    if !s.monitor.is_empty() {
+        out.push_str(&format!("monitor: {}\n", s.monitor.join(", ")));
+    }
+    out.push_str(&pools_lines(&s.dns));
+    out.push_str(&hooks_lines(&s.hooks));
+    out.push_str(&mail_line(s.mail.as_ref()));
+    let metrics = s
+        .metrics
+        .map_or("off".to_string(), |addr| format!("http://{addr}/metrics"));
+    out.push_str(&format!("metrics: {metrics}\n"));
+    out.push_str(&format!(
+        "log level: {} (unless RUST_LOG is set)\n",
+        s.log_level
+    ));
+    out
+}
+
+fn timing_line(t: &Timing) -> String {
+    format!(
+        "timing: {} windows, {} probes each ({} retr{}), DOWN after {} failed windows, UP after {} good\n",
         humantime::format_duration(t.window),
         t.probes,
         t.retries,
         if t.retries == 1 { "y" } else { "ies" },
         t.failed_windows,
         t.recover_windows
-    );
+    )
+}
+
+/// Each group, then the failover settings they share (if there is a group).
+fn groups_lines(s: &Settings) -> String {
+    let mut out = String::new();
     for (i, g) in s.groups.iter().enumerate() {
         let _ = writeln!(
             out,
@@ -71,25 +99,37 @@ pub fn plan(s: &Settings, source: &str) -> String {
             g.label
         );
     }
-    if !s.groups.is_empty() {
-        let witnesses: Vec<String> = f.witnesses.iter().map(ToString::to_string).collect();
-        let _ = writeln!(
-            out,
-            "failover: witnesses [{}], failback {:?}, hold-down {}, on exit {:?}, conflict check {}, GARP 1 + {} every {}{}",
-            witnesses.join(", "),
-            f.failback,
-            humantime::format_duration(f.hold_down),
-            f.on_exit,
-            if f.conflict_wait.is_zero() { "off".to_string() } else { humantime::format_duration(f.conflict_wait).to_string() },
-            f.garp.count,
-            humantime::format_duration(f.garp.interval),
-            f.garp.refresh.map(|r| format!(", refresh every {}", humantime::format_duration(r))).unwrap_or_default()
-        );
+    if s.groups.is_empty() {
+        return out;
     }
-    if !s.monitor.is_empty() {
-        let _ = writeln!(out, "monitor: {}", s.monitor.join(", "));
-    }
-    for (i, pool) in s.dns.iter().enumerate() {
+    let f = &s.failover;
+    let witnesses: Vec<String> = f.witnesses.iter().map(ToString::to_string).collect();
+    let conflict = if f.conflict_wait.is_zero() {
+        "off".to_string()
+    } else {
+        humantime::format_duration(f.conflict_wait).to_string()
+    };
+    let refresh = f
+        .garp
+        .refresh
+        .map(|r| format!(", refresh every {}", humantime::format_duration(r)))
+        .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "failover: witnesses [{}], failback {:?}, hold-down {}, on exit {:?}, conflict check {conflict}, GARP 1 + {} every {}{refresh}",
+        witnesses.join(", "),
+        f.failback,
+        humantime::format_duration(f.hold_down),
+        f.on_exit,
+        f.garp.count,
+        humantime::format_duration(f.garp.interval),
+    );
+    out
+}
+
+fn pools_lines(pools: &[PoolConfig]) -> String {
+    let mut out = String::new();
+    for (i, pool) in pools.iter().enumerate() {
         let members: Vec<String> = pool.members.iter().map(ToString::to_string).collect();
         let _ = writeln!(
             out,
@@ -102,13 +142,18 @@ pub fn plan(s: &Settings, source: &str) -> String {
             members.join(", ")
         );
     }
-    let hooks = [
-        ("on_down", &s.hooks.on_down),
-        ("on_up", &s.hooks.on_up),
-        ("on_claim", &s.hooks.on_claim),
-        ("on_release", &s.hooks.on_release),
+    out
+}
+
+fn hooks_lines(hooks: &Hooks) -> String {
+    let mut out = String::new();
+    let all = [
+        ("on_down", &hooks.on_down),
+        ("on_up", &hooks.on_up),
+        ("on_claim", &hooks.on_claim),
+        ("on_release", &hooks.on_release),
     ];
-    for (name, hook) in hooks {
+    for (name, hook) in all {
         if let Some(hook) = hook {
             let command = std::iter::once(hook.program.as_str())
                 .chain(hook.args.iter().map(String::as_str))
@@ -117,34 +162,27 @@ pub fn plan(s: &Settings, source: &str) -> String {
             let _ = writeln!(out, "hook {name}: {command}");
         }
     }
-    match &s.mail {
-        Some(m) => {
-            let _ = writeln!(
-                out,
-                "mail: to {} from {} via {}:{}{}{}, at most {}",
-                m.to,
-                m.from,
-                m.smtp_host,
-                m.smtp_port,
-                if m.starttls { " with STARTTLS" } else { "" },
-                if m.credentials.is_some() {
-                    " and credentials"
-                } else {
-                    ""
-                },
-                m.limit
-            );
-        }
-        None => {
-            let _ = writeln!(out, "mail: off");
-        }
-    }
-    let metrics = s
-        .metrics
-        .map_or("off".to_string(), |addr| format!("http://{addr}/metrics"));
-    let _ = writeln!(out, "metrics: {metrics}");
-    let _ = writeln!(out, "log level: {} (unless RUST_LOG is set)", s.log_level);
     out
+}
+
+fn mail_line(mail: Option<&MailSettings>) -> String {
+    let Some(m) = mail else {
+        return "mail: off\n".to_string();
+    };
+    format!(
+        "mail: to {} from {} via {}:{}{}{}, at most {}\n",
+        m.to,
+        m.from,
+        m.smtp_host,
+        m.smtp_port,
+        if m.starttls { " with STARTTLS" } else { "" },
+        if m.credentials.is_some() {
+            " and credentials"
+        } else {
+            ""
+        },
+        m.limit
+    )
 }
 
 #[cfg(test)]
@@ -152,7 +190,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::config::settings::FileConfig;
+    use crate::config::file::FileConfig;
 
     #[test]
     fn the_plan_shows_groups_timing_failover_and_mail() {

@@ -11,20 +11,28 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    config::flags::{MonitorArgs, Receive},
-    probe::counters::{Counters, SocketCounters},
-    model::events::Report,
+    cmd::report::{self, Format, StateLine},
+    config::{
+        flags::{MonitorArgs, Receive},
+        timing::Timing,
+    },
     failure::{Failure, OrSystem as _},
-    probe::prober::{Outcome, Prober, Roles},
-    cmd::report::{self, Format, StateLine, WindowLine},
-    probe::sender::Sender,
-    config::settings, probe::targets,
+    model::events::{HostReport, Report},
+    probe::{
+        counters::{Counters, SocketCounters},
+        hosts::Roles,
+        prober::{Outcome, Prober},
+        sender::Sender,
+        stats::Summary,
+        targets,
+    },
+    service::startup::{attach_xdp, interface_index, require_capabilities},
 };
 
 pub async fn monitor(args: MonitorArgs) -> Result<u8, Failure> {
-    let timing = settings::monitor_timing(&args).map_err(|e| Failure::Usage(e.into()))?;
-    crate::service::startup::interface_index(&args.iface)?;
-    crate::service::startup::require_capabilities()?;
+    let timing = Timing::for_monitor(&args).map_err(|e| Failure::Usage(e.into()))?;
+    interface_index(&args.iface)?;
+    require_capabilities()?;
     let parsed = targets::parse_args(&args.targets, |path| std::fs::read_to_string(path))
         .map_err(|e| Failure::Usage(e.into()))?;
     let hosts = targets::resolve(parsed, probe_common::maps::MAX_HOSTS as usize)
@@ -38,12 +46,7 @@ pub async fn monitor(args: MonitorArgs) -> Result<u8, Failure> {
     };
 
     let counters: Box<dyn Counters> = match args.receive {
-        Receive::Xdp => Box::new(crate::service::startup::attach_xdp(
-            &hosts,
-            hosts.len(),
-            &args.iface,
-            args.debug,
-        )?),
+        Receive::Xdp => Box::new(attach_xdp(&hosts, hosts.len(), &args.iface, args.debug)?),
         Receive::Socket => Box::new(SocketCounters::start(&args.iface, &hosts).system()?),
     };
     // The maps' kernel memory is fixed once they exist (and gone once the prober ends).
@@ -105,50 +108,29 @@ async fn print(
     while let Some(report) = reports.recv().await {
         let mut out = std::io::stdout().lock();
         match report {
-            Report::Host(event) => {
-                let (from, to) = (event.change.from.to_string(), event.change.to.to_string());
+            Report::Host(HostReport::Changed(event)) => {
                 report::write_state(
                     &mut out,
                     format,
                     &StateLine {
                         host: event.host,
-                        from: &from,
-                        to: &to,
+                        from: event.change.from,
+                        to: event.change.to,
                         window: event.window,
                         at: event.at,
                         rtt_us: event.rtt.map(|rtt| rtt.as_micros() as u64),
                     },
                 )?;
             }
-            Report::Window {
-                window,
-                up,
-                down,
-                unknown,
-                sent,
-                answered,
-            } => {
-                report::write_window(
-                    &mut out,
-                    format,
-                    &WindowLine {
-                        window,
-                        up,
-                        down,
-                        unknown,
-                        sent,
-                        answered,
-                    },
-                )?;
-            }
-            Report::Suspect { .. } | Report::Witnesses { .. } | Report::Known(_) => {}
+            Report::Window(counts) => report::write_window(&mut out, format, &counts)?,
+            Report::Host(_) => {}
         }
         out.flush()?;
     }
     Ok(())
 }
 
-fn summarize(outcome: &Outcome, hosts: u64, map_kib: Option<u64>) -> report::Summary {
+fn summarize(outcome: &Outcome, hosts: u64, map_kib: Option<u64>) -> Summary {
     let [unknown, up, down] = outcome.states;
     let mut summary =
         outcome

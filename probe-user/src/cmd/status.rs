@@ -8,8 +8,8 @@ use anyhow::Context as _;
 use crate::{
     config::flags::{ReloadArgs, StatusArgs},
     failure::Failure,
-    service::endpoint::Snapshot,
-    service::reload::Outcome,
+    model::snapshot::Snapshot,
+    service::endpoint::ReloadOutcome,
 };
 
 pub fn status(args: StatusArgs) -> Result<u8, Failure> {
@@ -52,7 +52,7 @@ pub fn reload(args: ReloadArgs) -> Result<u8, Failure> {
         .read_to_string()
         .with_context(|| format!("reading the answer of {url}"))
         .map_err(Failure::System)?;
-    let outcome: Outcome = serde_json::from_str(&body)
+    let outcome: ReloadOutcome = serde_json::from_str(&body)
         .map_err(|_| anyhow::anyhow!("{url} answered {status}: {}", body.trim()))
         .map_err(Failure::System)?;
     if outcome.applied {
@@ -129,7 +129,10 @@ pub fn table(s: &Snapshot) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::service::endpoint::{GroupStatus, HostStatus};
+    use crate::model::{
+        health::State,
+        snapshot::{DnsStatus, GroupStatus, HostStatus},
+    };
 
     #[test]
     fn the_table_shows_state_rtt_loss_and_groups() {
@@ -139,7 +142,7 @@ mod tests {
             map_read_seconds: 0.0,
             hosts: vec![HostStatus {
                 host: "192.0.2.1".parse().unwrap(),
-                state: "UP".into(),
+                state: State::Up,
                 since_window: 1,
                 rtt_ms: Some(0.25),
                 probes_sent: 20,
@@ -153,7 +156,7 @@ mod tests {
                 claims: 0,
                 releases: 0,
             }],
-            dns: vec![crate::service::endpoint::DnsStatus {
+            dns: vec![DnsStatus {
                 name: "www.example.test.".into(),
                 server: "192.0.2.53:53".into(),
                 in_sync: false,

@@ -1,5 +1,13 @@
-//! Everything the user says, checked: the command-line flags, the config file, and the
-//! typed settings resolved from both. Pure but for reading the files the config names.
+//! Everything the user says, checked: the command-line flags, the config file, and the typed
+//! settings resolved from both (each part by its own resolver). Pure but for reading the files
+//! the config names.
 
+pub mod dns;
+pub mod error;
+pub mod file;
 pub mod flags;
+pub mod hooks;
+pub mod load;
+pub mod mail;
 pub mod settings;
+pub mod timing;

@@ -1,11 +1,13 @@
-//! What the prober tells the rest of the daemon, and the notices composed from it (pure).
+//! What the prober tells the rest of the daemon (pure data).
 
 use std::{
     net::Ipv4Addr,
     time::{Duration, SystemTime},
 };
 
-use crate::{model::health::Change, act::mail::Notice};
+use serde::Serialize;
+
+use crate::model::health::Change;
 
 /// A host changed state at the end of a probe round.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,11 +35,19 @@ pub struct Site {
     pub node: String,
 }
 
-/// What the prober tells the failover task.
+/// What the prober says: something about the hosts, or that a window ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Report {
+    Host(HostReport),
+    Window(WindowCounts),
+}
+
+/// What the prober says about the hosts: what the failover groups, the hooks and the DNS pools
+/// act on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostReport {
     /// A host changed state.
-    Host(HostEvent),
+    Changed(HostEvent),
     /// A host's current state, for a failover group that a reload has just added to watch it
     /// (it missed the change): the group acts on it, but it is not a change, so no hooks.
     Known(HostEvent),
@@ -45,293 +55,15 @@ pub enum Report {
     Suspect { host: Ipv4Addr, window: u32 },
     /// Whether any witness answered within the last window (sent when it changes).
     Witnesses { alive: bool, window: u32 },
-    /// A window ended: hosts per state, probes sent and replies counted in it.
-    Window {
-        window: u32,
-        up: u64,
-        down: u64,
-        unknown: u64,
-        sent: u64,
-        answered: u64,
-    },
 }
 
-/// `outcome` is `Err(reason)` when the VIP could not be added.
-pub fn takeover_notice(event: &HostEvent, takeover: &Site, outcome: &Result<(), String>) -> Notice {
-    let failed_windows =
-        (event.silent_for.as_secs_f64() / event.window_len.as_secs_f64()).round() as u64;
-    let when = humantime::format_rfc3339_millis(event.at);
-    let what = match outcome {
-        Ok(()) => format!(
-            "The virtual IP {} was taken over: it is now on {} of {} (label {}).",
-            takeover.vip, takeover.iface, takeover.node, takeover.label
-        ),
-        Err(reason) => format!(
-            "Taking over the virtual IP {} on {} of {} FAILED: {reason}",
-            takeover.vip, takeover.iface, takeover.node
-        ),
-    };
-    let subject = match outcome {
-        Ok(()) => format!(
-            "xdprobe: {} is DOWN, {} taken over by {}",
-            event.host, takeover.vip, takeover.node
-        ),
-        Err(_) => format!(
-            "xdprobe: {} is DOWN, takeover of {} FAILED",
-            event.host, takeover.vip
-        ),
-    };
-    let body = format!(
-        "Host {host} stopped answering and was declared DOWN at {when} (window {window}),\n\
-         after {failed_windows} failed windows of {len} ({rounds} probes in a row unanswered, \
-         silent for {silent}).\n\n{what}\n",
-        host = event.host,
-        window = event.window,
-        len = humantime::format_duration(event.window_len),
-        rounds = event.change.silent_rounds,
-        silent = humantime::format_duration(round_ms(event.silent_for)),
-    );
-    Notice { subject, body }
-}
-
-/// The primary is back. `release_in`: when the VIP goes back to it (`None`: not held, or kept).
-pub fn recovery_notice(
-    event: &HostEvent,
-    site: &Site,
-    holding: bool,
-    release_in: Option<Duration>,
-) -> Notice {
-    let vip = &site.vip;
-    let node = &site.node;
-    let what = match (holding, release_in) {
-        (false, _) => format!("{node} does not hold the virtual IP {vip}."),
-        (true, None) => format!("The virtual IP {vip} stays on {node} (failback: keep)."),
-        (true, Some(d)) if d.is_zero() => format!("{node} releases the virtual IP {vip} now."),
-        (true, Some(d)) => format!(
-            "{node} releases the virtual IP {vip} in {} (hold-down), unless {} fails again.",
-            humantime::format_duration(round_ms(d)),
-            event.host
-        ),
-    };
-    Notice {
-        subject: format!("xdprobe: {} is UP again", event.host),
-        body: format!(
-            "Host {host} answers again: UP at {when} (window {window}) after {good} good windows.\n{what}\n",
-            host = event.host,
-            when = humantime::format_rfc3339_millis(event.at),
-            window = event.window,
-            good = event.change.good_windows,
-        ),
-    }
-}
-
-pub fn release_notice(
-    watch: Ipv4Addr,
-    site: &Site,
-    at: SystemTime,
-    announced_for: Option<String>,
-) -> Notice {
-    let wire = match announced_for {
-        Some(mac) => format!("It was announced by gratuitous ARP for the primary's MAC {mac}."),
-        None => "No machine answered ARP for it afterwards, so nothing was announced.".to_string(),
-    };
-    Notice {
-        subject: format!("xdprobe: {} gave {} back to {watch}", site.node, site.vip),
-        body: format!(
-            "{watch} answers again, so {node} removed the virtual IP {vip} from {iface} at {when}.\n{wire}\n",
-            node = site.node,
-            vip = site.vip,
-            iface = site.iface,
-            when = humantime::format_rfc3339_millis(at),
-        ),
-    }
-}
-
-pub fn conflict_notice(watch: Ipv4Addr, site: &Site, at: SystemTime, holder: &str) -> Notice {
-    Notice {
-        subject: format!("xdprobe: {watch} is DOWN but {} is in use by {holder}: not taken", site.vip),
-        body: format!(
-            "{watch} is DOWN, but at {when} another machine ({holder}) answered ARP for the virtual IP {vip}.\n\
-             {node} did not take it, to avoid a duplicate address, and keeps watching.\n",
-            when = humantime::format_rfc3339_millis(at),
-            vip = site.vip,
-            node = site.node,
-        ),
-    }
-}
-
-pub fn isolation_notice(
-    watch: Ipv4Addr,
-    witnesses: &[Ipv4Addr],
-    site: &Site,
-    at: SystemTime,
-) -> Notice {
-    let list: Vec<String> = witnesses.iter().map(ToString::to_string).collect();
-    Notice {
-        subject: format!("xdprobe: {} is cut off; {} not taken", site.node, site.vip),
-        body: format!(
-            "{watch} is DOWN, but so is every witness ({list}) at {when}:\n\
-             {node} itself is probably cut off from the network, so it did not take {vip}.\n",
-            list = list.join(", "),
-            when = humantime::format_rfc3339_millis(at),
-            node = site.node,
-            vip = site.vip,
-        ),
-    }
-}
-
-pub fn start_notice(watch: Ipv4Addr, takeover: &Site, holding: bool) -> Notice {
-    let now = if holding {
-        format!("It already holds {} and keeps it.", takeover.vip)
-    } else {
-        format!(
-            "When {watch} goes DOWN it will take over {} on {} (label {}).",
-            takeover.vip, takeover.iface, takeover.label
-        )
-    };
-    Notice {
-        subject: format!("xdprobe: {} is watching {watch}", takeover.node),
-        body: format!(
-            "xdprobe on {} started watching {watch}.\n{now}\n",
-            takeover.node
-        ),
-    }
-}
-
-fn round_ms(d: Duration) -> Duration {
-    Duration::from_millis(d.as_millis() as u64)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::health::State;
-
-    fn down_event() -> HostEvent {
-        HostEvent {
-            host: "192.0.2.1".parse().unwrap(),
-            change: Change {
-                from: State::Up,
-                to: State::Down,
-                silent_rounds: 6,
-                good_windows: 0,
-            },
-            window: 42,
-            at: SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
-            silent_for: Duration::from_millis(200),
-            window_len: Duration::from_millis(100),
-            rtt: None,
-        }
-    }
-
-    fn site() -> Site {
-        Site {
-            vip: "192.0.2.100/24".into(),
-            iface: "eth0".into(),
-            label: "eth0:1".into(),
-            node: "standby".into(),
-        }
-    }
-
-    #[test]
-    fn takeover_notice_says_who_when_how_long_and_what_was_taken() {
-        let n = takeover_notice(&down_event(), &site(), &Ok(()));
-        assert_eq!(
-            n.subject,
-            "xdprobe: 192.0.2.1 is DOWN, 192.0.2.100/24 taken over by standby"
-        );
-        for needle in [
-            "Host 192.0.2.1",
-            "2023-11-14T22:13:20.123Z",
-            "window 42",
-            "after 2 failed windows of 100ms",
-            "6 probes in a row",
-            "192.0.2.100/24",
-            "eth0",
-            "eth0:1",
-        ] {
-            assert!(
-                n.body.contains(needle),
-                "missing {needle:?} in:\n{}",
-                n.body
-            );
-        }
-    }
-
-    #[test]
-    fn a_failed_takeover_is_reported_as_such() {
-        let n = takeover_notice(&down_event(), &site(), &Err("permission denied".into()));
-        assert!(n.subject.contains("FAILED"), "{}", n.subject);
-        assert!(n.body.contains("FAILED: permission denied"), "{}", n.body);
-    }
-
-    #[test]
-    fn start_notice_says_what_will_happen() {
-        let n = start_notice("192.0.2.1".parse().unwrap(), &site(), false);
-        assert_eq!(n.subject, "xdprobe: standby is watching 192.0.2.1");
-        assert!(
-            n.body
-                .contains("take over 192.0.2.100/24 on eth0 (label eth0:1)"),
-            "{}",
-            n.body
-        );
-        let n = start_notice("192.0.2.1".parse().unwrap(), &site(), true);
-        assert!(
-            n.body.contains("already holds 192.0.2.100/24"),
-            "{}",
-            n.body
-        );
-    }
-
-    #[test]
-    fn recovery_notice_names_the_host_and_where_the_vip_stays() {
-        let mut e = down_event();
-        e.change = Change {
-            from: State::Down,
-            to: State::Up,
-            silent_rounds: 0,
-            good_windows: 2,
-        };
-        let n = recovery_notice(&e, &site(), true, None);
-        assert_eq!(n.subject, "xdprobe: 192.0.2.1 is UP again");
-        assert!(n.body.contains("after 2 good windows"), "{}", n.body);
-        assert!(
-            n.body.contains("192.0.2.100/24 stays on standby"),
-            "{}",
-            n.body
-        );
-        let n = recovery_notice(&e, &site(), true, Some(Duration::from_millis(2500)));
-        assert!(
-            n.body
-                .contains("releases the virtual IP 192.0.2.100/24 in 2s 500ms"),
-            "{}",
-            n.body
-        );
-        let n = recovery_notice(&e, &site(), false, None);
-        assert!(n.body.contains("does not hold"), "{}", n.body);
-    }
-
-    #[test]
-    fn release_conflict_and_isolation_notices_name_what_happened() {
-        let at = SystemTime::UNIX_EPOCH;
-        let primary = "192.0.2.1".parse().unwrap();
-        let n = release_notice(primary, &site(), at, Some("02:00:00:00:00:01".into()));
-        assert_eq!(
-            n.subject,
-            "xdprobe: standby gave 192.0.2.100/24 back to 192.0.2.1"
-        );
-        assert!(n.body.contains("MAC 02:00:00:00:00:01"), "{}", n.body);
-        let n = conflict_notice(primary, &site(), at, "02:00:00:00:00:09");
-        assert!(
-            n.subject.contains("in use by 02:00:00:00:00:09: not taken"),
-            "{}",
-            n.subject
-        );
-        let n = isolation_notice(primary, &["192.0.2.254".parse().unwrap()], &site(), at);
-        assert_eq!(
-            n.subject,
-            "xdprobe: standby is cut off; 192.0.2.100/24 not taken"
-        );
-        assert!(n.body.contains("(192.0.2.254)"), "{}", n.body);
-    }
+/// A window ended: hosts per state at its end, probes sent and replies counted in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct WindowCounts {
+    pub window: u32,
+    pub up: u64,
+    pub down: u64,
+    pub unknown: u64,
+    pub sent: u64,
+    pub answered: u64,
 }

@@ -8,9 +8,12 @@
 //! rounds ending with the current round) had at least one answer. That slides too, so the
 //! window in which the host came back counts even if it returned halfway through.
 
-use crate::config::settings::Timing;
+use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+use crate::config::timing::{Timing, MAX_RECOVERY_ROUNDS};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
 pub enum State {
     /// Not answered yet, not yet silent for long enough to be DOWN.
     Unknown,
@@ -47,9 +50,6 @@ pub struct Health {
     /// Answered rounds since the host went DOWN, newest in bit 0.
     history: u64,
 }
-
-/// The most rounds recovery can look back at: `recover_windows * probes` must not exceed it.
-pub const MAX_RECOVERY_ROUNDS: u32 = u64::BITS;
 
 impl Default for Health {
     fn default() -> Self {

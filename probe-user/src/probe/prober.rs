@@ -22,37 +22,20 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::{
-    probe::counters::Counters,
-    model::events::{HostEvent, Report},
-    model::health::{Health, State},
-    service::endpoint::{HostStatus, Observed},
-    cmd::report::Stats,
-    probe::sender::{Round, Sender},
-    config::settings::Timing,
+    config::timing::Timing,
+    model::{
+        events::{HostEvent, HostReport, Report, WindowCounts},
+        health::{Change, Health, State},
+        snapshot::{HostStatus, Observed},
+    },
+    probe::{
+        counters::Counters,
+        hosts::{moved, origins, Roles},
+        plan::{suspect_threshold, Epoch, Event, Plan, Step},
+        sender::{Round, Sender},
+        stats::Stats,
+    },
 };
-
-/// Which of the (sorted) hosts play a part in failover.
-#[derive(Clone, Debug, Default)]
-pub struct Roles {
-    /// The failover groups' primaries.
-    pub watches: Vec<usize>,
-    pub witnesses: Vec<usize>,
-}
-
-impl Roles {
-    /// Roles of `watches` and `witnesses` within `hosts` (sorted, containing them all).
-    pub fn find(hosts: &[Ipv4Addr], watches: &[Ipv4Addr], witnesses: &[Ipv4Addr]) -> Self {
-        let find = |list: &[Ipv4Addr]| {
-            list.iter()
-                .filter_map(|a| hosts.binary_search(a).ok())
-                .collect()
-        };
-        Self {
-            watches: find(watches),
-            witnesses: find(witnesses),
-        }
-    }
-}
 
 /// A reload's new host list and timing, applied by the loop at the next window boundary.
 pub struct Reload {
@@ -113,21 +96,42 @@ pub struct Prober {
     reloads: Option<mpsc::UnboundedReceiver<Reload>>,
 }
 
-/// Where the round numbering stands: the round at `start` is `round`, and the first of window
-/// `window`. Reset when a reload changes the timing.
-#[derive(Clone, Copy, Debug)]
-struct Epoch {
-    start: Instant,
-    round: u64,
+/// Where the loop stands: the round numbering, the ticker, the current window and its cookie,
+/// and the last round run.
+struct Position {
+    epoch: Epoch,
+    ticker: Interval,
     window: u32,
+    cookie: u32,
+    last_round: Option<u64>,
 }
 
-impl Epoch {
-    /// The round (counted from the very first) that a tick `at` belongs to, and its window.
-    fn locate(&self, at: Instant, timing: &Timing) -> (u64, u32) {
-        let k = round_index(at - self.start, timing.round());
-        let window = u64::from(self.window) + k / u64::from(timing.probes.max(1));
-        (self.round + k, u32::try_from(window).unwrap_or(u32::MAX))
+impl Position {
+    /// Window 1 begins now; no window has been started yet (window 0).
+    fn start(timing: &Timing) -> Self {
+        let start = Instant::now();
+        Self {
+            epoch: Epoch {
+                start,
+                round: 0,
+                window: 1,
+            },
+            ticker: ticker(start, timing.round()),
+            window: 0,
+            cookie: 0,
+            last_round: None,
+        }
+    }
+
+    /// A new timing from round `k` (window `window`, begun at `tick`) on: the numbering
+    /// restarts there without a gap, and the ticker follows the new round length.
+    fn retime(&mut self, tick: Instant, k: u64, window: u32, timing: &Timing) {
+        self.epoch = Epoch {
+            start: tick,
+            round: k,
+            window,
+        };
+        self.ticker = ticker(tick + timing.round(), timing.round());
     }
 }
 
@@ -207,15 +211,7 @@ impl Prober {
     /// Probes until `shutdown` fires or the window count is reached; returning drops the
     /// counters (detaching the XDP program).
     pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<Outcome> {
-        let mut epoch = Epoch {
-            start: Instant::now(),
-            round: 0,
-            window: 1,
-        };
-        let mut ticker = ticker(epoch.start, self.timing.round());
-        let mut window: u32 = 0;
-        let mut cookie: u32 = 0;
-        let mut last_round: Option<u64> = None;
+        let mut at = Position::start(&self.timing);
         info!(
             ident = self.ident,
             hosts = self.hosts.len(),
@@ -226,100 +222,132 @@ impl Prober {
             slices = self.plan.slices,
             "probing"
         );
-
-        'rounds: loop {
+        loop {
             let tick = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                tick = ticker.tick() => tick,
+                tick = at.ticker.tick() => tick,
             };
-            let (k, this_window) = epoch.locate(tick, &self.timing);
-            if let Some(prev) = last_round {
-                if k > prev + 1 {
-                    self.late_rounds += k - prev - 1;
-                    warn!(
-                        skipped = k - prev - 1,
-                        "probe rounds skipped: the loop ran late"
-                    );
-                }
-            }
-            last_round = Some(k);
-
-            if this_window != window {
-                if self.count.is_some_and(|count| window >= count) {
+            let (k, window) = at.epoch.locate(tick, &self.timing);
+            self.count_late_rounds(&mut at, k);
+            if window != at.window {
+                if self.count.is_some_and(|count| at.window >= count) {
                     break;
                 }
-                window = this_window;
-                // Between two windows: nothing of the last one is still to be judged.
-                if let Some(reload) = self.reloads.as_mut().and_then(|r| r.try_recv().ok()) {
-                    let retimed = reload.timing != self.timing;
-                    if self.reload(reload, window) && retimed {
-                        epoch = Epoch {
-                            start: tick,
-                            round: k,
-                            window,
-                        };
-                        ticker = self::ticker(tick + self.timing.round(), self.timing.round());
-                    }
-                }
-                cookie = rand::random();
-                self.counters.publish(ProbeConfig {
-                    ident: u32::from(self.ident),
-                    window,
-                    cookie,
-                    enabled: 1,
-                    hosts: self.hosts.len() as u32,
-                })?;
+                self.start_window(&mut at, tick, k, window)?;
             }
             let probe = Round {
                 ident: self.ident,
-                window,
-                cookie,
+                window: at.window,
+                cookie: at.cookie,
                 seq: u32::try_from(k).unwrap_or(u32::MAX),
             };
-
-            for e in 0..self.plan.events.len() {
-                let event = self.plan.events[e];
-                let at = tick + event.offset;
-                if at > Instant::now() {
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break 'rounds,
-                        _ = tokio::time::sleep_until(at) => {}
-                    }
-                }
-                let range = self.plan.range(event.slice);
-                match event.step {
-                    Step::Send => {
-                        self.answered[range.clone()].fill(false);
-                        self.sent[range.clone()]
-                            .iter_mut()
-                            .for_each(|n| *n = n.wrapping_add(1));
-                        self.batch.clear();
-                        self.batch.extend_from_slice(&self.hosts[range]);
-                        self.send(&probe);
-                    }
-                    Step::Retry => {
-                        self.read(range.clone());
-                        self.batch.clear();
-                        for i in range.filter(|i| !self.answered[*i]) {
-                            self.batch.push(self.hosts[i]);
-                            self.sent[i] = self.sent[i].wrapping_add(1);
-                        }
-                        self.send(&probe);
-                    }
-                    Step::Judge => {
-                        self.read(range.clone());
-                        self.judge(range, window);
-                    }
-                }
+            if !self.run_round(tick, &probe, &shutdown).await {
+                break;
             }
-            if epoch.locate(tick + self.timing.round(), &self.timing).1 != window {
-                self.close_window(window);
+            if at.epoch.locate(tick + self.timing.round(), &self.timing).1 != at.window {
+                self.close_window(at.window);
             }
         }
+        Ok(self.finish(at.window))
+    }
 
+    /// Counts (and warns of) the rounds skipped since the last one, when the loop ran late.
+    fn count_late_rounds(&mut self, at: &mut Position, k: u64) {
+        if let Some(prev) = at.last_round {
+            if k > prev + 1 {
+                self.late_rounds += k - prev - 1;
+                warn!(
+                    skipped = k - prev - 1,
+                    "probe rounds skipped: the loop ran late"
+                );
+            }
+        }
+        at.last_round = Some(k);
+    }
+
+    /// Window `window` begins with round `k` at `tick`: a pending reload applies from here,
+    /// and the window gets its cookie.
+    fn start_window(
+        &mut self,
+        at: &mut Position,
+        tick: Instant,
+        k: u64,
+        window: u32,
+    ) -> anyhow::Result<()> {
+        at.window = window;
+        // Between two windows: nothing of the last one is still to be judged.
+        if let Some(reload) = self.reloads.as_mut().and_then(|r| r.try_recv().ok()) {
+            let retimed = reload.timing != self.timing;
+            if self.reload(reload, window) && retimed {
+                at.retime(tick, k, window, &self.timing);
+            }
+        }
+        at.cookie = rand::random();
+        self.counters.publish(ProbeConfig {
+            ident: u32::from(self.ident),
+            window,
+            cookie: at.cookie,
+            enabled: 1,
+            hosts: self.hosts.len() as u32,
+        })
+    }
+
+    /// Carries out the round's plan from `tick` on: sends, retries and judgements, each at its
+    /// time. False if `shutdown` fired meanwhile.
+    async fn run_round(
+        &mut self,
+        tick: Instant,
+        probe: &Round,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        for e in 0..self.plan.events.len() {
+            let event = self.plan.events[e];
+            let at = tick + event.offset;
+            if at > Instant::now() {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return false,
+                    _ = tokio::time::sleep_until(at) => {}
+                }
+            }
+            self.step(event, probe);
+        }
+        true
+    }
+
+    /// One step of the plan for one slice of hosts.
+    fn step(&mut self, event: Event, probe: &Round) {
+        let range = self.plan.range(event.slice);
+        match event.step {
+            Step::Send => {
+                self.answered[range.clone()].fill(false);
+                self.sent[range.clone()]
+                    .iter_mut()
+                    .for_each(|n| *n = n.wrapping_add(1));
+                self.batch.clear();
+                self.batch.extend_from_slice(&self.hosts[range]);
+                self.send(probe);
+            }
+            Step::Retry => {
+                self.read(range.clone());
+                self.batch.clear();
+                for i in range.filter(|i| !self.answered[*i]) {
+                    self.batch.push(self.hosts[i]);
+                    self.sent[i] = self.sent[i].wrapping_add(1);
+                }
+                self.send(probe);
+            }
+            Step::Judge => {
+                self.read(range.clone());
+                self.judge(range, probe.window);
+            }
+        }
+    }
+
+    /// What the loop saw, logged and returned, once it stopped after `windows` windows.
+    fn finish(mut self, windows: u32) -> Outcome {
         let kernel = self.counters.stats();
         info!(
-            windows = window,
+            windows,
             late_rounds = self.late_rounds,
             counted = kernel[Stat::Counted as usize],
             wrong_cookie = kernel[Stat::WrongCookie as usize],
@@ -329,12 +357,12 @@ impl Prober {
         );
         let rtt_known = self.seen.iter().filter(|total| **total != 0).count() as u64;
         self.stats.add_late_rounds(self.late_rounds);
-        Ok(Outcome {
+        Outcome {
             stats: self.stats,
-            windows: window,
+            windows,
             states: self.states,
             rtt_known,
-        })
+        }
     }
 
     /// Switches to a reload's hosts and timing from `window` on, keeping every remaining host's
@@ -387,7 +415,7 @@ impl Prober {
         let alive = self.witnesses_answer();
         if alive != self.witnesses_alive {
             self.witnesses_alive = alive;
-            self.report(Report::Witnesses { alive, window });
+            self.report(HostReport::Witnesses { alive, window });
         }
         self.tell_new_watchers(&announce, window);
         // Shown at once: the reloader reports it done as soon as we answer.
@@ -428,9 +456,9 @@ impl Prober {
                 continue;
             }
             let silent_rounds = health.silent_rounds();
-            self.report(Report::Known(HostEvent {
+            self.report(HostReport::Known(HostEvent {
                 host: *host,
-                change: crate::model::health::Change {
+                change: Change {
                     from: State::Unknown,
                     to,
                     silent_rounds,
@@ -444,7 +472,7 @@ impl Prober {
             }));
         }
         if !self.witnesses_alive {
-            self.report(Report::Witnesses {
+            self.report(HostReport::Witnesses {
                 alive: false,
                 window,
             });
@@ -511,7 +539,7 @@ impl Prober {
             let alive = self.witnesses_answer();
             if alive != self.witnesses_alive {
                 self.witnesses_alive = alive;
-                self.report(Report::Witnesses { alive, window });
+                self.report(HostReport::Witnesses { alive, window });
             }
         }
         for (i, change) in changed {
@@ -542,13 +570,13 @@ impl Prober {
                 }
                 (State::Unknown, _) => {}
             }
-            self.report(Report::Host(event));
+            self.report(HostReport::Changed(event));
         }
         for &w in self.roles.watches.iter().filter(|w| range.contains(w)) {
             let h = &self.health[w];
             if h.silent_rounds() == self.suspect_at && h.state() != State::Down {
                 debug!(host = %self.hosts[w], window, silent_rounds = self.suspect_at, "watched host suspect");
-                self.report(Report::Suspect {
+                self.report(HostReport::Suspect {
                     host: self.hosts[w],
                     window,
                 });
@@ -558,14 +586,14 @@ impl Prober {
 
     fn close_window(&mut self, window: u32) {
         let [unknown, up, down] = self.states;
-        self.report(Report::Window {
+        self.send_report(Report::Window(WindowCounts {
             window,
             up,
             down,
             unknown,
             sent: self.window_sent,
             answered: self.window_answered,
-        });
+        }));
         self.window_sent = 0;
         self.window_answered = 0;
         self.publish(window);
@@ -593,7 +621,7 @@ impl Prober {
             let slot = self.counters.slot(i);
             HostStatus {
                 host: *host,
-                state: self.health[i].state().to_string(),
+                state: self.health[i].state(),
                 since_window: self.since[i],
                 rtt_ms: (slot.total_replies != 0).then(|| f64::from(slot.rtt_ns) / 1e6),
                 probes_sent: u64::from(self.sent[i]),
@@ -602,7 +630,11 @@ impl Prober {
         }));
     }
 
-    fn report(&self, report: Report) {
+    fn report(&self, report: HostReport) {
+        self.send_report(Report::Host(report));
+    }
+
+    fn send_report(&self, report: Report) {
         // The receiver only goes away at shutdown.
         let _ = self.reports.send(report);
     }
@@ -613,281 +645,5 @@ fn state_index(state: State) -> usize {
         State::Unknown => 0,
         State::Up => 1,
         State::Down => 2,
-    }
-}
-
-/// How a round is paced: `slices` groups of contiguous hosts, `spacing` apart, each checked
-/// `wait` after every attempt.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Plan {
-    hosts: usize,
-    slices: usize,
-    spacing: Duration,
-    wait: Duration,
-    attempts: u32,
-    /// Every step of a round, in time order, as offsets from the round's start: the same for
-    /// every round, so computed once.
-    events: Vec<Event>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Step {
-    // Ties at the same instant: judge and retry what is due before sending more.
-    Judge,
-    Retry,
-    Send,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Event {
-    offset: Duration,
-    step: Step,
-    slice: usize,
-}
-
-/// Slices are at least this far apart: finer pacing only costs timer wake-ups.
-const MIN_SPACING: Duration = Duration::from_millis(1);
-
-impl Plan {
-    fn new(timing: &Timing, hosts: usize) -> Self {
-        let round = timing.round();
-        let attempts = timing.retries + 1;
-        let wait = reply_wait(round, timing.retries);
-        let span = round.saturating_sub(wait * attempts);
-        let max_slices = (span.as_nanos() / MIN_SPACING.as_nanos()).max(1) as usize;
-        let slices = hosts.clamp(1, max_slices);
-        let spacing = span / slices as u32;
-        Self {
-            hosts,
-            slices,
-            spacing,
-            wait,
-            attempts,
-            events: events(slices, spacing, wait, attempts),
-        }
-    }
-
-    /// Hosts of slice `s`.
-    fn range(&self, s: usize) -> Range<usize> {
-        s * self.hosts / self.slices..(s + 1) * self.hosts / self.slices
-    }
-}
-
-/// Every step of a round, in time order: slice `s` is sent at `s * spacing`, checked (and
-/// retried) after each `wait`, and judged after the last.
-fn events(slices: usize, spacing: Duration, wait: Duration, attempts: u32) -> Vec<Event> {
-    let mut events = Vec::with_capacity(slices * (attempts as usize + 1));
-    for slice in 0..slices {
-        let sent = spacing * slice as u32;
-        events.push(Event {
-            offset: sent,
-            step: Step::Send,
-            slice,
-        });
-        for attempt in 1..attempts {
-            events.push(Event {
-                offset: sent + wait * attempt,
-                step: Step::Retry,
-                slice,
-            });
-        }
-        events.push(Event {
-            offset: sent + wait * attempts,
-            step: Step::Judge,
-            slice,
-        });
-    }
-    events.sort_by_key(|e| (e.offset, e.step, e.slice));
-    events
-}
-
-/// How long after sending a probe its reply is awaited before a retry (or the judgement):
-/// long enough for any LAN round trip, short enough that every attempt fits in the round.
-/// A reply later than this is not lost: it counts for the next round.
-fn reply_wait(round: Duration, retries: u32) -> Duration {
-    (round / (retries + 2)).min(REPLY_WAIT)
-}
-
-const REPLY_WAIT: Duration = Duration::from_millis(10);
-
-/// The watched host's silent rounds at which the failover is told it is suspect: early enough
-/// that a check lasting `lead` is over by the time the host could be DOWN.
-fn suspect_threshold(timing: &Timing, lead: Duration) -> u32 {
-    let down_at = timing.failed_windows.saturating_mul(timing.probes);
-    let lead_rounds = lead.as_nanos().div_ceil(timing.round().as_nanos().max(1)) as u32 + 1;
-    down_at.saturating_sub(lead_rounds).max(1)
-}
-
-/// Which round a tick `elapsed` after the start belongs to.
-fn round_index(elapsed: Duration, round: Duration) -> u64 {
-    (elapsed.as_nanos() / round.as_nanos().max(1)) as u64
-}
-
-/// For each host of `new`, its index in `old` (both sorted), or `None` if it is new.
-fn origins(old: &[Ipv4Addr], new: &[Ipv4Addr]) -> Vec<Option<usize>> {
-    let mut i = 0;
-    new.iter()
-        .map(|host| {
-            while i < old.len() && old[i] < *host {
-                i += 1;
-            }
-            (old.get(i) == Some(host)).then_some(i)
-        })
-        .collect()
-}
-
-/// Per-host values re-indexed after [`origins`]: kept hosts keep theirs, new ones get `fresh`.
-fn moved<T: Clone>(from: &[Option<usize>], old: &[T], fresh: T) -> Vec<T> {
-    from.iter()
-        .map(|f| f.map_or_else(|| fresh.clone(), |i| old[i].clone()))
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn timing(window_ms: u64, probes: u32, retries: u32) -> Timing {
-        Timing {
-            window: Duration::from_millis(window_ms),
-            probes,
-            failed_windows: 2,
-            recover_windows: 2,
-            retries,
-        }
-    }
-
-    #[test]
-    fn ticks_map_to_rounds_even_when_slightly_late() {
-        let round = Duration::from_micros(33_333);
-        assert_eq!(round_index(Duration::ZERO, round), 0);
-        assert_eq!(
-            round_index(round * 3 + Duration::from_micros(200), round),
-            3
-        );
-        assert_eq!(round_index(round * 7 - Duration::from_nanos(1), round), 6);
-    }
-
-    #[test]
-    fn every_attempt_is_judged_within_its_round() {
-        for (round_ms, retries) in [(333, 0), (333, 1), (33, 1), (16, 1), (4, 0), (2, 3)] {
-            let round = Duration::from_millis(round_ms);
-            let wait = reply_wait(round, retries);
-            assert!(wait <= REPLY_WAIT);
-            assert!(
-                wait * (retries + 1) < round,
-                "{round:?} {retries}: {wait:?}"
-            );
-        }
-        assert_eq!(reply_wait(Duration::from_millis(333), 1), REPLY_WAIT);
-    }
-
-    #[test]
-    fn a_large_round_is_spread_in_millisecond_slices_and_judged_before_it_ends() {
-        // 131,072 hosts, 1 s windows, 2 probes: 500 ms rounds, 10 ms waits, one retry.
-        let t = timing(1000, 2, 1);
-        let plan = Plan::new(&t, 131_072);
-        assert_eq!(plan.slices, 480);
-        assert_eq!(plan.spacing, Duration::from_millis(1));
-        let events = &plan.events;
-        assert_eq!(events.len(), 480 * 3);
-        assert!(
-            events.windows(2).all(|w| w[0].offset <= w[1].offset),
-            "in time order"
-        );
-        let last = events.last().unwrap();
-        assert!(
-            last.offset <= t.round(),
-            "judged {:?} after the round began",
-            last.offset
-        );
-        // Every host is in exactly one slice, and slices differ by at most one host.
-        let sizes: Vec<usize> = (0..plan.slices).map(|s| plan.range(s).len()).collect();
-        assert_eq!(sizes.iter().sum::<usize>(), 131_072);
-        assert!(sizes.iter().max().unwrap() - sizes.iter().min().unwrap() <= 1);
-        assert_eq!(plan.range(0).start, 0);
-        assert_eq!(plan.range(479).end, 131_072);
-    }
-
-    #[test]
-    fn few_hosts_make_few_slices() {
-        let plan = Plan::new(&timing(100, 3, 1), 1);
-        assert_eq!((plan.slices, plan.range(0)), (1, 0..1));
-        let steps: Vec<Step> = plan.events.iter().map(|e| e.step).collect();
-        assert_eq!(steps, [Step::Send, Step::Retry, Step::Judge]);
-        let plan = Plan::new(&timing(100, 3, 0), 5);
-        assert_eq!(plan.slices, 5);
-    }
-
-    #[test]
-    fn a_reload_keeps_each_remaining_hosts_values_wherever_it_moves() {
-        let a = |last: u8| Ipv4Addr::new(192, 0, 2, last);
-        let old = [a(1), a(5), a(9)];
-        let new = [a(0), a(1), a(6), a(9), a(200)];
-        let from = origins(&old, &new);
-        assert_eq!(from, [None, Some(0), None, Some(2), None]);
-        assert_eq!(
-            moved(&from, &["one", "five", "nine"], "new"),
-            ["new", "one", "new", "nine", "new"]
-        );
-        assert_eq!(origins(&old, &old), [Some(0), Some(1), Some(2)]);
-        assert_eq!(origins(&old, &[]), []);
-        assert_eq!(origins(&[], &old), [None, None, None]);
-    }
-
-    #[test]
-    fn window_numbers_run_on_across_a_change_of_timing() {
-        let start = Instant::now();
-        let old = timing(300, 3, 1); // 100 ms rounds
-        let epoch = Epoch {
-            start,
-            round: 0,
-            window: 1,
-        };
-        let at = |ms: u64| start + Duration::from_millis(ms);
-        assert_eq!(epoch.locate(at(0), &old), (0, 1));
-        assert_eq!(epoch.locate(at(299), &old), (2, 1));
-        assert_eq!(epoch.locate(at(300), &old), (3, 2));
-        // Reloaded at the start of window 3 (round 6) to 50 ms windows of 2 probes.
-        let new = timing(50, 2, 1);
-        let epoch = Epoch {
-            start: at(600),
-            round: 6,
-            window: 3,
-        };
-        assert_eq!(epoch.locate(at(600), &new), (6, 3));
-        assert_eq!(epoch.locate(at(625), &new), (7, 3));
-        assert_eq!(epoch.locate(at(650), &new), (8, 4));
-    }
-
-    #[test]
-    fn roles_are_found_in_the_sorted_host_list() {
-        let hosts: Vec<Ipv4Addr> = ["192.0.2.1", "192.0.2.9", "192.0.2.254"]
-            .iter()
-            .map(|a| a.parse().unwrap())
-            .collect();
-        let roles = Roles::find(&hosts, &[hosts[1]], &[hosts[2], hosts[0]]);
-        assert_eq!(roles.watches, [1]);
-        assert_eq!(roles.witnesses, [2, 0]);
-    }
-
-    #[test]
-    fn the_suspect_signal_leaves_time_for_the_conflict_check() {
-        // 100 ms window: 33 ms rounds; a 50 ms check needs 2 rounds + 1 of slack: at 3 of 6.
-        assert_eq!(
-            suspect_threshold(&timing(100, 3, 1), Duration::from_millis(50)),
-            3
-        );
-        // 60 ms window: 20 ms rounds; 50 ms is 2.5 rounds, so 3 + 1: at 2 of 6.
-        assert_eq!(
-            suspect_threshold(&timing(60, 3, 1), Duration::from_millis(50)),
-            2
-        );
-        // A check longer than the whole detection still starts after one silent round.
-        assert_eq!(
-            suspect_threshold(&timing(50, 3, 1), Duration::from_secs(1)),
-            1
-        );
-        assert_eq!(suspect_threshold(&timing(1000, 3, 1), Duration::ZERO), 5);
     }
 }

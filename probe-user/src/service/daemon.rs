@@ -6,52 +6,43 @@ use std::{net::Ipv4Addr, path::Path, sync::Arc};
 
 use anyhow::Context as _;
 use tokio::{
-    signal::unix::{signal, SignalKind},
+    signal::unix::{signal, Signal, SignalKind},
     sync::{mpsc, watch},
+    task::JoinHandle,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use crate::{
-    act::arp::ArpSocket,
-    config::flags::RunArgs,
-    act::dns::{DnsPool, Start},
-    model::events::Report,
+    act::{
+        arp::ArpSocket,
+        dns::{DnsPool, Start},
+        mail::Notifier,
+    },
+    config::{
+        dns::PoolConfig,
+        flags::RunArgs,
+        load::load_settings,
+        settings::{Group, Settings},
+    },
     failure::{Failure, OrSystem as _},
-    service::groups::{Common, Groups, Route},
-    model::health::State,
-    act::hooks::{HookEvent, HookFacts, Hooks},
-    service::logging::LogLevel,
-    act::mail::Notifier,
-    service::endpoint::{Endpoint, Observed, Snapshot},
-    service::pools::Pools,
-    probe::prober::{Prober, Roles},
-    service::reload::Reloader,
-    probe::sender::Sender,
-    config::settings::{FileConfig, Settings, DEFAULT_CONFIG},
-    service::startup::{attach_xdp, interface_index, require_capabilities},
-    probe::targets,
+    model::snapshot::{Observed, Snapshot},
+    probe::{
+        hosts::{monitored_hosts, probed_hosts, reload_capacity, Roles},
+        prober::{Outcome, Prober},
+        sender::Sender,
+        xdp::XdpProbe,
+    },
+    service::{
+        dispatch::dispatch,
+        endpoint::Endpoint,
+        groups::{Common, Groups, Route},
+        logging::LogLevel,
+        pools::Pools,
+        reload::Reloader,
+        startup::{attach_xdp, interface_index, require_capabilities},
+    },
 };
-
-/// The settings from the flags over the config file (`--config`, else the default file if it
-/// exists); errors point at the file's line.
-pub fn load_settings(args: &RunArgs) -> Result<Settings, Failure> {
-    let default = Path::new(DEFAULT_CONFIG);
-    let path = match &args.config {
-        Some(path) => Some(path.as_path()),
-        None => default.exists().then_some(default),
-    };
-    let Some(path) = path else {
-        return Settings::resolve(args, FileConfig::default())
-            .map_err(|e| Failure::Usage(e.into()));
-    };
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read config file {}", path.display()))
-        .map_err(Failure::Usage)?;
-    let file = FileConfig::parse(path, &text).map_err(|e| Failure::Usage(e.into()))?;
-    Settings::resolve(args, file)
-        .map_err(|e| Failure::Usage(anyhow::anyhow!(e.in_file(path, &text))))
-}
 
 fn node_name() -> String {
     std::fs::read_to_string(Path::new("/proc/sys/kernel/hostname"))
@@ -61,117 +52,121 @@ fn node_name() -> String {
         .unwrap_or_else(|| "this host".into())
 }
 
-/// Every host to probe, sorted: the groups' primaries, the witnesses, the monitored targets
-/// and the DNS pools' members; and which of them play a part in failover.
-pub fn probed_hosts(settings: &Settings, monitored: &[Ipv4Addr]) -> (Vec<Ipv4Addr>, Roles) {
-    let watches: Vec<Ipv4Addr> = settings.groups.iter().map(|g| g.watch).collect();
-    let witnesses = &settings.failover.witnesses;
-    let members = settings.dns.iter().flat_map(|pool| &pool.members);
-    let mut hosts: Vec<Ipv4Addr> = watches
-        .iter()
-        .chain(witnesses)
-        .chain(monitored)
-        .chain(members)
-        .copied()
-        .collect();
-    hosts.sort_unstable();
-    hosts.dedup();
-    let roles = Roles::find(&hosts, &watches, witnesses);
-    (hosts, roles)
+/// What `run` prepares before touching the system: the settings, and the hosts they name.
+struct Plan {
+    settings: Settings,
+    index: u32,
+    notifier: Notifier,
+    monitored: usize,
+    hosts: Vec<Ipv4Addr>,
+    roles: Roles,
+    capacity: usize,
 }
 
-/// Hosts the XDP maps get room for, so that a reload can add hosts without re-attaching:
-/// twice the hosts at start-up, and at least 4,096 (96 KiB of maps).
-pub fn reload_capacity(hosts: usize) -> usize {
-    (hosts * 2).clamp(4096, probe_common::maps::MAX_HOSTS as usize)
+/// The sockets and the attached program the prober and the failover groups use.
+struct Link {
+    xdp: XdpProbe,
+    sender: Sender,
+    arp: Arc<ArpSocket>,
+}
+
+/// The daemon's long-lived tasks.
+struct Tasks {
+    prober: JoinHandle<anyhow::Result<Outcome>>,
+    dispatcher: JoinHandle<()>,
+    reloader: JoinHandle<()>,
 }
 
 pub async fn run(args: RunArgs, log: LogLevel) -> Result<(), Failure> {
-    let settings = load_settings(&args)?;
-    log.apply(&settings.log_level).map_err(Failure::Usage)?;
-    let index = interface_index(&settings.iface)?;
-    require_capabilities()?;
-    // Mail files (CA, credentials) and targets are checked before anything is set up.
     let shutdown = CancellationToken::new();
-    let notifier =
-        Notifier::start(settings.mail.clone(), shutdown.clone()).map_err(Failure::Usage)?;
-    let monitored = monitored_hosts(&settings.monitor).await?;
-    let (hosts, roles) = probed_hosts(&settings, &monitored);
-    let capacity = reload_capacity(hosts.len());
+    let plan = prepare(&args, &log, &shutdown).await?;
     // Installed before we say we are ready: SIGHUP's default action would end the process.
     let hangup = signal(SignalKind::hangup())
         .context("installing the SIGHUP handler")
         .system()?;
-
     // Everything set up below is undone by drop (the XDP link) if a later step fails.
-    let xdp = attach_xdp(&hosts, capacity, &settings.iface, settings.debug)?;
-    let sender = Sender::open(&settings.iface).system()?;
-    let arp = Arc::new(ArpSocket::open(&settings.iface).system()?);
+    let s = &plan.settings;
+    let link = Link {
+        xdp: attach_xdp(&plan.hosts, plan.capacity, &s.iface, s.debug)?,
+        sender: Sender::open(&s.iface).system()?,
+        arp: Arc::new(ArpSocket::open(&s.iface).system()?),
+    };
+    let tasks = start_tasks(plan, link, args, log, hangup, &shutdown).await?;
+    // systemd (Type=notify): we are up; the dispatcher pings the watchdog once per window.
+    if let Err(error) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(%error, "cannot notify systemd of readiness");
+    }
+    let result = wait_for_stop(tasks.prober, &shutdown).await?;
+    let _ = tasks.dispatcher.await;
+    let _ = tasks.reloader.await;
+    outcome(result)
+}
 
+/// Starts the endpoint, the failover groups, the DNS pools, the dispatcher, the prober and
+/// the reloader, with the channels between them.
+async fn start_tasks(
+    plan: Plan,
+    link: Link,
+    args: RunArgs,
+    log: LogLevel,
+    hangup: Signal,
+    shutdown: &CancellationToken,
+) -> Result<Tasks, Failure> {
+    let s = &plan.settings;
     let observed = Observed::new(Snapshot::default());
     let (reload_tx, reload_rx) = mpsc::channel(4);
     let mut endpoint = Endpoint::new(observed.clone(), reload_tx, shutdown.clone());
-    if let Err(e) = endpoint.move_to(settings.metrics).await {
+    if let Err(e) = endpoint.move_to(s.metrics).await {
         error!(error = %format!("{e:#}"), "no metrics endpoint; probing and failover go on");
     }
-
-    let (timing_tx, timing_rx) = watch::channel(settings.timing);
-    let (hooks_tx, hooks_rx) = watch::channel(settings.hooks.clone());
-    let (mut groups, routes) = Groups::new(
-        Common {
-            iface: settings.iface.clone(),
-            index,
-            node: node_name(),
-            arp,
-            notifier: notifier.clone(),
-            hooks: hooks_rx.clone(),
-            timing: timing_rx,
-            settings: settings.failover.clone(),
-            observed: observed.clone(),
-        },
-        shutdown.clone(),
-    );
-    for group in &settings.groups {
-        groups.start(group).system()?;
-    }
-    let (mut pools, pool_handles) =
-        Pools::new(notifier.clone(), observed.clone(), shutdown.clone());
-    for pool in &settings.dns {
-        pools.start(pool, Start::default());
-    }
+    let (timing_tx, timing_rx) = watch::channel(s.timing);
+    let (hooks_tx, hooks_rx) = watch::channel(s.hooks.clone());
+    let common = Common {
+        iface: s.iface.clone(),
+        index: plan.index,
+        node: node_name(),
+        arp: link.arp,
+        notifier: plan.notifier.clone(),
+        hooks: hooks_rx.clone(),
+        timing: timing_rx,
+        settings: s.failover.clone(),
+        observed: observed.clone(),
+    };
+    let (groups, routes) = start_groups(common, &s.groups, shutdown)?;
+    let (pools, pool_handles) = start_pools(&plan.notifier, &observed, &s.dns, shutdown);
     let (reports_tx, reports_rx) = mpsc::unbounded_channel();
     let dispatcher = tokio::spawn(dispatch(reports_rx, routes, pool_handles, hooks_rx));
     let (reloads_tx, reloads_rx) = mpsc::unbounded_channel();
     let prober = Prober::new(
-        hosts.clone(),
-        roles,
-        Box::new(xdp),
-        sender,
-        settings.timing,
-        settings.failover.conflict_wait,
+        plan.hosts.clone(),
+        plan.roles.clone(),
+        Box::new(link.xdp),
+        link.sender,
+        s.timing,
+        s.failover.conflict_wait,
         reports_tx,
     )
     .log_changes()
     .observed(observed.clone())
     .reloads(reloads_rx);
-    let mut prober = tokio::spawn(prober.run(shutdown.clone()));
+    let prober = tokio::spawn(prober.run(shutdown.clone()));
     info!(
-        groups = settings.groups.len(),
-        witnesses = ?settings.failover.witnesses,
-        monitored = monitored.len(),
-        dns_pools = settings.dns.len(),
-        capacity,
+        groups = s.groups.len(),
+        witnesses = ?s.failover.witnesses,
+        monitored = plan.monitored,
+        dns_pools = s.dns.len(),
+        capacity = plan.capacity,
         "xdprobe running"
     );
     let reloader = Reloader {
         args,
-        running: settings,
-        hosts,
-        capacity,
+        running: plan.settings,
+        hosts: plan.hosts,
+        capacity: plan.capacity,
         prober: reloads_tx,
         timing: timing_tx,
         hooks: hooks_tx,
-        notifier,
+        notifier: plan.notifier,
         endpoint,
         groups,
         pools,
@@ -181,12 +176,75 @@ pub async fn run(args: RunArgs, log: LogLevel) -> Result<(), Failure> {
     // The reloader owns the failover groups: at shutdown it waits for them to leave their
     // VIPs as `on_exit` says.
     let reloader = tokio::spawn(reloader.run(hangup, reload_rx, shutdown.clone()));
+    Ok(Tasks {
+        prober,
+        dispatcher,
+        reloader,
+    })
+}
 
-    // systemd (Type=notify): we are up; the dispatcher pings the watchdog once per window.
-    if let Err(error) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
-        tracing::warn!(%error, "cannot notify systemd of readiness");
+/// The settings, the log level and everything checked before anything is set up: the
+/// interface, our capabilities, the mail files (CA, credentials) and the targets.
+async fn prepare(
+    args: &RunArgs,
+    log: &LogLevel,
+    shutdown: &CancellationToken,
+) -> Result<Plan, Failure> {
+    let settings = load_settings(args)?;
+    log.apply(&settings.log_level).map_err(Failure::Usage)?;
+    let index = interface_index(&settings.iface)?;
+    require_capabilities()?;
+    let notifier =
+        Notifier::start(settings.mail.clone(), shutdown.clone()).map_err(Failure::Usage)?;
+    let monitored = monitored_hosts(&settings.monitor).await?;
+    let (hosts, roles) = probed_hosts(&settings, &monitored);
+    let capacity = reload_capacity(hosts.len());
+    Ok(Plan {
+        settings,
+        index,
+        notifier,
+        monitored: monitored.len(),
+        hosts,
+        roles,
+        capacity,
+    })
+}
+
+/// A task for each failover group, and the routes to them.
+fn start_groups(
+    common: Common,
+    wanted: &[Group],
+    shutdown: &CancellationToken,
+) -> Result<(Groups, watch::Receiver<Vec<Route>>), Failure> {
+    let (mut groups, routes) = Groups::new(common, shutdown.clone());
+    for group in wanted {
+        groups.start(group).system()?;
     }
+    Ok((groups, routes))
+}
 
+/// A task for each DNS pool, and the handles to them.
+fn start_pools(
+    notifier: &Notifier,
+    observed: &Observed,
+    wanted: &[PoolConfig],
+    shutdown: &CancellationToken,
+) -> (Pools, watch::Receiver<Vec<Arc<DnsPool>>>) {
+    let (mut pools, handles) = Pools::new(notifier.clone(), observed.clone(), shutdown.clone());
+    for pool in wanted {
+        pools.start(pool, Start::default());
+    }
+    (pools, handles)
+}
+
+type ProbeResult = Result<anyhow::Result<Outcome>, tokio::task::JoinError>;
+
+/// Waits for SIGINT or SIGTERM (or the prober to end on its own), then stops every task and
+/// waits for the prober.
+async fn wait_for_stop(
+    mut prober: JoinHandle<anyhow::Result<Outcome>>,
+    shutdown: &CancellationToken,
+) -> Result<ProbeResult, Failure> {
     let mut sigterm = signal(SignalKind::terminate())
         .context("installing SIGTERM handler")
         .system()?;
@@ -196,12 +254,14 @@ pub async fn run(args: RunArgs, log: LogLevel) -> Result<(), Failure> {
         result = &mut prober => Some(result),
     };
     shutdown.cancel();
-    let result = match stopped_early {
+    Ok(match stopped_early {
         Some(result) => result,
         None => prober.await,
-    };
-    let _ = dispatcher.await;
-    let _ = reloader.await;
+    })
+}
+
+/// How the prober ended, as `run`'s result.
+fn outcome(result: ProbeResult) -> Result<(), Failure> {
     match result {
         Ok(Ok(_)) => {
             info!("stopped cleanly; XDP detached");
@@ -212,83 +272,5 @@ pub async fn run(args: RunArgs, log: LogLevel) -> Result<(), Failure> {
             Err(Failure::System(e))
         }
         Err(join) => Err(Failure::System(anyhow::anyhow!("probe task died: {join}"))),
-    }
-}
-
-/// The config's plain monitored targets, resolved.
-pub async fn monitored_hosts(specs: &[String]) -> Result<Vec<Ipv4Addr>, Failure> {
-    if specs.is_empty() {
-        return Ok(Vec::new());
-    }
-    let parsed = targets::parse_args(specs, |path| std::fs::read_to_string(path))
-        .map_err(|e| Failure::Usage(anyhow::Error::from(e).context("invalid `monitor`")))?;
-    targets::resolve(parsed, probe_common::maps::MAX_HOSTS as usize)
-        .await
-        .map_err(|e| Failure::Usage(anyhow::Error::from(e).context("invalid `monitor`")))
-}
-
-/// Runs the down/up hooks for every probed host, tells the DNS pools about their members, and
-/// hands each group the reports about its primary (and the witnesses' liveness, which concerns
-/// them all), following `routes` as reloads add and remove groups.
-async fn dispatch(
-    mut reports: mpsc::UnboundedReceiver<Report>,
-    routes: watch::Receiver<Vec<Route>>,
-    pools: watch::Receiver<Vec<Arc<DnsPool>>>,
-    hooks: watch::Receiver<Hooks>,
-) {
-    while let Some(report) = reports.recv().await {
-        if let Report::Window { .. } = report {
-            // A window closed: the probe loop is alive (no-op without systemd's watchdog).
-            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
-            continue;
-        }
-        // Borrowed, not copied, per report: nothing below waits.
-        deliver(&report, &routes.borrow(), &pools.borrow(), &hooks.borrow());
-    }
-}
-
-/// Where one report goes: the hooks and the DNS pools for a state change (only the pools for a
-/// state told to new pools and groups), and the groups it concerns.
-fn deliver(report: &Report, groups: &[Route], pools: &[Arc<DnsPool>], hooks: &Hooks) {
-    let tell_pools = |event: &crate::model::events::HostEvent| {
-        if matches!(event.change.to, State::Up | State::Down) {
-            for pool in pools {
-                pool.member(event.host, event.change.to == State::Up);
-            }
-        }
-    };
-    let host = match report {
-        Report::Host(event) => {
-            tell_pools(event);
-            let hook = match (event.change.from, event.change.to) {
-                (_, State::Down) => Some(HookEvent::Down),
-                (State::Down, State::Up) => Some(HookEvent::Up),
-                _ => None,
-            };
-            if let Some(hook) = hook {
-                let vip = groups
-                    .iter()
-                    .find(|g| g.watch == event.host)
-                    .map(|g| g.vip.clone());
-                hooks.fire(HookFacts {
-                    event: hook,
-                    host: event.host,
-                    vip: vip.unwrap_or_default(),
-                    state: event.change.to.to_string(),
-                    window: event.window,
-                });
-            }
-            Some(event.host)
-        }
-        Report::Known(event) => {
-            tell_pools(event);
-            Some(event.host)
-        }
-        Report::Suspect { host, .. } => Some(*host),
-        Report::Witnesses { .. } | Report::Window { .. } => None,
-    };
-    for group in groups.iter().filter(|g| host.is_none_or(|h| h == g.watch)) {
-        // A group's receiver goes away when it stops (shutdown, or a reload removed it).
-        let _ = group.tx.send(report.clone());
     }
 }

@@ -13,14 +13,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::{
-    act::arp::ArpSocket,
-    model::events::{Report, Site},
-    act::failover::Failover,
-    act::hooks::Hooks,
-    act::mail::Notifier,
-    service::endpoint::{GroupStatus, Observed},
-    config::settings::{FailoverSettings, Group, Timing},
-    act::vip::Vip,
+    act::{arp::ArpSocket, failover::Failover, mail::Notifier, vip::Vip},
+    config::{
+        hooks::Hooks,
+        settings::{FailoverSettings, Group},
+        timing::Timing,
+    },
+    model::{
+        events::{HostReport, Site},
+        snapshot::{GroupStatus, Observed},
+    },
 };
 
 /// Where the reports about one group's primary go.
@@ -28,7 +30,7 @@ use crate::{
 pub struct Route {
     pub watch: Ipv4Addr,
     pub vip: String,
-    pub tx: mpsc::UnboundedSender<Report>,
+    pub tx: mpsc::UnboundedSender<HostReport>,
 }
 
 /// What every group's task shares.

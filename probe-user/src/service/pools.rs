@@ -10,9 +10,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::{
-    act::dns::{DnsPool, PoolConfig, Start},
-    act::mail::Notifier,
-    service::endpoint::{DnsStatus, Observed},
+    act::{
+        dns::{DnsPool, Start},
+        mail::Notifier,
+    },
+    config::dns::PoolConfig,
+    model::snapshot::{DnsStatus, Observed},
 };
 
 struct Running {
@@ -149,7 +152,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::{config::flags::RunArgs, config::settings::FileConfig, config::settings::Settings};
+    use crate::config::{file::FileConfig, flags::RunArgs, settings::Settings};
 
     /// The pools of a config with `[[dns]]` tables given as (name, server, members).
     fn pools(specs: &[(&str, &str, &[&str])]) -> Vec<PoolConfig> {

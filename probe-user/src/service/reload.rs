@@ -9,7 +9,6 @@
 
 use std::{collections::BTreeSet, net::Ipv4Addr, time::Duration};
 
-use serde::{Deserialize, Serialize};
 use tokio::{
     signal::unix::Signal,
     sync::{mpsc, oneshot, watch},
@@ -18,34 +17,28 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use crate::{
-    config::flags::RunArgs,
-    service::daemon::{load_settings, monitored_hosts, probed_hosts},
-    act::dns::{PoolConfig, Start},
+    act::{dns::Start, mail::Notifier},
+    config::{
+        dns::PoolConfig,
+        flags::RunArgs,
+        hooks::Hooks,
+        load::load_settings,
+        settings::{FailoverSettings, Group, Settings},
+        timing::Timing,
+    },
     failure::Failure,
-    service::groups::{self, Groups},
-    model::health::State,
-    act::hooks::Hooks,
-    service::logging::LogLevel,
-    act::mail::Notifier,
-    service::endpoint::Endpoint,
-    service::endpoint::Observed,
-    service::pools::{self, PoolChanges, Pools},
-    probe::prober::{Reload, Roles},
-    config::settings::{FailoverSettings, Group, Settings, Timing},
+    model::{health::State, snapshot::Observed},
+    probe::{
+        hosts::{monitored_hosts, probed_hosts, Roles},
+        prober::Reload,
+    },
+    service::{
+        endpoint::{Endpoint, ReloadOutcome, ReloadRequest},
+        groups::{self, Groups},
+        logging::LogLevel,
+        pools::{self, PoolChanges, Pools},
+    },
 };
-
-/// A reload asked for over HTTP; the outcome goes back on `reply`.
-pub struct Request {
-    pub reply: oneshot::Sender<Outcome>,
-}
-
-/// What a reload did, as `xdprobe reload` shows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Outcome {
-    /// False when the new config was rejected (the old one keeps running).
-    pub applied: bool,
-    pub message: String,
-}
 
 /// The settings that only a restart can change, among those that differ between `running`
 /// and `new` (in the config file's words).
@@ -94,7 +87,7 @@ impl Reloader {
     pub async fn run(
         mut self,
         mut hangup: Signal,
-        mut requests: mpsc::Receiver<Request>,
+        mut requests: mpsc::Receiver<ReloadRequest>,
         shutdown: CancellationToken,
     ) {
         loop {
@@ -114,7 +107,7 @@ impl Reloader {
                 Ok(message) => {
                     info!(change = %message, "reloaded");
                     self.observed.update(|s| s.reloads += 1);
-                    Outcome {
+                    ReloadOutcome {
                         applied: true,
                         message,
                     }
@@ -122,7 +115,7 @@ impl Reloader {
                 Err(reason) => {
                     error!(%reason, "reload rejected; the running config stays");
                     self.observed.update(|s| s.reload_failures += 1);
-                    Outcome {
+                    ReloadOutcome {
                         applied: false,
                         message: reason,
                     }
@@ -146,8 +139,25 @@ impl Reloader {
                 fixed.join(", ")
             ));
         }
+        let (hosts, roles) = self.hosts_of(&new).await?;
+        let mut undo = Undo::default();
+        match self.apply(&new, &hosts, roles, &mut undo, shutdown).await {
+            Ok(message) => {
+                self.hosts = hosts;
+                self.running = new;
+                Ok(message)
+            }
+            Err(e) => {
+                self.undo(undo, shutdown).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The hosts `new` probes, if they fit the maps.
+    async fn hosts_of(&self, new: &Settings) -> Result<(Vec<Ipv4Addr>, Roles), String> {
         let monitored = monitored_hosts(&new.monitor).await.map_err(reason)?;
-        let (hosts, roles) = probed_hosts(&new, &monitored);
+        let (hosts, roles) = probed_hosts(new, &monitored);
         if hosts.len() > self.capacity {
             return Err(format!(
                 "{} hosts do not fit the {} the XDP maps were sized for at start-up; restart \
@@ -156,63 +166,38 @@ impl Reloader {
                 self.capacity
             ));
         }
-        let (added, removed) = host_changes(&self.hosts, &hosts);
-        let retimed = new.timing != self.running.timing;
-        let (start, stop) = groups::changes(&self.groups.groups(), &new.groups);
-        let changes = Changes {
-            resettled: new.failover != *self.groups.settings(),
-            repool: pools::changes(&self.pools.configs(), &new.dns),
-            start,
-            stop,
-        };
-        let unchanged = added == 0 && removed == 0 && !retimed && changes.is_empty();
-        // Mail first: its files are checked here, and a bad one rejects the reload before
-        // anything else changed.
+        Ok((hosts, roles))
+    }
+
+    /// Applies `new`, noting in `undo` what [`Reloader::undo`] must restore if a later step
+    /// fails. Mail first: its files are checked there, and a bad one rejects the reload
+    /// before anything else changed. Then the endpoint: a new address is bound before
+    /// anything else changes. Then the hosts, groups, pools and timing, which undo themselves
+    /// on error. The rest cannot fail.
+    async fn apply(
+        &mut self,
+        new: &Settings,
+        hosts: &[Ipv4Addr],
+        roles: Roles,
+        undo: &mut Undo,
+        shutdown: &CancellationToken,
+    ) -> Result<String, String> {
         let remailed = new.mail != self.running.mail;
         if remailed {
             self.notifier
                 .reconfigure(new.mail.clone(), shutdown.clone())
                 .map_err(|e| format!("{e:#}"))?;
+            undo.mail = true;
         }
-        // The endpoint too: a new address is bound before anything else changes.
         let moved = new.metrics != self.endpoint.addr();
         if moved {
-            if let Err(e) = self.endpoint.move_to(new.metrics).await {
-                if remailed {
-                    self.restore_mail(shutdown);
-                }
-                return Err(format!("{e:#}"));
-            }
+            self.endpoint
+                .move_to(new.metrics)
+                .await
+                .map_err(|e| format!("{e:#}"))?;
+            undo.endpoint = true;
         }
-        let mut message = if unchanged {
-            "hosts, groups, DNS pools and timing unchanged".to_string()
-        } else {
-            let window = match self.switch(&new, &changes, hosts.clone(), roles).await {
-                Ok(window) => window,
-                Err(e) => {
-                    if remailed {
-                        self.restore_mail(shutdown);
-                    }
-                    if moved {
-                        if let Err(again) = self.endpoint.move_to(self.running.metrics).await {
-                            error!(reason = %format!("{again:#}"), "restoring the metrics endpoint failed");
-                        }
-                    }
-                    return Err(e);
-                }
-            };
-            self.timing.send_replace(new.timing);
-            let mut message = format!(
-                "from window {window}: {} hosts ({added} added, {removed} removed), window {:?}, \
-                 {} probes, {} retries",
-                hosts.len(),
-                new.timing.window,
-                new.timing.probes,
-                new.timing.retries
-            );
-            message.push_str(&changes.summary());
-            message
-        };
+        let mut message = self.rehost(new, hosts, roles).await?;
         if moved {
             message.push_str(&match new.metrics {
                 Some(addr) => format!("; metrics on {addr}"),
@@ -225,6 +210,46 @@ impl Reloader {
                 None => "; mail off",
             });
         }
+        message.push_str(&self.apply_at_once(new));
+        Ok(message)
+    }
+
+    /// The hosts, groups, pools and timing; what changed, as the outcome's message.
+    async fn rehost(
+        &mut self,
+        new: &Settings,
+        hosts: &[Ipv4Addr],
+        roles: Roles,
+    ) -> Result<String, String> {
+        let (added, removed) = host_changes(&self.hosts, hosts);
+        let retimed = new.timing != self.running.timing;
+        let (start, stop) = groups::changes(&self.groups.groups(), &new.groups);
+        let changes = Changes {
+            resettled: new.failover != *self.groups.settings(),
+            repool: pools::changes(&self.pools.configs(), &new.dns),
+            start,
+            stop,
+        };
+        if added == 0 && removed == 0 && !retimed && changes.is_empty() {
+            return Ok("hosts, groups, DNS pools and timing unchanged".to_string());
+        }
+        let window = self.switch(new, &changes, hosts.to_vec(), roles).await?;
+        self.timing.send_replace(new.timing);
+        let mut message = format!(
+            "from window {window}: {} hosts ({added} added, {removed} removed), window {:?}, \
+             {} probes, {} retries",
+            hosts.len(),
+            new.timing.window,
+            new.timing.probes,
+            new.timing.retries
+        );
+        message.push_str(&changes.summary());
+        Ok(message)
+    }
+
+    /// The hooks and the log level, which change at once and cannot fail the reload.
+    fn apply_at_once(&mut self, new: &Settings) -> String {
+        let mut message = String::new();
         if new.hooks != self.running.hooks {
             self.hooks.send_replace(new.hooks.clone());
             message.push_str("; hooks changed");
@@ -235,10 +260,33 @@ impl Reloader {
                 Err(e) => message.push_str(&format!("; log_level not changed: {e:#}")),
             }
         }
-        self.hosts = hosts;
-        self.running = new;
-        Ok(message)
+        message
     }
+
+    /// Back to the mail settings and the endpoint that ran until this reload, as `undo` says.
+    async fn undo(&mut self, undo: Undo, shutdown: &CancellationToken) {
+        if undo.mail {
+            if let Err(again) = self
+                .notifier
+                .reconfigure(self.running.mail.clone(), shutdown.clone())
+            {
+                error!(reason = %format!("{again:#}"), "restoring the mail settings failed");
+            }
+        }
+        if undo.endpoint {
+            if let Err(again) = self.endpoint.move_to(self.running.metrics).await {
+                error!(reason = %format!("{again:#}"), "restoring the metrics endpoint failed");
+            }
+        }
+    }
+}
+
+/// What a reload changed that a later failure must put back (the groups, pools and prober put
+/// themselves back).
+#[derive(Default)]
+struct Undo {
+    mail: bool,
+    endpoint: bool,
 }
 
 /// What a reload does to the groups and pools.
@@ -278,6 +326,23 @@ impl Changes {
     }
 }
 
+/// The hosts whose state the prober tells the groups and pools a reload starts: the
+/// primaries of every group handed over (all of them when the failover settings changed, else
+/// the new ones) and the members of the pools started.
+fn announced(new: &Settings, changes: &Changes) -> Vec<Ipv4Addr> {
+    let watches: Vec<Ipv4Addr> = if changes.resettled {
+        new.groups.iter().map(|g| g.watch).collect()
+    } else {
+        changes.start.iter().map(|g| g.watch).collect()
+    };
+    let members = changes
+        .repool
+        .start
+        .iter()
+        .flat_map(|(p, _)| p.members.iter().copied());
+    watches.into_iter().chain(members).collect()
+}
+
 impl Reloader {
     /// Switches groups and pools, then the prober; returns the window the prober switched on.
     /// Groups and pools change first, so that new ones hear of their hosts from that window
@@ -297,62 +362,43 @@ impl Reloader {
                 .await
                 .map_err(|e| format!("restarting the failover groups: {e:#}"))?;
         }
-        if let Err(e) = self.regroup(&changes.start, &changes.stop).await {
-            if changes.resettled {
-                self.hand_back(old).await;
-            }
-            return Err(e);
+        let switched = self.regroup_and_rehost(new, changes, hosts, roles).await;
+        if switched.is_err() && changes.resettled {
+            self.hand_back(old).await;
         }
+        switched
+    }
+
+    /// Starts and stops groups and pools, then hands the prober its hosts; on error, the groups
+    /// and pools are as before.
+    async fn regroup_and_rehost(
+        &mut self,
+        new: &Settings,
+        changes: &Changes,
+        hosts: Vec<Ipv4Addr>,
+        roles: Roles,
+    ) -> Result<u32, String> {
+        self.regroup(&changes.start, &changes.stop).await?;
         let before = self.pools.configs();
         self.apply_pools(&changes.repool);
-        let watches: Vec<Ipv4Addr> = if changes.resettled {
-            new.groups.iter().map(|g| g.watch).collect()
-        } else {
-            changes.start.iter().map(|g| g.watch).collect()
-        };
-        let announce = watches
-            .into_iter()
-            .chain(
-                changes
-                    .repool
-                    .start
-                    .iter()
-                    .flat_map(|(p, _)| p.members.clone()),
-            )
-            .collect();
         let (done, applied) = oneshot::channel();
         let reload = Reload {
             hosts,
             roles,
             timing: new.timing,
             suspect_lead: new.failover.conflict_wait,
-            announce,
+            announce: announced(new, changes),
             done,
         };
-        match self.hand_to_prober(reload, applied).await {
-            Ok(window) => Ok(window),
-            Err(e) => {
-                // Back to the groups and pools that match the hosts still probed.
-                self.undo_pools(&changes.repool, &before);
-                if let Err(again) = self.regroup(&changes.stop, &changes.start).await {
-                    error!(reason = %again, "restoring the failover groups failed");
-                }
-                if changes.resettled {
-                    self.hand_back(old).await;
-                }
-                Err(e)
+        let handed = self.hand_to_prober(reload, applied).await;
+        if handed.is_err() {
+            // Back to the groups and pools that match the hosts still probed.
+            self.undo_pools(&changes.repool, &before);
+            if let Err(again) = self.regroup(&changes.stop, &changes.start).await {
+                error!(reason = %again, "restoring the failover groups failed");
             }
         }
-    }
-
-    /// Back to the mail settings that ran until this reload.
-    fn restore_mail(&self, shutdown: &CancellationToken) {
-        if let Err(again) = self
-            .notifier
-            .reconfigure(self.running.mail.clone(), shutdown.clone())
-        {
-            error!(reason = %format!("{again:#}"), "restoring the mail settings failed");
-        }
+        handed
     }
 
     /// Back to the failover settings the groups ran with.
@@ -416,7 +462,7 @@ impl Reloader {
         let down: BTreeSet<Ipv4Addr> = snapshot
             .hosts
             .iter()
-            .filter(|h| h.state == State::Down.to_string())
+            .filter(|h| h.state == State::Down)
             .map(|h| h.host)
             .collect();
         members
@@ -477,7 +523,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::config::settings::FileConfig;
+    use crate::config::file::FileConfig;
 
     fn settings(text: &str) -> Settings {
         let file = FileConfig::parse(Path::new("test.toml"), text).unwrap();

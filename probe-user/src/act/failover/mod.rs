@@ -20,18 +20,27 @@ use tracing::{error, info, warn};
 
 use self::policy::{Action, Policy, PolicyConfig};
 use crate::{
-    act::arp::ArpSocket,
-    config::flags::OnExit,
-    model::events::{
-        conflict_notice, isolation_notice, recovery_notice, release_notice, start_notice,
-        takeover_notice, HostEvent, Report, Site,
+    act::{
+        arp::ArpSocket,
+        hooks::{fire, HookFacts},
+        mail::Notifier,
+        vip::{Added, Vip},
     },
-    model::health::State,
-    act::hooks::{HookEvent, HookFacts, Hooks},
-    act::mail::Notifier,
-    service::endpoint::{GroupStatus, Observed},
-    config::settings::{FailoverSettings, Timing},
-    act::vip::{Added, Vip},
+    config::{
+        flags::OnExit,
+        hooks::{HookEvent, Hooks},
+        settings::FailoverSettings,
+        timing::Timing,
+    },
+    model::{
+        events::{HostEvent, HostReport, Site},
+        health::State,
+        notice::{
+            conflict_notice, isolation_notice, recovery_notice, release_notice, start_notice,
+            takeover_notice,
+        },
+        snapshot::{GroupStatus, Observed},
+    },
 };
 
 /// How long an ARP conflict check's answer stays good for a claim.
@@ -87,20 +96,56 @@ impl Run {
     }
 }
 
+/// Why the loop ended.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// Shutdown, or a reload removed the group: `on_exit` decides about the VIP.
+    Shutdown,
+    /// A reload handed the group over to a task with new settings: the VIP stays.
+    HandedOver,
+}
+
 impl Failover {
     pub async fn run(
         mut self,
-        mut reports: mpsc::UnboundedReceiver<Report>,
+        mut reports: mpsc::UnboundedReceiver<HostReport>,
         shutdown: CancellationToken,
     ) {
         let (checks, mut check_results) = mpsc::unbounded_channel();
         let timing = *self.timing.borrow_and_update();
-        let mut run = Run {
+        let mut run = self.begin(&timing, checks);
+        self.adopt(&mut run).await;
+        let mut tick = ticker(&timing);
+        let stop = loop {
+            let (actions, event) = tokio::select! {
+                _ = shutdown.cancelled() => break Stop::Shutdown,
+                _ = self.handover.cancelled() => break Stop::HandedOver,
+                report = reports.recv() => match report {
+                    Some(report) => self.on_report(&mut run, report),
+                    None => break Stop::Shutdown,
+                },
+                Some(holder) = check_results.recv() => (self.on_check(&mut run, holder), None),
+                _ = tick.tick() => (run.policy.tick(run.now()), None),
+                Ok(()) = self.timing.changed() => {
+                    tick = self.retime(&mut run);
+                    (vec![], None)
+                }
+            };
+            for action in actions {
+                self.act(&mut run, action, event.as_ref()).await;
+            }
+        };
+        self.finish(run, stop).await;
+    }
+
+    /// The loop's state at the start: the policy with our settings, nothing held yet.
+    fn begin(&self, timing: &Timing, checks: mpsc::UnboundedSender<Option<[u8; 6]>>) -> Run {
+        Run {
             policy: Policy::new(PolicyConfig {
                 failback: self.settings.failback,
                 hold_down: self.settings.hold_down,
                 conflict_check: !self.settings.conflict_wait.is_zero(),
-                check_valid_for: check_valid_for(&timing),
+                check_valid_for: check_valid_for(timing),
             }),
             start: Instant::now(),
             window: 0,
@@ -108,7 +153,12 @@ impl Failover {
             checks,
             claim_failure_reported: false,
             down: None,
-        };
+        }
+    }
+
+    /// Adopts the VIP if it is already on the interface (a restart, or a hand-over), and
+    /// says that we are watching (unless handed over).
+    async fn adopt(&self, run: &mut Run) {
         let holding = match self.vip.is_present().await {
             Ok(present) => present,
             Err(e) => {
@@ -130,67 +180,52 @@ impl Failover {
             self.notifier
                 .send(start_notice(self.watch, &self.site, holding));
         }
+    }
 
-        let mut tick = ticker(&timing);
-        let mut handed_over = false;
-        loop {
-            let (actions, event) = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = self.handover.cancelled() => {
-                    handed_over = true;
-                    break;
-                }
-                report = reports.recv() => match report {
-                    Some(report) => self.on_report(&mut run, report),
-                    None => break,
-                },
-                Some(holder) = check_results.recv() => {
-                    if let Some(mac) = holder {
-                        warn!(vip = %self.vip.net(), holder = %mac_str(mac), "another machine answers ARP for the VIP");
-                    }
-                    (run.policy.conflict_checked(holder, run.now()), None)
-                }
-                _ = tick.tick() => (run.policy.tick(run.now()), None),
-                Ok(()) = self.timing.changed() => {
-                    let timing = *self.timing.borrow_and_update();
-                    run.policy.set_check_valid_for(check_valid_for(&timing));
-                    tick = ticker(&timing);
-                    (vec![], None)
-                }
-            };
-            for action in actions {
-                self.act(&mut run, action, event.as_ref()).await;
-            }
+    /// An ARP conflict check's answer: the MAC of another holder of the VIP, if any.
+    fn on_check(&self, run: &mut Run, holder: Option<[u8; 6]>) -> Vec<Action> {
+        if let Some(mac) = holder {
+            warn!(vip = %self.vip.net(), holder = %mac_str(mac), "another machine answers ARP for the VIP");
         }
+        run.policy.conflict_checked(holder, run.now())
+    }
+
+    /// A reload changed the timing: how long a check stays good, and the policy's clock.
+    fn retime(&mut self, run: &mut Run) -> tokio::time::Interval {
+        let timing = *self.timing.borrow_and_update();
+        run.policy.set_check_valid_for(check_valid_for(&timing));
+        ticker(&timing)
+    }
+
+    /// Stops announcing, and leaves the VIP as `on_exit` says (kept when handed over).
+    async fn finish(&self, mut run: Run, stop: Stop) {
         if let Some(announcer) = run.announcer.take() {
             announcer.abort();
         }
-        if !handed_over && self.settings.on_exit == OnExit::Release && run.policy.holding() {
-            match self.vip.remove().await {
-                Ok(_) => {
-                    self.publish(|g| g.holding = false);
-                    info!(vip = %self.vip.net(), "stopping: released the VIP (on_exit = release)")
-                }
-                Err(e) => {
-                    error!(vip = %self.vip.net(), error = %format!("{e:#}"), "stopping: releasing the VIP FAILED")
-                }
+        let release = self.settings.on_exit == OnExit::Release;
+        if stop == Stop::HandedOver || !release || !run.policy.holding() {
+            return;
+        }
+        match self.vip.remove().await {
+            Ok(_) => {
+                self.publish(|g| g.holding = false);
+                info!(vip = %self.vip.net(), "stopping: released the VIP (on_exit = release)")
+            }
+            Err(e) => {
+                error!(vip = %self.vip.net(), error = %format!("{e:#}"), "stopping: releasing the VIP FAILED")
             }
         }
     }
 
     /// Logs and hooks a report, and asks the policy what it means.
-    fn on_report(&self, run: &mut Run, report: Report) -> (Vec<Action>, Option<HostEvent>) {
+    fn on_report(&self, run: &mut Run, report: HostReport) -> (Vec<Action>, Option<HostEvent>) {
         let now = run.now();
         match report {
-            Report::Window { window, .. } => {
-                run.window = window;
-                (vec![], None)
-            }
-            Report::Suspect { window, .. } => {
+            HostReport::Suspect { window, .. } => {
                 run.window = window;
                 (run.policy.primary_suspect(now), None)
             }
-            Report::Witnesses { alive, window } => {
+            HostReport::Witnesses { alive, window } => {
                 run.window = window;
                 if alive {
                     info!(window, "a witness answers again");
@@ -199,7 +234,7 @@ impl Failover {
                 }
                 (run.policy.witnesses(alive, now), None)
             }
-            Report::Host(event) | Report::Known(event) => {
+            HostReport::Changed(event) | HostReport::Known(event) => {
                 run.window = event.window;
                 if event.host != self.watch {
                     return (vec![], None);
@@ -403,13 +438,16 @@ impl Failover {
     }
 
     fn fire(&self, event: HookEvent, host: Ipv4Addr, state: State, window: u32) {
-        self.hooks.borrow().fire(HookFacts {
-            event,
-            host,
-            vip: self.vip.net().to_string(),
-            state: state.to_string(),
-            window,
-        });
+        fire(
+            &self.hooks.borrow(),
+            HookFacts {
+                event,
+                host,
+                vip: self.vip.net().to_string(),
+                state,
+                window,
+            },
+        );
     }
 }
 
