@@ -1,4 +1,4 @@
-//! Developer tasks for xdprobe: `cargo xtask setup | build | run | test | demo | bench`.
+//! Developer tasks for xdprobe: `cargo xtask setup | build | run | test | layers | demo | bench | dist`.
 //!
 //! Every command first runs `setup`, which installs whatever the build is missing.
 mod bench;
@@ -8,6 +8,7 @@ mod daemon;
 mod demo;
 mod dist;
 mod lab;
+mod layers;
 mod netns;
 mod run;
 mod setup;
@@ -45,8 +46,10 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Formatting, clippy, unit tests, then the integration tests (as root).
+    /// Formatting, clippy, the layers, unit tests, then the integration tests (as root).
     Test,
+    /// Check that probe-user's modules import only from the layers below their own.
+    Layers,
     /// Show a live virtual-IP takeover between network namespaces.
     Demo {
         /// The failure-detection window passed to xdprobe.
@@ -89,6 +92,7 @@ fn execute(task: Task) -> anyhow::Result<()> {
         Task::Build { release } => cargo_cmd::build_xdprobe(release).map(drop),
         Task::Run { release, args } => run::run(release, &args),
         Task::Test => testsuite::test(),
+        Task::Layers => layers::layers(),
         Task::Demo { window } => demo::demo(&window),
         Task::Bench(args) => bench::bench(args),
         Task::Dist { debug } => dist::dist(debug).map(drop),

@@ -91,6 +91,11 @@ fn steps(xdprobe_bin: &str) -> Vec<Step> {
             needs_root: false,
         },
         Step {
+            name: "layers",
+            command: cargo(&["run", "--quiet", "--package", "xtask", "--", "layers"]),
+            needs_root: false,
+        },
+        Step {
             name: "unit tests",
             command: cargo(&[
                 "test",
