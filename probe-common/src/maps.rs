@@ -40,14 +40,10 @@ pub struct ProbeConfig {
     pub hosts: u32,
 }
 
-/// Per-host counters, written by the program, read in bulk by userspace. 16 bytes a host.
+/// Per-host counters, written by the program, read in bulk by userspace. 8 bytes a host.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HostSlot {
-    /// The window of the last counted reply.
-    pub window: u32,
-    /// Replies counted in `window`.
-    pub window_replies: u32,
     /// Replies counted since the host was added (wraps; userspace takes differences).
     pub total_replies: u32,
     /// Round-trip time of the last counted reply, in nanoseconds (saturates at ~4.3 s).
@@ -55,14 +51,9 @@ pub struct HostSlot {
 }
 
 impl HostSlot {
-    /// Records one valid reply for `window`, received at `now_ns` for a probe sent at `sent_ns`.
+    /// Records one valid reply, received at `now_ns` for a probe sent at `sent_ns`.
     #[inline(always)]
-    pub fn record_reply(&mut self, window: u32, now_ns: u64, sent_ns: u64) {
-        if self.window != window {
-            self.window = window;
-            self.window_replies = 0;
-        }
-        self.window_replies = self.window_replies.wrapping_add(1);
+    pub fn record_reply(&mut self, now_ns: u64, sent_ns: u64) {
         self.total_replies = self.total_replies.wrapping_add(1);
         let rtt = now_ns.saturating_sub(sent_ns);
         self.rtt_ns = if rtt > u64::from(u32::MAX) {
@@ -174,7 +165,7 @@ mod tests {
     #[test]
     fn map_values_have_no_padding() {
         assert_eq!(core::mem::size_of::<ProbeConfig>(), 20);
-        assert_eq!(core::mem::size_of::<HostSlot>(), 16);
+        assert_eq!(core::mem::size_of::<HostSlot>(), 8);
     }
 
     #[test]
@@ -203,29 +194,25 @@ mod tests {
     }
 
     #[test]
-    fn first_reply_of_a_window_resets_the_window_count() {
+    fn each_reply_is_counted_with_its_rtt() {
         let mut slot = HostSlot::default();
-        slot.record_reply(5, 1_000, 400);
-        slot.record_reply(5, 2_000, 1_500);
-        assert_eq!(
-            (slot.window, slot.window_replies, slot.total_replies),
-            (5, 2, 2)
-        );
+        slot.record_reply(1_000, 400);
+        slot.record_reply(2_000, 1_500);
+        assert_eq!(slot.total_replies, 2);
         assert_eq!(slot.rtt_ns, 500);
-        slot.record_reply(6, 3_000, 2_900);
-        assert_eq!(
-            (slot.window, slot.window_replies, slot.total_replies),
-            (6, 1, 3)
-        );
-        assert_eq!(slot.rtt_ns, 100);
-        slot.record_reply(6, 10_000_000_000, 1);
+        slot.record_reply(3_000, 2_900);
+        assert_eq!((slot.total_replies, slot.rtt_ns), (3, 100));
+        slot.record_reply(10_000_000_000, 1);
         assert_eq!(slot.rtt_ns, u32::MAX, "saturates");
+        slot.total_replies = u32::MAX;
+        slot.record_reply(10, 5);
+        assert_eq!(slot.total_replies, 0, "wraps");
     }
 
     #[test]
     fn a_timestamp_from_the_future_gives_zero_rtt_not_a_wrap() {
         let mut slot = HostSlot::default();
-        slot.record_reply(1, 10, 20);
+        slot.record_reply(10, 20);
         assert_eq!(slot.rtt_ns, 0);
     }
 }

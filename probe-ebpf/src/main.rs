@@ -38,7 +38,7 @@ mod program {
     #[map]
     static ADDRS: Array<u32> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
-    /// One slot per monitored host, same index as in `ADDRS` (16 bytes a host). Sized by
+    /// One slot per monitored host, same index as in `ADDRS` (8 bytes a host). Sized by
     /// userspace at load time, which reads it through a memory mapping (and moves the slots
     /// with their hosts on reload).
     #[map]
@@ -154,7 +154,7 @@ mod program {
         let now = unsafe { bpf_ktime_get_ns() };
         // SAFETY: valid map value pointer. Concurrent CPUs may race on the counters; a lost
         // increment can only under-count a host that answered at least once, which still counts.
-        unsafe { (*slot).record_reply(probe.window(), now, probe.sent_ns()) };
+        unsafe { (*slot).record_reply(now, probe.sent_ns()) };
         bump(Stat::Counted);
         debug!(
             ctx,

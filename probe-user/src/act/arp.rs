@@ -10,7 +10,6 @@
 //! [`ArpSocket`] does the I/O.
 
 use std::{
-    ffi::CString,
     io, mem,
     net::Ipv4Addr,
     os::fd::{AsRawFd, RawFd},
@@ -236,7 +235,7 @@ impl ArpSocket {
         // frames from other interfaces can be queued in between.
         let socket = Socket::new(Domain::PACKET, Type::RAW, None)
             .with_context(|| format!("opening an AF_PACKET socket for ARP on {iface}"))?;
-        let mac = hardware_address(&socket, iface)
+        let mac = hardware_address(iface)
             .with_context(|| format!("reading the MAC address of {iface}"))?;
         bind(&socket, ifindex).with_context(|| format!("binding the ARP socket to {iface}"))?;
         socket
@@ -311,23 +310,6 @@ impl ArpSocket {
         self.listen(ip, wait).await
     }
 
-    /// Like [`ArpSocket::probe`] without sending: listens for up to `wait` for another
-    /// machine claiming `ip`. Frames queued before the call are discarded, so a stale
-    /// announcement (say, from the peer that held the VIP before it failed) does not read as
-    /// a conflict. The daemon only probes; the tests use this to check the listening half.
-    #[cfg(test)]
-    pub async fn watch_conflicts(
-        &self,
-        ip: Ipv4Addr,
-        wait: Duration,
-    ) -> io::Result<Option<[u8; 6]>> {
-        if wait.is_zero() {
-            return Ok(None);
-        }
-        self.drain()?;
-        self.listen(ip, wait).await
-    }
-
     fn raw_fd(&self) -> RawFd {
         self.fd.get_ref().as_raw_fd()
     }
@@ -387,56 +369,32 @@ impl ArpSocket {
 
 /// The interface's index in the current network namespace.
 fn interface_index(iface: &str) -> io::Result<libc::c_int> {
-    let name = CString::new(iface).map_err(|_| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "interface name contains a NUL byte",
-        )
-    })?;
-    // SAFETY: `name` is a valid NUL-terminated string that outlives the call.
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    if index == 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let index = nix::net::if_::if_nametoindex(iface).map_err(io::Error::from)?;
     libc::c_int::try_from(index)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "interface index out of range"))
 }
 
-/// The interface's MAC, asked through `socket` so that the answer comes from the socket's
-/// own network namespace (`/sys/class/net` may show another namespace's view).
-fn hardware_address(socket: &Socket, iface: &str) -> io::Result<[u8; 6]> {
-    let name = iface.as_bytes();
-    if name.len() >= libc::IFNAMSIZ {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "interface name too long",
-        ));
-    }
-    // SAFETY: `ifreq` is plain data (integers, arrays, a union of those and one raw pointer
-    // that SIOCGIFHWADDR does not use), for which all zeroes is a valid value.
-    let mut req: libc::ifreq = unsafe { mem::zeroed() };
-    for (dst, &src) in req.ifr_name.iter_mut().zip(name) {
-        *dst = src as libc::c_char;
-    }
-    // SAFETY: SIOCGIFHWADDR reads `ifr_name` (NUL-terminated: zeroed, name shorter than
-    // IFNAMSIZ) and writes `ifr_ifru.ifru_hwaddr` of the ifreq we exclusively borrow.
-    let rc = unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFHWADDR, &raw mut req) };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a successful SIOCGIFHWADDR has written the `ifru_hwaddr` member.
-    let hw = unsafe { req.ifr_ifru.ifru_hwaddr };
-    if hw.sa_family != libc::ARPHRD_ETHER {
+/// The interface's MAC, from its link-layer address as the calling thread's network namespace
+/// lists it (`/sys/class/net` may show another namespace's view).
+fn hardware_address(iface: &str) -> io::Result<[u8; 6]> {
+    let link = nix::ifaddrs::getifaddrs()
+        .map_err(io::Error::from)?
+        .filter(|a| a.interface_name == iface)
+        .find_map(|a| a.address.and_then(|addr| addr.as_link_addr().copied()))
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                "no link-layer address (no such interface?)",
+            )
+        })?;
+    if link.hatype() != libc::ARPHRD_ETHER {
         return Err(io::Error::new(
             io::ErrorKind::Unsupported,
-            format!("not an Ethernet interface (ARPHRD {})", hw.sa_family),
+            format!("not an Ethernet interface (ARPHRD {})", link.hatype()),
         ));
     }
-    let mut mac = [0u8; 6];
-    for (dst, &src) in mac.iter_mut().zip(&hw.sa_data) {
-        *dst = src as u8;
-    }
-    Ok(mac)
+    link.addr()
+        .ok_or_else(|| io::Error::other("no MAC address"))
 }
 
 /// Link-layer address of `mac` on interface `ifindex`, for ARP frames.
@@ -515,6 +473,24 @@ fn retry_interrupted(mut call: impl FnMut() -> isize) -> io::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl ArpSocket {
+        /// Like [`ArpSocket::probe`] without sending: listens for up to `wait` for another
+        /// machine claiming `ip`. Frames queued before the call are discarded, so a stale
+        /// announcement (say, from the peer that held the VIP before it failed) does not read as
+        /// a conflict. The daemon only probes; the tests use this to check the listening half.
+        async fn watch_conflicts(
+            &self,
+            ip: Ipv4Addr,
+            wait: Duration,
+        ) -> io::Result<Option<[u8; 6]>> {
+            if wait.is_zero() {
+                return Ok(None);
+            }
+            self.drain()?;
+            self.listen(ip, wait).await
+        }
+    }
 
     const MAC_A: [u8; 6] = [0x02, 0x11, 0x22, 0x33, 0x44, 0x55];
     const MAC_B: [u8; 6] = [0x02, 0x66, 0x77, 0x88, 0x99, 0xaa];

@@ -57,7 +57,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    act::mail::Notifier,
+    act::{backoff::Backoff, mail::Notifier},
     config::dns::{AllDown, PoolConfig},
     model::{
         notice::Notice,
@@ -69,8 +69,6 @@ use crate::{
 const TSIG_FUDGE: u16 = 300;
 /// How long one request (with hickory's UDP retransmissions inside) may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
-const BACKOFF_FIRST: Duration = Duration::from_millis(500);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// EDNS buffer size for reads: the common "no fragmentation" value.
 const EDNS_PAYLOAD: u16 = 1232;
 /// Re-plans in one attempt when the server says the set changed since it was read.
@@ -113,12 +111,6 @@ pub fn plan(
         .filter(|m| !desired.contains(m) && live.contains(m))
         .map(|&m| Change::Remove(m));
     adds.chain(removes).collect()
-}
-
-/// The delay before retry number `failures` (1 for the first): 0.5 s doubling to 30 s.
-fn backoff(failures: u32) -> Duration {
-    let doublings = failures.saturating_sub(1).min(16);
-    (BACKOFF_FIRST * 2u32.pow(doublings)).min(BACKOFF_MAX)
 }
 
 /// The mnemonic dig and BIND's logs use.
@@ -350,7 +342,7 @@ impl Task {
                             d.in_sync = false;
                             d.failures += 1;
                         });
-                        let delay = backoff(failures);
+                        let delay = Backoff::SERVER.delay(failures);
                         warn!(
                             pool = %self.name,
                             server = %self.server,
@@ -780,16 +772,6 @@ mod tests {
     }
 
     #[test]
-    fn backoff_doubles_from_half_a_second_to_thirty() {
-        let steps: Vec<u128> = (1..=9).map(|n| backoff(n).as_millis()).collect();
-        assert_eq!(
-            steps,
-            [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]
-        );
-        assert_eq!(backoff(u32::MAX), BACKOFF_MAX);
-    }
-
-    #[test]
     fn member_reports_ignore_non_members_and_coalesce() {
         let members = set(&[ip(1), ip(2)]);
         let (up, mut reports) = watch::channel(members.clone());
@@ -1172,7 +1154,8 @@ mod tests {
                             let started = std::time::Instant::now();
                             let pool = DnsPool::start(
                                 config,
-                                Notifier::disabled(),
+                                Notifier::start(None, CancellationToken::new())
+                                    .expect("no mail: nothing to check"),
                                 None,
                                 shutdown.clone(),
                                 Start::default(),

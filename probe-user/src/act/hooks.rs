@@ -18,6 +18,10 @@ use std::{
     time::Duration,
 };
 
+use nix::{
+    sys::signal::{killpg, Signal},
+    unistd::Pid,
+};
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncRead, AsyncReadExt as _, BufReader},
     process::{Child, Command},
@@ -282,16 +286,11 @@ impl ProcessGroup {
         let Some(pgid) = self.pgid else {
             return Err(io::Error::other("the hook's process group is unknown"));
         };
-        // SAFETY: kill(2) only takes integers and touches no memory of ours. `pgid` is the pid of
-        // a child we spawned as leader of its own group and have not reaped yet (`disarm` is
-        // called right after reaping), so the id still names that group and no other. It is > 1,
-        // so `-pgid` can mean neither our own group (0) nor every process we may signal (-1).
-        let rc = unsafe { libc::kill(-pgid, libc::SIGKILL) };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
+        // `pgid` is the pid of a child we spawned as leader of its own group and have not
+        // reaped yet (`disarm` is called right after reaping), so the id still names that group
+        // and no other. It is > 1, so it can mean neither our own group (0) nor every process we
+        // may signal (-1).
+        killpg(Pid::from_raw(pgid), Signal::SIGKILL).map_err(io::Error::from)
     }
 
     /// To be called once the leader has been reaped: its id may then be reused.

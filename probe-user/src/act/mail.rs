@@ -32,13 +32,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
+    act::backoff::Backoff,
     config::mail::{MailSettings, RateLimit},
     model::notice::Notice,
 };
 
 /// Queued notices beyond this are dropped (and logged): the queue must never block a sender.
 const QUEUE: usize = 64;
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const SMTP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A token bucket: starts full with `burst` tokens, refills continuously at `burst` per `per`,
@@ -275,19 +275,19 @@ fn load_ca(path: &Path) -> anyhow::Result<Certificate> {
     })
 }
 
-/// How a notice that could not be sent is retried: `attempts` in all, the first wait
-/// `first_backoff`, each further wait twice the last (at most `MAX_BACKOFF`).
+/// How a notice that could not be sent is retried: `attempts` in all, waiting as `backoff`
+/// says between them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Retry {
     attempts: u32,
-    first_backoff: Duration,
+    backoff: Backoff,
 }
 
 impl Default for Retry {
     fn default() -> Self {
         Self {
             attempts: 6,
-            first_backoff: Duration::from_millis(500),
+            backoff: Backoff::SERVER,
         }
     }
 }
@@ -300,14 +300,6 @@ pub struct Notifier {
 }
 
 impl Notifier {
-    /// A notifier that only logs (no mail configured).
-    #[cfg(test)]
-    pub fn disabled() -> Self {
-        Self {
-            tx: Arc::new(RwLock::new(None)),
-        }
-    }
-
     /// Starts the mail task (if mail is configured); it stops when `shutdown` fires. Must be
     /// called within a Tokio runtime.
     ///
@@ -445,19 +437,18 @@ async fn deliver(
     retry: Retry,
     shutdown: &CancellationToken,
 ) -> Delivery {
-    let mut backoff = retry.first_backoff;
     let mut attempt = 1;
     loop {
         match transport.send(message.clone()).await {
             Ok(_) => return Delivery::Sent { attempt },
             Err(error) if attempt >= retry.attempts => return Delivery::GaveUp(error),
             Err(error) => {
+                let backoff = retry.backoff.delay(attempt);
                 warn!(%error, attempt, retry_in = ?backoff, %subject, "sending notification failed");
                 tokio::select! {
                     _ = shutdown.cancelled() => return Delivery::Cancelled,
                     _ = tokio::time::sleep(backoff) => {}
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
                 attempt += 1;
             }
         }
@@ -1143,7 +1134,10 @@ mod tests {
         let settings = lab.settings("wrong password");
         let retry = Retry {
             attempts: 2,
-            first_backoff: Duration::from_millis(100),
+            backoff: Backoff {
+                first: Duration::from_millis(100),
+                max: Duration::from_secs(30),
+            },
         };
         let notice = Notice {
             subject: "xdprobe: 192.0.2.1 is DOWN".into(),

@@ -2,6 +2,7 @@
 //! task, hooks, mail and DNS pools.
 
 pub mod arp;
+pub mod backoff;
 pub mod dns;
 pub mod failover;
 pub mod hooks;

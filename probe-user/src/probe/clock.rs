@@ -1,14 +1,13 @@
 //! CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_ns` reads, so the kernel can compute
 //! round-trip times from the timestamps we put in our probes.
 
+use nix::time::{clock_gettime, ClockId};
+
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a timespec; CLOCK_MONOTONIC always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+    // CLOCK_MONOTONIC always exists on Linux, and reading it cannot fail with valid arguments.
+    clock_gettime(ClockId::CLOCK_MONOTONIC)
+        .map(|now| (now.tv_sec() as u64) * 1_000_000_000 + now.tv_nsec() as u64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

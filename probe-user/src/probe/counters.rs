@@ -6,7 +6,7 @@
 //!   counts it (the ablation the benchmark compares against, to show what XDP buys).
 
 use std::{
-    mem,
+    io::IoSliceMut,
     net::Ipv4Addr,
     os::fd::AsRawFd as _,
     sync::{
@@ -18,6 +18,10 @@ use std::{
 };
 
 use anyhow::Context as _;
+use nix::{
+    errno::Errno,
+    sys::socket::{recvmmsg, MsgFlags, MultiHeaders, SockaddrIn},
+};
 use probe_common::{
     maps::{HostSlot, ProbeConfig, Stat},
     verdict::{judge, Verdict},
@@ -53,8 +57,6 @@ pub struct SocketCounters {
 
 #[derive(Default)]
 struct AtomicSlot {
-    window: AtomicU32,
-    window_replies: AtomicU32,
     total_replies: AtomicU32,
     rtt_ns: AtomicU32,
 }
@@ -135,8 +137,6 @@ impl Counters for SocketCounters {
     fn slot(&self, index: usize) -> HostSlot {
         let slot = &self.shared.slots[index];
         HostSlot {
-            window: slot.window.load(Relaxed),
-            window_replies: slot.window_replies.load(Relaxed),
             total_replies: slot.total_replies.load(Relaxed),
             rtt_ns: slot.rtt_ns.load(Relaxed),
         }
@@ -155,52 +155,32 @@ impl Counters for SocketCounters {
 /// program judges a frame.
 fn receive(socket: &Socket, shared: &Shared, stop: &AtomicBool) {
     let mut bufs = vec![[0u8; BUF]; BATCH];
+    let mut headers = MultiHeaders::<SockaddrIn>::preallocate(BATCH, None);
     while !stop.load(Relaxed) {
-        let mut iovs: Vec<libc::iovec> = bufs
-            .iter_mut()
-            .map(|b| libc::iovec {
-                iov_base: b.as_mut_ptr().cast(),
-                iov_len: BUF,
-            })
-            .collect();
-        let mut msgs: Vec<libc::mmsghdr> = iovs
-            .iter_mut()
-            .map(|iov| {
-                // SAFETY: all-zero is a valid msghdr.
-                let mut hdr: libc::msghdr = unsafe { mem::zeroed() };
-                hdr.msg_iov = iov;
-                hdr.msg_iovlen = 1;
-                libc::mmsghdr {
-                    msg_hdr: hdr,
-                    msg_len: 0,
-                }
-            })
-            .collect();
-        // SAFETY: the headers point into `iovs` and `bufs`, alive for the call. The socket's
-        // read timeout bounds the wait for the first datagram; the rest are taken if queued.
-        let n = unsafe {
-            libc::recvmmsg(
+        // The socket's read timeout bounds the wait for the first datagram; the rest are
+        // taken if queued.
+        let lengths: Vec<usize> = {
+            let mut slices: Vec<[IoSliceMut<'_>; 1]> =
+                bufs.iter_mut().map(|b| [IoSliceMut::new(b)]).collect();
+            match recvmmsg(
                 socket.as_raw_fd(),
-                msgs.as_mut_ptr(),
-                BATCH as libc::c_uint,
-                libc::MSG_WAITFORONE,
-                std::ptr::null_mut(),
-            )
-        };
-        if n < 0 {
-            let err = std::io::Error::last_os_error();
-            if !matches!(
-                err.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                &mut headers,
+                slices.iter_mut(),
+                MsgFlags::MSG_WAITFORONE,
+                None,
             ) {
-                warn!(error = %err, "receiving replies failed");
-                std::thread::sleep(Duration::from_millis(10));
+                Ok(received) => received.map(|msg| msg.bytes).collect(),
+                Err(Errno::EAGAIN | Errno::EINTR) => continue,
+                Err(error) => {
+                    warn!(%error, "receiving replies failed");
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
             }
-            continue;
-        }
+        };
         let now = monotonic_ns();
-        for (msg, buf) in msgs.iter().zip(&bufs).take(n as usize) {
-            count(shared, &buf[..(msg.msg_len as usize).min(BUF)], now);
+        for (len, buf) in lengths.into_iter().zip(&bufs) {
+            count(shared, &buf[..len.min(BUF)], now);
         }
     }
 }
@@ -226,14 +206,10 @@ fn count(shared: &Shared, packet: &[u8], now: u64) {
                 // Only this thread writes the slots: plain load-modify-store is enough.
                 let a = &shared.slots[index];
                 let mut slot = HostSlot {
-                    window: a.window.load(Relaxed),
-                    window_replies: a.window_replies.load(Relaxed),
                     total_replies: a.total_replies.load(Relaxed),
                     rtt_ns: a.rtt_ns.load(Relaxed),
                 };
-                slot.record_reply(probe.window(), now, probe.sent_ns());
-                a.window.store(slot.window, Relaxed);
-                a.window_replies.store(slot.window_replies, Relaxed);
+                slot.record_reply(now, probe.sent_ns());
                 a.rtt_ns.store(slot.rtt_ns, Relaxed);
                 a.total_replies.store(slot.total_replies, Relaxed);
                 Stat::Counted

@@ -48,7 +48,7 @@ pub fn probed_hosts(settings: &Settings, monitored: &[Ipv4Addr]) -> (Vec<Ipv4Add
 }
 
 /// Hosts the XDP maps get room for, so that a reload can add hosts without re-attaching:
-/// twice the hosts at start-up, and at least 4,096 (96 KiB of maps).
+/// twice the hosts at start-up, and at least 4,096 (64 KiB of maps).
 pub fn reload_capacity(hosts: usize) -> usize {
     (hosts * 2).clamp(4096, probe_common::maps::MAX_HOSTS as usize)
 }

@@ -1,9 +1,17 @@
 //! Sends echo requests from a send-only raw socket (`IPPROTO_RAW`: it never receives, so the
 //! replies cost us nothing in userspace), in batches with `sendmmsg`.
 
-use std::{io, mem, net::Ipv4Addr, os::fd::AsRawFd};
+use std::{
+    io::{self, IoSlice},
+    net::{Ipv4Addr, SocketAddrV4},
+    os::fd::AsRawFd,
+};
 
 use anyhow::Context as _;
+use nix::{
+    errno::Errno,
+    sys::socket::{sendmmsg, MsgFlags, MultiHeaders, SockaddrIn},
+};
 use probe_common::wire::{EchoPacket, ProbeHeader, ECHO_PACKET_LEN, ICMP_ECHO_REQUEST};
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -22,7 +30,7 @@ pub struct Round {
 pub struct Sender {
     socket: Socket,
     packets: Vec<[u8; ECHO_PACKET_LEN]>,
-    addrs: Vec<libc::sockaddr_in>,
+    addrs: Vec<Option<SockaddrIn>>,
 }
 
 impl Sender {
@@ -62,78 +70,46 @@ impl Sender {
             }
             .write(&mut buf);
             self.packets.push(buf);
-            self.addrs.push(libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: 0,
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(host.octets()),
-                },
-                sin_zero: [0; 8],
-            });
+            self.addrs
+                .push(Some(SockaddrIn::from(SocketAddrV4::new(*host, 0))));
         }
         self.flush()
     }
 
+    /// Sends the batch with `sendmmsg`, as many messages a call as the kernel takes.
     fn flush(&mut self) -> io::Result<usize> {
-        let mut iovs: Vec<libc::iovec> = self
-            .packets
-            .iter_mut()
-            .map(|p| libc::iovec {
-                iov_base: p.as_mut_ptr().cast(),
-                iov_len: p.len(),
-            })
-            .collect();
-        let mut msgs: Vec<libc::mmsghdr> = iovs
-            .iter_mut()
-            .zip(self.addrs.iter_mut())
-            .map(|(iov, addr)| {
-                // SAFETY: all-zero is a valid msghdr.
-                let mut hdr: libc::msghdr = unsafe { mem::zeroed() };
-                hdr.msg_name = (addr as *mut libc::sockaddr_in).cast();
-                hdr.msg_namelen = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-                hdr.msg_iov = iov;
-                hdr.msg_iovlen = 1;
-                libc::mmsghdr {
-                    msg_hdr: hdr,
-                    msg_len: 0,
-                }
-            })
-            .collect();
+        let slices: Vec<[IoSlice<'_>; 1]> =
+            self.packets.iter().map(|p| [IoSlice::new(p)]).collect();
+        let mut headers = MultiHeaders::<SockaddrIn>::preallocate(slices.len(), None);
+        let fd = self.socket.as_raw_fd();
         let mut sent = 0;
-        while sent < msgs.len() {
-            let rest = &mut msgs[sent..];
-            // SAFETY: every header points into `iovs`, `self.packets` and `self.addrs`, which
-            // outlive the call.
-            let n = unsafe {
-                libc::sendmmsg(
-                    self.socket.as_raw_fd(),
-                    rest.as_mut_ptr(),
-                    rest.len() as libc::c_uint,
-                    0,
-                )
-            };
-            if n < 0 {
-                let err = io::Error::last_os_error();
-                if err.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
+        while sent < slices.len() {
+            let result = sendmmsg(
+                fd,
+                &mut headers,
+                &slices[sent..],
+                &self.addrs[sent..],
+                [],
+                MsgFlags::empty(),
+            )
+            .map(Iterator::count);
+            match result {
+                Ok(n) => sent += n,
+                Err(Errno::EINTR) => continue,
                 // A destination the kernel refuses (no route, ...) fails the whole call at that
                 // message; skip it and send the rest.
-                if sent + 1 < msgs.len() && is_per_destination(&err) {
-                    sent += 1;
-                    continue;
-                }
-                return if sent > 0 { Ok(sent) } else { Err(err) };
+                Err(e) if sent + 1 < slices.len() && is_per_destination(e) => sent += 1,
+                Err(_) if sent > 0 => return Ok(sent),
+                Err(e) => return Err(e.into()),
             }
-            sent += n as usize;
         }
         Ok(sent)
     }
 }
 
-fn is_per_destination(err: &io::Error) -> bool {
+fn is_per_destination(err: Errno) -> bool {
     matches!(
-        err.raw_os_error(),
-        Some(libc::ENETUNREACH | libc::EHOSTUNREACH | libc::EINVAL | libc::EACCES | libc::ENOBUFS)
+        err,
+        Errno::ENETUNREACH | Errno::EHOSTUNREACH | Errno::EINVAL | Errno::EACCES | Errno::ENOBUFS
     )
 }

@@ -1,6 +1,6 @@
 //! Set-up steps shared by `run` and `monitor`: naming the interface, attaching the program.
 
-use std::{ffi::CString, net::Ipv4Addr};
+use std::net::Ipv4Addr;
 
 use tracing::info;
 
@@ -10,16 +10,16 @@ use crate::{
 };
 
 pub fn interface_index(iface: &str) -> Result<u32, Failure> {
-    let name = CString::new(iface)
-        .map_err(|_| Failure::Usage(anyhow::anyhow!("invalid `iface`: {iface:?}")))?;
-    // SAFETY: valid NUL-terminated string.
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    if index == 0 {
+    if iface.contains('\0') {
         return Err(Failure::Usage(anyhow::anyhow!(
-            "invalid `iface`: no interface named {iface:?}"
+            "invalid `iface`: {iface:?}"
         )));
     }
-    Ok(index)
+    nix::net::if_::if_nametoindex(iface).map_err(|_| {
+        Failure::Usage(anyhow::anyhow!(
+            "invalid `iface`: no interface named {iface:?}"
+        ))
+    })
 }
 
 /// Stops early, naming what is missing, when we lack a capability we need.
