@@ -1,0 +1,32 @@
+//! The test harness of xdprobe: one copy of everything its tests (probe-user's unit tests, the
+//! integration tests in `tests/`) and `cargo xtask` (the demo, the bench farm) build on.
+//!
+//! - [`netns`]: network namespaces removed on drop, and by a janitor process if the run is
+//!   killed; [`enter`]: running a closure or a future on a thread inside one.
+//! - [`lab`]: hosts (one namespace each) on a bridge or on one veth pair, and `ip monitor`.
+//! - [`daemon`]: the real `xdprobe` (or any long-running program) with its output captured.
+//! - [`smtp`] and [`bind`]: real mail and DNS servers (aiosmtpd, BIND 9) inside a namespace.
+//! - [`traffic`]: ping, forged replies, packet loss, a flapping link.
+//! - [`files`]: scratch files and directories removed on drop, scripts; [`cmd`]: running
+//!   programs; [`root`]: the check privileged tests start with.
+//!
+//! Only TEST-NET and benchmarking addresses are used, only inside namespaces the harness made.
+
+pub mod bind;
+pub mod cmd;
+pub mod daemon;
+pub mod enter;
+pub mod files;
+pub mod lab;
+pub mod netns;
+pub mod root;
+pub mod smtp;
+pub mod traffic;
+
+pub use cmd::run;
+pub use daemon::{log_number, xdprobe_bin, Daemon};
+pub use files::{write_script, TempDir, TempFile};
+pub use lab::{AddrWatch, Lab};
+pub use netns::Namespaces;
+pub use root::require_root;
+pub use smtp::{SecureSmtp, Silent, Smtp};
