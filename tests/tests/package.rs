@@ -3,137 +3,141 @@
 //! config, the unit verifies, the man page is there, and the installed binary runs the way the
 //! unit starts it: as an unprivileged user with exactly the unit's capabilities.
 
-use std::{path::PathBuf, process::Command};
+/// Needs root: dpkg into a scratch root, a lab namespace, setpriv to another user.
+mod privileged {
+    use std::{path::PathBuf, process::Command};
 
-use xdprobe_tests::lab::run;
+    use xdprobe_harness::run;
 
-/// The package under test: `$XDPROBE_DEB`, set by `cargo xtask test` after building it.
-fn deb() -> PathBuf {
-    let deb = std::env::var_os("XDPROBE_DEB").map(PathBuf::from).expect(
-        "XDPROBE_DEB not set: run the suite with `cargo xtask test`, which builds the package",
-    );
-    assert!(deb.is_file(), "{} missing", deb.display());
-    deb
-}
+    /// The package under test: `$XDPROBE_DEB`, set by `cargo xtask test` after building it.
+    fn deb() -> PathBuf {
+        let deb = std::env::var_os("XDPROBE_DEB").map(PathBuf::from).expect(
+            "XDPROBE_DEB not set: run the suite with `cargo xtask test`, which builds the package",
+        );
+        assert!(deb.is_file(), "{} missing", deb.display());
+        deb
+    }
 
-#[test]
-fn the_package_installs_with_dpkg_and_its_files_work() {
-    xdprobe_tests::require_root();
-    let deb = deb();
-    let listing = String::from_utf8(
-        run(&["dpkg-deb", "-c", deb.to_str().unwrap()])
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
-    for path in [
-        "./usr/bin/xdprobe",
-        "./lib/systemd/system/xdprobe.service",
-        "./etc/xdprobe/xdprobe.toml",
-        "./usr/share/man/man8/xdprobe.8.gz",
-    ] {
+    #[test]
+    fn the_package_installs_with_dpkg_and_its_files_work() {
+        xdprobe_harness::require_root();
+        let deb = deb();
+        let listing = String::from_utf8(
+            run(&["dpkg-deb", "-c", deb.to_str().unwrap()])
+                .unwrap()
+                .stdout,
+        )
+        .unwrap();
+        for path in [
+            "./usr/bin/xdprobe",
+            "./lib/systemd/system/xdprobe.service",
+            "./etc/xdprobe/xdprobe.toml",
+            "./usr/share/man/man8/xdprobe.8.gz",
+        ] {
+            assert!(
+                listing.contains(path),
+                "{path} not in the package:\n{listing}"
+            );
+        }
+        let conffiles = String::from_utf8(
+            run(&["dpkg-deb", "-I", deb.to_str().unwrap(), "conffiles"])
+                .unwrap()
+                .stdout,
+        )
+        .unwrap();
+        assert_eq!(conffiles.trim(), "/etc/xdprobe/xdprobe.toml");
+
+        let scratch = std::env::temp_dir().join(format!("xdprobe-dpkg-{}", std::process::id()));
+        let (root, admin) = (scratch.join("root"), scratch.join("admin"));
+        for dir in [
+            root.clone(),
+            admin.join("info"),
+            admin.join("updates"),
+            admin.join("triggers"),
+        ] {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        for file in ["status", "available"] {
+            std::fs::write(admin.join(file), "").unwrap();
+        }
+        // Dependencies (libc6) are not in the scratch database: the real dpkg -i on this machine
+        // has them.
+        run(&[
+            "dpkg",
+            &format!("--instdir={}", root.display()),
+            &format!("--admindir={}", admin.display()),
+            "--force-depends",
+            "--force-script-chrootless",
+            "-i",
+            deb.to_str().unwrap(),
+        ])
+        .expect("dpkg -i");
+
+        let bin = root.join("usr/bin/xdprobe");
+        let config = root.join("etc/xdprobe/xdprobe.toml");
+        let check = Command::new(&bin)
+            .args(["check", "--config", config.to_str().unwrap()])
+            .output()
+            .unwrap();
         assert!(
-            listing.contains(path),
-            "{path} not in the package:\n{listing}"
+            check.status.success(),
+            "{}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+        assert!(String::from_utf8_lossy(&check.stdout).contains(": valid"));
+
+        let unit =
+            std::fs::read_to_string(root.join("lib/systemd/system/xdprobe.service")).unwrap();
+        let verify_copy = scratch.join("xdprobe.service");
+        std::fs::write(
+            &verify_copy,
+            unit.replace("/usr/bin/xdprobe", bin.to_str().unwrap()),
+        )
+        .unwrap();
+        let verify = Command::new("systemd-analyze")
+            .args(["verify", verify_copy.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            verify.status.success(),
+            "{}",
+            String::from_utf8_lossy(&verify.stderr)
+        );
+
+        let man = Command::new("zcat")
+            .arg(root.join("usr/share/man/man8/xdprobe.8.gz"))
+            .output()
+            .unwrap();
+        let man = String::from_utf8_lossy(&man.stdout);
+        assert!(
+            man.contains(".TH xdprobe 8") && man.contains("monitor") && man.contains("check"),
+            "{man}"
+        );
+
+        // The installed binary as the unit runs it: nobody, the unit's capabilities, ambient.
+        let caps: Vec<String> = unit
+            .lines()
+            .find_map(|l| l.strip_prefix("AmbientCapabilities="))
+            .expect("capabilities in the unit")
+            .split_whitespace()
+            .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+            .collect();
+        let caps = caps.join(",");
+        let as_unit = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(format!("--inh-caps=-all,{caps}"))
+            .arg(format!("--ambient-caps=-all,{caps}"))
+            .arg(format!("--bounding-set=-all,{caps}"))
+            .arg("--no-new-privs")
+            .arg(&bin)
+            .args(["check", "--config", config.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_dir_all(&scratch);
+        assert!(
+            as_unit.status.success(),
+            "{}",
+            String::from_utf8_lossy(&as_unit.stderr)
         );
     }
-    let conffiles = String::from_utf8(
-        run(&["dpkg-deb", "-I", deb.to_str().unwrap(), "conffiles"])
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
-    assert_eq!(conffiles.trim(), "/etc/xdprobe/xdprobe.toml");
-
-    let scratch = std::env::temp_dir().join(format!("xdprobe-dpkg-{}", std::process::id()));
-    let (root, admin) = (scratch.join("root"), scratch.join("admin"));
-    for dir in [
-        root.clone(),
-        admin.join("info"),
-        admin.join("updates"),
-        admin.join("triggers"),
-    ] {
-        std::fs::create_dir_all(dir).unwrap();
-    }
-    for file in ["status", "available"] {
-        std::fs::write(admin.join(file), "").unwrap();
-    }
-    // Dependencies (libc6) are not in the scratch database: the real dpkg -i on this machine
-    // has them.
-    run(&[
-        "dpkg",
-        &format!("--instdir={}", root.display()),
-        &format!("--admindir={}", admin.display()),
-        "--force-depends",
-        "--force-script-chrootless",
-        "-i",
-        deb.to_str().unwrap(),
-    ])
-    .expect("dpkg -i");
-
-    let bin = root.join("usr/bin/xdprobe");
-    let config = root.join("etc/xdprobe/xdprobe.toml");
-    let check = Command::new(&bin)
-        .args(["check", "--config", config.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stderr)
-    );
-    assert!(String::from_utf8_lossy(&check.stdout).contains(": valid"));
-
-    let unit = std::fs::read_to_string(root.join("lib/systemd/system/xdprobe.service")).unwrap();
-    let verify_copy = scratch.join("xdprobe.service");
-    std::fs::write(
-        &verify_copy,
-        unit.replace("/usr/bin/xdprobe", bin.to_str().unwrap()),
-    )
-    .unwrap();
-    let verify = Command::new("systemd-analyze")
-        .args(["verify", verify_copy.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        verify.status.success(),
-        "{}",
-        String::from_utf8_lossy(&verify.stderr)
-    );
-
-    let man = Command::new("zcat")
-        .arg(root.join("usr/share/man/man8/xdprobe.8.gz"))
-        .output()
-        .unwrap();
-    let man = String::from_utf8_lossy(&man.stdout);
-    assert!(
-        man.contains(".TH xdprobe 8") && man.contains("monitor") && man.contains("check"),
-        "{man}"
-    );
-
-    // The installed binary as the unit runs it: nobody, the unit's capabilities, ambient.
-    let caps: Vec<String> = unit
-        .lines()
-        .find_map(|l| l.strip_prefix("AmbientCapabilities="))
-        .expect("capabilities in the unit")
-        .split_whitespace()
-        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
-        .collect();
-    let caps = caps.join(",");
-    let as_unit = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(format!("--inh-caps=-all,{caps}"))
-        .arg(format!("--ambient-caps=-all,{caps}"))
-        .arg(format!("--bounding-set=-all,{caps}"))
-        .arg("--no-new-privs")
-        .arg(&bin)
-        .args(["check", "--config", config.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let _ = std::fs::remove_dir_all(&scratch);
-    assert!(
-        as_unit.status.success(),
-        "{}",
-        String::from_utf8_lossy(&as_unit.stderr)
-    );
 }
