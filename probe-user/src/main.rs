@@ -10,8 +10,6 @@ mod failure;
 mod model;
 mod probe;
 mod service;
-#[cfg(test)]
-mod testns;
 
 use std::process::ExitCode;
 

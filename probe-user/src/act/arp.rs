@@ -707,114 +707,49 @@ mod tests {
         assert!(err.contains("xarp-missing0"), "{err}");
     }
 
-    /// Tests against the kernel's ARP, in a throwaway lab of two network namespaces.
-    mod lab {
+    /// Tests against the kernel's ARP, in a throwaway lab of two network namespaces: root only.
+    mod privileged {
         use std::{
-            future::Future,
-            process::Command,
             sync::{
-                atomic::{AtomicBool, AtomicU32, Ordering},
+                atomic::{AtomicBool, Ordering},
                 mpsc, Arc,
             },
             thread,
             time::{Duration, Instant},
         };
 
+        use xdprobe_harness::{
+            enter::{join, run_async_in as run_in, spawn_async_in as spawn_in},
+            Lab,
+        };
+
         use super::super::*;
 
-        /// Namespace A's address (the side running the ArpSocket under test).
+        /// Host A's address (the side running the ArpSocket under test).
         const A_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
-        /// Namespace B's address (the "live host").
+        /// Host B's address (the "live host").
         const B_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 
-        /// Two namespaces joined by a veth pair, both ends named `eth0`; deleted on drop,
-        /// also when the test fails.
-        struct Lab {
-            a: String,
-            b: String,
+        /// Hosts `a` and `b` joined by a veth pair, both ends named `eth0`, both up; deleted on
+        /// drop, also when the test fails.
+        fn lab() -> Lab {
+            let lab = Lab::with_pair(("a", &format!("{A_IP}/24")), ("b", &format!("{B_IP}/24")))
+                .unwrap_or_else(|e| panic!("building the ARP lab: {e:#}"));
+            // Until the link is operationally up the veth's qdisc drops what we send.
+            for host in ["a", "b"] {
+                lab.wait_until_up(host, Duration::from_secs(3))
+                    .unwrap_or_else(|e| panic!("{e:#}"));
+            }
+            lab
         }
 
-        impl Lab {
-            fn new() -> Lab {
-                // SAFETY: geteuid has no preconditions.
-                let euid = unsafe { libc::geteuid() };
-                assert_eq!(
-                    euid, 0,
-                    "the ARP lab tests create network namespaces: run them as root"
-                );
-                static NEXT: AtomicU32 = AtomicU32::new(0);
-                let n = NEXT.fetch_add(1, Ordering::Relaxed);
-                let id = format!("xarp{}-{n}", std::process::id());
-                let lab = Lab {
-                    a: format!("{id}a"),
-                    b: format!("{id}b"),
-                };
-                ip(&["netns", "add", &lab.a]);
-                ip(&["netns", "add", &lab.b]);
-                #[rustfmt::skip]
-                ip(&["-n", &lab.a, "link", "add", "eth0", "type", "veth",
-                     "peer", "name", "eth0", "netns", &lab.b]);
-                for (ns, addr) in [(&lab.a, A_IP), (&lab.b, B_IP)] {
-                    ip(&[
-                        "-n",
-                        ns,
-                        "addr",
-                        "add",
-                        &format!("{addr}/24"),
-                        "dev",
-                        "eth0",
-                    ]);
-                    ip(&["-n", ns, "link", "set", "eth0", "up"]);
-                }
-                lab.wait_until_up();
-                lab
-            }
-
-            /// Until the link is operationally up the veth's qdisc drops what we send.
-            fn wait_until_up(&self) {
-                let deadline = Instant::now() + Duration::from_secs(3);
-                for ns in [&self.a, &self.b] {
-                    while brief_link(ns)[1] != "UP" {
-                        assert!(Instant::now() < deadline, "eth0 in {ns} never came up");
-                        thread::sleep(Duration::from_millis(10));
-                    }
-                }
-            }
-
-            fn mac_of(&self, ns: &str) -> [u8; 6] {
-                parse_mac(&brief_link(ns)[2])
-            }
+        fn mac_of(lab: &Lab, host: &str) -> [u8; 6] {
+            parse_mac(&lab.mac(host).unwrap_or_else(|e| panic!("{e:#}")))
         }
 
-        impl Drop for Lab {
-            fn drop(&mut self) {
-                for ns in [&self.a, &self.b] {
-                    // Best effort: a panic here would hide the test's own failure.
-                    let _ = Command::new("ip").args(["netns", "del", ns]).output();
-                }
-            }
-        }
-
-        /// Runs `ip args`, panicking with its stderr if it fails; returns its stdout.
-        fn ip(args: &[&str]) -> String {
-            let out = Command::new("ip")
-                .args(args)
-                .output()
-                .unwrap_or_else(|e| panic!("running ip {args:?}: {e}"));
-            assert!(
-                out.status.success(),
-                "ip {args:?} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            String::from_utf8_lossy(&out.stdout).into_owned()
-        }
-
-        /// `ip -br link show eth0` in `ns`, split into fields: name, state, MAC, flags.
-        fn brief_link(ns: &str) -> Vec<String> {
-            let out = ip(&["-n", ns, "-br", "link", "show", "eth0"]);
-            let fields: Vec<String> = out.split_whitespace().map(str::to_owned).collect();
-            assert!(fields.len() >= 3, "unexpected `ip -br link` output: {out}");
-            fields
+        /// `ip -n <host> args`, panicking with its stderr if it fails; returns its stdout.
+        fn ip(lab: &Lab, host: &str, args: &[&str]) -> String {
+            lab.ip(host, args).unwrap_or_else(|e| panic!("{e:#}"))
         }
 
         fn parse_mac(s: &str) -> [u8; 6] {
@@ -831,40 +766,6 @@ mod tests {
             mac.map(|b| format!("{b:02x}")).join(":")
         }
 
-        /// Runs `f` on a new thread inside network namespace `ns`, on its own current-thread
-        /// runtime, so sockets it opens belong to `ns`.
-        fn spawn_in<T, F, Fut>(ns: &str, f: F) -> thread::JoinHandle<T>
-        where
-            T: Send + 'static,
-            F: FnOnce() -> Fut + Send + 'static,
-            Fut: Future<Output = T>,
-        {
-            let ns = ns.to_string();
-            thread::spawn(move || {
-                crate::testns::enter(&ns);
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("tokio runtime")
-                    .block_on(f())
-            })
-        }
-
-        fn join<T>(handle: thread::JoinHandle<T>) -> T {
-            handle
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-        }
-
-        fn run_in<T, F, Fut>(ns: &str, f: F) -> T
-        where
-            T: Send + 'static,
-            F: FnOnce() -> Fut + Send + 'static,
-            Fut: Future<Output = T>,
-        {
-            join(spawn_in(ns, f))
-        }
-
         fn assert_send<T: Send>(t: T) -> T {
             t
         }
@@ -875,9 +776,9 @@ mod tests {
 
         #[test]
         fn arp_probe_resolves_live_host_mac() {
-            let lab = Lab::new();
-            let (a_mac, b_mac) = (lab.mac_of(&lab.a), lab.mac_of(&lab.b));
-            let (own, zero_wait, found) = run_in(&lab.a, || async {
+            let lab = lab();
+            let (a_mac, b_mac) = (mac_of(&lab, "a"), mac_of(&lab, "b"));
+            let (own, zero_wait, found) = run_in(&lab.ns("a"), || async {
                 let sock = open_eth0();
                 let zero_wait = sock.probe(B_IP, Duration::ZERO).await.expect("probe");
                 // Spawned by the daemon, so the future must be Send.
@@ -893,8 +794,8 @@ mod tests {
 
         #[test]
         fn arp_probe_for_unused_address_times_out() {
-            let lab = Lab::new();
-            let (found, elapsed) = run_in(&lab.a, || async {
+            let lab = lab();
+            let (found, elapsed) = run_in(&lab.ns("a"), || async {
                 let sock = open_eth0();
                 let start = Instant::now();
                 let found = sock
@@ -912,19 +813,19 @@ mod tests {
 
         #[test]
         fn arp_announce_updates_peer_neighbour_entry() {
-            let lab = Lab::new();
-            let a_mac = lab.mac_of(&lab.a);
+            let lab = lab();
+            let a_mac = mac_of(&lab, "a");
             // arp_accept=0: Linux only updates entries it already has, so plant a stale one.
             #[rustfmt::skip]
-            ip(&["-n", &lab.b, "neigh", "add", "192.0.2.100", "lladdr", "02:00:00:00:00:99",
-                 "dev", "eth0", "nud", "stale"]);
-            run_in(&lab.a, move || async move {
+            ip(&lab, "b", &["neigh", "add", "192.0.2.100", "lladdr", "02:00:00:00:00:99",
+                            "dev", "eth0", "nud", "stale"]);
+            run_in(&lab.ns("a"), move || async move {
                 open_eth0().announce(super::VIP, a_mac).expect("announce");
             });
             let want = format_mac(a_mac);
             let deadline = Instant::now() + Duration::from_secs(1);
             loop {
-                let entry = ip(&["-n", &lab.b, "neigh", "show", "192.0.2.100", "dev", "eth0"]);
+                let entry = ip(&lab, "b", &["neigh", "show", "192.0.2.100", "dev", "eth0"]);
                 if entry.contains(&want) {
                     break;
                 }
@@ -938,13 +839,13 @@ mod tests {
 
         #[test]
         fn arp_watch_conflicts_sees_foreign_reply() {
-            let lab = Lab::new();
-            let (a_mac, b_mac) = (lab.mac_of(&lab.a), lab.mac_of(&lab.b));
+            let lab = lab();
+            let (a_mac, b_mac) = (mac_of(&lab, "a"), mac_of(&lab, "b"));
             let claimed = Ipv4Addr::new(192, 0, 2, 50);
             let stop = Arc::new(AtomicBool::new(false));
             // B keeps sending a crafted unicast reply from `claimed` until A has seen one:
             // A drains its queue when it starts watching, so a single early frame could be lost.
-            let sender = spawn_in(&lab.b, {
+            let sender = spawn_in(&lab.ns("b"), {
                 let stop = Arc::clone(&stop);
                 move || async move {
                     let sock = open_eth0();
@@ -964,7 +865,7 @@ mod tests {
                     }
                 }
             });
-            let seen = run_in(&lab.a, move || async move {
+            let seen = run_in(&lab.ns("a"), move || async move {
                 open_eth0()
                     .watch_conflicts(claimed, Duration::from_secs(2))
                     .await
@@ -977,12 +878,12 @@ mod tests {
 
         #[test]
         fn arp_watch_conflicts_ignores_frames_queued_before_the_call() {
-            let lab = Lab::new();
-            let (a_mac, b_mac) = (lab.mac_of(&lab.a), lab.mac_of(&lab.b));
+            let lab = lab();
+            let (a_mac, b_mac) = (mac_of(&lab, "a"), mac_of(&lab, "b"));
             let claimed = Ipv4Addr::new(192, 0, 2, 70);
             let (opened_tx, opened) = mpsc::channel();
             let (sent_tx, sent) = mpsc::channel();
-            let watcher = spawn_in(&lab.a, move || async move {
+            let watcher = spawn_in(&lab.ns("a"), move || async move {
                 let (watcher, witness) = (open_eth0(), open_eth0());
                 opened_tx.send(()).expect("test thread gone");
                 sent.recv().expect("test thread gone");
@@ -998,7 +899,7 @@ mod tests {
                 (watched, queued)
             });
             opened.recv().expect("watcher thread failed");
-            run_in(&lab.b, move || async move {
+            run_in(&lab.ns("b"), move || async move {
                 let sock = open_eth0();
                 let stale = ArpPacket {
                     eth_dst: a_mac,
@@ -1016,9 +917,9 @@ mod tests {
 
         #[test]
         fn arp_watch_conflicts_ignores_own_transmissions() {
-            let lab = Lab::new();
+            let lab = lab();
             let claimed = Ipv4Addr::new(192, 0, 2, 60);
-            let seen = run_in(&lab.a, move || async move {
+            let seen = run_in(&lab.ns("a"), move || async move {
                 let (watcher, talker) = (open_eth0(), open_eth0());
                 let talk = async {
                     tokio::time::sleep(Duration::from_millis(20)).await;

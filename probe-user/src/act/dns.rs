@@ -691,12 +691,8 @@ fn unix_now() -> u64 {
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use std::{
-        fs,
-        path::{Path, PathBuf},
-    };
-
     use data_encoding::BASE64;
+    use xdprobe_harness::TempFile;
 
     use super::*;
     use crate::config::dns::DnsFileConfig;
@@ -798,49 +794,22 @@ mod tests {
         assert!(tsig_error_text(TsigError::BadKey, &key).starts_with("BADKEY"));
     }
 
-    /// A file in the temp dir, deleted on drop.
-    pub(super) struct TempFile(pub(super) PathBuf);
-
-    impl TempFile {
-        pub(super) fn new(contents: &str) -> TempFile {
-            static NEXT: AtomicUsize = AtomicUsize::new(0);
-            let path = std::env::temp_dir().join(format!(
-                "xdprobe-dns-{}-{}",
-                std::process::id(),
-                NEXT.fetch_add(1, Ordering::Relaxed)
-            ));
-            fs::write(&path, contents).unwrap();
-            TempFile(path)
-        }
-    }
-
-    impl Drop for TempFile {
-        fn drop(&mut self) {
-            let _ = fs::remove_file(&self.0);
-        }
-    }
-
     /// Against a real BIND 9 (`named`, Debian `bind9`) in a network namespace of our own,
-    /// checked with `dig` and disturbed with `nsupdate` (Debian `bind9-dnsutils`). Root only.
-    mod live {
+    /// checked with `dig` and disturbed with `nsupdate` (Debian `bind9-dnsutils`): root only.
+    mod privileged {
         use std::{
-            io::{self, Write as _},
-            process::{Child, Command, Stdio},
+            io,
             sync::{Arc, Mutex},
             thread,
         };
 
+        use xdprobe_harness::{bind, bind::Bind, enter::enter, require_root, Namespaces};
+
         use super::*;
 
-        /// The same templates as tests/src/bind.rs, the integration tests' launcher.
-        const NAMED_CONF: &str = include_str!("../../../tests/fixtures/bind/named.conf");
-        const ZONE_FILE: &str = include_str!("../../../tests/fixtures/bind/example.test.zone");
-        const NAMED: &str = "/usr/sbin/named";
-        const DIG: &str = "/usr/bin/dig";
-        const NSUPDATE: &str = "/usr/bin/nsupdate";
-        const PORT: u16 = 5353;
-        const KEY: &str = "xdprobe-key";
-        const RECORD: &str = "www.example.test.";
+        const PORT: u16 = bind::PORT;
+        const KEY: &str = bind::KEY_NAME;
+        const RECORD: &str = bind::RECORD;
         const WAIT: Duration = Duration::from_secs(15);
         /// Short, so that drift is corrected within the tests' patience.
         const RESYNC: Duration = Duration::from_millis(300);
@@ -849,215 +818,62 @@ mod tests {
             Ipv4Addr::new(203, 0, 113, last)
         }
 
-        fn require(path: &str, package: &str) {
-            assert!(
-                Path::new(path).exists(),
-                "{path} not found: these tests need Debian's {package} (`cargo xtask setup` installs it)"
-            );
-        }
-
-        fn run(cmd: &mut Command) -> String {
-            let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-            assert!(
-                out.status.success(),
-                "{cmd:?}: {}\n{}{}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            String::from_utf8_lossy(&out.stdout).into_owned()
-        }
-
         fn random_secret() -> String {
             BASE64.encode(&rand::random::<[u8; 32]>())
         }
 
-        /// A network namespace with only `lo` up, deleted on drop.
-        struct Netns(String);
-
-        impl Netns {
-            fn new() -> Netns {
-                static NEXT: AtomicUsize = AtomicUsize::new(0);
-                // SAFETY: geteuid has no preconditions.
-                assert_eq!(
-                    unsafe { libc::geteuid() },
-                    0,
-                    "the live DNS tests need root (network namespaces): run them as root"
-                );
-                let name = format!(
-                    "xdns{}-{}",
-                    std::process::id(),
-                    NEXT.fetch_add(1, Ordering::Relaxed)
-                );
-                run(Command::new("ip").args(["netns", "add", &name]));
-                let ns = Netns(name);
-                run(Command::new("ip").args(["-n", &ns.0, "link", "set", "lo", "up"]));
-                ns
-            }
-
-            fn exec(&self, program: &str) -> Command {
-                let mut cmd = Command::new("ip");
-                cmd.args(["netns", "exec", &self.0, program]);
-                cmd
-            }
-
-            /// Moves the calling thread into the namespace.
-            fn enter(&self) {
-                crate::testns::enter(&self.0);
-            }
-        }
-
-        impl Drop for Netns {
-            fn drop(&mut self) {
-                let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-            }
-        }
-
-        /// `named` serving example.test. on 127.0.0.1:5353 in its own namespace.
+        /// `named` serving example.test. on 127.0.0.1:5353 in a namespace of its own with only
+        /// `lo` up (the harness's BIND launcher); stopped, then the namespace deleted, on drop.
         struct Named {
-            child: Option<Child>,
-            dir: PathBuf,
+            bind: Bind,
             secret: String,
-            ns: Arc<Netns>,
+            ns: String,
+            _namespaces: Namespaces,
         }
 
         impl Named {
             fn start() -> Named {
-                for (path, package) in [
-                    (NAMED, "bind9"),
-                    (DIG, "bind9-dnsutils"),
-                    (NSUPDATE, "bind9-dnsutils"),
-                ] {
-                    require(path, package);
-                }
-                let ns = Arc::new(Netns::new());
-                let dir = std::env::temp_dir().join(format!("{}-named", ns.0));
-                let _ = fs::remove_dir_all(&dir);
-                fs::create_dir_all(&dir).unwrap();
-                let secret = random_secret();
-                let conf = NAMED_CONF
-                    .replace("@DIR@", dir.to_str().unwrap())
-                    .replace("@LISTEN@", "127.0.0.1")
-                    .replace("@PORT@", &PORT.to_string())
-                    .replace("@KEY_NAME@", KEY)
-                    .replace("@KEY_ALGORITHM@", "hmac-sha256")
-                    .replace("@KEY_SECRET@", &secret);
-                fs::write(dir.join("named.conf"), conf).unwrap();
-                fs::write(dir.join("example.test.zone"), ZONE_FILE).unwrap();
-                let mut named = Named {
-                    child: None,
-                    dir,
-                    secret,
+                require_root();
+                static NEXT: AtomicUsize = AtomicUsize::new(0);
+                let prefix = format!(
+                    "xdns{}-{}-",
+                    std::process::id(),
+                    NEXT.fetch_add(1, Ordering::Relaxed)
+                );
+                let mut namespaces = Namespaces::new(&prefix).unwrap_or_else(|e| panic!("{e:#}"));
+                let ns = namespaces.add("named").unwrap_or_else(|e| panic!("{e:#}"));
+                let bind = Bind::start(&ns).unwrap_or_else(|e| panic!("{e:#}"));
+                Named {
+                    secret: bind.secret().to_string(),
+                    bind,
                     ns,
-                };
-                named.run();
-                named
+                    _namespaces: namespaces,
+                }
             }
 
-            /// Starts named (again: the zone's journal keeps what was updated).
+            /// Starts named again (the zone's journal keeps what was updated).
             fn run(&mut self) {
-                let log = fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(self.dir.join("named.log"))
-                    .unwrap();
-                let child = self
-                    .ns
-                    .exec(NAMED)
-                    .args(["-g", "-n", "1", "-c"])
-                    .arg(self.dir.join("named.conf"))
-                    .stdin(Stdio::null())
-                    .stdout(log.try_clone().unwrap())
-                    .stderr(log)
-                    .spawn()
-                    .unwrap();
-                self.child = Some(child);
-                let deadline = std::time::Instant::now() + WAIT;
-                loop {
-                    let answer = self
-                        .ns
-                        .exec(DIG)
-                        .args([
-                            "@127.0.0.1",
-                            "-p",
-                            &PORT.to_string(),
-                            "+short",
-                            "+time=1",
-                            "+tries=1",
-                        ])
-                        .args(["example.test.", "SOA"])
-                        .output()
-                        .unwrap();
-                    if answer.status.success() && !answer.stdout.is_empty() {
-                        return;
-                    }
-                    if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                        panic!("named exited ({status}) before answering:\n{}", self.log());
-                    }
-                    assert!(
-                        std::time::Instant::now() < deadline,
-                        "named did not answer within {WAIT:?}:\n{}",
-                        self.log()
-                    );
-                    thread::sleep(Duration::from_millis(100));
-                }
+                self.bind.restart().unwrap_or_else(|e| panic!("{e:#}"));
             }
 
             fn stop(&mut self) {
-                if let Some(mut child) = self.child.take() {
-                    // SAFETY: signalling our own child, which has not been reaped yet.
-                    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-                    let _ = child.wait();
-                }
+                self.bind.stop();
             }
 
             fn log(&self) -> String {
-                fs::read_to_string(self.dir.join("named.log")).unwrap_or_default()
+                self.bind.log()
             }
 
             /// The A set of www.example.test. as dig sees it.
             fn a_set(&self) -> BTreeSet<Ipv4Addr> {
-                let out = run(self
-                    .ns
-                    .exec(DIG)
-                    .args([
-                        "@127.0.0.1",
-                        "-p",
-                        &PORT.to_string(),
-                        "+short",
-                        "+norecurse",
-                    ])
-                    .args([RECORD, "A"]));
-                out.lines()
-                    .map(|l| l.trim().parse().unwrap_or_else(|_| panic!("dig: {l:?}")))
-                    .collect()
+                self.bind.a_records().unwrap_or_else(|e| panic!("{e:#}"))
             }
 
             /// Runs nsupdate `commands` for zone example.test. with the right key.
             fn nsupdate(&self, commands: &str) {
-                let mut child = self
-                    .ns
-                    .exec(NSUPDATE)
-                    .args(["-y", &format!("hmac-sha256:{KEY}:{}", self.secret)])
-                    .stdin(Stdio::piped())
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .unwrap();
-                let script =
-                    format!("server 127.0.0.1 {PORT}\nzone example.test.\n{commands}\nsend\n");
-                child
-                    .stdin
-                    .take()
-                    .unwrap()
-                    .write_all(script.as_bytes())
-                    .unwrap();
-                let out = child.wait_with_output().unwrap();
-                assert!(
-                    out.status.success(),
-                    "nsupdate {commands:?}: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
+                self.bind
+                    .nsupdate(commands)
+                    .unwrap_or_else(|e| panic!("{e:#}"));
             }
 
             fn pool_config(
@@ -1085,13 +901,6 @@ mod tests {
                 )
                 .unwrap();
                 (config, file)
-            }
-        }
-
-        impl Drop for Named {
-            fn drop(&mut self) {
-                self.stop();
-                let _ = fs::remove_dir_all(&self.dir);
             }
         }
 
@@ -1133,11 +942,11 @@ mod tests {
                 let log = Log::default();
                 let (tx, rx) = std::sync::mpsc::channel();
                 let thread = thread::spawn({
-                    let ns = Arc::clone(&named.ns);
+                    let ns = named.ns.clone();
                     let shutdown = shutdown.clone();
                     let log = log.clone();
                     move || {
-                        ns.enter();
+                        enter(&ns);
                         let subscriber = tracing_subscriber::fmt()
                             .with_writer(move || log.clone())
                             .with_ansi(false)

@@ -467,18 +467,12 @@ fn build(settings: &MailSettings, notice: &Notice) -> Result<Message, lettre::er
 #[cfg(test)]
 mod tests {
     use std::{
-        fs::{self, OpenOptions},
-        future::Future,
-        io::{self, BufRead as _, BufReader, Write as _},
-        os::unix::fs::OpenOptionsExt as _,
+        fs, io,
         path::PathBuf,
-        process::{Child, Command, Stdio},
-        sync::{
-            atomic::{AtomicU32, Ordering},
-            mpsc as std_mpsc, Arc, Mutex,
-        },
-        thread,
+        sync::{Arc, Mutex},
     };
+
+    use xdprobe_harness::TempDir;
 
     use super::*;
 
@@ -659,7 +653,7 @@ mod tests {
 
     #[test]
     fn a_credentials_file_is_loaded_and_a_loose_mode_is_warned_about() {
-        let dir = Scratch::new("creds");
+        let dir = TempDir::new("mail-creds");
         let path = dir.write("credentials", "alice\ns3cret\n", 0o600);
         let logs = Logs::default();
         let loaded = logs.capture(|| load_credentials(&path).unwrap());
@@ -681,7 +675,7 @@ mod tests {
 
     #[test]
     fn credential_file_errors_name_the_file() {
-        let dir = Scratch::new("creds-bad");
+        let dir = TempDir::new("mail-creds-bad");
         let missing = dir.path("missing");
         let err = format!("{:#}", load_credentials(&missing).unwrap_err());
         assert!(err.contains(&missing.display().to_string()), "{err}");
@@ -698,7 +692,7 @@ mod tests {
 
     #[test]
     fn unusable_tls_and_credential_settings_are_errors_naming_the_file() {
-        let dir = Scratch::new("transport");
+        let dir = TempDir::new("mail-transport");
         let missing = dir.path("missing.pem");
         let not_pem = dir.write("not.pem", "hello\n", 0o644);
         let bad_base64 = dir.write(
@@ -785,47 +779,6 @@ mod tests {
 
     // --- helpers ---
 
-    static SCRATCH: AtomicU32 = AtomicU32::new(0);
-
-    /// A fresh directory of our own under the system's temp dir, removed on drop.
-    struct Scratch(PathBuf);
-
-    impl Scratch {
-        fn new(tag: &str) -> Self {
-            let n = SCRATCH.fetch_add(1, Ordering::SeqCst);
-            let dir =
-                std::env::temp_dir().join(format!("xdprobe-mail-{}-{n}-{tag}", std::process::id()));
-            let _ = fs::remove_dir_all(&dir);
-            fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-            Self(dir)
-        }
-
-        fn path(&self, name: &str) -> PathBuf {
-            self.0.join(name)
-        }
-
-        /// Writes `text` to the file `name` with the permission bits `mode`.
-        fn write(&self, name: &str, text: &str, mode: u32) -> PathBuf {
-            let path = self.path(name);
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(mode)
-                .open(&path)
-                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            file.write_all(text.as_bytes()).unwrap();
-            // Whatever the umask took away.
-            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
-            path
-        }
-    }
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
-
     /// Log lines captured from the tracing of one thread.
     #[derive(Clone, Default)]
     struct Logs(Arc<Mutex<Vec<u8>>>);
@@ -857,377 +810,304 @@ mod tests {
         }
     }
 
-    // --- against a real SMTP server that requires STARTTLS and AUTH ---
+    /// Against a real SMTP server that requires STARTTLS and AUTH, in a network namespace of
+    /// its own: root only.
+    mod privileged {
+        use std::{
+            future::Future,
+            sync::atomic::{AtomicU32, Ordering},
+        };
 
-    /// The test server, shared with the integration tests: there is one copy of it.
-    const SECURE_SMTP: &str = include_str!("../../../tests/fixtures/smtp_secure.py");
-    /// Debian's interpreter, the one python3-aiosmtpd is installed for.
-    const PYTHON: &str = "/usr/bin/python3";
-    const PORT: u16 = 2525;
-    const USER: &str = "xdprobe@example.org";
-    const PASSWORD: &str = "correct horse battery staple";
+        use xdprobe_harness::{enter, require_root, Namespaces, SecureSmtp, Smtp, TempDir};
 
-    fn run_cmd(args: &[&str]) {
-        let out = Command::new(args[0])
-            .args(&args[1..])
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {} ({e}); is it installed?", args[0]));
-        assert!(
-            out.status.success(),
-            "{args:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+        use super::*;
 
-    /// A network namespace of our own with only loopback (127.0.0.1) up, the secure SMTP server
-    /// listening in it, and a scratch directory for the server's files (CA, Maildir, logs) and
-    /// ours. Everything is undone on drop, also when a test fails.
-    struct SecureLab {
-        ns: String,
-        dir: Scratch,
-        server: Option<Child>,
-    }
+        const PORT: u16 = 2525;
+        const USER: &str = "xdprobe@example.org";
+        const PASSWORD: &str = "correct horse battery staple";
 
-    impl SecureLab {
-        fn start() -> Self {
-            // SAFETY: geteuid has no preconditions.
-            if unsafe { libc::geteuid() } != 0 {
-                panic!(
-                    "this test needs root: it runs its SMTP server in a network namespace of its \
-                     own (CI runs the tests as root)"
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+
+        /// A network namespace of our own with only loopback (127.0.0.1) up, the secure SMTP
+        /// server (tests/fixtures/smtp_secure.py) listening in it, and a scratch directory for
+        /// the server's files (CA, Maildir, logs) and ours. Everything is undone on drop, also
+        /// when a test fails: the server first, then the namespace, then the directory.
+        struct SecureLab {
+            smtp: Smtp,
+            secure: SecureSmtp,
+            ns: String,
+            _namespaces: Namespaces,
+            dir: TempDir,
+        }
+
+        impl SecureLab {
+            fn start() -> Self {
+                require_root();
+                let dir = TempDir::new("mail-lab");
+                let prefix = format!(
+                    "xmail{}-{}-",
+                    std::process::id(),
+                    NEXT.fetch_add(1, Ordering::SeqCst)
                 );
+                let mut namespaces = Namespaces::new(&prefix).unwrap_or_else(|e| panic!("{e:#}"));
+                let ns = namespaces.add("smtp").unwrap_or_else(|e| panic!("{e:#}"));
+                let (smtp, secure) = Smtp::start_secure_as(&ns, PORT, dir.dir(), USER, PASSWORD)
+                    .unwrap_or_else(|e| panic!("{e:#}"));
+                Self {
+                    smtp,
+                    secure,
+                    ns,
+                    _namespaces: namespaces,
+                    dir,
+                }
             }
-            let dir = Scratch::new("lab");
-            let ns = format!(
-                "xmail{}-{}",
-                std::process::id(),
-                SCRATCH.fetch_add(1, Ordering::SeqCst)
-            );
-            // From here on, drop cleans up whatever exists.
-            let mut lab = Self {
-                ns,
-                dir,
-                server: None,
+
+            fn server_log(&self) -> String {
+                self.secure.server_log()
+            }
+
+            /// One line per AUTH the server saw: `MECHANISM accepted|rejected`.
+            fn auth_log(&self) -> String {
+                self.secure.auth_log()
+            }
+
+            /// Mail settings for the server: STARTTLS to `localhost`, its CA, and a credentials
+            /// file with `password`.
+            fn settings(&self, password: &str) -> MailSettings {
+                let credentials = self.dir.write(
+                    &format!("credentials-{}", NEXT.fetch_add(1, Ordering::SeqCst)),
+                    &format!("{USER}\n{password}\n"),
+                    0o600,
+                );
+                MailSettings {
+                    smtp_host: "localhost".into(),
+                    smtp_port: PORT,
+                    starttls: true,
+                    ca: Some(self.secure.ca_pem.clone()),
+                    credentials: Some(credentials),
+                    ..settings()
+                }
+            }
+
+            /// The messages delivered so far, with quoted-printable soft line breaks undone.
+            fn messages(&self) -> Vec<String> {
+                self.smtp.messages()
+            }
+
+            async fn wait_messages(&self, n: usize, timeout: Duration) -> Vec<String> {
+                self.smtp.wait_messages_async(n, timeout).await
+            }
+
+            /// Runs the future `f` makes on a thread that has entered the namespace, in a
+            /// current-thread Tokio runtime, with the thread's tracing captured in `logs`.
+            fn inside<F, T>(&self, logs: &Logs, f: impl FnOnce() -> F + Send) -> T
+            where
+                F: Future<Output = T>,
+                T: Send,
+            {
+                enter::run_in(&self.ns, || logs.capture(|| enter::block_on(f())))
+            }
+        }
+
+        /// Waits up to `timeout` for `needle` in `logs`; whether it came.
+        async fn wait_log(logs: &Logs, needle: &str, timeout: Duration) -> bool {
+            let deadline = tokio::time::Instant::now() + timeout;
+            while !logs.text().contains(needle) {
+                if tokio::time::Instant::now() > deadline {
+                    return false;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            true
+        }
+
+        #[test]
+        fn a_notice_arrives_over_starttls_with_auth() {
+            let lab = SecureLab::start();
+            let settings = lab.settings(PASSWORD);
+            let notice = Notice {
+                subject: "xdprobe: 192.0.2.1 is DOWN".into(),
+                body: "192.0.2.1 missed 2 windows; the VIP is ours now.\n".into(),
             };
-            run_cmd(&["ip", "netns", "add", &lab.ns]);
-            run_cmd(&["ip", "-n", &lab.ns, "link", "set", "lo", "up"]);
-            let script = lab.dir.write("smtp_secure.py", SECURE_SMTP, 0o644);
-            let log = fs::File::create(lab.dir.path("server.log")).unwrap();
-            let mut child = Command::new("ip")
-                .args(["netns", "exec", &lab.ns, PYTHON])
-                .arg(&script)
-                .arg(&lab.dir.0)
-                .arg(PORT.to_string())
-                .env("SMTP_USER", USER)
-                .env("SMTP_PASSWORD", PASSWORD)
-                .stdout(Stdio::piped())
-                .stderr(log)
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot run ip netns exec {PYTHON}: {e}"));
-            let stdout = child.stdout.take().unwrap();
-            lab.server = Some(child);
-            let (tx, rx) = std_mpsc::channel();
-            thread::spawn(move || {
-                let mut line = String::new();
-                let _ = BufReader::new(stdout).read_line(&mut line);
-                let _ = tx.send(line);
+            let logs = Logs::default();
+            let messages = lab.inside(&logs, || async {
+                let shutdown = CancellationToken::new();
+                let notifier = Notifier::start(Some(settings), shutdown.clone()).expect("starting");
+                notifier.send(notice.clone());
+                let messages = lab.wait_messages(1, secs(20)).await;
+                // The server has the message before the client has its answer and logs it.
+                wait_log(&logs, "notification sent", secs(20)).await;
+                shutdown.cancel();
+                messages
             });
-            let line = rx.recv_timeout(secs(30)).unwrap_or_default();
+            let log = logs.text();
             assert_eq!(
-                line.trim(),
-                "ready",
-                "the secure SMTP server did not start (it needs {PYTHON} with python3-aiosmtpd, \
-                 and openssl); its log:\n{}",
+                messages.len(),
+                1,
+                "expected one e-mail\nour log:\n{log}\nserver log:\n{}",
                 lab.server_log()
             );
-            lab
-        }
-
-        fn server_log(&self) -> String {
-            fs::read_to_string(self.dir.path("server.log")).unwrap_or_default()
-        }
-
-        /// One line per AUTH the server saw: `MECHANISM accepted|rejected`.
-        fn auth_log(&self) -> String {
-            fs::read_to_string(self.dir.path("auth.log")).unwrap_or_default()
-        }
-
-        /// Mail settings for the server: STARTTLS to `localhost`, its CA, and a credentials file
-        /// with `password`.
-        fn settings(&self, password: &str) -> MailSettings {
-            let credentials = self.dir.write(
-                &format!("credentials-{}", SCRATCH.fetch_add(1, Ordering::SeqCst)),
-                &format!("{USER}\n{password}\n"),
-                0o600,
-            );
-            MailSettings {
-                smtp_host: "localhost".into(),
-                smtp_port: PORT,
-                starttls: true,
-                ca: Some(self.dir.path("ca.pem")),
-                credentials: Some(credentials),
-                ..settings()
-            }
-        }
-
-        /// The messages delivered so far, with quoted-printable soft line breaks undone.
-        fn messages(&self) -> Vec<String> {
-            let Ok(entries) = fs::read_dir(self.dir.path("Maildir/new")) else {
-                return Vec::new();
-            };
-            entries
-                .filter_map(Result::ok)
-                .filter_map(|e| fs::read_to_string(e.path()).ok())
-                .map(|m| {
-                    m.replace("=\r\n", "")
-                        .replace("=\n", "")
-                        .replace("=3D", "=")
-                })
-                .collect()
-        }
-
-        async fn wait_messages(&self, n: usize, timeout: Duration) -> Vec<String> {
-            let deadline = tokio::time::Instant::now() + timeout;
-            loop {
-                let messages = self.messages();
-                if messages.len() >= n || tokio::time::Instant::now() > deadline {
-                    return messages;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-
-        /// Runs the future `f` makes on a thread that has entered the namespace, in a
-        /// current-thread Tokio runtime, with the thread's tracing captured in `logs`.
-        fn inside<F, T>(&self, logs: &Logs, f: impl FnOnce() -> F + Send) -> T
-        where
-            F: Future<Output = T>,
-            T: Send,
-        {
-            thread::scope(|s| {
-                s.spawn(|| {
-                    crate::testns::enter(&self.ns);
-                    let runtime = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .unwrap();
-                    logs.capture(|| runtime.block_on(f()))
-                })
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            })
-        }
-    }
-
-    /// Waits up to `timeout` for `needle` in `logs`; whether it came.
-    async fn wait_log(logs: &Logs, needle: &str, timeout: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + timeout;
-        while !logs.text().contains(needle) {
-            if tokio::time::Instant::now() > deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        true
-    }
-
-    impl Drop for SecureLab {
-        fn drop(&mut self) {
-            if let Some(mut server) = self.server.take() {
-                let _ = server.kill();
-                let _ = server.wait();
-            }
-            let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
-        }
-    }
-
-    #[test]
-    fn a_notice_arrives_over_starttls_with_auth() {
-        let lab = SecureLab::start();
-        let settings = lab.settings(PASSWORD);
-        let notice = Notice {
-            subject: "xdprobe: 192.0.2.1 is DOWN".into(),
-            body: "192.0.2.1 missed 2 windows; the VIP is ours now.\n".into(),
-        };
-        let logs = Logs::default();
-        let messages = lab.inside(&logs, || async {
-            let shutdown = CancellationToken::new();
-            let notifier = Notifier::start(Some(settings), shutdown.clone()).expect("starting");
-            notifier.send(notice.clone());
-            let messages = lab.wait_messages(1, secs(20)).await;
-            // The server has the message before the client has its answer and logs it.
-            wait_log(&logs, "notification sent", secs(20)).await;
-            shutdown.cancel();
-            messages
-        });
-        let log = logs.text();
-        assert_eq!(
-            messages.len(),
-            1,
-            "expected one e-mail\nour log:\n{log}\nserver log:\n{}",
-            lab.server_log()
-        );
-        let m = &messages[0];
-        assert!(m.contains("Subject: xdprobe: 192.0.2.1 is DOWN"), "{m}");
-        assert!(
-            m.contains("192.0.2.1 missed 2 windows; the VIP is ours now."),
-            "{m}"
-        );
-        assert!(m.contains("To: ops@example.org"), "{m}");
-        assert_eq!(lab.auth_log(), "PLAIN accepted\n");
-        assert!(
-            log.contains("notification sent") && log.contains("attempt=1"),
-            "{log}"
-        );
-    }
-
-    #[test]
-    fn a_reconfigured_notifier_mails_with_the_new_settings_and_a_bad_one_changes_nothing() {
-        let lab = SecureLab::start();
-        let good = lab.settings(PASSWORD);
-        let bad = MailSettings {
-            credentials: Some("/nonexistent/xdprobe-credentials".into()),
-            ..good.clone()
-        };
-        let notice = |n: u32| Notice {
-            subject: format!("xdprobe: notice {n}"),
-            body: format!("body of notice {n}\n"),
-        };
-        let logs = Logs::default();
-        let (messages, refused) = lab.inside(&logs, || async {
-            let shutdown = CancellationToken::new();
-            // Started without mail, as a daemon whose config had none.
-            let notifier = Notifier::start(None, shutdown.clone()).expect("starting");
-            let clone = notifier.clone();
-            notifier.send(notice(1));
-            notifier
-                .reconfigure(Some(good), shutdown.clone())
-                .expect("reconfiguring");
-            clone.send(notice(2));
-            let refused = notifier.reconfigure(Some(bad), shutdown.clone()).is_err();
-            clone.send(notice(3));
-            let messages = lab.wait_messages(2, secs(20)).await;
-            shutdown.cancel();
-            (messages, refused)
-        });
-        assert!(refused, "a missing credentials file was accepted");
-        let subjects: Vec<bool> = (1..=3)
-            .map(|n| {
-                messages.iter().any(|m| {
-                    m.contains(&format!("Subject: xdprobe: notice {n}\r\n"))
-                        || m.contains(&format!("Subject: xdprobe: notice {n}\n"))
-                })
-            })
-            .collect();
-        assert_eq!(
-            subjects,
-            [false, true, true],
-            "{messages:?}\n{}",
-            logs.text()
-        );
-    }
-
-    #[test]
-    fn a_wrong_password_is_retried_and_logged_and_nothing_arrives() {
-        let lab = SecureLab::start();
-        let settings = lab.settings("wrong password");
-        let retry = Retry {
-            attempts: 2,
-            backoff: Backoff {
-                first: Duration::from_millis(100),
-                max: Duration::from_secs(30),
-            },
-        };
-        let notice = Notice {
-            subject: "xdprobe: 192.0.2.1 is DOWN".into(),
-            body: "details\n".into(),
-        };
-        let logs = Logs::default();
-        let gave_up = lab.inside(&logs, || async {
-            let shutdown = CancellationToken::new();
-            let notifier =
-                Notifier::start_with(Some(settings), retry, shutdown.clone()).expect("starting");
-            notifier.send(notice);
-            let gave_up = wait_log(&logs, "giving up on notification", secs(30)).await;
-            shutdown.cancel();
-            gave_up
-        });
-        let log = logs.text();
-        assert!(
-            gave_up,
-            "the notifier did not give up within 30 s; log:\n{log}"
-        );
-        assert!(
-            log.contains("sending notification failed") && log.contains("attempt=1"),
-            "{log}"
-        );
-        assert!(log.contains("permanent error (535)"), "{log}");
-        assert!(log.contains("attempts=2"), "{log}");
-        assert_eq!(
-            lab.auth_log(),
-            "PLAIN rejected\nPLAIN rejected\n",
-            "one AUTH per attempt"
-        );
-        assert!(lab.messages().is_empty(), "{:?}", lab.messages());
-        assert!(
-            !log.contains("wrong password") && !log.contains(PASSWORD),
-            "the log must not show passwords: {log}"
-        );
-    }
-
-    #[test]
-    fn notices_over_the_limit_are_counted_in_the_next_mail() {
-        let lab = SecureLab::start();
-        let settings = MailSettings {
-            limit: "1/5s".parse().unwrap(),
-            ..lab.settings(PASSWORD)
-        };
-        let notice = |n: u32| Notice {
-            subject: format!("xdprobe: notice {n}"),
-            body: format!("body of notice {n}\n"),
-        };
-        let logs = Logs::default();
-        let messages = lab.inside(&logs, || async {
-            let began = tokio::time::Instant::now();
-            let shutdown = CancellationToken::new();
-            let notifier = Notifier::start(Some(settings), shutdown.clone()).expect("starting");
-            for n in 1..=3 {
-                notifier.send(notice(n));
-            }
-            lab.wait_messages(1, secs(20)).await;
-            // The token comes back 5 s after the first notice took it.
-            tokio::time::sleep_until(began + secs(6)).await;
-            notifier.send(notice(4));
-            let messages = lab.wait_messages(2, secs(20)).await;
-            shutdown.cancel();
-            messages
-        });
-        let log = logs.text();
-        let find = |n: u32| {
-            messages
-                .iter()
-                .find(|m| m.contains(&format!("Subject: xdprobe: notice {n}")))
-        };
-        assert!(
-            find(2).is_none() && find(3).is_none(),
-            "notices 2 and 3 should have been suppressed (did notice 1 take over 5 s?)\n{log}"
-        );
-        let first = find(1).unwrap_or_else(|| panic!("notice 1 did not arrive\n{log}"));
-        let fourth = find(4).unwrap_or_else(|| panic!("notice 4 did not arrive\n{log}"));
-        assert!(!first.contains("suppressed"), "{first}");
-        assert!(
-            fourth.contains(
-                "(2 notices were suppressed by the rate limit since the last e-mail; see the log.)"
-            ),
-            "{fourth}"
-        );
-        assert!(fourth.contains("body of notice 4"), "{fourth}");
-        for n in [2, 3] {
+            let m = &messages[0];
+            assert!(m.contains("Subject: xdprobe: 192.0.2.1 is DOWN"), "{m}");
             assert!(
-                log.contains(&format!("subject=xdprobe: notice {n}")),
-                "notice {n} not logged: {log}"
+                m.contains("192.0.2.1 missed 2 windows; the VIP is ours now."),
+                "{m}"
             );
+            assert!(m.contains("To: ops@example.org"), "{m}");
+            assert_eq!(lab.auth_log(), "PLAIN accepted\n");
+            assert!(
+                log.contains("notification sent") && log.contains("attempt=1"),
+                "{log}"
+            );
+        }
+
+        #[test]
+        fn a_reconfigured_notifier_mails_with_the_new_settings_and_a_bad_one_changes_nothing() {
+            let lab = SecureLab::start();
+            let good = lab.settings(PASSWORD);
+            let bad = MailSettings {
+                credentials: Some("/nonexistent/xdprobe-credentials".into()),
+                ..good.clone()
+            };
+            let notice = |n: u32| Notice {
+                subject: format!("xdprobe: notice {n}"),
+                body: format!("body of notice {n}\n"),
+            };
+            let logs = Logs::default();
+            let (messages, refused) = lab.inside(&logs, || async {
+                let shutdown = CancellationToken::new();
+                // Started without mail, as a daemon whose config had none.
+                let notifier = Notifier::start(None, shutdown.clone()).expect("starting");
+                let clone = notifier.clone();
+                notifier.send(notice(1));
+                notifier
+                    .reconfigure(Some(good), shutdown.clone())
+                    .expect("reconfiguring");
+                clone.send(notice(2));
+                let refused = notifier.reconfigure(Some(bad), shutdown.clone()).is_err();
+                clone.send(notice(3));
+                let messages = lab.wait_messages(2, secs(20)).await;
+                shutdown.cancel();
+                (messages, refused)
+            });
+            assert!(refused, "a missing credentials file was accepted");
+            let subjects: Vec<bool> = (1..=3)
+                .map(|n| {
+                    messages.iter().any(|m| {
+                        m.contains(&format!("Subject: xdprobe: notice {n}\r\n"))
+                            || m.contains(&format!("Subject: xdprobe: notice {n}\n"))
+                    })
+                })
+                .collect();
+            assert_eq!(
+                subjects,
+                [false, true, true],
+                "{messages:?}\n{}",
+                logs.text()
+            );
+        }
+
+        #[test]
+        fn a_wrong_password_is_retried_and_logged_and_nothing_arrives() {
+            let lab = SecureLab::start();
+            let settings = lab.settings("wrong password");
+            let retry = Retry {
+                attempts: 2,
+                backoff: Backoff {
+                    first: Duration::from_millis(100),
+                    max: Duration::from_secs(30),
+                },
+            };
+            let notice = Notice {
+                subject: "xdprobe: 192.0.2.1 is DOWN".into(),
+                body: "details\n".into(),
+            };
+            let logs = Logs::default();
+            let gave_up = lab.inside(&logs, || async {
+                let shutdown = CancellationToken::new();
+                let notifier = Notifier::start_with(Some(settings), retry, shutdown.clone())
+                    .expect("starting");
+                notifier.send(notice);
+                let gave_up = wait_log(&logs, "giving up on notification", secs(30)).await;
+                shutdown.cancel();
+                gave_up
+            });
+            let log = logs.text();
+            assert!(
+                gave_up,
+                "the notifier did not give up within 30 s; log:\n{log}"
+            );
+            assert!(
+                log.contains("sending notification failed") && log.contains("attempt=1"),
+                "{log}"
+            );
+            assert!(log.contains("permanent error (535)"), "{log}");
+            assert!(log.contains("attempts=2"), "{log}");
+            assert_eq!(
+                lab.auth_log(),
+                "PLAIN rejected\nPLAIN rejected\n",
+                "one AUTH per attempt"
+            );
+            assert!(lab.messages().is_empty(), "{:?}", lab.messages());
+            assert!(
+                !log.contains("wrong password") && !log.contains(PASSWORD),
+                "the log must not show passwords: {log}"
+            );
+        }
+
+        #[test]
+        fn notices_over_the_limit_are_counted_in_the_next_mail() {
+            let lab = SecureLab::start();
+            let settings = MailSettings {
+                limit: "1/5s".parse().unwrap(),
+                ..lab.settings(PASSWORD)
+            };
+            let notice = |n: u32| Notice {
+                subject: format!("xdprobe: notice {n}"),
+                body: format!("body of notice {n}\n"),
+            };
+            let logs = Logs::default();
+            let messages = lab.inside(&logs, || async {
+                let began = tokio::time::Instant::now();
+                let shutdown = CancellationToken::new();
+                let notifier = Notifier::start(Some(settings), shutdown.clone()).expect("starting");
+                for n in 1..=3 {
+                    notifier.send(notice(n));
+                }
+                lab.wait_messages(1, secs(20)).await;
+                // The token comes back 5 s after the first notice took it.
+                tokio::time::sleep_until(began + secs(6)).await;
+                notifier.send(notice(4));
+                let messages = lab.wait_messages(2, secs(20)).await;
+                shutdown.cancel();
+                messages
+            });
+            let log = logs.text();
+            let find = |n: u32| {
+                messages
+                    .iter()
+                    .find(|m| m.contains(&format!("Subject: xdprobe: notice {n}")))
+            };
+            assert!(
+                find(2).is_none() && find(3).is_none(),
+                "notices 2 and 3 should have been suppressed (did notice 1 take over 5 s?)\n{log}"
+            );
+            let first = find(1).unwrap_or_else(|| panic!("notice 1 did not arrive\n{log}"));
+            let fourth = find(4).unwrap_or_else(|| panic!("notice 4 did not arrive\n{log}"));
+            assert!(!first.contains("suppressed"), "{first}");
+            assert!(
+                fourth.contains(
+                    "(2 notices were suppressed by the rate limit since the last e-mail; see the log.)"
+                ),
+                "{fourth}"
+            );
+            assert!(fourth.contains("body of notice 4"), "{fourth}");
+            for n in [2, 3] {
+                assert!(
+                    log.contains(&format!("subject=xdprobe: notice {n}")),
+                    "notice {n} not logged: {log}"
+                );
+            }
         }
     }
 }

@@ -272,34 +272,12 @@ fn check_members(members: &[Ipv4Addr]) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use xdprobe_harness::TempFile;
 
     use super::*;
 
     fn ip(last: u8) -> Ipv4Addr {
         Ipv4Addr::new(198, 51, 100, last)
-    }
-
-    /// A file in the temp dir, deleted on drop.
-    pub(super) struct TempFile(pub(super) PathBuf);
-
-    impl TempFile {
-        pub(super) fn new(contents: &str) -> TempFile {
-            static NEXT: AtomicUsize = AtomicUsize::new(0);
-            let path = std::env::temp_dir().join(format!(
-                "xdprobe-dns-{}-{}",
-                std::process::id(),
-                NEXT.fetch_add(1, Ordering::Relaxed)
-            ));
-            fs::write(&path, contents).unwrap();
-            TempFile(path)
-        }
-    }
-
-    impl Drop for TempFile {
-        fn drop(&mut self) {
-            let _ = fs::remove_file(&self.0);
-        }
     }
 
     const SECRET: &str = "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0IQ==";

@@ -315,254 +315,273 @@ fn take(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {
 }
 
 /// The program itself, run by the kernel on crafted frames (`BPF_PROG_TEST_RUN`).
-/// Needs root (CAP_BPF + CAP_NET_ADMIN), as every test run by `cargo xtask test`.
 #[cfg(test)]
 mod tests {
-    use probe_common::wire::{
-        EchoPacket, ProbeHeader, ECHO_PACKET_LEN, ETH_HDR_LEN, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST,
-    };
+    /// Every test loads the XDP program and runs it with `BPF_PROG_TEST_RUN`: root only
+    /// (CAP_BPF + CAP_NET_ADMIN).
+    mod privileged {
+        use probe_common::wire::{
+            EchoPacket, ProbeHeader, ECHO_PACKET_LEN, ETH_HDR_LEN, ICMP_ECHO_REPLY,
+            ICMP_ECHO_REQUEST,
+        };
 
-    use super::*;
-    use crate::probe::clock::monotonic_ns;
+        use super::super::*;
+        use xdprobe_harness::require_root;
 
-    impl XdpProbe {
-        /// Runs the loaded (not necessarily attached) program once on `frame` with
-        /// `BPF_PROG_TEST_RUN`; returns the XDP action.
-        fn test_run(&self, frame: &[u8]) -> anyhow::Result<u32> {
-            use aya::programs::{TestRun as _, TestRunOptions};
-            let program: &Xdp = self
-                .ebpf
-                .program(PROGRAM_NAME)
-                .ok_or_else(|| anyhow!("program {PROGRAM_NAME} missing"))?
-                .try_into()?;
-            let result = program.test_run(TestRunOptions {
-                data_in: Some(frame),
-                ..Default::default()
-            })?;
-            Ok(result.return_value)
-        }
+        use crate::probe::clock::monotonic_ns;
 
-        fn slot_at(&self, index: u32) -> HostSlot {
-            Counters::slot(self, index as usize)
-        }
-    }
+        impl XdpProbe {
+            /// Runs the loaded (not necessarily attached) program once on `frame` with
+            /// `BPF_PROG_TEST_RUN`; returns the XDP action.
+            fn test_run(&self, frame: &[u8]) -> anyhow::Result<u32> {
+                use aya::programs::{TestRun as _, TestRunOptions};
+                let program: &Xdp = self
+                    .ebpf
+                    .program(PROGRAM_NAME)
+                    .ok_or_else(|| anyhow!("program {PROGRAM_NAME} missing"))?
+                    .try_into()?;
+                let result = program.test_run(TestRunOptions {
+                    data_in: Some(frame),
+                    ..Default::default()
+                })?;
+                Ok(result.return_value)
+            }
 
-    const PRIMARY: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
-    const OTHER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 9);
-    const ME: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
-    const IDENT: u16 = 0x4242;
-    const WINDOW: u32 = 7;
-    const COOKIE: u32 = 0x0bad_cafe;
-    // enum xdp_action in <linux/bpf.h>.
-    const DROP: u32 = 1;
-    const PASS: u32 = 2;
-
-    /// The window the tests' replies belong to, with PRIMARY as the one host.
-    const CONFIG: ProbeConfig = ProbeConfig {
-        ident: IDENT as u32,
-        window: WINDOW,
-        cookie: COOKIE,
-        enabled: 1,
-        hosts: 1,
-    };
-
-    fn probe() -> XdpProbe {
-        let mut xdp = XdpProbe::load(&[PRIMARY], 1, false).expect("load (needs root)");
-        xdp.publish(CONFIG).unwrap();
-        xdp
-    }
-
-    fn ethernet(ether_type: u16, payload: &[u8]) -> Vec<u8> {
-        let mut frame = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
-        frame.extend_from_slice(&ether_type.to_be_bytes());
-        frame.extend_from_slice(payload);
-        frame
-    }
-
-    fn reply_from(src: Ipv4Addr, ident: u16, window: u32, cookie: u32, sent_ns: u64) -> Vec<u8> {
-        let mut ip = [0u8; ECHO_PACKET_LEN];
-        EchoPacket {
-            src: src.octets(),
-            dst: ME.octets(),
-            icmp_type: ICMP_ECHO_REPLY,
-            ident,
-            seq: 1,
-            probe: ProbeHeader::new(window, cookie, 1, sent_ns),
-        }
-        .write(&mut ip);
-        ethernet(0x0800, &ip)
-    }
-
-    fn valid() -> Vec<u8> {
-        reply_from(PRIMARY, IDENT, WINDOW, COOKIE, monotonic_ns() - 1_000_000)
-    }
-
-    #[test]
-    fn a_valid_reply_is_counted_with_its_rtt_and_dropped() {
-        let xdp = probe();
-        assert_eq!(xdp.test_run(&valid()).unwrap(), DROP);
-        assert_eq!(xdp.test_run(&valid()).unwrap(), DROP);
-        let slot = xdp.slot_at(0);
-        assert_eq!(slot.total_replies, 2);
-        // Sent 1 ms "ago": the kernel's RTT is at least that, and sane.
-        assert!(
-            (1_000_000..4_000_000_000).contains(&slot.rtt_ns),
-            "rtt {}",
-            slot.rtt_ns
-        );
-        assert_eq!(xdp.kernel_stats().unwrap()[Stat::Counted as usize], 2);
-    }
-
-    #[test]
-    fn replies_that_are_not_ours_pass_untouched_and_count_nothing() {
-        let xdp = probe();
-        let now = monotonic_ns();
-        let cases: [(&str, Vec<u8>, Option<Stat>); 5] = [
-            (
-                "wrong identifier",
-                reply_from(PRIMARY, IDENT + 1, WINDOW, COOKIE, now),
-                None,
-            ),
-            (
-                "wrong cookie",
-                reply_from(PRIMARY, IDENT, WINDOW, COOKIE ^ 1, now),
-                Some(Stat::WrongCookie),
-            ),
-            (
-                "stale window",
-                reply_from(PRIMARY, IDENT, WINDOW - 1, COOKIE, now),
-                Some(Stat::StaleWindow),
-            ),
-            (
-                "future window",
-                reply_from(PRIMARY, IDENT, WINDOW + 1, COOKIE, now),
-                Some(Stat::StaleWindow),
-            ),
-            (
-                "unknown host",
-                reply_from(OTHER, IDENT, WINDOW, COOKIE, now),
-                Some(Stat::UnknownHost),
-            ),
-        ];
-        for (name, frame, stat) in cases {
-            let before = xdp.kernel_stats().unwrap();
-            assert_eq!(xdp.test_run(&frame).unwrap(), PASS, "{name}");
-            let after = xdp.kernel_stats().unwrap();
-            for s in Stat::ALL {
-                let expected = before[s as usize] + u64::from(Some(s) == stat);
-                assert_eq!(after[s as usize], expected, "{name}: counter {s:?}");
+            fn slot_at(&self, index: u32) -> HostSlot {
+                Counters::slot(self, index as usize)
             }
         }
-        assert_eq!(xdp.slot_at(0), HostSlot::default());
-    }
 
-    #[test]
-    fn truncated_malformed_and_other_frames_pass() {
-        let xdp = probe();
-        let full = valid();
-        let mut cases: Vec<(String, Vec<u8>)> = Vec::new();
-        // Truncated inside IPv4, ICMP and our header (BPF_PROG_TEST_RUN refuses frames shorter
-        // than an Ethernet header, so no shorter case can reach the program).
-        for len in [
-            ETH_HDR_LEN,
-            ETH_HDR_LEN + 10,
-            ETH_HDR_LEN + 19,
-            ETH_HDR_LEN + 27,
-            full.len() - 1,
-        ] {
-            cases.push((format!("truncated to {len}"), full[..len].to_vec()));
+        const PRIMARY: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+        const OTHER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 9);
+        const ME: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+        const IDENT: u16 = 0x4242;
+        const WINDOW: u32 = 7;
+        const COOKIE: u32 = 0x0bad_cafe;
+        // enum xdp_action in <linux/bpf.h>.
+        const DROP: u32 = 1;
+        const PASS: u32 = 2;
+
+        /// The window the tests' replies belong to, with PRIMARY as the one host.
+        const CONFIG: ProbeConfig = ProbeConfig {
+            ident: IDENT as u32,
+            window: WINDOW,
+            cookie: COOKIE,
+            enabled: 1,
+            hosts: 1,
+        };
+
+        fn probe() -> XdpProbe {
+            let mut xdp = XdpProbe::load(&[PRIMARY], 1, false).expect("load (needs root)");
+            xdp.publish(CONFIG).unwrap();
+            xdp
         }
-        let mut arp = full.clone();
-        arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
-        cases.push(("ARP ethertype".into(), arp));
-        let mut v6 = full.clone();
-        v6[ETH_HDR_LEN] = 0x65;
-        cases.push(("IP version 6 in an IPv4 frame".into(), v6));
-        let mut short_ihl = full.clone();
-        short_ihl[ETH_HDR_LEN] = 0x44;
-        cases.push(("IHL below 5".into(), short_ihl));
-        let mut udp = full.clone();
-        udp[ETH_HDR_LEN + 9] = 17;
-        cases.push(("UDP".into(), udp));
-        let mut fragment = full.clone();
-        fragment[ETH_HDR_LEN + 6] = 0x20; // more fragments
-        cases.push(("first fragment".into(), fragment));
-        let mut request = full.clone();
-        request[ETH_HDR_LEN + 20] = ICMP_ECHO_REQUEST;
-        cases.push(("echo request".into(), request));
-        let mut ihl_too_long = full.clone();
-        ihl_too_long[ETH_HDR_LEN] = 0x4f; // 60-byte header: our payload would lie past the end
-        cases.push(("IHL beyond the frame".into(), ihl_too_long));
-        for (name, frame) in cases {
-            assert_eq!(xdp.test_run(&frame).unwrap(), PASS, "{name}");
+
+        fn ethernet(ether_type: u16, payload: &[u8]) -> Vec<u8> {
+            let mut frame = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
+            frame.extend_from_slice(&ether_type.to_be_bytes());
+            frame.extend_from_slice(payload);
+            frame
         }
-        assert_eq!(xdp.slot_at(0), HostSlot::default());
-        assert_eq!(xdp.kernel_stats().unwrap(), [0; Stat::COUNT as usize]);
-    }
 
-    #[test]
-    fn ip_options_shift_the_icmp_header_and_are_handled() {
-        let xdp = probe();
-        let plain = valid();
-        // Insert 4 bytes of options (NOPs + end of list) after the 20-byte IPv4 header.
-        let mut frame = plain[..ETH_HDR_LEN + 20].to_vec();
-        frame[ETH_HDR_LEN] = 0x46;
-        frame.extend_from_slice(&[1, 1, 1, 0]);
-        frame.extend_from_slice(&plain[ETH_HDR_LEN + 20..]);
-        assert_eq!(xdp.test_run(&frame).unwrap(), DROP);
-        assert_eq!(xdp.slot_at(0).total_replies, 1);
-    }
+        fn reply_from(
+            src: Ipv4Addr,
+            ident: u16,
+            window: u32,
+            cookie: u32,
+            sent_ns: u64,
+        ) -> Vec<u8> {
+            let mut ip = [0u8; ECHO_PACKET_LEN];
+            EchoPacket {
+                src: src.octets(),
+                dst: ME.octets(),
+                icmp_type: ICMP_ECHO_REPLY,
+                ident,
+                seq: 1,
+                probe: ProbeHeader::new(window, cookie, 1, sent_ns),
+            }
+            .write(&mut ip);
+            ethernet(0x0800, &ip)
+        }
 
-    #[test]
-    fn nothing_counts_before_the_first_window_is_published() {
-        let mut xdp = XdpProbe::load(&[PRIMARY], 1, false).expect("load (needs root)");
-        assert_eq!(xdp.test_run(&valid()).unwrap(), PASS);
-        xdp.publish(CONFIG).unwrap();
-        assert_eq!(xdp.test_run(&valid()).unwrap(), DROP);
-    }
+        fn valid() -> Vec<u8> {
+            reply_from(PRIMARY, IDENT, WINDOW, COOKIE, monotonic_ns() - 1_000_000)
+        }
 
-    #[test]
-    fn rehosting_moves_each_hosts_counters_with_it_and_counts_new_hosts() {
-        const LOW: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 0);
-        let mut xdp = XdpProbe::load(&[PRIMARY], 4, false).expect("load (needs root)");
-        let config = CONFIG;
-        xdp.publish(config).unwrap();
-        assert_eq!(xdp.test_run(&valid()).unwrap(), DROP);
-        let other = || reply_from(OTHER, IDENT, WINDOW, COOKIE, monotonic_ns());
-        assert_eq!(xdp.test_run(&other()).unwrap(), PASS, "not watched yet");
+        #[test]
+        fn a_valid_reply_is_counted_with_its_rtt_and_dropped() {
+            require_root();
+            let xdp = probe();
+            assert_eq!(xdp.test_run(&valid()).unwrap(), DROP);
+            assert_eq!(xdp.test_run(&valid()).unwrap(), DROP);
+            let slot = xdp.slot_at(0);
+            assert_eq!(slot.total_replies, 2);
+            // Sent 1 ms "ago": the kernel's RTT is at least that, and sane.
+            assert!(
+                (1_000_000..4_000_000_000).contains(&slot.rtt_ns),
+                "rtt {}",
+                slot.rtt_ns
+            );
+            assert_eq!(xdp.kernel_stats().unwrap()[Stat::Counted as usize], 2);
+        }
 
-        // A host before PRIMARY and one after: PRIMARY's slot moves from 0 to 1.
-        xdp.rehost(&[LOW, PRIMARY, OTHER], &[None, Some(0), None])
-            .unwrap();
-        assert_eq!(
-            xdp.test_run(&valid()).unwrap(),
-            PASS,
-            "paused until the next publish"
-        );
-        xdp.publish(ProbeConfig { hosts: 3, ..config }).unwrap();
-        assert_eq!(xdp.test_run(&valid()).unwrap(), DROP);
-        assert_eq!(xdp.test_run(&other()).unwrap(), DROP);
-        assert_eq!(xdp.slot_at(0), HostSlot::default());
-        assert_eq!(xdp.slot_at(1).total_replies, 2, "moved, then counted again");
-        assert_eq!(xdp.slot_at(2).total_replies, 1);
+        #[test]
+        fn replies_that_are_not_ours_pass_untouched_and_count_nothing() {
+            require_root();
+            let xdp = probe();
+            let now = monotonic_ns();
+            let cases: [(&str, Vec<u8>, Option<Stat>); 5] = [
+                (
+                    "wrong identifier",
+                    reply_from(PRIMARY, IDENT + 1, WINDOW, COOKIE, now),
+                    None,
+                ),
+                (
+                    "wrong cookie",
+                    reply_from(PRIMARY, IDENT, WINDOW, COOKIE ^ 1, now),
+                    Some(Stat::WrongCookie),
+                ),
+                (
+                    "stale window",
+                    reply_from(PRIMARY, IDENT, WINDOW - 1, COOKIE, now),
+                    Some(Stat::StaleWindow),
+                ),
+                (
+                    "future window",
+                    reply_from(PRIMARY, IDENT, WINDOW + 1, COOKIE, now),
+                    Some(Stat::StaleWindow),
+                ),
+                (
+                    "unknown host",
+                    reply_from(OTHER, IDENT, WINDOW, COOKIE, now),
+                    Some(Stat::UnknownHost),
+                ),
+            ];
+            for (name, frame, stat) in cases {
+                let before = xdp.kernel_stats().unwrap();
+                assert_eq!(xdp.test_run(&frame).unwrap(), PASS, "{name}");
+                let after = xdp.kernel_stats().unwrap();
+                for s in Stat::ALL {
+                    let expected = before[s as usize] + u64::from(Some(s) == stat);
+                    assert_eq!(after[s as usize], expected, "{name}: counter {s:?}");
+                }
+            }
+            assert_eq!(xdp.slot_at(0), HostSlot::default());
+        }
 
-        // PRIMARY removed: OTHER keeps its counters, PRIMARY's replies count no more.
-        xdp.rehost(&[OTHER], &[Some(2)]).unwrap();
-        xdp.publish(ProbeConfig { hosts: 1, ..config }).unwrap();
-        assert_eq!(xdp.test_run(&valid()).unwrap(), PASS);
-        assert_eq!(xdp.slot_at(0).total_replies, 1);
+        #[test]
+        fn truncated_malformed_and_other_frames_pass() {
+            require_root();
+            let xdp = probe();
+            let full = valid();
+            let mut cases: Vec<(String, Vec<u8>)> = Vec::new();
+            // Truncated inside IPv4, ICMP and our header (BPF_PROG_TEST_RUN refuses frames shorter
+            // than an Ethernet header, so no shorter case can reach the program).
+            for len in [
+                ETH_HDR_LEN,
+                ETH_HDR_LEN + 10,
+                ETH_HDR_LEN + 19,
+                ETH_HDR_LEN + 27,
+                full.len() - 1,
+            ] {
+                cases.push((format!("truncated to {len}"), full[..len].to_vec()));
+            }
+            let mut arp = full.clone();
+            arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+            cases.push(("ARP ethertype".into(), arp));
+            let mut v6 = full.clone();
+            v6[ETH_HDR_LEN] = 0x65;
+            cases.push(("IP version 6 in an IPv4 frame".into(), v6));
+            let mut short_ihl = full.clone();
+            short_ihl[ETH_HDR_LEN] = 0x44;
+            cases.push(("IHL below 5".into(), short_ihl));
+            let mut udp = full.clone();
+            udp[ETH_HDR_LEN + 9] = 17;
+            cases.push(("UDP".into(), udp));
+            let mut fragment = full.clone();
+            fragment[ETH_HDR_LEN + 6] = 0x20; // more fragments
+            cases.push(("first fragment".into(), fragment));
+            let mut request = full.clone();
+            request[ETH_HDR_LEN + 20] = ICMP_ECHO_REQUEST;
+            cases.push(("echo request".into(), request));
+            let mut ihl_too_long = full.clone();
+            ihl_too_long[ETH_HDR_LEN] = 0x4f; // 60-byte header: our payload would lie past the end
+            cases.push(("IHL beyond the frame".into(), ihl_too_long));
+            for (name, frame) in cases {
+                assert_eq!(xdp.test_run(&frame).unwrap(), PASS, "{name}");
+            }
+            assert_eq!(xdp.slot_at(0), HostSlot::default());
+            assert_eq!(xdp.kernel_stats().unwrap(), [0; Stat::COUNT as usize]);
+        }
 
-        // More hosts than the maps were sized for: refused, and nothing moved.
-        let five: Vec<Ipv4Addr> = (10..15).map(|i| Ipv4Addr::new(192, 0, 2, i)).collect();
-        let error = xdp.rehost(&five, &[None; 5]).unwrap_err();
-        assert!(format!("{error:#}").contains("restart"), "{error:#}");
-        assert_eq!(xdp.test_run(&other()).unwrap(), DROP);
-        assert_eq!(xdp.slot_at(0).total_replies, 2);
-    }
+        #[test]
+        fn ip_options_shift_the_icmp_header_and_are_handled() {
+            require_root();
+            let xdp = probe();
+            let plain = valid();
+            // Insert 4 bytes of options (NOPs + end of list) after the 20-byte IPv4 header.
+            let mut frame = plain[..ETH_HDR_LEN + 20].to_vec();
+            frame[ETH_HDR_LEN] = 0x46;
+            frame.extend_from_slice(&[1, 1, 1, 0]);
+            frame.extend_from_slice(&plain[ETH_HDR_LEN + 20..]);
+            assert_eq!(xdp.test_run(&frame).unwrap(), DROP);
+            assert_eq!(xdp.slot_at(0).total_replies, 1);
+        }
 
-    #[test]
-    fn loads_with_kernel_diagnostics_on() {
-        let xdp = XdpProbe::load(&[PRIMARY, OTHER], 2, true).expect("load with debug logging");
-        assert_eq!(xdp.test_run(&valid()).unwrap(), PASS);
+        #[test]
+        fn nothing_counts_before_the_first_window_is_published() {
+            require_root();
+            let mut xdp = XdpProbe::load(&[PRIMARY], 1, false).expect("load (needs root)");
+            assert_eq!(xdp.test_run(&valid()).unwrap(), PASS);
+            xdp.publish(CONFIG).unwrap();
+            assert_eq!(xdp.test_run(&valid()).unwrap(), DROP);
+        }
+
+        #[test]
+        fn rehosting_moves_each_hosts_counters_with_it_and_counts_new_hosts() {
+            require_root();
+            const LOW: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 0);
+            let mut xdp = XdpProbe::load(&[PRIMARY], 4, false).expect("load (needs root)");
+            let config = CONFIG;
+            xdp.publish(config).unwrap();
+            assert_eq!(xdp.test_run(&valid()).unwrap(), DROP);
+            let other = || reply_from(OTHER, IDENT, WINDOW, COOKIE, monotonic_ns());
+            assert_eq!(xdp.test_run(&other()).unwrap(), PASS, "not watched yet");
+
+            // A host before PRIMARY and one after: PRIMARY's slot moves from 0 to 1.
+            xdp.rehost(&[LOW, PRIMARY, OTHER], &[None, Some(0), None])
+                .unwrap();
+            assert_eq!(
+                xdp.test_run(&valid()).unwrap(),
+                PASS,
+                "paused until the next publish"
+            );
+            xdp.publish(ProbeConfig { hosts: 3, ..config }).unwrap();
+            assert_eq!(xdp.test_run(&valid()).unwrap(), DROP);
+            assert_eq!(xdp.test_run(&other()).unwrap(), DROP);
+            assert_eq!(xdp.slot_at(0), HostSlot::default());
+            assert_eq!(xdp.slot_at(1).total_replies, 2, "moved, then counted again");
+            assert_eq!(xdp.slot_at(2).total_replies, 1);
+
+            // PRIMARY removed: OTHER keeps its counters, PRIMARY's replies count no more.
+            xdp.rehost(&[OTHER], &[Some(2)]).unwrap();
+            xdp.publish(ProbeConfig { hosts: 1, ..config }).unwrap();
+            assert_eq!(xdp.test_run(&valid()).unwrap(), PASS);
+            assert_eq!(xdp.slot_at(0).total_replies, 1);
+
+            // More hosts than the maps were sized for: refused, and nothing moved.
+            let five: Vec<Ipv4Addr> = (10..15).map(|i| Ipv4Addr::new(192, 0, 2, i)).collect();
+            let error = xdp.rehost(&five, &[None; 5]).unwrap_err();
+            assert!(format!("{error:#}").contains("restart"), "{error:#}");
+            assert_eq!(xdp.test_run(&other()).unwrap(), DROP);
+            assert_eq!(xdp.slot_at(0).total_replies, 2);
+        }
+
+        #[test]
+        fn loads_with_kernel_diagnostics_on() {
+            require_root();
+            let xdp = XdpProbe::load(&[PRIMARY, OTHER], 2, true).expect("load with debug logging");
+            assert_eq!(xdp.test_run(&valid()).unwrap(), PASS);
+        }
     }
 }
