@@ -7,10 +7,11 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
+use xdprobe_harness::{Daemon, Lab};
+
 use crate::{
     cargo_cmd, cmd,
-    daemon::Daemon,
-    lab::{self, Lab, CLIENT, IFACE, PRIMARY, STANDBY, VIP},
+    lab::{self, CLIENT, IFACE, PRIMARY, STANDBY, VIP},
 };
 
 /// How long xdprobe probes the healthy primary before we kill it.
@@ -26,9 +27,9 @@ pub fn demo(window: &str) -> Result<()> {
 
     say(&format!(
         "building the lab: namespaces {}{{sw,primary,standby,client}}, one bridge, three hosts",
-        Lab::prefix()
+        lab::prefix()
     ));
-    let lab = Lab::build()?;
+    let lab = lab::build()?;
     say(&format!(
         "primary 192.0.2.1 holds the VIP {VIP}; standby is 192.0.2.2, client 192.0.2.3"
     ));
@@ -67,7 +68,7 @@ pub fn demo(window: &str) -> Result<()> {
     show_vip_owner(&lab)?;
 
     say("stopping xdprobe with SIGTERM");
-    let status = xdprobe.stop()?;
+    let (status, _log) = xdprobe.stop()?;
     say(&format!("xdprobe exited ({status})"));
     if !status.success() {
         bail!("xdprobe did not exit cleanly on SIGTERM ({status})");
@@ -80,7 +81,7 @@ fn say(line: &str) {
 }
 
 fn start_xdprobe(lab: &Lab, bin: &Path, window: &str) -> Result<Daemon> {
-    let mut command = lab.exec(STANDBY, bin)?;
+    let mut command = lab.command(STANDBY, bin);
     command.args([
         "run",
         "--iface",
@@ -96,11 +97,11 @@ fn start_xdprobe(lab: &Lab, bin: &Path, window: &str) -> Result<Daemon> {
         "starting on the standby: {}",
         cmd::describe(&command)
     ));
-    Daemon::spawn("xdprobe", command)
+    Daemon::spawn(command, "xdprobe", true)
 }
 
 fn ping_vip(lab: &Lab) -> Result<()> {
-    let mut ping = lab.exec(CLIENT, "ping")?;
+    let mut ping = lab.command(CLIENT, "ping");
     ping.args(["-c", "3", "-i", "0.2", "-W", "1", VIP]);
     let status = cmd::status(&mut ping)?;
     if !status.success() {

@@ -4,12 +4,10 @@
 mod bench;
 mod cargo_cmd;
 mod cmd;
-mod daemon;
 mod demo;
 mod dist;
 mod lab;
 mod layers;
-mod netns;
 mod run;
 mod setup;
 mod testsuite;

@@ -1,9 +1,21 @@
 //! `cargo xtask test`: everything CI checks, in order, stopping at the first failure.
-use std::process::Command;
+use std::{
+    fs,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
 
 use anyhow::{bail, Context as _, Result};
 
 use crate::{cargo_cmd, cmd};
+
+/// The packages whose unit tests the suite runs, as root and then, without the privileged
+/// ones, as nobody.
+const UNIT_TEST_PACKAGES: [&str; 4] = ["probe-common", "probe-user", "xtask", "xdprobe-harness"];
+/// The user and group the unprivileged tests run as.
+const NOBODY: &str = "nobody";
+const NOGROUP: &str = "nogroup";
 
 /// The environment variable that tells the integration tests which xdprobe binary to run.
 pub const XDPROBE_BIN_ENV: &str = "XDPROBE_BIN";
@@ -12,9 +24,28 @@ pub const XDPROBE_DEB_ENV: &str = "XDPROBE_DEB";
 
 struct Step {
     name: &'static str,
-    command: Command,
+    action: Action,
     /// Integration tests build network namespaces: root only.
     needs_root: bool,
+}
+
+#[cfg(test)]
+impl Step {
+    /// The command the step runs (first).
+    fn command(&self) -> &Command {
+        match &self.action {
+            Action::Run(command) | Action::AsNobody(command) => command,
+        }
+    }
+}
+
+enum Action {
+    /// Run the command; it must exit 0.
+    Run(Command),
+    /// Run the command (`cargo test --no-run --message-format=json ...`), then every unit-test
+    /// binary it lists as user nobody, without capabilities, skipping the `privileged` tests:
+    /// each must pass. Proves that the tests outside `privileged` need no root.
+    AsNobody(Command),
 }
 
 pub fn test() -> Result<()> {
@@ -27,7 +58,7 @@ pub fn test() -> Result<()> {
             "==> [{}/{total}] {}: {}",
             i + 1,
             step.name,
-            shown(&step.command)
+            shown_action(&step.action)
         );
         if step.needs_root && !root {
             bail!(
@@ -36,7 +67,11 @@ pub fn test() -> Result<()> {
                 step.name
             );
         }
-        cmd::run(&mut step.command).with_context(|| format!("step `{}` failed", step.name))?;
+        match &mut step.action {
+            Action::Run(command) => cmd::run(command),
+            Action::AsNobody(list) => run_as_nobody(list),
+        }
+        .with_context(|| format!("step `{}` failed", step.name))?;
     }
     println!("==> all {total} steps passed");
     Ok(())
@@ -63,17 +98,17 @@ fn steps(xdprobe_bin: &str) -> Vec<Step> {
     vec![
         Step {
             name: "build",
-            command: cargo(&["build", "-p", "probe-user"]),
+            action: Action::Run(cargo(&["build", "-p", "probe-user"])),
             needs_root: false,
         },
         Step {
             name: "fmt",
-            command: cargo(&["fmt", "--all", "--check"]),
+            action: Action::Run(cargo(&["fmt", "--all", "--check"])),
             needs_root: false,
         },
         Step {
             name: "clippy",
-            command: cargo(&[
+            action: Action::Run(cargo(&[
                 "clippy",
                 "-p",
                 "probe-common",
@@ -83,35 +118,42 @@ fn steps(xdprobe_bin: &str) -> Vec<Step> {
                 "xtask",
                 "-p",
                 "xdprobe-tests",
+                "-p",
+                "xdprobe-harness",
                 "--all-targets",
                 "--",
                 "-D",
                 "warnings",
-            ]),
+            ])),
             needs_root: false,
         },
         Step {
             name: "layers",
-            command: cargo(&["run", "--quiet", "--package", "xtask", "--", "layers"]),
+            action: Action::Run(cargo(&[
+                "run",
+                "--quiet",
+                "--package",
+                "xtask",
+                "--",
+                "layers",
+            ])),
             needs_root: false,
         },
         Step {
             name: "unit tests",
-            command: cargo(&[
-                "test",
-                "-p",
-                "probe-common",
-                "-p",
-                "probe-user",
-                "-p",
-                "xtask",
-            ]),
+            action: Action::Run(cargo(&with_packages(&["test"], &UNIT_TEST_PACKAGES))),
             // The XDP program, ARP and mail tests load BPF and build network namespaces.
             needs_root: true,
         },
         Step {
+            name: "unit tests as nobody",
+            action: Action::AsNobody(list_unit_tests()),
+            // setpriv needs root to become nobody.
+            needs_root: true,
+        },
+        Step {
             name: "package",
-            command: cargo(&[
+            action: Action::Run(cargo(&[
                 "run",
                 "--quiet",
                 "--package",
@@ -119,15 +161,144 @@ fn steps(xdprobe_bin: &str) -> Vec<Step> {
                 "--",
                 "dist",
                 "--debug",
-            ]),
+            ])),
             needs_root: false,
         },
         Step {
             name: "integration tests",
-            command: integration,
+            action: Action::Run(integration),
             needs_root: true,
         },
     ]
+}
+
+/// `ARGS -p PACKAGE...`.
+fn with_packages<'a>(args: &[&'a str], packages: &[&'a str]) -> Vec<&'a str> {
+    let mut all = args.to_vec();
+    for package in packages {
+        all.extend(["-p", package]);
+    }
+    all
+}
+
+/// Builds the unit tests (already built by the step before: quick) and lists them as JSON.
+fn list_unit_tests() -> Command {
+    let mut command = cargo_cmd::cargo();
+    command.args(with_packages(
+        &["test", "--no-run", "--message-format=json"],
+        &UNIT_TEST_PACKAGES,
+    ));
+    command
+}
+
+/// `setpriv ... BIN --skip privileged`: BIN as nobody, with no capabilities at all, from
+/// `dir` (also its HOME), so no test leans on root's home or the workspace as current dir.
+fn as_nobody(bin: &Path, dir: &Path) -> Command {
+    let mut command = Command::new("setpriv");
+    command
+        .args([
+            format!("--reuid={NOBODY}"),
+            format!("--regid={NOGROUP}"),
+            "--clear-groups".into(),
+            "--inh-caps=-all".into(),
+            "--bounding-set=-all".into(),
+        ])
+        .arg(bin)
+        .args(["--skip", "privileged"])
+        .current_dir(dir)
+        .env("HOME", dir);
+    command
+}
+
+/// The test executables in cargo's JSON messages: each `compiler-artifact` of a test profile.
+fn test_executables(json_lines: &str) -> Vec<PathBuf> {
+    json_lines
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|message| {
+            message["reason"] == "compiler-artifact" && message["profile"]["test"] == true
+        })
+        .filter_map(|message| message["executable"].as_str().map(PathBuf::from))
+        .collect()
+}
+
+/// Whether any user may run `bin`: it is readable and executable by others, and so is every
+/// directory above it.
+fn others_may_run(bin: &Path) -> bool {
+    let mode = |path: &Path| fs::metadata(path).map(|m| m.permissions().mode());
+    mode(bin).is_ok_and(|m| m & 0o005 == 0o005)
+        && bin
+            .ancestors()
+            .skip(1)
+            .filter(|dir| !dir.as_os_str().is_empty())
+            .all(|dir| mode(dir).is_ok_and(|m| m & 0o001 != 0))
+}
+
+fn run_as_nobody(list: &mut Command) -> Result<()> {
+    let out = list
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot start `{}`", cmd::describe(list)))?;
+    if !out.status.success() {
+        bail!("`{}` failed ({})", cmd::describe(list), out.status);
+    }
+    let bins = test_executables(&String::from_utf8_lossy(&out.stdout));
+    if bins.len() < UNIT_TEST_PACKAGES.len() {
+        bail!(
+            "expected a unit-test binary for each of {UNIT_TEST_PACKAGES:?}, cargo listed {bins:?}"
+        );
+    }
+    // A world-readable scratch dir: the tests' current dir and, if nobody cannot reach the
+    // target dir (a workspace under /root, say), where the binaries are copied to.
+    let scratch = std::env::temp_dir().join(format!("xdprobe-nobody-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&scratch);
+    fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
+    fs::set_permissions(&scratch, fs::Permissions::from_mode(0o1777))?;
+    let result = run_each_as_nobody(&bins, &scratch);
+    let _ = fs::remove_dir_all(&scratch);
+    result
+}
+
+fn run_each_as_nobody(bins: &[PathBuf], scratch: &Path) -> Result<()> {
+    let mut failed = Vec::new();
+    for bin in bins {
+        let runnable = if others_may_run(bin) {
+            bin.clone()
+        } else {
+            let copy = scratch.join(bin.file_name().context("a binary without a name")?);
+            fs::copy(bin, &copy)
+                .with_context(|| format!("copying {} for nobody", bin.display()))?;
+            fs::set_permissions(&copy, fs::Permissions::from_mode(0o755))?;
+            copy
+        };
+        let mut command = as_nobody(&runnable, scratch);
+        println!("==> as nobody: {}", cmd::describe(&command));
+        if !cmd::status(&mut command)?.success() {
+            failed.push(bin.display().to_string());
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "tests outside the `privileged` modules failed without root in {}: a test that \
+             needs root belongs in a `privileged` module and starts with require_root()",
+            failed.join(", ")
+        );
+    }
+    println!("==> {} unit-test binaries pass as nobody", bins.len());
+    Ok(())
+}
+
+fn shown_action(action: &Action) -> String {
+    match action {
+        Action::Run(command) => shown(command),
+        Action::AsNobody(list) => format!(
+            "{}, then each as nobody: {} BIN --skip privileged",
+            shown(list),
+            shown(&as_nobody(Path::new("BIN"), Path::new("/")))
+                .trim_end_matches(" BIN --skip privileged")
+        ),
+    }
 }
 
 /// The command line with the program's bare name: `cargo ...`, not the toolchain's full path.
@@ -149,13 +320,13 @@ mod tests {
         let steps = steps("/abs/xdprobe");
         let last = steps.last().expect("there are steps");
         assert!(last.needs_root);
-        let line = cmd::describe(&last.command);
+        let line = cmd::describe(last.command());
         assert!(
             line.ends_with("test -p xdprobe-tests --tests -- --test-threads=1"),
             "{line}"
         );
         let bin = last
-            .command
+            .command()
             .get_envs()
             .find(|(key, _)| *key == XDPROBE_BIN_ENV)
             .and_then(|(_, value)| value);
@@ -165,8 +336,89 @@ mod tests {
             .filter(|s| s.needs_root)
             .map(|s| s.name)
             .collect();
-        assert_eq!(root_steps, ["unit tests", "integration tests"]);
+        assert_eq!(
+            root_steps,
+            ["unit tests", "unit tests as nobody", "integration tests"]
+        );
         assert_eq!(steps[0].name, "build");
         assert_eq!(steps[steps.len() - 2].name, "package");
+    }
+
+    #[test]
+    fn the_unit_tests_run_as_root_then_without_the_privileged_ones_as_nobody() {
+        let steps = steps("/abs/xdprobe");
+        let at = |name: &str| steps.iter().position(|s| s.name == name).expect(name);
+        assert_eq!(at("unit tests as nobody"), at("unit tests") + 1);
+        let packages = "-p probe-common -p probe-user -p xtask -p xdprobe-harness";
+        let unit = cmd::describe(steps[at("unit tests")].command());
+        assert!(unit.ends_with(&format!("test {packages}")), "{unit}");
+        let clippy = cmd::describe(steps[at("clippy")].command());
+        assert!(clippy.contains("-p xdprobe-harness"), "{clippy}");
+        let nobody = &steps[at("unit tests as nobody")];
+        assert!(matches!(nobody.action, Action::AsNobody(_)));
+        let list = cmd::describe(nobody.command());
+        assert!(
+            list.ends_with(&format!("test --no-run --message-format=json {packages}")),
+            "{list}"
+        );
+
+        let run = as_nobody(Path::new("/t/deps/xtask-0123"), Path::new("/tmp/x"));
+        assert_eq!(
+            cmd::describe(&run),
+            "setpriv --reuid=nobody --regid=nogroup --clear-groups --inh-caps=-all \
+             --bounding-set=-all /t/deps/xtask-0123 --skip privileged"
+        );
+        assert_eq!(run.get_current_dir(), Some(Path::new("/tmp/x")));
+        let home = run.get_envs().find(|(key, _)| *key == "HOME");
+        assert_eq!(home, Some(("HOME".as_ref(), Some("/tmp/x".as_ref()))));
+        assert_eq!(
+            shown_action(&nobody.action),
+            format!(
+                "cargo test --no-run --message-format=json {packages}, then each as nobody: \
+                 setpriv --reuid=nobody --regid=nogroup --clear-groups --inh-caps=-all \
+                 --bounding-set=-all BIN --skip privileged"
+            )
+        );
+    }
+
+    #[test]
+    fn test_executables_are_the_test_profile_artifacts() {
+        let json = r#"{"reason":"compiler-artifact","profile":{"test":false},"executable":"/t/debug/xdprobe"}
+{"reason":"build-script-executed","package_id":"x"}
+{"reason":"compiler-artifact","profile":{"test":true},"executable":"/t/deps/xdprobe-1"}
+{"reason":"compiler-artifact","profile":{"test":false},"executable":null}
+not json
+{"reason":"compiler-artifact","profile":{"test":true},"executable":"/t/deps/xtask-2"}
+{"reason":"build-finished","success":true}"#;
+        assert_eq!(
+            test_executables(json),
+            [
+                PathBuf::from("/t/deps/xdprobe-1"),
+                PathBuf::from("/t/deps/xtask-2")
+            ]
+        );
+    }
+
+    #[test]
+    fn a_binary_nobody_cannot_reach_is_seen_as_such() {
+        let dir = std::env::temp_dir().join(format!("xtask-perm-{}", std::process::id()));
+        let inner = dir.join("inner");
+        fs::create_dir_all(&inner).unwrap();
+        let bin = inner.join("bin");
+        fs::write(&bin, "").unwrap();
+        fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::set_permissions(&inner, fs::Permissions::from_mode(0o755)).unwrap();
+        let open = others_may_run(&bin);
+        fs::set_permissions(&inner, fs::Permissions::from_mode(0o700)).unwrap();
+        let closed_dir = others_may_run(&bin);
+        fs::set_permissions(&inner, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::set_permissions(&bin, fs::Permissions::from_mode(0o750)).unwrap();
+        let closed_file = others_may_run(&bin);
+        let _ = fs::remove_dir_all(&dir);
+        // The temp dir itself may sit where others cannot go: only then is `open` false.
+        if others_may_run(&std::env::temp_dir()) {
+            assert!(open);
+        }
+        assert!(!closed_dir && !closed_file);
     }
 }

@@ -18,8 +18,10 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
+use xdprobe_harness::Namespaces;
+
 use super::measure::{self, EchoCounters};
-use crate::{cmd, netns::Namespaces};
+use crate::cmd;
 
 pub const PROBER: &str = "prober";
 pub const FARM: &str = "farm";
@@ -196,30 +198,36 @@ mod tests {
         assert_eq!(Farm::prefix(), format!("xdpb-{}-", process::id()));
     }
 
-    #[test]
-    // Needs root, like every test `cargo xtask test` runs.
-    fn farm_answers_for_the_whole_range_and_leaves_nothing_behind() {
-        let names: Vec<String> = {
-            let farm = Farm::build().expect("farm builds");
-            farm.check().expect("farm answers");
-            let before = farm.echo_counters().expect("farm counters");
-            let mut ping = farm.exec(PROBER, "ping").expect("known");
-            ping.args(["-c", "3", "-i", "0.01", "-W", "2", "198.19.1.2"]);
-            cmd::output(&mut ping).expect("ping through the farm");
-            let seen = farm.echo_counters().expect("farm counters").since(before);
-            assert_eq!(
-                seen,
-                EchoCounters {
-                    requests: 3,
-                    replies: 3
-                }
-            );
-            [PROBER, FARM]
-                .iter()
-                .map(|short| farm.ns(short).expect("known").to_owned())
-                .collect()
-        };
-        let left = crate::netns::list().expect("ip netns list");
-        assert!(names.iter().all(|name| !left.contains(name)), "{left:?}");
+    mod privileged {
+        use xdprobe_harness::{netns, require_root};
+
+        use super::super::*;
+
+        #[test]
+        fn farm_answers_for_the_whole_range_and_leaves_nothing_behind() {
+            require_root();
+            let names: Vec<String> = {
+                let farm = Farm::build().expect("farm builds");
+                farm.check().expect("farm answers");
+                let before = farm.echo_counters().expect("farm counters");
+                let mut ping = farm.exec(PROBER, "ping").expect("known");
+                ping.args(["-c", "3", "-i", "0.01", "-W", "2", "198.19.1.2"]);
+                cmd::output(&mut ping).expect("ping through the farm");
+                let seen = farm.echo_counters().expect("farm counters").since(before);
+                assert_eq!(
+                    seen,
+                    EchoCounters {
+                        requests: 3,
+                        replies: 3
+                    }
+                );
+                [PROBER, FARM]
+                    .iter()
+                    .map(|short| farm.ns(short).expect("known").to_owned())
+                    .collect()
+            };
+            let left = netns::list().expect("ip netns list");
+            assert!(names.iter().all(|name| !left.contains(name)), "{left:?}");
+        }
     }
 }
