@@ -167,10 +167,11 @@ impl Daemon {
                 return Ok(());
             }
             if let Some(status) = self.try_wait()? {
+                // What it printed last may still be in the pipes.
+                let log = self.drained_log();
                 bail!(
-                    "{} exited ({status}) before logging {needle:?}:\n{}",
-                    self.name,
-                    self.log()
+                    "{} exited ({status}) before logging {needle:?}:\n{log}",
+                    self.name
                 );
             }
             thread::sleep(POLL);
