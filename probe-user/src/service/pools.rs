@@ -151,22 +151,22 @@ pub fn changes(running: &[PoolConfig], wanted: &[PoolConfig]) -> PoolChanges {
 mod tests {
     use std::path::Path;
 
+    use xdprobe_harness::TempFile;
+
     use super::*;
     use crate::config::{file::FileConfig, flags::RunArgs, settings::Settings};
 
     /// The pools of a config with `[[dns]]` tables given as (name, server, members).
     fn pools(specs: &[(&str, &str, &[&str])]) -> Vec<PoolConfig> {
-        let dir = std::env::temp_dir().join(format!("xdprobe-pools-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let key = dir.join("key");
-        std::fs::write(&key, "c2VjcmV0c2VjcmV0c2VjcmV0\n").unwrap();
+        // Read while the settings resolve; removed after.
+        let key = TempFile::new("c2VjcmV0c2VjcmV0c2VjcmV0\n");
         let mut text = String::from("iface = \"eth0\"\n");
         for (name, server, members) in specs {
             let members: Vec<String> = members.iter().map(|m| format!("{m:?}")).collect();
             text.push_str(&format!(
                 "[[dns]]\nserver = {server:?}\nzone = \"example.test\"\nname = {name:?}\n\
                  tsig_name = \"k\"\ntsig_secret_file = {:?}\nmembers = [{}]\n",
-                key.display().to_string(),
+                key.path().display().to_string(),
                 members.join(", ")
             ));
         }
