@@ -191,18 +191,30 @@ fn list_unit_tests() -> Command {
     command
 }
 
-/// `setpriv ... BIN --skip privileged`: BIN as nobody, with no capabilities at all, from
-/// `dir` (also its HOME), so no test leans on root's home or the workspace as current dir.
-fn as_nobody(bin: &Path, dir: &Path) -> Command {
+/// Who runs the unprivileged tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Unprivileged {
+    /// User nobody, without capabilities: the real test.
+    Nobody,
+    /// Root without any capability, when nobody cannot read the workspace (a clone under
+    /// /root): every privilege the tests could lean on comes from a capability.
+    CaplessRoot,
+}
+
+/// `setpriv ... BIN --skip privileged`: BIN as nobody (or root without capabilities), with no
+/// capabilities at all, from `dir` (also its HOME), so no test leans on root's home or the
+/// workspace as current dir.
+fn as_nobody(bin: &Path, dir: &Path, who: Unprivileged) -> Command {
     let mut command = Command::new("setpriv");
-    command
-        .args([
+    if who == Unprivileged::Nobody {
+        command.args([
             format!("--reuid={NOBODY}"),
             format!("--regid={NOGROUP}"),
             "--clear-groups".into(),
-            "--inh-caps=-all".into(),
-            "--bounding-set=-all".into(),
-        ])
+        ]);
+    }
+    command
+        .args(["--inh-caps=-all", "--bounding-set=-all"])
         .arg(bin)
         .args(["--skip", "privileged"])
         .current_dir(dir)
@@ -222,12 +234,21 @@ fn test_executables(json_lines: &str) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Whether any user may run `bin`: it is readable and executable by others, and so is every
-/// directory above it.
+/// Whether any user may run `bin`: it is readable and executable by others, and every
+/// directory above it may be entered by them.
 fn others_may_run(bin: &Path) -> bool {
+    others_may(bin, 0o005)
+}
+
+/// Whether any user may read `file`, and enter every directory above it.
+fn others_may_read(file: &Path) -> bool {
+    others_may(file, 0o004)
+}
+
+fn others_may(path: &Path, bits: u32) -> bool {
     let mode = |path: &Path| fs::metadata(path).map(|m| m.permissions().mode());
-    mode(bin).is_ok_and(|m| m & 0o005 == 0o005)
-        && bin
+    mode(path).is_ok_and(|m| m & bits == bits)
+        && path
             .ancestors()
             .skip(1)
             .filter(|dir| !dir.as_os_str().is_empty())
@@ -261,6 +282,18 @@ fn run_as_nobody(list: &mut Command) -> Result<()> {
 }
 
 fn run_each_as_nobody(bins: &[PathBuf], scratch: &Path) -> Result<()> {
+    // Some tests read the workspace (its manifest, its sources): nobody must be able to.
+    let manifest = cargo_cmd::workspace_root().join("Cargo.toml");
+    let who = if others_may_read(&manifest) {
+        Unprivileged::Nobody
+    } else {
+        println!(
+            "==> nobody cannot read {} (a directory above it is closed to others): the \
+             unprivileged tests run as root without any capability instead",
+            manifest.display()
+        );
+        Unprivileged::CaplessRoot
+    };
     let mut failed = Vec::new();
     for bin in bins {
         let runnable = if others_may_run(bin) {
@@ -272,7 +305,7 @@ fn run_each_as_nobody(bins: &[PathBuf], scratch: &Path) -> Result<()> {
             fs::set_permissions(&copy, fs::Permissions::from_mode(0o755))?;
             copy
         };
-        let mut command = as_nobody(&runnable, scratch);
+        let mut command = as_nobody(&runnable, scratch, who);
         println!("==> as nobody: {}", cmd::describe(&command));
         if !cmd::status(&mut command)?.success() {
             failed.push(bin.display().to_string());
@@ -285,7 +318,11 @@ fn run_each_as_nobody(bins: &[PathBuf], scratch: &Path) -> Result<()> {
             failed.join(", ")
         );
     }
-    println!("==> {} unit-test binaries pass as nobody", bins.len());
+    let as_whom = match who {
+        Unprivileged::Nobody => "as nobody",
+        Unprivileged::CaplessRoot => "without capabilities",
+    };
+    println!("==> {} unit-test binaries pass {as_whom}", bins.len());
     Ok(())
 }
 
@@ -295,8 +332,12 @@ fn shown_action(action: &Action) -> String {
         Action::AsNobody(list) => format!(
             "{}, then each as nobody: {} BIN --skip privileged",
             shown(list),
-            shown(&as_nobody(Path::new("BIN"), Path::new("/")))
-                .trim_end_matches(" BIN --skip privileged")
+            shown(&as_nobody(
+                Path::new("BIN"),
+                Path::new("/"),
+                Unprivileged::Nobody
+            ))
+            .trim_end_matches(" BIN --skip privileged")
         ),
     }
 }
@@ -362,7 +403,11 @@ mod tests {
             "{list}"
         );
 
-        let run = as_nobody(Path::new("/t/deps/xtask-0123"), Path::new("/tmp/x"));
+        let run = as_nobody(
+            Path::new("/t/deps/xtask-0123"),
+            Path::new("/tmp/x"),
+            Unprivileged::Nobody,
+        );
         assert_eq!(
             cmd::describe(&run),
             "setpriv --reuid=nobody --regid=nogroup --clear-groups --inh-caps=-all \
@@ -371,6 +416,15 @@ mod tests {
         assert_eq!(run.get_current_dir(), Some(Path::new("/tmp/x")));
         let home = run.get_envs().find(|(key, _)| *key == "HOME");
         assert_eq!(home, Some(("HOME".as_ref(), Some("/tmp/x".as_ref()))));
+        let capless = as_nobody(
+            Path::new("/b"),
+            Path::new("/tmp/x"),
+            Unprivileged::CaplessRoot,
+        );
+        assert_eq!(
+            cmd::describe(&capless),
+            "setpriv --inh-caps=-all --bounding-set=-all /b --skip privileged"
+        );
         assert_eq!(
             shown_action(&nobody.action),
             format!(
@@ -420,5 +474,24 @@ not json
             assert!(open);
         }
         assert!(!closed_dir && !closed_file);
+    }
+
+    #[test]
+    fn a_file_under_a_closed_directory_is_not_readable_by_others() {
+        let dir = std::env::temp_dir().join(format!("xdprobe-modes-{}", std::process::id()));
+        let inner = dir.join("inner");
+        fs::create_dir_all(&inner).unwrap();
+        let file = inner.join("Cargo.toml");
+        fs::write(&file, "").unwrap();
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::set_permissions(&inner, fs::Permissions::from_mode(0o755)).unwrap();
+        let open = others_may_read(&file);
+        fs::set_permissions(&inner, fs::Permissions::from_mode(0o700)).unwrap();
+        let closed = others_may_read(&file);
+        let _ = fs::remove_dir_all(&dir);
+        assert!(open, "a 644 file under 755 directories");
+        assert!(!closed, "a directory above it is 700");
+        assert!(!others_may_run(Path::new("/nonexistent/xdprobe")));
     }
 }
