@@ -18,8 +18,11 @@ pub struct HostEvent {
     pub window: u32,
     /// Wall-clock time of the decision.
     pub at: SystemTime,
-    /// How long the host had been silent when declared DOWN (zero otherwise).
+    /// How long the host had been silent when declared DOWN, in probe rounds' time (zero
+    /// otherwise).
     pub silent_for: Duration,
+    /// How long ago the host's last reply arrived, measured (`None`: never heard).
+    pub heard_ago: Option<Duration>,
     /// Length of a window, for the notice.
     pub window_len: Duration,
     /// The last round-trip time, when the host came UP.

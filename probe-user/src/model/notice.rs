@@ -178,6 +178,7 @@ mod tests {
             window: 42,
             at: SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
             silent_for: Duration::from_millis(200),
+            heard_ago: Some(Duration::from_millis(210)),
             window_len: Duration::from_millis(100),
             rtt: None,
         }

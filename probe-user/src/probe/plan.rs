@@ -77,6 +77,11 @@ impl Plan {
         }
     }
 
+    /// When slice `s` is first sent, from the round's start.
+    pub fn send_offset(&self, s: usize) -> Duration {
+        self.spacing * s as u32
+    }
+
     /// Hosts of slice `s`.
     pub fn range(&self, s: usize) -> Range<usize> {
         s * self.hosts / self.slices..(s + 1) * self.hosts / self.slices

@@ -91,6 +91,9 @@ pub struct Prober {
     /// Per host: probes sent, and the window its state began in.
     sent: Vec<u32>,
     since: Vec<u32>,
+    /// Per host: when its last reply arrived, in ms since `started` plus one (0: never).
+    heard: Vec<u32>,
+    started: Instant,
     late_rounds: u64,
     read_time: Duration,
     reloads: Option<mpsc::UnboundedReceiver<Reload>>,
@@ -178,6 +181,8 @@ impl Prober {
             observed: None,
             sent: vec![0; n],
             since: vec![0; n],
+            heard: vec![0; n],
+            started: Instant::now(),
             late_rounds: 0,
             read_time: Duration::ZERO,
             reloads: None,
@@ -309,14 +314,15 @@ impl Prober {
                     _ = tokio::time::sleep_until(at) => {}
                 }
             }
-            self.step(event, probe);
+            self.step(tick, event, probe);
         }
         true
     }
 
     /// One step of the plan for one slice of hosts.
-    fn step(&mut self, event: Event, probe: &Round) {
+    fn step(&mut self, tick: Instant, event: Event, probe: &Round) {
         let range = self.plan.range(event.slice);
+        let sent_at = tick + self.plan.send_offset(event.slice);
         match event.step {
             Step::Send => {
                 self.answered[range.clone()].fill(false);
@@ -328,7 +334,7 @@ impl Prober {
                 self.send(probe);
             }
             Step::Retry => {
-                self.read(range.clone());
+                self.read(range.clone(), sent_at);
                 self.batch.clear();
                 for i in range.filter(|i| !self.answered[*i]) {
                     self.batch.push(self.hosts[i]);
@@ -337,7 +343,7 @@ impl Prober {
                 self.send(probe);
             }
             Step::Judge => {
-                self.read(range.clone());
+                self.read(range.clone(), sent_at);
                 self.judge(range, probe.window);
             }
         }
@@ -390,6 +396,7 @@ impl Prober {
         self.seen = moved(&from, &self.seen, 0);
         self.sent = moved(&from, &self.sent, 0);
         self.since = moved(&from, &self.since, 0);
+        self.heard = moved(&from, &self.heard, 0);
         self.answered = vec![false; n];
         self.states = [0; 3];
         for h in &self.health {
@@ -467,6 +474,7 @@ impl Prober {
                 window,
                 at: SystemTime::now(),
                 silent_for: self.timing.round() * silent_rounds,
+                heard_ago: self.heard_ago(w),
                 window_len: self.timing.window,
                 rtt: None,
             }));
@@ -501,20 +509,23 @@ impl Prober {
         }
     }
 
-    /// Marks the hosts in `range` whose reply counters moved, with their RTT.
-    fn read(&mut self, range: Range<usize>) {
+    /// Marks the hosts in `range` whose reply counters moved, with their RTT; their probes
+    /// of this round went out at `sent_at`.
+    fn read(&mut self, range: Range<usize>, sent_at: Instant) {
         let started = std::time::Instant::now();
-        self.read_slots(range);
+        self.read_slots(range, sent_at);
         self.read_time += started.elapsed();
     }
 
-    fn read_slots(&mut self, range: Range<usize>) {
+    fn read_slots(&mut self, range: Range<usize>, sent_at: Instant) {
         for i in range {
             let slot = self.counters.slot(i);
             let replies = slot.total_replies.wrapping_sub(self.seen[i]);
             if replies != 0 {
                 self.seen[i] = slot.total_replies;
                 self.answered[i] = true;
+                let arrived = sent_at + Duration::from_nanos(u64::from(slot.rtt_ns));
+                self.heard[i] = self.ms_since_start(arrived).saturating_add(1);
                 self.stats.add_answered(u64::from(replies));
                 self.stats.add_rtt(u64::from(slot.rtt_ns));
                 self.window_answered += u64::from(replies);
@@ -550,6 +561,7 @@ impl Prober {
                 window,
                 at: SystemTime::now(),
                 silent_for: round * change.silent_rounds,
+                heard_ago: self.heard_ago(i),
                 window_len: self.timing.window,
                 rtt: (change.to == State::Up).then_some(rtt),
             };
@@ -628,6 +640,18 @@ impl Prober {
                 replies: u64::from(slot.total_replies),
             }
         }));
+    }
+
+    /// Milliseconds from the loop's start to `at` (saturating).
+    fn ms_since_start(&self, at: Instant) -> u32 {
+        u32::try_from(at.saturating_duration_since(self.started).as_millis()).unwrap_or(u32::MAX)
+    }
+
+    /// How long ago host `i` was last heard, measured now; `None` if never.
+    fn heard_ago(&self, i: usize) -> Option<Duration> {
+        let heard = self.heard[i].checked_sub(1)?;
+        let now = self.ms_since_start(Instant::now());
+        Some(Duration::from_millis(u64::from(now.saturating_sub(heard))))
     }
 
     fn report(&self, report: HostReport) {

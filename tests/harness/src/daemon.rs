@@ -51,6 +51,13 @@ pub fn log_number(log: &str, key: &str) -> Option<u64> {
         .ok()
 }
 
+/// The number after `key` in the last line of `log` that contains `line` (e.g. the
+/// `last_heard_ms=` of "took over the VIP").
+pub fn logged_number(log: &str, line: &str, key: &str) -> Option<u64> {
+    let found = log.lines().rev().find(|l| l.contains(line))?;
+    log_number(found, key)
+}
+
 pub struct Daemon {
     /// What messages call it (`xdprobe`), and the prefix of its shown lines.
     name: String,
@@ -183,6 +190,23 @@ impl Daemon {
         )
     }
 
+    /// How long the daemon says the primary had been silent when it took the VIP: the
+    /// `last_heard_ms` it logged with "took over the VIP", measured by the daemon itself (so
+    /// it does not include how long this test took to notice). Waits up to `timeout`.
+    pub fn logged_takeover(&self, timeout: Duration) -> anyhow::Result<Duration> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = self.log();
+            if let Some(ms) = logged_number(&log, "took over the VIP", "last_heard_ms=") {
+                return Ok(Duration::from_millis(ms));
+            }
+            if Instant::now() >= deadline {
+                bail!("no takeover with last_heard_ms logged within {timeout:?}:\n{log}");
+            }
+            thread::sleep(POLL);
+        }
+    }
+
     /// Waits for the process to end by itself (up to 60 s); returns how it ended and its log.
     pub fn wait(mut self) -> anyhow::Result<(ExitStatus, String)> {
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -302,6 +326,20 @@ mod tests {
         assert_eq!(log_number(log, "windows="), Some(31));
         assert_eq!(log_number(log, "replies="), Some(7));
         assert_eq!(log_number(log, "missing="), None);
+    }
+
+    #[test]
+    fn logged_number_reads_the_key_of_the_last_matching_line() {
+        let log = "took over the VIP last_heard_ms=201 netlink_us=80\n\
+                   released the VIP last_heard_ms=9\n\
+                   took over the VIP silent_ms=200 last_heard_ms=215 netlink_us=70\n\
+                   stopped\n";
+        assert_eq!(
+            logged_number(log, "took over the VIP", "last_heard_ms="),
+            Some(215)
+        );
+        assert_eq!(logged_number(log, "took over the VIP", "nope="), None);
+        assert_eq!(logged_number(log, "no such line", "last_heard_ms="), None);
     }
 
     fn sh(script: &str) -> Command {

@@ -24,7 +24,7 @@ pub mod smtp;
 pub mod traffic;
 
 pub use cmd::run;
-pub use daemon::{log_number, xdprobe_bin, Daemon};
+pub use daemon::{log_number, logged_number, xdprobe_bin, Daemon};
 pub use files::{write_script, TempDir, TempFile};
 pub use lab::{AddrWatch, Lab};
 pub use netns::Namespaces;

@@ -333,6 +333,7 @@ impl Failover {
                     label = %self.vip.label(),
                     already_present = added == Added::AlreadyPresent,
                     silent_ms = event.map(|e| e.silent_for.as_millis() as u64),
+                    last_heard_ms = event.and_then(last_heard_ms),
                     netlink_us,
                     "took over the VIP"
                 );
@@ -449,6 +450,16 @@ impl Failover {
             },
         );
     }
+}
+
+/// How long ago the primary's last reply arrived, measured now: when it was declared DOWN,
+/// plus the time since. What the takeover bound is about, measured by the daemon itself.
+fn last_heard_ms(down: &HostEvent) -> Option<u64> {
+    let since_down = SystemTime::now()
+        .duration_since(down.at)
+        .unwrap_or_default();
+    down.heard_ago
+        .map(|ago| (ago + since_down).as_millis() as u64)
 }
 
 /// Sends `count` announcements `interval` apart, the first at once.
