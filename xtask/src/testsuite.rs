@@ -201,6 +201,15 @@ enum Unprivileged {
     CaplessRoot,
 }
 
+impl Unprivileged {
+    fn label(self) -> &'static str {
+        match self {
+            Unprivileged::Nobody => "as nobody",
+            Unprivileged::CaplessRoot => "without capabilities",
+        }
+    }
+}
+
 /// `setpriv ... BIN --skip privileged`: BIN as nobody (or root without capabilities), with no
 /// capabilities at all, from `dir` (also its HOME), so no test leans on root's home or the
 /// workspace as current dir.
@@ -306,7 +315,7 @@ fn run_each_as_nobody(bins: &[PathBuf], scratch: &Path) -> Result<()> {
             copy
         };
         let mut command = as_nobody(&runnable, scratch, who);
-        println!("==> as nobody: {}", cmd::describe(&command));
+        println!("==> {}: {}", who.label(), cmd::describe(&command));
         if !cmd::status(&mut command)?.success() {
             failed.push(bin.display().to_string());
         }
@@ -318,11 +327,7 @@ fn run_each_as_nobody(bins: &[PathBuf], scratch: &Path) -> Result<()> {
             failed.join(", ")
         );
     }
-    let as_whom = match who {
-        Unprivileged::Nobody => "as nobody",
-        Unprivileged::CaplessRoot => "without capabilities",
-    };
-    println!("==> {} unit-test binaries pass {as_whom}", bins.len());
+    println!("==> {} unit-test binaries pass {}", bins.len(), who.label());
     Ok(())
 }
 
