@@ -35,7 +35,7 @@ use crate::{
     },
     service::{
         dispatch::dispatch,
-        endpoint::Endpoint,
+        endpoint::{Endpoint, ReloadRequest},
         groups::{Common, Groups, Route},
         logging::LogLevel,
         pools::Pools,
@@ -114,11 +114,7 @@ async fn start_tasks(
 ) -> Result<Tasks, Failure> {
     let s = &plan.settings;
     let observed = Observed::new(Snapshot::default());
-    let (reload_tx, reload_rx) = mpsc::channel(4);
-    let mut endpoint = Endpoint::new(observed.clone(), reload_tx, shutdown.clone());
-    if let Err(e) = endpoint.move_to(s.metrics).await {
-        error!(error = %format!("{e:#}"), "no metrics endpoint; probing and failover go on");
-    }
+    let (endpoint, reload_rx) = start_endpoint(&observed, s.metrics, shutdown).await;
     let (timing_tx, timing_rx) = watch::channel(s.timing);
     let (hooks_tx, hooks_rx) = watch::channel(s.hooks.clone());
     let common = Common {
@@ -145,11 +141,9 @@ async fn start_tasks(
         s.timing,
         s.failover.conflict_wait,
         reports_tx,
-    )
-    .log_changes()
-    .observed(observed.clone())
-    .reloads(reloads_rx);
-    let prober = tokio::spawn(prober.run(shutdown.clone()));
+    );
+    let prober = prober.log_changes().observed(observed.clone());
+    let prober = tokio::spawn(prober.reloads(reloads_rx).run(shutdown.clone()));
     info!(
         groups = s.groups.len(),
         witnesses = ?s.failover.witnesses,
@@ -181,6 +175,21 @@ async fn start_tasks(
         dispatcher,
         reloader,
     })
+}
+
+/// `/metrics`, `/status` and `/reload` on `addr` (if it can be bound: probing and failover go
+/// on without), and where its reload requests arrive.
+async fn start_endpoint(
+    observed: &Observed,
+    addr: Option<std::net::SocketAddr>,
+    shutdown: &CancellationToken,
+) -> (Endpoint, mpsc::Receiver<ReloadRequest>) {
+    let (reload_tx, reload_rx) = mpsc::channel(4);
+    let mut endpoint = Endpoint::new(observed.clone(), reload_tx, shutdown.clone());
+    if let Err(e) = endpoint.move_to(addr).await {
+        error!(error = %format!("{e:#}"), "no metrics endpoint; probing and failover go on");
+    }
+    (endpoint, reload_rx)
 }
 
 /// The settings, the log level and everything checked before anything is set up: the
