@@ -1,21 +1,14 @@
 //! Running external programs: every failure names the command line and how it ended.
 use std::{
     env,
-    ffi::OsStr,
     path::{Path, PathBuf},
     process::{Command, ExitStatus, Output, Stdio},
 };
 
 use anyhow::{bail, Context as _, Result};
 
-/// `prog arg1 arg2 ...`, for messages.
-pub fn describe(cmd: &Command) -> String {
-    std::iter::once(cmd.get_program())
-        .chain(cmd.get_args())
-        .map(OsStr::to_string_lossy)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
+/// `prog arg1 arg2 ...`, for messages: the harness's, so both say it the same way.
+pub use xdprobe_harness::cmd::describe;
 
 /// Runs `cmd` with inherited stdio; fails unless it exits 0.
 pub fn run(cmd: &mut Command) -> Result<()> {
@@ -74,10 +67,9 @@ pub fn is_executable(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// Whether we run as root (`id -u` prints 0); std has no geteuid and this needs no libc.
+/// Whether we run as root.
 pub fn is_root() -> Result<bool> {
-    let uid = output(Command::new("id").arg("-u"))?;
-    Ok(uid.trim() == "0")
+    Ok(xdprobe_harness::root::is_root())
 }
 
 #[cfg(test)]
