@@ -2,15 +2,25 @@
 //!
 //! Map names are the static names in `probe-ebpf`; userspace looks them up by these constants.
 
+use crate::mac::Key;
+
 /// Single-entry array: what the program accepts right now.
 pub const CONFIG_MAP: &str = "CONFIG";
-/// Array of the monitored IPv4 addresses as host-order `u32`, sorted ascending; a host's index
-/// here is its index in [`SLOTS_MAP`]. Memory-mapped by userspace, which fills it at start-up
-/// and rewrites it on reload. Only the first [`ProbeConfig::hosts`] entries are in use.
+/// Array of the monitored IPv4 addresses as host-order `u32`, sorted ascending, in two halves
+/// of [`ProbeConfig::half`] entries: the program searches the half [`ProbeConfig::generation`]
+/// names, so that userspace can write the other one for a reload while counting goes on. A
+/// host's index in its half is its index in that half of [`SLOTS_MAP`]. Memory-mapped by
+/// userspace.
 pub const ADDRS_MAP: &str = "ADDRS";
-/// Array of [`HostSlot`], one per monitored host; memory-mapped by userspace, which reads every
-/// host's counters without a system call.
+/// Array of [`HostSlot`], one per monitored host, in two halves like [`ADDRS_MAP`];
+/// memory-mapped by userspace, which reads every host's counters without a system call.
 pub const SLOTS_MAP: &str = "SLOTS";
+/// Array of [`WindowKey`], [`KEY_RING`] entries: the key of window `w` is at `w % KEY_RING`.
+pub const KEYS_MAP: &str = "KEYS";
+/// Windows whose keys are kept: a reply to a probe older than this many windows cannot count.
+pub const KEY_RING: u32 = 64;
+/// Probes of one host whose answers are told apart ([`HostSlot::answered`] has a bit each).
+pub const ANSWER_BITS: u32 = u64::BITS;
 /// The most hosts one program can watch; the kernel's binary search is sized for it.
 pub const MAX_HOSTS: u32 = 1 << 20;
 /// Binary-search steps needed for [`MAX_HOSTS`] entries.
@@ -22,45 +32,71 @@ pub const PROGRAM_NAME: &str = "xdprobe";
 /// aya-log's load-time level switch (0 = off: the verifier prunes every log call).
 pub const LOG_LEVEL_GLOBAL: &str = "AYA_LOG_LEVEL";
 
-/// What the program accepts right now; userspace rewrites it at every window boundary.
+/// What the program accepts right now. The program copies it once per packet; userspace
+/// rewrites it when a round begins (`seq_max`) and on reload (`generation`, `hosts`). Any mix
+/// of an old and a new value is safe: a reply can only fail to count that way, never count
+/// wrongly (the MAC decides that).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProbeConfig {
     /// ICMP identifier of our echo requests (low 16 bits).
     pub ident: u32,
-    /// Current window number; replies carrying any other window are stale.
-    pub window: u32,
-    /// Random cookie of the current window; replies without it are forged or stale.
-    pub cookie: u32,
-    /// Zero unless `enabled` is set: before the first window, and while userspace rewrites
-    /// the host tables, the program counts nothing.
+    /// Zero: count nothing (before the first window).
     pub enabled: u32,
-    /// Entries of [`ADDRS_MAP`] (and [`SLOTS_MAP`]) in use; the maps may be larger, leaving
-    /// room for hosts added on reload.
+    /// The newest probe sequence that may have been sent. A reply to a later one cannot be
+    /// ours; one to a sequence [`ANSWER_BITS`] or more older shares its answer bit with a
+    /// newer probe, so it no longer counts.
+    pub seq_max: u32,
+    /// Which half of [`ADDRS_MAP`] and [`SLOTS_MAP`] is in use: 0 or 1.
+    pub generation: u32,
+    /// Hosts in use in that half.
     pub hosts: u32,
+    /// Entries in each half (the maps hold twice as many).
+    pub half: u32,
+    /// A reply this long after its probe's send time no longer counts.
+    pub timeout_ns: u64,
 }
 
-/// Per-host counters, written by the program, read in bulk by userspace. 8 bytes a host.
+/// The key of one window. `valid` is 0 until userspace wrote it (a zeroed entry is no key).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WindowKey {
+    pub window: u32,
+    pub valid: u32,
+    pub key: Key,
+}
+
+/// Per-host counters, written by the program, read in bulk by userspace. 24 bytes a host.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HostSlot {
+    /// Bit `seq % 64` is set once probe `seq` was answered; userspace clears a round's bits
+    /// before it sends that round. Set with an atomic test-and-set: a replayed reply finds its
+    /// bit set and counts no more.
+    pub answered: u64,
     /// Replies counted since the host was added (wraps; userspace takes differences).
     pub total_replies: u32,
     /// Round-trip time of the last counted reply, in nanoseconds (saturates at ~4.3 s).
     pub rtt_ns: u32,
+    /// The sequence of the last counted reply (which probe `rtt_ns` belongs to).
+    pub last_seq: u32,
+    pub _pad: u32,
 }
 
-impl HostSlot {
-    /// Records one valid reply, received at `now_ns` for a probe sent at `sent_ns`.
-    #[inline(always)]
-    pub fn record_reply(&mut self, now_ns: u64, sent_ns: u64) {
-        self.total_replies = self.total_replies.wrapping_add(1);
-        let rtt = now_ns.saturating_sub(sent_ns);
-        self.rtt_ns = if rtt > u64::from(u32::MAX) {
-            u32::MAX
-        } else {
-            rtt as u32
-        };
+/// The answer bit of probe `seq`.
+#[inline(always)]
+pub const fn answer_bit(seq: u32) -> u64 {
+    1 << (seq % ANSWER_BITS)
+}
+
+/// The round-trip time to store: nanoseconds, saturating.
+#[inline(always)]
+pub fn rtt_of(now_ns: u64, sent_ns: u64) -> u32 {
+    let rtt = now_ns.saturating_sub(sent_ns);
+    if rtt > u64::from(u32::MAX) {
+        u32::MAX
+    } else {
+        rtt as u32
     }
 }
 
@@ -75,6 +111,8 @@ pub struct Search {
     pub hi: u32,
     /// Index + 1 once found; 0 while not (yet) found.
     pub found: u32,
+    /// Where the table starts in its map (the half in use); the caller adds it.
+    pub base: u32,
 }
 
 impl Search {
@@ -85,6 +123,7 @@ impl Search {
             lo: 0,
             hi: len,
             found: 0,
+            base: 0,
         }
     }
 
@@ -133,21 +172,26 @@ pub fn find_host(addr: u32, len: u32, get: impl Fn(u32) -> Option<u32>) -> Optio
 pub enum Stat {
     /// A valid reply from a monitored host: counted and dropped.
     Counted = 0,
-    /// Our identifier and magic, this window, but the wrong cookie (forged).
-    WrongCookie = 1,
-    /// Our identifier and magic, but another window (late or replayed).
-    StaleWindow = 2,
-    /// A valid reply from an address we do not monitor.
+    /// Our identifier and magic, from a monitored host, but a MAC that is not the one we
+    /// sent that host (forged, or another host's probe sent back from this address).
+    Forged = 1,
+    /// Our format, but too late: older than the timeout, its window's key gone, or its
+    /// answer bit reused.
+    Stale = 2,
+    /// Our format from an address we do not monitor.
     UnknownHost = 3,
+    /// A valid reply to a probe already answered: a replay or a duplicate, not counted again.
+    Replayed = 4,
 }
 
 impl Stat {
-    pub const COUNT: u32 = 4;
+    pub const COUNT: u32 = 5;
     pub const ALL: [Stat; Self::COUNT as usize] = [
         Stat::Counted,
-        Stat::WrongCookie,
-        Stat::StaleWindow,
+        Stat::Forged,
+        Stat::Stale,
         Stat::UnknownHost,
+        Stat::Replayed,
     ];
 }
 
@@ -156,6 +200,7 @@ mod pod {
     // SAFETY: plain `#[repr(C)]` structs of integers without padding.
     unsafe impl aya::Pod for super::ProbeConfig {}
     unsafe impl aya::Pod for super::HostSlot {}
+    unsafe impl aya::Pod for super::WindowKey {}
 }
 
 #[cfg(test)]
@@ -164,8 +209,9 @@ mod tests {
 
     #[test]
     fn map_values_have_no_padding() {
-        assert_eq!(core::mem::size_of::<ProbeConfig>(), 20);
-        assert_eq!(core::mem::size_of::<HostSlot>(), 8);
+        assert_eq!(core::mem::size_of::<ProbeConfig>(), 32);
+        assert_eq!(core::mem::size_of::<HostSlot>(), 24);
+        assert_eq!(core::mem::size_of::<WindowKey>(), 24);
     }
 
     #[test]
@@ -194,25 +240,18 @@ mod tests {
     }
 
     #[test]
-    fn each_reply_is_counted_with_its_rtt() {
-        let mut slot = HostSlot::default();
-        slot.record_reply(1_000, 400);
-        slot.record_reply(2_000, 1_500);
-        assert_eq!(slot.total_replies, 2);
-        assert_eq!(slot.rtt_ns, 500);
-        slot.record_reply(3_000, 2_900);
-        assert_eq!((slot.total_replies, slot.rtt_ns), (3, 100));
-        slot.record_reply(10_000_000_000, 1);
-        assert_eq!(slot.rtt_ns, u32::MAX, "saturates");
-        slot.total_replies = u32::MAX;
-        slot.record_reply(10, 5);
-        assert_eq!(slot.total_replies, 0, "wraps");
+    fn answer_bits_cycle_through_64_sequences_and_wrap_with_u32() {
+        assert_eq!(answer_bit(0), 1);
+        assert_eq!(answer_bit(63), 1 << 63);
+        assert_eq!(answer_bit(64), 1);
+        assert_eq!(answer_bit(u32::MAX), 1 << 63);
+        assert_eq!(answer_bit(u32::MAX.wrapping_add(1)), 1);
     }
 
     #[test]
-    fn a_timestamp_from_the_future_gives_zero_rtt_not_a_wrap() {
-        let mut slot = HostSlot::default();
-        slot.record_reply(10, 20);
-        assert_eq!(slot.rtt_ns, 0);
+    fn rtts_saturate_and_a_timestamp_from_the_future_is_zero() {
+        assert_eq!(rtt_of(1_500, 1_000), 500);
+        assert_eq!(rtt_of(10_000_000_000, 1), u32::MAX);
+        assert_eq!(rtt_of(10, 20), 0);
     }
 }

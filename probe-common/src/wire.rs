@@ -3,8 +3,10 @@
 //! All multi-byte fields are big-endian on the wire. The header is made of byte arrays so that it
 //! has alignment 1 and can be read in place at any offset inside a packet (the XDP program does).
 
-/// Identifies our payload among other echo traffic: "XDPR".
-pub const PROBE_MAGIC: u32 = 0x5844_5052;
+/// Identifies our payload among other echo traffic: "XDP2" (the second format: per-host MACs).
+pub const PROBE_MAGIC: u32 = 0x5844_5032;
+
+use crate::mac::{probe_mac, Key};
 
 pub const ETH_HDR_LEN: usize = 14;
 pub const ETH_P_IPV4: u16 = 0x0800;
@@ -22,24 +24,40 @@ pub const ECHO_PACKET_LEN: usize = IPV4_HDR_LEN + ICMP_HDR_LEN + ProbeHeader::LE
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct ProbeHeader {
     magic: [u8; 4],
+    /// The window the probe belongs to; its reply counts for that window, however late.
     window: [u8; 4],
-    cookie: [u8; 4],
+    /// The probe's sequence (`round * attempts + attempt`): each probe is answered once.
     seq: [u8; 4],
     /// CLOCK_MONOTONIC nanoseconds at send time (the clock `bpf_ktime_get_ns` reads).
     sent_ns: [u8; 8],
+    /// [`crate::mac::probe_mac`] of the destination, our identifier and the fields above,
+    /// under the window's key.
+    mac: [u8; 8],
 }
 
 impl ProbeHeader {
     pub const LEN: usize = core::mem::size_of::<ProbeHeader>();
 
-    pub const fn new(window: u32, cookie: u32, seq: u32, sent_ns: u64) -> Self {
+    pub const fn new(window: u32, seq: u32, sent_ns: u64, mac: u64) -> Self {
         Self {
             magic: PROBE_MAGIC.to_be_bytes(),
             window: window.to_be_bytes(),
-            cookie: cookie.to_be_bytes(),
             seq: seq.to_be_bytes(),
             sent_ns: sent_ns.to_be_bytes(),
+            mac: mac.to_be_bytes(),
         }
+    }
+
+    /// The header of a probe to `dst` (host order) with identifier `ident`, authenticated
+    /// with `key`.
+    #[inline(always)]
+    pub fn signed(key: &Key, dst: u32, ident: u16, window: u32, seq: u32, sent_ns: u64) -> Self {
+        Self::new(
+            window,
+            seq,
+            sent_ns,
+            probe_mac(key, dst, ident, window, seq, sent_ns),
+        )
     }
 
     #[inline(always)]
@@ -51,10 +69,6 @@ impl ProbeHeader {
         u32::from_be_bytes(self.window)
     }
     #[inline(always)]
-    pub fn cookie(&self) -> u32 {
-        u32::from_be_bytes(self.cookie)
-    }
-    #[inline(always)]
     pub fn seq(&self) -> u32 {
         u32::from_be_bytes(self.seq)
     }
@@ -62,15 +76,25 @@ impl ProbeHeader {
     pub fn sent_ns(&self) -> u64 {
         u64::from_be_bytes(self.sent_ns)
     }
+    #[inline(always)]
+    pub fn mac(&self) -> u64 {
+        u64::from_be_bytes(self.mac)
+    }
 
-    /// Reads a header from its wire bytes (no validation: see [`crate::verdict::judge`]).
+    /// Whether this header is what we sent to `dst` with `ident`: its MAC is right under `key`.
+    #[inline(always)]
+    pub fn is_authentic(&self, key: &Key, dst: u32, ident: u16) -> bool {
+        self.mac() == probe_mac(key, dst, ident, self.window(), self.seq(), self.sent_ns())
+    }
+
+    /// Reads a header from its wire bytes (no validation: see [`crate::verdict`]).
     pub fn from_bytes(b: [u8; Self::LEN]) -> Self {
         let mut h = Self::default();
         h.magic.copy_from_slice(&b[0..4]);
         h.window.copy_from_slice(&b[4..8]);
-        h.cookie.copy_from_slice(&b[8..12]);
-        h.seq.copy_from_slice(&b[12..16]);
-        h.sent_ns.copy_from_slice(&b[16..24]);
+        h.seq.copy_from_slice(&b[8..12]);
+        h.sent_ns.copy_from_slice(&b[12..20]);
+        h.mac.copy_from_slice(&b[20..28]);
         h
     }
 
@@ -78,9 +102,9 @@ impl ProbeHeader {
         let mut out = [0u8; Self::LEN];
         out[0..4].copy_from_slice(&self.magic);
         out[4..8].copy_from_slice(&self.window);
-        out[8..12].copy_from_slice(&self.cookie);
-        out[12..16].copy_from_slice(&self.seq);
-        out[16..24].copy_from_slice(&self.sent_ns);
+        out[8..12].copy_from_slice(&self.seq);
+        out[12..20].copy_from_slice(&self.sent_ns);
+        out[20..28].copy_from_slice(&self.mac);
         out
     }
 }
@@ -176,27 +200,43 @@ mod tests {
             icmp_type: ICMP_ECHO_REQUEST,
             ident: 0xbeef,
             seq: 7,
-            probe: ProbeHeader::new(41, 0xdead_cafe, 3, 123_456_789_000),
+            probe: ProbeHeader::new(41, 3, 123_456_789_000, 0xdead_cafe_f00d_0001),
         }
     }
 
     #[test]
-    fn probe_header_is_24_bytes_with_alignment_one() {
-        assert_eq!(ProbeHeader::LEN, 24);
+    fn probe_header_is_28_bytes_with_alignment_one() {
+        assert_eq!(ProbeHeader::LEN, 28);
         assert_eq!(core::mem::align_of::<ProbeHeader>(), 1);
-        assert_eq!(ECHO_PACKET_LEN, 52);
+        assert_eq!(ECHO_PACKET_LEN, 56);
     }
 
     #[test]
     fn probe_header_round_trips_fields() {
-        let h = ProbeHeader::new(u32::MAX, 1, 2, u64::MAX - 5);
+        let h = ProbeHeader::new(u32::MAX, 2, u64::MAX - 5, 0x0102_0304_0506_0708);
         assert_eq!(h.magic(), PROBE_MAGIC);
         assert_eq!(h.window(), u32::MAX);
-        assert_eq!(h.cookie(), 1);
         assert_eq!(h.seq(), 2);
         assert_eq!(h.sent_ns(), u64::MAX - 5);
-        assert_eq!(&h.to_bytes()[..4], b"XDPR");
+        assert_eq!(h.mac(), 0x0102_0304_0506_0708);
+        assert_eq!(&h.to_bytes()[..4], b"XDP2");
         assert_eq!(ProbeHeader::from_bytes(h.to_bytes()), h);
+    }
+
+    #[test]
+    fn a_signed_header_is_authentic_for_its_host_only() {
+        let key = Key { k0: 11, k1: 12 };
+        let (primary, witness) = (0xc000_0201, 0xc000_02fe);
+        let h = ProbeHeader::signed(&key, primary, 0x4242, 9, 17, 1_000);
+        assert!(h.is_authentic(&key, primary, 0x4242));
+        // The witness's probe cannot pass as the primary's reply, nor another ident's, nor
+        // under another window's key.
+        assert!(!h.is_authentic(&key, witness, 0x4242));
+        assert!(!h.is_authentic(&key, primary, 0x4243));
+        assert!(!h.is_authentic(&Key { k0: 11, k1: 13 }, primary, 0x4242));
+        let mut bytes = h.to_bytes();
+        bytes[12] ^= 1; // another send time
+        assert!(!ProbeHeader::from_bytes(bytes).is_authentic(&key, primary, 0x4242));
     }
 
     #[test]

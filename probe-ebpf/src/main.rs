@@ -1,14 +1,21 @@
 //! XDP program: recognises echo replies to our probes and counts them per monitored host.
 //!
-//! Parse Ethernet -> IPv4 -> ICMP echo reply -> our [`ProbeHeader`]; judge it against the current
-//! [`ProbeConfig`] with the shared [`judge`] rule; for a valid reply from a monitored host, update
-//! its [`HostSlot`] and consume the frame (`XDP_DROP`). Everything else passes untouched.
+//! Parse Ethernet (and up to two 802.1Q/802.1ad tags) -> IPv4 -> ICMP echo reply -> our
+//! `ProbeHeader`; find the host it comes from; judge it with the shared rule (timely, and the
+//! MAC we sent that host under its window's key); set its probe's answer bit atomically and, if
+//! the bit was clear, count it in the host's `HostSlot` and consume the frame (`XDP_DROP`).
+//! Everything else passes untouched.
 #![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
 mod program {
-    use core::mem;
+    use core::{
+        intrinsics::{atomic_or, atomic_xadd, AtomicOrdering},
+        mem,
+    };
 
     use aya_ebpf::{
         bindings::xdp_action,
@@ -20,32 +27,43 @@ mod program {
     };
     use aya_log_ebpf::debug;
     use network_types::{
-        eth::{EthHdr, EtherType},
         icmp::Icmpv4Hdr,
         ip::{IpProto, Ipv4Hdr},
     };
     use probe_common::{
-        maps::{HostSlot, ProbeConfig, Search, Stat, SEARCH_STEPS},
-        verdict::{judge, Verdict},
-        wire::{ProbeHeader, ICMP_ECHO_REPLY},
+        maps::{
+            answer_bit, rtt_of, HostSlot, ProbeConfig, Search, Stat, WindowKey, KEY_RING,
+            SEARCH_STEPS,
+        },
+        verdict::{judge, ours, Verdict},
+        wire::{ProbeHeader, ETH_HDR_LEN, ETH_P_IPV4, ICMP_ECHO_REPLY},
     };
 
     #[map]
     static CONFIG: Array<ProbeConfig> = Array::with_max_entries(1, 0);
 
-    /// Sorted host-order addresses of the monitored hosts (8 bytes a host): the first
-    /// `ProbeConfig::hosts` are in use. Sized and written by userspace.
+    /// Each window's MAC key, at `window % KEY_RING`. Written by userspace.
+    #[map]
+    static KEYS: Array<WindowKey> = Array::with_max_entries(KEY_RING, 0);
+
+    /// Sorted host-order addresses of the monitored hosts (8 bytes a host), in two halves of
+    /// `ProbeConfig::half`: the half `generation` names is in use, its first `hosts` entries.
+    /// Sized and written by userspace.
     #[map]
     static ADDRS: Array<u32> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
-    /// One slot per monitored host, same index as in `ADDRS` (8 bytes a host). Sized by
-    /// userspace at load time, which reads it through a memory mapping (and moves the slots
-    /// with their hosts on reload).
+    /// One slot per monitored host, same index as in `ADDRS` (24 bytes a host). Sized by
+    /// userspace at load time, which reads it through a memory mapping.
     #[map]
     static SLOTS: Array<HostSlot> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
     #[map]
     static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Stat::COUNT, 0);
+
+    /// 802.1Q and 802.1ad tags: a frame may carry up to two before its EtherType.
+    const ETH_P_8021Q: u16 = 0x8100;
+    const ETH_P_8021AD: u16 = 0x88a8;
+    const VLAN_TAG_LEN: usize = 4;
 
     /// What to do with the frame once parsed.
     enum Action {
@@ -75,6 +93,14 @@ mod program {
         Ok((start + offset) as *const T)
     }
 
+    /// The big-endian `u16` at `offset`.
+    #[inline(always)]
+    fn be16_at(ctx: &XdpContext, offset: usize) -> Result<u16, Skip> {
+        let p: *const [u8; 2] = ptr_at(ctx, offset)?;
+        // SAFETY: ptr_at checked the bounds; a byte array has alignment 1.
+        Ok(u16::from_be_bytes(unsafe { *p }))
+    }
+
     #[inline(always)]
     fn bump(stat: Stat) {
         if let Some(counter) = STATS.get_ptr_mut(stat as u32) {
@@ -83,14 +109,28 @@ mod program {
         }
     }
 
+    /// The EtherType after up to two VLAN tags, and where the network header starts.
+    #[inline(always)]
+    fn network_layer(ctx: &XdpContext) -> Result<(u16, usize), Skip> {
+        let mut offset = ETH_HDR_LEN - 2;
+        let mut ether_type = be16_at(ctx, offset)?;
+        for _ in 0..2 {
+            if ether_type != ETH_P_8021Q && ether_type != ETH_P_8021AD {
+                break;
+            }
+            offset += VLAN_TAG_LEN;
+            ether_type = be16_at(ctx, offset)?;
+        }
+        Ok((ether_type, offset + 2))
+    }
+
     fn try_xdprobe(ctx: &XdpContext) -> Result<Action, Skip> {
-        let eth: *const EthHdr = ptr_at(ctx, 0)?;
-        // SAFETY: ptr_at checked the bounds; the header types have alignment 1.
-        if unsafe { (*eth).ether_type } != EtherType::Ipv4 as u16 {
+        let (ether_type, l3) = network_layer(ctx)?;
+        if ether_type != ETH_P_IPV4 {
             return Ok(Action::Pass);
         }
-
-        let ip: *const Ipv4Hdr = ptr_at(ctx, EthHdr::LEN)?;
+        let ip: *const Ipv4Hdr = ptr_at(ctx, l3)?;
+        // SAFETY: ptr_at checked the bounds; the header types have alignment 1.
         let (vihl, proto, frags, src) =
             unsafe { ((*ip).vihl, (*ip).proto, (*ip).frags, (*ip).src_addr) };
         let ihl = usize::from(vihl & 0x0f) * 4;
@@ -102,8 +142,9 @@ mod program {
             return Ok(Action::Pass);
         }
 
-        let icmp_off = EthHdr::LEN + ihl;
+        let icmp_off = l3 + ihl;
         let icmp: *const Icmpv4Hdr = ptr_at(ctx, icmp_off)?;
+        // SAFETY: bounds checked above.
         let (icmp_type, code, data) = unsafe { ((*icmp).type_, (*icmp).code, (*icmp).data) };
         if icmp_type != ICMP_ECHO_REPLY || code != 0 {
             return Ok(Action::Pass);
@@ -114,63 +155,84 @@ mod program {
         // SAFETY: bounds checked above; ProbeHeader is plain bytes.
         let probe = unsafe { *probe };
 
-        let Some(config) = CONFIG.get(0) else {
+        // One copy per packet: every decision below sees the same config.
+        let Some(config) = CONFIG.get(0).copied() else {
             return Ok(Action::Pass);
         };
-        match judge(ident, &probe, config) {
-            Verdict::NotOurs => return Ok(Action::Pass),
-            Verdict::StaleWindow => {
-                bump(Stat::StaleWindow);
-                debug!(
-                    ctx,
-                    "stale reply: window {} from {:i}",
-                    probe.window(),
-                    u32::from_be_bytes(src)
-                );
-                return Ok(Action::Pass);
-            }
-            Verdict::WrongCookie => {
-                bump(Stat::WrongCookie);
-                debug!(
-                    ctx,
-                    "forged reply: wrong cookie from {:i}",
-                    u32::from_be_bytes(src)
-                );
-                return Ok(Action::Pass);
-            }
-            Verdict::Count => {}
+        if !ours(ident, &probe, &config) {
+            return Ok(Action::Pass);
         }
-
         let addr = u32::from_be_bytes(src);
-        let Some(index) = find_host(addr, config.hosts) else {
+        let base = (config.generation & 1) * config.half;
+        let Some(index) = find_host(addr, base, config.hosts) else {
             bump(Stat::UnknownHost);
             debug!(ctx, "reply from unmonitored {:i}", addr);
             return Ok(Action::Pass);
         };
-        let Some(slot) = SLOTS.get_ptr_mut(index) else {
-            bump(Stat::UnknownHost);
+        let Some(key) = KEYS.get(probe.window() % KEY_RING).copied() else {
             return Ok(Action::Pass);
         };
         let now = unsafe { bpf_ktime_get_ns() };
-        // SAFETY: valid map value pointer. Concurrent CPUs may race on the counters; a lost
-        // increment can only under-count a host that answered at least once, which still counts.
-        unsafe { (*slot).record_reply(now, probe.sent_ns()) };
+        match judge(ident, &probe, &config, addr, &key, now) {
+            Verdict::Fresh => {}
+            Verdict::Stale => {
+                bump(Stat::Stale);
+                debug!(
+                    ctx,
+                    "late reply from {:i}: window {} seq {}",
+                    addr,
+                    probe.window(),
+                    probe.seq()
+                );
+                return Ok(Action::Pass);
+            }
+            Verdict::Forged => {
+                bump(Stat::Forged);
+                debug!(ctx, "forged reply from {:i}", addr);
+                return Ok(Action::Pass);
+            }
+        }
+        let Some(slot) = SLOTS.get_ptr_mut(base + index) else {
+            bump(Stat::UnknownHost);
+            return Ok(Action::Pass);
+        };
+        let bit = answer_bit(probe.seq());
+        // SAFETY: a valid map value pointer; the atomic test-and-set makes a probe count at
+        // most once, whichever CPUs its copies arrive on.
+        let before = unsafe {
+            atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*slot).answered, bit)
+        };
+        if before & bit != 0 {
+            bump(Stat::Replayed);
+            debug!(ctx, "replayed reply from {:i} seq {}", addr, probe.seq());
+            return Ok(Action::Pass);
+        }
+        let rtt = rtt_of(now, probe.sent_ns());
+        // SAFETY: as above. The RTT and its sequence are plain stores: two CPUs counting two
+        // answers of one host at once leave one pair or the other, both true.
+        unsafe {
+            atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(&raw mut (*slot).total_replies, 1);
+            (*slot).rtt_ns = rtt;
+            (*slot).last_seq = probe.seq();
+        }
         bump(Stat::Counted);
         debug!(
             ctx,
-            "counted reply from {:i} window {} rtt {} ns",
-            u32::from_be_bytes(src),
-            probe.window(),
-            now.saturating_sub(probe.sent_ns())
+            "counted reply from {:i} seq {} rtt {} ns",
+            addr,
+            probe.seq(),
+            rtt
         );
         Ok(Action::Consume)
     }
 
-    /// The monitored host's index: a binary search over `ADDRS`, one `bpf_loop` step at a
-    /// time (a plain loop makes the verifier walk every path of the search).
+    /// The monitored host's index in the half starting at `base`: a binary search over
+    /// `ADDRS`, one `bpf_loop` step at a time (a plain loop makes the verifier walk every path
+    /// of the search).
     #[inline(always)]
-    fn find_host(addr: u32, hosts: u32) -> Option<u32> {
+    fn find_host(addr: u32, base: u32, hosts: u32) -> Option<u32> {
         let mut search = Search::new(addr, hosts);
+        search.base = base;
         // SAFETY: the callback only touches `search`, which outlives the call.
         unsafe {
             bpf_loop(
@@ -186,7 +248,8 @@ mod program {
     extern "C" fn search_step(_index: u32, ctx: *mut core::ffi::c_void) -> i64 {
         // SAFETY: `ctx` is the `Search` on `find_host`'s stack.
         let search = unsafe { &mut *ctx.cast::<Search>() };
-        if search.step(|i| ADDRS.get(i).copied()) {
+        let base = search.base;
+        if search.step(|i| ADDRS.get(base + i).copied()) {
             0
         } else {
             1

@@ -6,7 +6,7 @@
 mod privileged {
     use std::{
         collections::BTreeSet,
-        time::{Duration, Instant},
+        time::{Duration, Instant, SystemTime},
     };
 
     use serde_json::Value;
@@ -42,6 +42,18 @@ mod privileged {
             .filter(|l| l.starts_with('{'))
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect()
+    }
+
+    /// The window xdprobe was in at `at`, from when its "probing" line says the first began.
+    fn window_at(log: &str, window: Duration, at: SystemTime) -> u64 {
+        let line = log
+            .lines()
+            .find(|l| l.contains(" probing "))
+            .expect("the prober's start in the log");
+        let stamp = line.split_whitespace().next().expect("a time stamp");
+        let start = humantime::parse_rfc3339(stamp).expect("an RFC 3339 time stamp");
+        let elapsed = at.duration_since(start).expect("after the start");
+        (elapsed.as_nanos() / window.as_nanos()) as u64 + 1
     }
 
     fn of_type<'a>(lines: &'a [Value], kind: &str) -> Vec<&'a Value> {
@@ -101,13 +113,13 @@ mod privileged {
         );
         run(&["ip", "netns", "exec", &lab.ns("farm"), "nft", &rule]).expect("nft blackhole");
         let since = Instant::now();
-        let current = |log: &str| {
-            of_type(&json_lines(log), "window")
-                .last()
-                .and_then(|w| w["window"].as_u64())
-                .unwrap_or(0)
-        };
-        let blackholed_in = current(&daemon.log()) + 1;
+        // Window lines come when a window's answers are all in, after it ended: the window
+        // the blackhole began in follows from when the first window began.
+        let blackholed_in = window_at(
+            &daemon.log(),
+            Duration::from_millis(window_ms),
+            SystemTime::now(),
+        );
         std::thread::sleep(Duration::from_millis(window_ms * 4));
         let (status, log) = daemon.stop().expect("stopping xdprobe");
         let lines = json_lines(&log);

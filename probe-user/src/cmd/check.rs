@@ -76,13 +76,14 @@ pub fn plan(s: &Settings, source: &str) -> String {
 
 fn timing_line(t: &Timing) -> String {
     format!(
-        "timing: {} windows, {} probes each ({} retr{}), DOWN after {} failed windows, UP after {} good\n",
+        "timing: {} windows, {} probes each ({} retr{}), DOWN after {} failed windows, UP after {} good, replies count for {}\n",
         humantime::format_duration(t.window),
         t.probes,
         t.retries,
         if t.retries == 1 { "y" } else { "ies" },
         t.failed_windows,
-        t.recover_windows
+        t.recover_windows,
+        humantime::format_duration(t.timeout)
     )
 }
 

@@ -46,7 +46,13 @@ pub async fn monitor(args: MonitorArgs) -> Result<u8, Failure> {
     };
 
     let counters: Box<dyn Counters> = match args.receive {
-        Receive::Xdp => Box::new(attach_xdp(&hosts, hosts.len(), &args.iface, args.debug)?),
+        Receive::Xdp => Box::new(attach_xdp(
+            &hosts,
+            hosts.len(),
+            false,
+            &args.iface,
+            args.debug,
+        )?),
         Receive::Socket => Box::new(SocketCounters::start(&args.iface, &hosts).system()?),
     };
     // The maps' kernel memory is fixed once they exist (and gone once the prober ends).

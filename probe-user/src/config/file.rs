@@ -35,6 +35,8 @@ pub struct FileConfig {
     pub failed_windows: Option<u32>,
     pub recover_windows: Option<u32>,
     pub retries: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
     pub witness: Option<Vec<Ipv4Addr>>,
     pub failback: Option<Failback>,
     pub on_exit: Option<OnExit>,

@@ -119,10 +119,15 @@ pub struct TimingArgs {
     #[arg(long, value_name = "N")]
     pub recover_windows: Option<u32>,
 
-    /// Resend an unanswered probe once its reply wait is over, this many times (0 to 3)
+    /// Resend an unanswered probe once its reply is overdue, this many times (0 to 3)
     /// [default: 1]. Keeps random loss from failing windows.
     #[arg(long, value_name = "N")]
     pub retries: Option<u32>,
+
+    /// How long after its send a reply still counts (like fping's -t), credited to the window
+    /// its probe belonged to however late it arrives [default: the window].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<std::time::Duration>,
 }
 
 /// Where replies are counted.

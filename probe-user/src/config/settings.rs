@@ -412,6 +412,7 @@ mod tests {
                 failed_windows: 2,
                 recover_windows: 2,
                 retries: 1,
+                timeout: Duration::from_secs(1),
             }
         );
         assert_eq!(
@@ -492,6 +493,7 @@ mod tests {
             "failed_windows",
             "recover_windows",
             "retries",
+            "timeout",
             "witness",
             "failback",
             "on_exit",
@@ -744,6 +746,37 @@ mod tests {
                 field
             );
         }
+    }
+
+    #[test]
+    fn the_timeout_defaults_to_the_window_and_is_bounded_by_the_answer_bits() {
+        let s = Settings::resolve(&args(), file("window = \"200ms\"\n")).unwrap();
+        assert_eq!(s.timing.timeout, Duration::from_millis(200));
+        let s = Settings::resolve(&args(), file("timeout = \"2s\"\n")).unwrap();
+        assert_eq!(s.timing.timeout, Duration::from_secs(2));
+        // 1 s windows of 3 probes and 1 retry: 64 answer bits leave at most 4.5 s.
+        assert_eq!(s.timing.max_timeout(), Duration::from_nanos(4_499_999_995));
+        let cases: [Case; 3] = [
+            (|a| a.timing.timeout = Some(Duration::ZERO), "timeout"),
+            (
+                |a| a.timing.timeout = Some(Duration::from_secs(5)),
+                "timeout",
+            ),
+            // 30 probes a window, each perhaps resent once, leave no room in 64 answer bits.
+            (|a| a.timing.probes = Some(30), "probes"),
+        ];
+        for (edit, field) in cases {
+            let mut a = args();
+            edit(&mut a);
+            assert_eq!(
+                invalid_field(Settings::resolve(&a, FileConfig::default())),
+                field
+            );
+        }
+        let mut a = args();
+        a.timing.timeout = Some(Duration::from_secs(5));
+        let err = Settings::resolve(&a, FileConfig::default()).unwrap_err();
+        assert!(err.to_string().contains("to 4s 499ms"), "{err}");
     }
 
     #[test]

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use probe_common::maps::ANSWER_BITS;
+
 use crate::config::{
     error::SettingsError,
     file::FileConfig,
@@ -16,6 +18,8 @@ pub const DEFAULT_RETRIES: u32 = 1;
 const MIN_WINDOW: Duration = Duration::from_millis(10);
 const MAX_WINDOW: Duration = Duration::from_secs(3600);
 const MIN_ROUND: Duration = Duration::from_millis(1);
+/// The shortest timeout: a reply's journey through the kernels at both ends.
+const MIN_TIMEOUT: Duration = Duration::from_millis(1);
 /// The most rounds recovery can look back at (a host's answer history is one `u64`):
 /// `recover_windows * probes` must not exceed it.
 pub const MAX_RECOVERY_ROUNDS: u32 = u64::BITS;
@@ -29,6 +33,8 @@ pub struct Timing {
     pub recover_windows: u32,
     /// Resends of an unanswered probe within its round.
     pub retries: u32,
+    /// How long after its send a reply still counts.
+    pub timeout: Duration,
 }
 
 impl Timing {
@@ -37,10 +43,27 @@ impl Timing {
         self.window / self.probes
     }
 
+    /// Probes a round may send a host: the first and its retries.
+    pub fn attempts(&self) -> u32 {
+        self.retries + 1
+    }
+
+    /// The longest `timeout` these settings allow: a probe's answer bit (one of 64 per host)
+    /// must not be reused before the window it belongs to is closed, at the latest `attempts`
+    /// timeouts after it ended. So the window's probes and those of the rounds begun in
+    /// `attempts` timeouts (and one more round each side of them, for the boundaries and a
+    /// late wake-up) fit in 64 sequences: `attempts * (probes + rounds + 2) <= 64`.
+    pub fn max_timeout(&self) -> Duration {
+        let attempts = self.attempts();
+        let rounds = (ANSWER_BITS / attempts).saturating_sub(self.probes + 2);
+        // Rounds of the timeout, `attempts` times over, may be at most `rounds`.
+        self.round() * rounds / attempts
+    }
+
     /// The flags over the config file (`file` empty for `monitor`), defaults for the rest;
     /// validated.
     pub fn resolve(args: &TimingArgs, file: &FileConfig) -> Result<Self, SettingsError> {
-        let timing = Timing {
+        let mut timing = Timing {
             window: args.window.or(file.window).unwrap_or(DEFAULT_WINDOW),
             probes: args.probes.or(file.probes).unwrap_or(DEFAULT_PROBES),
             failed_windows: args
@@ -52,7 +75,10 @@ impl Timing {
                 .or(file.recover_windows)
                 .unwrap_or(DEFAULT_RECOVER_WINDOWS),
             retries: args.retries.or(file.retries).unwrap_or(DEFAULT_RETRIES),
+            timeout: Duration::ZERO,
         };
+        let window = timing.window;
+        timing.timeout = args.timeout.or(file.timeout).unwrap_or(window);
         timing.validate()?;
         Ok(timing)
     }
@@ -111,6 +137,33 @@ impl Timing {
             return Err(Invalid {
                 field: "retries".into(),
                 reason: format!("{} is out of range (0 to 3)", self.retries),
+            });
+        }
+        let most_probes = (ANSWER_BITS / self.attempts()).saturating_sub(3);
+        if self.probes > most_probes {
+            return Err(Invalid {
+                field: "probes".into(),
+                reason: format!(
+                    "{} probes a window with {} retries: each host's last 64 probes are told \
+                     apart, which leaves room for at most {most_probes}",
+                    self.probes, self.retries
+                ),
+            });
+        }
+        if self.timeout < MIN_TIMEOUT || self.timeout > self.max_timeout() {
+            return Err(Invalid {
+                field: "timeout".into(),
+                reason: format!(
+                    "{} is out of range ({} to {} with {} probes a window and {} retries: each \
+                     host's last 64 probes are told apart, and a window's answers are counted \
+                     {} timeouts after it ends)",
+                    humantime::format_duration(self.timeout),
+                    humantime::format_duration(MIN_TIMEOUT),
+                    humantime::format_duration(self.max_timeout()),
+                    self.probes,
+                    self.retries,
+                    self.attempts()
+                ),
             });
         }
         for (field, n) in [

@@ -142,6 +142,7 @@ mod tests {
         failed_windows: 2,
         recover_windows: 2,
         retries: 0,
+        timeout: Duration::from_millis(100),
     };
 
     /// A fake clock: round `k` is sent at `k * round` and judged at `(k + 1) * round`.

@@ -10,8 +10,8 @@ use std::{
     net::Ipv4Addr,
     os::fd::AsRawFd as _,
     sync::{
-        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed},
-        Arc,
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering, Ordering::Relaxed},
+        Arc, Mutex,
     },
     thread::JoinHandle,
     time::Duration,
@@ -23,8 +23,9 @@ use nix::{
     sys::socket::{recvmmsg, MsgFlags, MultiHeaders, SockaddrIn},
 };
 use probe_common::{
-    maps::{HostSlot, ProbeConfig, Stat},
-    verdict::{judge, Verdict},
+    mac::Key,
+    maps::{answer_bit, rtt_of, HostSlot, ProbeConfig, Stat, WindowKey, KEY_RING},
+    verdict::{judge, ours, Verdict},
     wire::parse_echo_reply,
 };
 use socket2::{Domain, Protocol, Socket, Type};
@@ -32,14 +33,27 @@ use tracing::warn;
 
 use crate::probe::clock::monotonic_ns;
 
+/// What the counters accept from now on: our identifier, the newest probe sequence that may
+/// be out, and how late a reply may be.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Accept {
+    pub ident: u16,
+    pub seq_max: u32,
+    pub timeout: Duration,
+}
+
 pub trait Counters: Send {
-    /// Publishes what counts from now on: identifier, window and its cookie.
-    fn publish(&mut self, config: ProbeConfig) -> anyhow::Result<()>;
+    /// Publishes what counts from now on (and turns counting on).
+    fn publish(&mut self, accept: Accept) -> anyhow::Result<()>;
+    /// Installs window `window`'s MAC key, before any probe of it is sent.
+    fn set_key(&mut self, window: u32, key: Key) -> anyhow::Result<()>;
     /// Host `index`'s counters now (index in the sorted host list).
     fn slot(&self, index: usize) -> HostSlot;
+    /// Clears host `index`'s answer bits `mask`, before probes with those bits are sent.
+    fn clear(&self, index: usize, mask: u64);
     /// Replaces the host list between two windows: `hosts` sorted and unique, `from[i]` the
     /// index host `i` had until now (its counters move with it) or `None` for a new host.
-    /// Counting stays paused until the next [`Counters::publish`]. On error nothing changed.
+    /// Counting goes on. On error nothing changed.
     fn rehost(&mut self, hosts: &[Ipv4Addr], from: &[Option<usize>]) -> anyhow::Result<()> {
         let _ = (hosts, from);
         anyhow::bail!("these counters cannot change their hosts while running")
@@ -57,19 +71,19 @@ pub struct SocketCounters {
 
 #[derive(Default)]
 struct AtomicSlot {
+    answered: AtomicU64,
     total_replies: AtomicU32,
     rtt_ns: AtomicU32,
+    last_seq: AtomicU32,
 }
 
 struct Shared {
     /// Sorted host-order addresses; a host's index is its slot.
     hosts: Vec<u32>,
     slots: Vec<AtomicSlot>,
-    /// `ProbeConfig` fields, published by the prober.
-    ident: AtomicU32,
-    window: AtomicU32,
-    cookie: AtomicU32,
-    enabled: AtomicU32,
+    /// What counts, as the XDP program's config has it.
+    config: Mutex<ProbeConfig>,
+    keys: Mutex<[WindowKey; KEY_RING as usize]>,
     stats: [AtomicU64; Stat::COUNT as usize],
 }
 
@@ -93,10 +107,12 @@ impl SocketCounters {
         let shared = Arc::new(Shared {
             hosts: hosts.iter().map(|a| u32::from(*a)).collect(),
             slots: hosts.iter().map(|_| AtomicSlot::default()).collect(),
-            ident: AtomicU32::new(0),
-            window: AtomicU32::new(0),
-            cookie: AtomicU32::new(0),
-            enabled: AtomicU32::new(0),
+            config: Mutex::new(ProbeConfig {
+                hosts: hosts.len() as u32,
+                half: hosts.len() as u32,
+                ..ProbeConfig::default()
+            }),
+            keys: Mutex::new([WindowKey::default(); KEY_RING as usize]),
             stats: Default::default(),
         });
         let stop = Arc::new(AtomicBool::new(false));
@@ -124,22 +140,45 @@ impl Drop for SocketCounters {
     }
 }
 
+/// A lock whose holder panicked still holds plain data.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl Counters for SocketCounters {
-    fn publish(&mut self, config: ProbeConfig) -> anyhow::Result<()> {
-        let s = &self.shared;
-        s.ident.store(config.ident, Relaxed);
-        s.window.store(config.window, Relaxed);
-        s.cookie.store(config.cookie, Relaxed);
-        s.enabled.store(config.enabled, Relaxed);
+    fn publish(&mut self, accept: Accept) -> anyhow::Result<()> {
+        let mut config = lock(&self.shared.config);
+        config.ident = u32::from(accept.ident);
+        config.seq_max = accept.seq_max;
+        config.timeout_ns = u64::try_from(accept.timeout.as_nanos()).unwrap_or(u64::MAX);
+        config.enabled = 1;
+        Ok(())
+    }
+
+    fn set_key(&mut self, window: u32, key: Key) -> anyhow::Result<()> {
+        lock(&self.shared.keys)[(window % KEY_RING) as usize] = WindowKey {
+            window,
+            valid: 1,
+            key,
+        };
         Ok(())
     }
 
     fn slot(&self, index: usize) -> HostSlot {
         let slot = &self.shared.slots[index];
         HostSlot {
+            answered: slot.answered.load(Relaxed),
             total_replies: slot.total_replies.load(Relaxed),
             rtt_ns: slot.rtt_ns.load(Relaxed),
+            last_seq: slot.last_seq.load(Relaxed),
+            _pad: 0,
         }
+    }
+
+    fn clear(&self, index: usize, mask: u64) {
+        self.shared.slots[index]
+            .answered
+            .fetch_and(!mask, Ordering::SeqCst);
     }
 
     fn stats(&self) -> [u64; Stat::COUNT as usize] {
@@ -185,36 +224,37 @@ fn receive(socket: &Socket, shared: &Shared, stop: &AtomicBool) {
     }
 }
 
+/// Judges one datagram as the XDP program judges a frame, and counts it if it is a fresh
+/// answer to one of our probes.
 fn count(shared: &Shared, packet: &[u8], now: u64) {
     let Some((src, ident, probe)) = parse_echo_reply(packet) else {
         return;
     };
-    let config = ProbeConfig {
-        ident: shared.ident.load(Relaxed),
-        window: shared.window.load(Relaxed),
-        cookie: shared.cookie.load(Relaxed),
-        enabled: shared.enabled.load(Relaxed),
-        hosts: shared.hosts.len() as u32,
-    };
-    let stat = match judge(ident, &probe, &config) {
-        Verdict::NotOurs => return,
-        Verdict::StaleWindow => Stat::StaleWindow,
-        Verdict::WrongCookie => Stat::WrongCookie,
-        Verdict::Count => match shared.hosts.binary_search(&src) {
-            Err(_) => Stat::UnknownHost,
-            Ok(index) => {
-                // Only this thread writes the slots: plain load-modify-store is enough.
-                let a = &shared.slots[index];
-                let mut slot = HostSlot {
-                    total_replies: a.total_replies.load(Relaxed),
-                    rtt_ns: a.rtt_ns.load(Relaxed),
-                };
-                slot.record_reply(now, probe.sent_ns());
-                a.rtt_ns.store(slot.rtt_ns, Relaxed);
-                a.total_replies.store(slot.total_replies, Relaxed);
-                Stat::Counted
+    let config = *lock(&shared.config);
+    if !ours(ident, &probe, &config) {
+        return;
+    }
+    let stat = match shared.hosts.binary_search(&src) {
+        Err(_) => Stat::UnknownHost,
+        Ok(index) => {
+            let key = lock(&shared.keys)[(probe.window() % KEY_RING) as usize];
+            match judge(ident, &probe, &config, src, &key, now) {
+                Verdict::Stale => Stat::Stale,
+                Verdict::Forged => Stat::Forged,
+                Verdict::Fresh => {
+                    let slot = &shared.slots[index];
+                    let bit = answer_bit(probe.seq());
+                    if slot.answered.fetch_or(bit, Ordering::SeqCst) & bit != 0 {
+                        Stat::Replayed
+                    } else {
+                        slot.total_replies.fetch_add(1, Relaxed);
+                        slot.rtt_ns.store(rtt_of(now, probe.sent_ns()), Relaxed);
+                        slot.last_seq.store(probe.seq(), Relaxed);
+                        Stat::Counted
+                    }
+                }
             }
-        },
+        }
     };
     shared.stats[stat as usize].fetch_add(1, Relaxed);
 }

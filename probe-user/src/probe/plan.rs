@@ -1,9 +1,10 @@
-//! How the probe loop paces itself (pure): the steps of a round (sends, retries and
-//! judgements of each slice of hosts, at fixed offsets), the reply wait, the round and window
-//! numbering across changes of timing, and when a watched host becomes suspect.
+//! How the probe loop paces itself (pure): the round and window numbering across changes of
+//! timing, how a round is cut into batches of hosts sent apart, the floor of the reply wait,
+//! each probe's sequence and answer bits, and when a watched host becomes suspect.
 
 use std::{ops::Range, time::Duration};
 
+use probe_common::maps::ANSWER_BITS;
 use tokio::time::Instant;
 
 use crate::config::timing::Timing;
@@ -21,63 +22,57 @@ impl Epoch {
     /// The round (counted from the very first) that a tick `at` belongs to, and its window.
     pub fn locate(&self, at: Instant, timing: &Timing) -> (u64, u32) {
         let k = round_index(at - self.start, timing.round());
-        let window = u64::from(self.window) + k / u64::from(timing.probes.max(1));
-        (self.round + k, u32::try_from(window).unwrap_or(u32::MAX))
+        (self.round + k, self.window_of(self.round + k, timing))
+    }
+
+    /// When round `k` (at or after this epoch's first) begins.
+    pub fn start_of(&self, k: u64, timing: &Timing) -> Instant {
+        let rounds = u32::try_from(k.saturating_sub(self.round)).unwrap_or(u32::MAX);
+        self.start + timing.round() * rounds
+    }
+
+    /// The window round `k` belongs to (window numbers wrap).
+    pub fn window_of(&self, k: u64, timing: &Timing) -> u32 {
+        let windows = k.saturating_sub(self.round) / u64::from(timing.probes.max(1));
+        self.window.wrapping_add(windows as u32)
     }
 }
 
-/// How a round is paced: `slices` groups of contiguous hosts, `spacing` apart, each checked
-/// `wait` after every attempt.
+/// How a round is paced: `slices` batches of contiguous hosts, `spacing` apart, each host's
+/// probes checked no sooner than `floor` after their send.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
     hosts: usize,
     pub slices: usize,
     spacing: Duration,
-    pub wait: Duration,
-    attempts: u32,
-    /// Every step of a round, in time order, as offsets from the round's start: the same for
-    /// every round, so computed once.
-    pub events: Vec<Event>,
+    /// The least reply wait: today's LAN wait, `min(round / (retries + 2), 10 ms)`.
+    pub floor: Duration,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Step {
-    // Ties at the same instant: judge and retry what is due before sending more.
-    Judge,
-    Retry,
-    Send,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Event {
-    pub offset: Duration,
-    pub step: Step,
-    pub slice: usize,
-}
-
-/// Slices are at least this far apart: finer pacing only costs timer wake-ups.
+/// Batches are at least this far apart: finer pacing only costs timer wake-ups.
 const MIN_SPACING: Duration = Duration::from_millis(1);
+/// Hosts a batch holds before the round is cut further: fewer only cost wake-ups.
+pub const MIN_BATCH: usize = 256;
 
 impl Plan {
     pub fn new(timing: &Timing, hosts: usize) -> Self {
         let round = timing.round();
-        let attempts = timing.retries + 1;
-        let wait = reply_wait(round, timing.retries);
-        let span = round.saturating_sub(wait * attempts);
+        let floor = reply_wait(round, timing.retries);
+        // LAN hosts' checks fall inside the round they were sent in, as before.
+        let span = round.saturating_sub(floor * timing.attempts());
+        let span = if span >= MIN_SPACING { span } else { round / 2 };
         let max_slices = (span.as_nanos() / MIN_SPACING.as_nanos()).max(1) as usize;
-        let slices = hosts.clamp(1, max_slices);
+        let slices = hosts.div_ceil(MIN_BATCH).clamp(1, max_slices);
         let spacing = span / slices as u32;
         Self {
             hosts,
             slices,
             spacing,
-            wait,
-            attempts,
-            events: events(slices, spacing, wait, attempts),
+            floor,
         }
     }
 
-    /// When slice `s` is first sent, from the round's start.
+    /// When slice `s` is sent, from the round's start.
     pub fn send_offset(&self, s: usize) -> Duration {
         self.spacing * s as u32
     }
@@ -88,42 +83,24 @@ impl Plan {
     }
 }
 
-/// Every step of a round, in time order: slice `s` is sent at `s * spacing`, checked (and
-/// retried) after each `wait`, and judged after the last.
-fn events(slices: usize, spacing: Duration, wait: Duration, attempts: u32) -> Vec<Event> {
-    let mut events = Vec::with_capacity(slices * (attempts as usize + 1));
-    for slice in 0..slices {
-        let sent = spacing * slice as u32;
-        events.push(Event {
-            offset: sent,
-            step: Step::Send,
-            slice,
-        });
-        for attempt in 1..attempts {
-            events.push(Event {
-                offset: sent + wait * attempt,
-                step: Step::Retry,
-                slice,
-            });
-        }
-        events.push(Event {
-            offset: sent + wait * attempts,
-            step: Step::Judge,
-            slice,
-        });
-    }
-    events.sort_by_key(|e| (e.offset, e.step, e.slice));
-    events
-}
-
-/// How long after sending a probe its reply is awaited before a retry (or the judgement):
-/// long enough for any LAN round trip, short enough that every attempt fits in the round.
-/// A reply later than this is not lost: it counts for the next round.
+/// The reply wait's floor: long enough for any LAN round trip, short enough that every attempt
+/// of a LAN host fits in its round.
 fn reply_wait(round: Duration, retries: u32) -> Duration {
     (round / (retries + 2)).min(REPLY_WAIT)
 }
 
 const REPLY_WAIT: Duration = Duration::from_millis(10);
+
+/// The answer bits of `count` consecutive probe sequences from `first` (fewer than 64).
+pub fn seq_mask(first: u32, count: u32) -> u64 {
+    let count = count.min(ANSWER_BITS);
+    let ones = if count == ANSWER_BITS {
+        u64::MAX
+    } else {
+        (1u64 << count) - 1
+    };
+    ones.rotate_left(first % ANSWER_BITS)
+}
 
 /// The watched host's silent rounds at which the failover is told it is suspect: early enough
 /// that a check lasting `lead` is over by the time the host could be DOWN.
@@ -149,6 +126,7 @@ mod tests {
             failed_windows: 2,
             recover_windows: 2,
             retries,
+            timeout: Duration::from_millis(window_ms),
         }
     }
 
@@ -178,24 +156,15 @@ mod tests {
     }
 
     #[test]
-    fn a_large_round_is_spread_in_millisecond_slices_and_judged_before_it_ends() {
+    fn a_large_round_is_spread_in_millisecond_batches() {
         // 131,072 hosts, 1 s windows, 2 probes: 500 ms rounds, 10 ms waits, one retry.
         let t = timing(1000, 2, 1);
         let plan = Plan::new(&t, 131_072);
         assert_eq!(plan.slices, 480);
         assert_eq!(plan.spacing, Duration::from_millis(1));
-        let events = &plan.events;
-        assert_eq!(events.len(), 480 * 3);
-        assert!(
-            events.windows(2).all(|w| w[0].offset <= w[1].offset),
-            "in time order"
-        );
-        let last = events.last().unwrap();
-        assert!(
-            last.offset <= t.round(),
-            "judged {:?} after the round began",
-            last.offset
-        );
+        assert_eq!(plan.floor, Duration::from_millis(10));
+        // The last batch's LAN checks fall inside the round.
+        assert!(plan.send_offset(479) + plan.floor * 2 <= t.round());
         // Every host is in exactly one slice, and slices differ by at most one host.
         let sizes: Vec<usize> = (0..plan.slices).map(|s| plan.range(s).len()).collect();
         assert_eq!(sizes.iter().sum::<usize>(), 131_072);
@@ -205,13 +174,48 @@ mod tests {
     }
 
     #[test]
-    fn few_hosts_make_few_slices() {
+    fn batches_are_sized_to_the_host_count() {
+        let t = timing(1000, 2, 1);
+        // No more wake-ups than the work needs: 2,048 hosts are 8 batches, not 480.
+        assert_eq!(Plan::new(&t, 2048).slices, 8);
+        assert_eq!(Plan::new(&t, 256).slices, 1);
+        assert_eq!(Plan::new(&t, 257).slices, 2);
         let plan = Plan::new(&timing(100, 3, 1), 1);
         assert_eq!((plan.slices, plan.range(0)), (1, 0..1));
-        let steps: Vec<Step> = plan.events.iter().map(|e| e.step).collect();
-        assert_eq!(steps, [Step::Send, Step::Retry, Step::Judge]);
-        let plan = Plan::new(&timing(100, 3, 0), 5);
-        assert_eq!(plan.slices, 5);
+        // 10 ms windows: 3.3 ms rounds leave no span beyond the waits: half the round.
+        let plan = Plan::new(&timing(10, 3, 1), 1000);
+        assert_eq!(plan.slices, 1);
+        assert!(plan.floor < Duration::from_millis(2), "{:?}", plan.floor);
+    }
+
+    #[test]
+    fn sequence_masks_cover_their_probes_and_wrap() {
+        assert_eq!(seq_mask(0, 2), 0b11);
+        assert_eq!(seq_mask(5, 3), 0b111 << 5);
+        assert_eq!(seq_mask(63, 2), (1 << 63) | 1);
+        assert_eq!(seq_mask(64 + 1, 1), 0b10);
+        assert_eq!(seq_mask(u32::MAX, 2), (1 << 63) | 1);
+        assert_eq!(seq_mask(7, 64), u64::MAX);
+        assert_eq!(seq_mask(7, 0), 0);
+    }
+
+    #[test]
+    fn rounds_begin_on_time_and_windows_wrap() {
+        let start = Instant::now();
+        let t = timing(300, 3, 1);
+        let epoch = Epoch {
+            start,
+            round: 10,
+            window: u32::MAX,
+        };
+        assert_eq!(epoch.start_of(10, &t), start);
+        assert_eq!(epoch.start_of(13, &t), start + Duration::from_millis(300));
+        assert_eq!(epoch.window_of(12, &t), u32::MAX);
+        assert_eq!(
+            epoch.window_of(13, &t),
+            0,
+            "window numbers wrap, never saturate"
+        );
     }
 
     #[test]

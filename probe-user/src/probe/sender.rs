@@ -5,6 +5,7 @@ use std::{
     io::{self, IoSlice},
     net::{Ipv4Addr, SocketAddrV4},
     os::fd::AsRawFd,
+    time::Duration,
 };
 
 use anyhow::Context as _;
@@ -12,19 +13,23 @@ use nix::{
     errno::Errno,
     sys::socket::{sendmmsg, MsgFlags, MultiHeaders, SockaddrIn},
 };
-use probe_common::wire::{EchoPacket, ProbeHeader, ECHO_PACKET_LEN, ICMP_ECHO_REQUEST};
+use probe_common::{
+    mac::Key,
+    wire::{EchoPacket, ProbeHeader, ECHO_PACKET_LEN, ICMP_ECHO_REQUEST},
+};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::probe::clock::monotonic_ns;
 
-/// What one round of probes carries besides the destination.
+/// What a batch of probes carries besides the destination (each probe's MAC is its own).
 #[derive(Clone, Copy, Debug)]
 pub struct Round {
     pub ident: u16,
     pub window: u32,
-    pub cookie: u32,
-    /// Global round number (also the ICMP sequence number, truncated).
+    /// The probe sequence (also the ICMP sequence number, truncated).
     pub seq: u32,
+    /// The window's MAC key.
+    pub key: Key,
 }
 
 pub struct Sender {
@@ -55,7 +60,6 @@ impl Sender {
     /// Sends one probe to each of `hosts`; returns how many the kernel accepted.
     pub fn send_round(&mut self, hosts: &[Ipv4Addr], round: Round) -> io::Result<usize> {
         let now = monotonic_ns();
-        let probe = ProbeHeader::new(round.window, round.cookie, round.seq, now);
         self.packets.clear();
         self.addrs.clear();
         for host in hosts {
@@ -66,7 +70,14 @@ impl Sender {
                 icmp_type: ICMP_ECHO_REQUEST,
                 ident: round.ident,
                 seq: round.seq as u16,
-                probe,
+                probe: ProbeHeader::signed(
+                    &round.key,
+                    u32::from(*host),
+                    round.ident,
+                    round.window,
+                    round.seq,
+                    now,
+                ),
             }
             .write(&mut buf);
             self.packets.push(buf);
@@ -83,6 +94,7 @@ impl Sender {
         let mut headers = MultiHeaders::<SockaddrIn>::preallocate(slices.len(), None);
         let fd = self.socket.as_raw_fd();
         let mut sent = 0;
+        let mut pressure = 0;
         while sent < slices.len() {
             let result = sendmmsg(
                 fd,
@@ -94,8 +106,17 @@ impl Sender {
             )
             .map(Iterator::count);
             match result {
-                Ok(n) => sent += n,
+                Ok(n) => {
+                    sent += n;
+                    pressure = 0;
+                }
                 Err(Errno::EINTR) => continue,
+                // The device queue is full: back-pressure, not any host's fault. Give it a
+                // moment to drain and send the rest.
+                Err(Errno::ENOBUFS | Errno::EAGAIN) if pressure < MAX_PRESSURE_RETRIES => {
+                    pressure += 1;
+                    std::thread::sleep(PRESSURE_PAUSE);
+                }
                 // A destination the kernel refuses (no route, ...) fails the whole call at that
                 // message; skip it and send the rest.
                 Err(e) if sent + 1 < slices.len() && is_per_destination(e) => sent += 1,
@@ -107,9 +128,15 @@ impl Sender {
     }
 }
 
+/// Errors that name one destination (no route to it, ...): that message is skipped.
 fn is_per_destination(err: Errno) -> bool {
     matches!(
         err,
-        Errno::ENETUNREACH | Errno::EHOSTUNREACH | Errno::EINVAL | Errno::EACCES | Errno::ENOBUFS
+        Errno::ENETUNREACH | Errno::EHOSTUNREACH | Errno::EINVAL | Errno::EACCES
     )
 }
+
+/// How often, and how long, a full device queue is waited for within one batch (at most
+/// 2 ms in all).
+const MAX_PRESSURE_RETRIES: u32 = 20;
+const PRESSURE_PAUSE: Duration = Duration::from_micros(100);

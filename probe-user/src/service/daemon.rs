@@ -87,7 +87,7 @@ pub async fn run(args: RunArgs, log: LogLevel) -> Result<(), Failure> {
     // Everything set up below is undone by drop (the XDP link) if a later step fails.
     let s = &plan.settings;
     let link = Link {
-        xdp: attach_xdp(&plan.hosts, plan.capacity, &s.iface, s.debug)?,
+        xdp: attach_xdp(&plan.hosts, plan.capacity, true, &s.iface, s.debug)?,
         sender: Sender::open(&s.iface).system()?,
         arp: Arc::new(ArpSocket::open(&s.iface).system()?),
     };

@@ -28,14 +28,15 @@ pub fn require_capabilities() -> Result<(), Failure> {
 }
 
 /// Loads the XDP program with room for `capacity` hosts, fills it with `hosts` (sorted) and
-/// attaches it to `iface`.
+/// attaches it to `iface`. `reloadable`: room to switch host tables on reload (`run`).
 pub fn attach_xdp(
     hosts: &[Ipv4Addr],
     capacity: usize,
+    reloadable: bool,
     iface: &str,
     debug: bool,
 ) -> Result<XdpProbe, Failure> {
-    let mut xdp = XdpProbe::load(hosts, capacity, debug).system()?;
+    let mut xdp = XdpProbe::load(hosts, capacity, reloadable, debug).system()?;
     if debug {
         xdp.spawn_log_forwarder().system()?;
     }

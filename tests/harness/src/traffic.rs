@@ -101,7 +101,10 @@ def csum(b):
 s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
 while True:
     for w in range(1, windows + 1):
-        payload = b'XDPR' + struct.pack('!IIIQ', w, random.getrandbits(32), 0, time.monotonic_ns())
+        # Our format and plausible numbers (window w's probes have sequences 6(w-1) to 6w - 1
+        # at 3 probes and 1 retry), but a MAC it cannot know.
+        seq = 6 * (w - 1) + random.randrange(6)
+        payload = b'XDP2' + struct.pack('!IIQQ', w, seq, time.monotonic_ns(), random.getrandbits(64))
         icmp = struct.pack('!BBHHH', 0, 0, 0, ident, 0) + payload
         icmp = icmp[:2] + struct.pack('!H', csum(icmp)) + icmp[4:]
         ip = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(icmp), 0, 0, 64, 1, 0,
