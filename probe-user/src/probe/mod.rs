@@ -12,5 +12,6 @@ pub mod rtt;
 pub mod sender;
 pub mod stats;
 pub mod targets;
+pub mod timer;
 pub mod wheel;
 pub mod xdp;

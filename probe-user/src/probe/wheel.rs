@@ -1,8 +1,8 @@
-//! A timer wheel of millisecond buckets: what is due when (pure; time is an argument).
+//! A timer wheel of 100-microsecond buckets: what is due when (pure; time is an argument).
 //!
 //! The probe loop files one check per host and probe here and takes out, at each wake-up,
 //! everything whose time has come: a push and a pop per check, and one wake-up per busy
-//! millisecond however many hosts fall in it.
+//! bucket however many hosts fall in it.
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -14,7 +14,7 @@ pub struct Wheel<T> {
     len: usize,
 }
 
-const TICK: Duration = Duration::from_millis(1);
+const TICK: Duration = Duration::from_micros(100);
 
 impl<T> Wheel<T> {
     pub fn new(origin: Instant) -> Self {
@@ -49,7 +49,7 @@ impl<T> Wheel<T> {
 
     /// Moves every item due at `now` (or before) into `out`, oldest bucket first.
     pub fn take_due(&mut self, now: Instant, out: &mut Vec<T>) {
-        // Bucket `tick` is due at `tick` milliseconds after the origin.
+        // Bucket `tick` is due `tick` TICKs after the origin.
         let limit =
             (now.saturating_duration_since(self.origin).as_nanos() / TICK.as_nanos()) as u64;
         while let Some(entry) = self.buckets.first_entry() {
@@ -90,7 +90,7 @@ mod tests {
         let mut w = Wheel::new(t0);
         w.push(t0 + ms(30), "c");
         w.push(t0 + ms(10), "a");
-        w.push(t0 + ms(10) + Duration::from_micros(300), "b");
+        w.push(t0 + ms(10) + Duration::from_micros(30), "b");
         assert_eq!(w.len, 3);
         assert_eq!(w.next_due(), Some(t0 + ms(10)));
         let mut out = Vec::new();
@@ -98,9 +98,11 @@ mod tests {
         assert!(out.is_empty());
         w.take_due(t0 + ms(10), &mut out);
         assert_eq!(out, ["a"]);
-        // 10.3 ms is filed at 11 ms: never early.
-        assert_eq!(w.next_due(), Some(t0 + ms(11)));
-        w.take_due(t0 + ms(11), &mut out);
+        // 10.03 ms is filed at 10.1 ms: never early.
+        assert_eq!(w.next_due(), Some(t0 + Duration::from_micros(10_100)));
+        w.take_due(t0 + Duration::from_micros(10_099), &mut out);
+        assert_eq!(out, ["a"]);
+        w.take_due(t0 + Duration::from_micros(10_100), &mut out);
         assert_eq!(out, ["a", "b"]);
         w.take_due(t0 + ms(100), &mut out);
         assert_eq!(out, ["a", "b", "c"]);

@@ -40,6 +40,7 @@ use crate::{
         rtt::RttEstimate,
         sender::Sender,
         stats::Stats,
+        timer::Timer,
         wheel::Wheel,
     },
 };
@@ -104,6 +105,8 @@ pub struct Prober {
     /// Windows whose answers are not counted yet, oldest first.
     windows: VecDeque<accounts::OpenWindow>,
     batch: Vec<Ipv4Addr>,
+    /// Hosts that missed their last round: their first retry goes with their first probe.
+    eager: Vec<Ipv4Addr>,
     /// Silent rounds of the watched host at which it becomes suspect.
     suspect_at: u32,
     witnesses_alive: bool,
@@ -174,6 +177,7 @@ impl Prober {
             retries: Vec::new(),
             windows: VecDeque::new(),
             batch: Vec::new(),
+            eager: Vec::new(),
             witnesses_alive: true,
             reports,
             stats: Stats::new(),
@@ -239,6 +243,8 @@ impl Prober {
             batches = self.plan.slices,
             "probing"
         );
+        // Without a timerfd, tokio's millisecond sleeps will do.
+        let mut timer = Timer::new().ok();
         loop {
             let now = Instant::now();
             self.send_due(&mut at, now)?;
@@ -249,7 +255,7 @@ impl Prober {
             };
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep_until(wake) => {}
+                _ = sleep_until(&mut timer, wake) => {}
             }
         }
         Ok(self.finish(&at))
@@ -321,6 +327,16 @@ impl Prober {
             self.plan.floor
         }
     }
+}
+
+/// Waits until `at` on the precise timer if there is one, else on tokio's.
+async fn sleep_until(timer: &mut Option<Timer>, at: Instant) {
+    if let Some(timer) = timer {
+        if timer.sleep_until(at).await.is_ok() {
+            return;
+        }
+    }
+    tokio::time::sleep_until(at).await
 }
 
 fn state_index(state: crate::model::health::State) -> usize {

@@ -130,30 +130,42 @@ impl Prober {
         Ok(())
     }
 
-    /// Sends `round`'s first probe to the hosts of its batch, and files their checks.
+    /// Sends `round`'s first probe to the hosts of its batch, and files their checks. A host
+    /// that missed its last round gets its first retry at once too: if it is dead, its next
+    /// verdict comes one reply wait sooner, and the DOWN with it.
     fn send_slice(&mut self, round: &RoundAt, now: Instant) {
         let range = self.plan.range(round.slice);
-        let mask = seq_mask(round.seq0, self.timing.attempts());
+        let attempts = self.timing.attempts();
+        let mask = seq_mask(round.seq0, attempts);
         let sent_ms = self.ms_since_start(now);
         let mut batch = std::mem::take(&mut self.batch);
+        let mut eager = std::mem::take(&mut self.eager);
         batch.clear();
+        eager.clear();
         for i in range {
             self.counters.clear(i, mask);
             self.sent[i] = self.sent[i].wrapping_add(1);
             batch.push(self.hosts[i]);
+            let early = attempts > 1 && self.health[i].silent_rounds() > 0;
+            if early {
+                self.sent[i] = self.sent[i].wrapping_add(1);
+                eager.push(self.hosts[i]);
+            }
             let check = Check {
                 host: i as u32,
                 round: round.round,
                 seq0: round.seq0,
                 window: round.window,
-                attempts: 1,
+                attempts: if early { 2 } else { 1 },
                 sent_ms,
             };
             self.checks.push(now + self.first_look(i), check);
         }
         self.account_checks(round.window, batch.len() as u64, 0);
         self.send(&batch, round.window, round.seq0, now);
+        self.send(&eager, round.window, round.seq0.wrapping_add(1), now);
         self.batch = batch;
+        self.eager = eager;
     }
 
     /// Resends the probes found unanswered at this wake-up, a batch per sequence, and files
