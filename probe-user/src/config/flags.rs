@@ -207,7 +207,7 @@ pub struct RunArgs {
     pub garp_refresh: Option<std::time::Duration>,
 
     /// How long an RFC 5227 ARP probe waits for another holder of the VIP before it is taken;
-    /// 0 turns the check off [default: 50ms].
+    /// 0 turns the check off [default: half the window, at most 50ms].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub conflict_wait: Option<std::time::Duration>,
 

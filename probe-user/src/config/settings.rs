@@ -21,6 +21,9 @@ use crate::config::{
 pub const DEFAULT_HOLD_DOWN: Duration = Duration::from_secs(10);
 pub const DEFAULT_GARP_COUNT: u32 = 5;
 pub const DEFAULT_GARP_INTERVAL: Duration = Duration::from_millis(200);
+/// The RFC 5227 probe's wait when not given: half the window, at most this. A LAN answers ARP
+/// in well under a millisecond, and the probe must be over before the primary can be DOWN
+/// (two windows after its last reply) so that it never delays the claim.
 pub const DEFAULT_CONFLICT_WAIT: Duration = Duration::from_millis(50);
 /// Loopback only by default: the endpoint has no authentication.
 pub const DEFAULT_METRICS: &str = "127.0.0.1:9641";
@@ -91,7 +94,7 @@ impl Settings {
             });
         }
         let timing = Timing::resolve(&args.timing, &file)?;
-        let failover = FailoverSettings::resolve(args, &file, &groups)?;
+        let failover = FailoverSettings::resolve(args, &file, &groups, &timing)?;
         Ok(Settings {
             iface,
             groups,
@@ -239,8 +242,14 @@ fn resolve_pools(file: &FileConfig) -> Result<Vec<PoolConfig>, SettingsError> {
 }
 
 impl FailoverSettings {
-    /// The failover settings of the flags over the file; witnesses checked against `groups`.
-    fn resolve(args: &RunArgs, file: &FileConfig, groups: &[Group]) -> Result<Self, SettingsError> {
+    /// The failover settings of the flags over the file; witnesses checked against `groups`,
+    /// the conflict check's wait scaled to `timing`'s window unless given.
+    fn resolve(
+        args: &RunArgs,
+        file: &FileConfig,
+        groups: &[Group],
+        timing: &Timing,
+    ) -> Result<Self, SettingsError> {
         let failover = FailoverSettings {
             witnesses: resolve_witnesses(args, file, groups)?,
             failback: args.failback.or(file.failback).unwrap_or_default(),
@@ -256,7 +265,7 @@ impl FailoverSettings {
             conflict_wait: bounded(
                 "conflict_wait",
                 args.conflict_wait.or(file.conflict_wait),
-                DEFAULT_CONFLICT_WAIT,
+                DEFAULT_CONFLICT_WAIT.min(timing.window / 2),
                 Duration::ZERO,
                 Duration::from_secs(1),
             )?,
@@ -582,6 +591,23 @@ mod tests {
         assert_eq!(
             (mail.limit.burst, mail.limit.per),
             (3, Duration::from_secs(600))
+        );
+    }
+
+    #[test]
+    fn the_conflict_wait_scales_with_short_windows_unless_given() {
+        let wait = |text: &str| {
+            Settings::resolve(&args(), file(text))
+                .unwrap()
+                .failover
+                .conflict_wait
+        };
+        assert_eq!(wait("window = \"1s\"\n"), Duration::from_millis(50));
+        assert_eq!(wait("window = \"50ms\"\n"), Duration::from_millis(25));
+        assert_eq!(wait("window = \"10ms\"\n"), Duration::from_millis(5));
+        assert_eq!(
+            wait("window = \"10ms\"\nconflict_wait = \"40ms\"\n"),
+            Duration::from_millis(40)
         );
     }
 

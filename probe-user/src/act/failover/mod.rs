@@ -184,8 +184,15 @@ impl Failover {
 
     /// An ARP conflict check's answer: the MAC of another holder of the VIP, if any.
     fn on_check(&self, run: &mut Run, holder: Option<[u8; 6]>) -> Vec<Action> {
-        if let Some(mac) = holder {
-            warn!(vip = %self.vip.net(), holder = %mac_str(mac), "another machine answers ARP for the VIP");
+        match holder {
+            Some(mac) => {
+                warn!(vip = %self.vip.net(), holder = %mac_str(mac), "another machine answers ARP for the VIP")
+            }
+            None => info!(
+                vip = %self.vip.net(),
+                wait_ms = self.settings.conflict_wait.as_millis() as u64,
+                "ARP conflict check: nobody else answers for the VIP"
+            ),
         }
         run.policy.conflict_checked(holder, run.now())
     }
