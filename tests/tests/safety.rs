@@ -10,7 +10,7 @@ mod privileged {
     };
 
     use xdprobe_harness::{
-        log_number,
+        load, log_number,
         traffic::{icmp_loss, longest_gap, Flapper, Forger, Pinger},
         Daemon, Lab,
     };
@@ -51,7 +51,12 @@ mod privileged {
 
     /// xdprobe on the standby, 50 ms windows, the gateway as witness, plus `extra` flags.
     fn start(lab: &Lab, extra: &[&str], wait_up: bool) -> Daemon {
-        let window = format!("{WINDOW_MS}ms");
+        start_at(lab, WINDOW_MS, extra, wait_up)
+    }
+
+    /// The same at `window_ms` windows.
+    fn start_at(lab: &Lab, window_ms: u64, extra: &[&str], wait_up: bool) -> Daemon {
+        let window = format!("{window_ms}ms");
         let mut args = vec![
             "run",
             "--iface",
@@ -107,6 +112,61 @@ mod privileged {
             lab.neighbour("client", VIP).unwrap(),
             Some(lab.mac("standby").unwrap())
         );
+    }
+
+    #[test]
+    fn at_10ms_windows_with_every_check_on_the_client_outage_is_within_two_windows_and_8ms() {
+        let lab = lab(&[], true);
+        // The gateway as witness, and the RFC 5227 conflict check at its default (half a window).
+        let daemon = start_at(&lab, 10, &[], true);
+        let ping = Pinger::start(&lab, "client", VIP, ms(2)).expect("ping");
+        sleep(ms(500));
+        lab.kill("primary").expect("kill primary");
+        sleep(ms(500));
+        let times = ping.stop().expect("ping output");
+        let (status, log) = daemon.stop().expect("stop");
+        assert!(status.success(), "{log}");
+        let outage = Duration::from_secs_f64(longest_gap(&times));
+        let bound = ms(2 * 10 + 8);
+        println!(
+            "client outage at a 10 ms window, conflict check and witness on: {outage:?} \
+             (bound {bound:?}; {} replies)",
+            times.len()
+        );
+        // The premise: the conflict check ran (and found nobody) before the claim.
+        let checked = log
+            .find("ARP conflict check: nobody else answers")
+            .expect("the conflict check ran");
+        let claimed = log.find("took over the VIP").expect("the VIP was taken");
+        assert!(checked < claimed, "{log}");
+        assert!(times.len() > 300, "too few replies: {}\n{log}", times.len());
+        assert!(outage <= bound, "outage {outage:?} > {bound:?}\n{log}");
+    }
+
+    #[test]
+    fn no_false_takeover_at_10ms_windows_while_both_cores_are_busy() {
+        let lab = lab(&[], true);
+        let daemon = start_at(&lab, 10, &[], true);
+        // One busy thread per core for three seconds, competing with the daemon.
+        let cpu = load::spin(2, ms(3000));
+        let (status, log) = daemon.stop().expect("stop");
+        assert!(status.success(), "{log}");
+        // The premise: the cores really were busy (each spinner got most of its time).
+        for got in &cpu {
+            assert!(
+                *got >= ms(1500),
+                "a spinner got only {got:?} of CPU: {cpu:?}"
+            );
+        }
+        println!("spinners got {cpu:?} of CPU");
+        assert!(!log.contains("host DOWN"), "false DOWN under load:\n{log}");
+        assert!(
+            !log.contains("took over"),
+            "false takeover under load:\n{log}"
+        );
+        assert!(!vip_on(&lab, "standby"));
+        let windows = log_number(&log, "windows=").expect("stop summary");
+        assert!(windows >= 300, "only {windows} windows ran:\n{log}");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! - [`daemon`]: the real `xdprobe` (or any long-running program) with its output captured.
 //! - [`smtp`] and [`bind`]: real mail and DNS servers (aiosmtpd, BIND 9) inside a namespace.
 //! - [`traffic`]: ping, forged replies, packet loss, a flapping link.
+//! - [`load`]: busy cores that report the CPU time they got.
 //! - [`files`]: scratch files and directories removed on drop, scripts; [`cmd`]: running
 //!   programs; [`root`]: the check privileged tests start with.
 //!
@@ -18,6 +19,7 @@ pub mod daemon;
 pub mod enter;
 pub mod files;
 pub mod lab;
+pub mod load;
 pub mod netns;
 pub mod root;
 pub mod smtp;

@@ -2,81 +2,173 @@
 //! forger of echo replies, random loss with nftables, a host whose link flaps.
 
 use std::{
-    io::Read as _,
+    io::{self, Read as _},
+    net::{Ipv4Addr, SocketAddrV4},
     process::{Child, Command, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
     thread::{self, JoinHandle},
-    time::Duration,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{bail, Context as _};
-use nix::{
-    sys::signal::{kill, Signal},
-    unistd::Pid,
-};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::{cmd::run, lab::Lab, smtp::PYTHON};
 
-/// `ping -D` from a host: every reply stamped with its Unix time.
+/// A client pinging a target every `interval`, whether or not it gets answers (iputils ping
+/// slows to one probe every 10 ms once replies stop, which would blur an outage by as much),
+/// and stamping every reply with its Unix time. Echo requests from a raw ICMP socket in the
+/// host's namespace; a sender thread paced by the clock, a receiver thread.
 pub struct Pinger {
-    child: Child,
+    stop: Arc<AtomicBool>,
+    sender: Option<JoinHandle<anyhow::Result<()>>>,
+    receiver: Option<JoinHandle<anyhow::Result<Vec<f64>>>>,
 }
 
 impl Pinger {
     pub fn start(lab: &Lab, host: &str, target: &str, interval: Duration) -> anyhow::Result<Self> {
-        let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &lab.ns(host),
-                "ping",
-                "-D",
-                "-n",
-                "-W",
-                "1",
-            ])
-            .args(["-i", &format!("{:.3}", interval.as_secs_f64()), target])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting ping")?;
-        Ok(Self { child })
+        let target: Ipv4Addr = target.parse().context("the target is an IPv4 address")?;
+        let ns = lab.ns(host);
+        let socket = Arc::new(crate::enter::run_in(&ns, || {
+            Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4))
+        })?);
+        socket.set_read_timeout(Some(Duration::from_millis(20)))?;
+        let ident = (std::process::id() as u16) ^ 0x5a5a;
+        let stop = Arc::new(AtomicBool::new(false));
+        let sender = {
+            let (socket, stop) = (Arc::clone(&socket), Arc::clone(&stop));
+            thread::spawn(move || send_pings(&socket, target, ident, interval, &stop))
+        };
+        let receiver = {
+            let (socket, stop) = (Arc::clone(&socket), Arc::clone(&stop));
+            thread::spawn(move || receive_replies(&socket, target, ident, &stop))
+        };
+        Ok(Self {
+            stop,
+            sender: Some(sender),
+            receiver: Some(receiver),
+        })
     }
 
-    /// Stops ping (SIGINT, so it flushes) and returns the reply times in seconds.
+    /// Stops pinging and returns the reply times in seconds since the Unix epoch.
     pub fn stop(mut self) -> anyhow::Result<Vec<f64>> {
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            // Our own child, not reaped yet: the pid is still its own.
-            let _ = kill(Pid::from_raw(pid), Signal::SIGINT);
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(sender) = self.sender.take() {
+            sender
+                .join()
+                .map_err(|_| anyhow::anyhow!("the pinger's sender panicked"))??;
         }
-        let mut out = String::new();
-        self.child
-            .stdout
-            .take()
-            .context("ping stdout")?
-            .read_to_string(&mut out)?;
-        self.child.wait()?;
-        Ok(reply_times(&out))
+        match self.receiver.take() {
+            Some(receiver) => receiver
+                .join()
+                .map_err(|_| anyhow::anyhow!("the pinger's receiver panicked"))?,
+            None => Ok(Vec::new()),
+        }
     }
 }
 
 impl Drop for Pinger {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(sender) = self.sender.take() {
+            let _ = sender.join();
+        }
+        if let Some(receiver) = self.receiver.take() {
+            let _ = receiver.join();
+        }
     }
 }
 
-/// The `[seconds.micros]` stamps of ping -D's reply lines.
-pub fn reply_times(ping_output: &str) -> Vec<f64> {
-    ping_output
-        .lines()
-        .filter(|l| l.contains("bytes from"))
-        .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse().ok())
-        .collect()
+/// Echo requests to `target` on the clock: the n-th at `start + n * interval`.
+fn send_pings(
+    socket: &Socket,
+    target: Ipv4Addr,
+    ident: u16,
+    interval: Duration,
+    stop: &AtomicBool,
+) -> anyhow::Result<()> {
+    let to = SockAddr::from(SocketAddrV4::new(target, 0));
+    let start = Instant::now();
+    let mut seq: u16 = 0;
+    while !stop.load(Ordering::SeqCst) {
+        let mut packet = [0u8; 16];
+        packet[0] = 8; // echo request
+        packet[4..6].copy_from_slice(&ident.to_be_bytes());
+        packet[6..8].copy_from_slice(&seq.to_be_bytes());
+        let sum = internet_checksum(&packet);
+        packet[2..4].copy_from_slice(&sum.to_be_bytes());
+        // A full queue or no route yet: the probe is lost, the pace goes on.
+        let _ = socket.send_to(&packet, &to);
+        seq = seq.wrapping_add(1);
+        let next = start + interval * u32::from(seq);
+        let now = Instant::now();
+        if next > now {
+            thread::sleep(next - now);
+        }
+    }
+    Ok(())
+}
+
+/// The Unix times of the echo replies from `target` with our identifier.
+fn receive_replies(
+    socket: &Socket,
+    target: Ipv4Addr,
+    ident: u16,
+    stop: &AtomicBool,
+) -> anyhow::Result<Vec<f64>> {
+    let mut times = Vec::new();
+    let mut buf = [0u8; 256];
+    while !stop.load(Ordering::SeqCst) {
+        // A raw IPv4 socket hands over the IP header too: the source is in it.
+        let len = match (&*socket).read(&mut buf) {
+            Ok(len) => len,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue
+            }
+            Err(e) => return Err(e).context("receiving echo replies"),
+        };
+        let at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        let packet = &buf[..len];
+        if packet.get(12..16) != Some(&target.octets()[..]) {
+            continue;
+        }
+        let ihl = usize::from(packet.first().copied().unwrap_or(0) & 0x0f) * 4;
+        let Some(icmp) = packet.get(ihl..) else {
+            continue;
+        };
+        if icmp.len() >= 8 && icmp[0] == 0 && u16::from_be_bytes([icmp[4], icmp[5]]) == ident {
+            times.push(at);
+        }
+    }
+    Ok(times)
+}
+
+/// The Internet checksum (RFC 1071) of `data`.
+fn internet_checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|pair| {
+            u32::from(u16::from_be_bytes([
+                pair[0],
+                pair.get(1).copied().unwrap_or(0),
+            ]))
+        })
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
 }
 
 /// The longest time without a reply, in seconds.
@@ -214,14 +306,44 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ping_reply_times_and_gaps() {
-        let out = "PING 192.0.2.100 (192.0.2.100) 56(84) bytes of data.\n\
-                   [1700000000.100000] 64 bytes from 192.0.2.100: icmp_seq=1 ttl=64 time=0.05 ms\n\
-                   [1700000000.105000] 64 bytes from 192.0.2.100: icmp_seq=2 ttl=64 time=0.05 ms\n\
-                   [1700000000.230000] 64 bytes from 192.0.2.100: icmp_seq=27 ttl=64 time=0.05 ms\n\
-                   [1700000000.235000] From 192.0.2.3 icmp_seq=28 Destination Host Unreachable\n";
-        let times = reply_times(out);
-        assert_eq!(times.len(), 3);
+    fn gaps_between_reply_times() {
+        let times = [1_700_000_000.100, 1_700_000_000.105, 1_700_000_000.230];
         assert!((longest_gap(&times) - 0.125).abs() < 1e-6);
+        assert_eq!(longest_gap(&[1.0]), 0.0);
+    }
+
+    #[test]
+    fn checksums_verify() {
+        let mut packet = [8u8, 0, 0, 0, 0x12, 0x34, 0, 1, 0xab];
+        let sum = internet_checksum(&packet);
+        packet[2..4].copy_from_slice(&sum.to_be_bytes());
+        assert_eq!(internet_checksum(&packet), 0);
+    }
+
+    /// Needs root: a lab of namespaces and a raw socket.
+    mod privileged {
+        use super::*;
+        use crate::require_root;
+
+        #[test]
+        fn the_pinger_keeps_its_pace_through_an_outage_and_measures_it() {
+            require_root();
+            let lab = Lab::with_hosts(&[("client", "192.0.2.3/24"), ("server", "192.0.2.1/24")])
+                .expect("lab");
+            let ping = Pinger::start(&lab, "client", "192.0.2.1", Duration::from_millis(2))
+                .expect("pinger");
+            thread::sleep(Duration::from_millis(200));
+            lab.kill("server").unwrap();
+            thread::sleep(Duration::from_millis(60));
+            lab.revive("server").unwrap();
+            thread::sleep(Duration::from_millis(200));
+            let times = ping.stop().expect("reply times");
+            // About 200 probes answered; one outage, no slower than the pace allows.
+            assert!(times.len() > 120, "{} replies", times.len());
+            let gap = longest_gap(&times);
+            assert!((0.055..0.090).contains(&gap), "longest gap {gap:.4} s");
+            let small = times.windows(2).filter(|w| w[1] - w[0] < 0.005).count();
+            assert!(small > 100, "only {small} gaps near the 2 ms pace");
+        }
     }
 }
