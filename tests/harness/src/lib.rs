@@ -7,6 +7,8 @@
 //! - [`daemon`]: the real `xdprobe` (or any long-running program) with its output captured.
 //! - [`smtp`] and [`bind`]: real mail and DNS servers (aiosmtpd, BIND 9) inside a namespace.
 //! - [`traffic`]: ping, forged replies, packet loss, a flapping link.
+//! - [`responder`]: an ICMP echo responder that answers after a delay per address (this
+//!   kernel has no netem); [`far`]: the lab of far hosts it serves, and reading `ping`.
 //! - [`files`]: scratch files and directories removed on drop, scripts; [`cmd`]: running
 //!   programs; [`root`]: the check privileged tests start with.
 //!
@@ -16,15 +18,18 @@ pub mod bind;
 pub mod cmd;
 pub mod daemon;
 pub mod enter;
+pub mod far;
 pub mod files;
 pub mod lab;
 pub mod netns;
+pub mod responder;
 pub mod root;
 pub mod smtp;
 pub mod traffic;
 
 pub use cmd::run;
 pub use daemon::{log_number, logged_number, xdprobe_bin, Daemon};
+pub use far::{far_hosts, FarHost, FarLab};
 pub use files::{write_script, TempDir, TempFile};
 pub use lab::{AddrWatch, Lab};
 pub use netns::Namespaces;
