@@ -1,7 +1,11 @@
 //! Bad flags and bad config files: exit 2 with a message naming what is wrong; no permission,
 //! or no daemon to talk to: exit 3. Each runs inside a namespace of its own, so nothing could ever probe outside it.
 
-use std::process::Command;
+use std::{
+    io::Read as _,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
 
 use xdprobe_harness::xdprobe_bin;
 
@@ -265,6 +269,82 @@ fn check_validates_a_config_and_points_at_the_bad_line() {
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `@/dev/zero` (a target file that is not text, and never ends) is a usage error naming its
+/// first line at once, for `monitor` and for `check` alike, not a process that grows by a
+/// gigabyte a second until it is killed. Needs no root: the target files are read before
+/// anything else is asked of the system, and `monitor` is given an interface that does not
+/// exist, so it could not probe anything even if it got past its targets.
+#[test]
+fn target_files_that_are_not_text_exit_2_at_once_naming_file_and_line() {
+    let dir = std::env::temp_dir().join(format!("xdprobe-zero-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("zero.toml");
+    std::fs::write(&config, "iface = \"eth0\"\nmonitor = [\"@/dev/zero\"]\n").unwrap();
+    let config = config.to_str().unwrap();
+    let monitor = [
+        "monitor",
+        "--iface",
+        "xdprobe-none0",
+        "--count",
+        "1",
+        "198.51.100.1",
+        "@/dev/zero",
+    ];
+    for (args, needles) in [
+        (&monitor[..], vec!["/dev/zero:1: contains a NUL byte"]),
+        (
+            &["check", "--config", config][..],
+            vec![
+                config,
+                "invalid `monitor`: /dev/zero:1: contains a NUL byte",
+            ],
+        ),
+    ] {
+        let (code, stderr, took) = run_bounded(args, Duration::from_secs(10));
+        assert_eq!(code, Some(2), "xdprobe {args:?}: {stderr}");
+        for needle in needles {
+            assert!(
+                stderr.contains(needle),
+                "xdprobe {args:?}: want {needle:?} in {stderr}"
+            );
+        }
+        assert!(
+            took < Duration::from_secs(2),
+            "xdprobe {args:?} took {took:?}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Runs xdprobe with `args`, killed if it runs longer than `limit`; its exit code (None if it
+/// was killed), its stderr and how long it ran.
+fn run_bounded(args: &[&str], limit: Duration) -> (Option<i32>, String, Duration) {
+    let started = Instant::now();
+    let mut child = Command::new(xdprobe_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning xdprobe");
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for xdprobe") {
+            break status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            break child.wait().expect("waiting for xdprobe");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let took = started.elapsed();
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        let _ = pipe.read_to_string(&mut stderr);
+    }
+    (status.code(), stderr, took)
 }
 
 #[test]

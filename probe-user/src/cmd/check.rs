@@ -27,7 +27,7 @@ pub fn check(args: CheckArgs) -> Result<u8, Failure> {
     })?;
     // Monitored targets: syntax and target files only; names are not looked up here.
     if !settings.monitor.is_empty() {
-        targets::parse_args(&settings.monitor, |p| std::fs::read_to_string(p)).map_err(|e| {
+        targets::parse_args(&settings.monitor, targets::open_file).map_err(|e| {
             Failure::Usage(anyhow::anyhow!(
                 "{}: invalid `monitor`: {e}",
                 path.display()

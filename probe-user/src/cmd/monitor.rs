@@ -31,10 +31,12 @@ use crate::{
 
 pub async fn monitor(args: MonitorArgs) -> Result<u8, Failure> {
     let timing = Timing::for_monitor(&args).map_err(|e| Failure::Usage(e.into()))?;
+    // The targets are read (not resolved) before the system is asked anything, so a bad target
+    // file is a usage error for anyone, as in `check`.
+    let parsed = targets::parse_args(&args.targets, targets::open_file)
+        .map_err(|e| Failure::Usage(e.into()))?;
     interface_index(&args.iface)?;
     require_capabilities()?;
-    let parsed = targets::parse_args(&args.targets, |path| std::fs::read_to_string(path))
-        .map_err(|e| Failure::Usage(e.into()))?;
     let hosts = targets::resolve(parsed, probe_common::maps::MAX_HOSTS as usize)
         .await
         .map_err(|e| Failure::Usage(e.into()))?;

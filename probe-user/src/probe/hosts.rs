@@ -58,7 +58,7 @@ pub async fn monitored_hosts(specs: &[String]) -> Result<Vec<Ipv4Addr>, Failure>
     if specs.is_empty() {
         return Ok(Vec::new());
     }
-    let parsed = targets::parse_args(specs, |path| std::fs::read_to_string(path))
+    let parsed = targets::parse_args(specs, targets::open_file)
         .map_err(|e| Failure::Usage(anyhow::Error::from(e).context("invalid `monitor`")))?;
     targets::resolve(parsed, probe_common::maps::MAX_HOSTS as usize)
         .await

@@ -3,9 +3,11 @@
 //!
 //! The work is split in two so that almost all of it is pure and testable without a network:
 //!
-//! * [`parse_args`] / [`parse_target`] only look at text (files are read through a function the
-//!   caller passes in), and every error says where the bad target came from: `argument 3` or
-//!   `hosts.txt:12`.
+//! * [`parse_args`] / [`parse_target`] only look at text (files are opened through a function
+//!   the caller passes in, [`open_file`] in the daemon, and read a line at a time, at most
+//!   [`MAX_LINE`] bytes each, so a file that is not text, such as `/dev/zero`, is an error
+//!   at once rather than a process that grows until it is killed), and every error says where
+//!   the bad target came from: `argument 3` or `hosts.txt:12`.
 //! * [`resolve`] / [`resolve_with`] turn the parsed targets into addresses: CIDRs are expanded with
 //!   integer arithmetic and hostnames are looked up through a resolver the caller passes in
 //!   ([`resolve`] uses the system resolver), so tests never send a DNS query.
@@ -14,8 +16,9 @@
 
 use std::{
     collections::HashSet,
+    fs::File,
     future::Future,
-    io,
+    io::{self, BufRead, BufReader, Read as _},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::Path,
 };
@@ -50,6 +53,13 @@ pub enum TargetError {
     /// An `@FILE` could not be read.
     #[error("cannot read target file {path}: {message}")]
     File { path: String, message: String },
+    /// A line of an `@FILE` that is not a line of text: too long, a NUL byte, not UTF-8.
+    #[error("{origin}: {reason}")]
+    Line {
+        /// `FILE:LINE` (1-based).
+        origin: String,
+        reason: String,
+    },
     /// A hostname did not resolve to any IPv4 address.
     #[error("{origin}: {name:?}: {message}")]
     Resolve {
@@ -65,6 +75,11 @@ pub enum TargetError {
     Empty,
 }
 
+/// Longest line of an `@FILE`, in bytes without its line end: far more than any target and its
+/// comment need, and little enough that reading a file that is not text stops at once.
+pub const MAX_LINE: usize = 4096;
+/// The UTF-8 byte-order mark some editors put at the start of a file.
+const BOM: &[u8] = "\u{feff}".as_bytes();
 /// Longest hostname in presentation form, without a trailing dot (RFC 1035 / RFC 1123).
 const MAX_NAME_LEN: usize = 253;
 /// Longest label of a hostname.
@@ -225,11 +240,12 @@ impl From<Vec<(Target, String)>> for Parsed {
 /// `@FILE` inside a file is refused (no nesting, so no include loops to detect).
 ///
 /// Each target comes back with its origin, `argument N` (1-based among `args`) or `FILE:LINE`,
-/// for error messages after resolution. Stops at the first bad target. `read_file` is
-/// `std::fs::read_to_string` in the daemon and a map in tests.
-pub fn parse_args(
+/// for error messages after resolution. Stops at the first bad target. `open` is [`open_file`]
+/// in the daemon and a map of in-memory files in tests; what it opens is read a line at a
+/// time (see [`parse_file`]), never whole.
+pub fn parse_args<R: BufRead>(
     args: &[String],
-    read_file: impl Fn(&Path) -> io::Result<String>,
+    open: impl Fn(&Path) -> io::Result<R>,
 ) -> Result<Parsed, TargetError> {
     let mut out = Parsed::default();
     for (index, arg) in args.iter().enumerate() {
@@ -250,11 +266,11 @@ pub fn parse_args(
                 reason: "missing file name after '@'".to_string(),
             });
         }
-        let contents = read_file(Path::new(path)).map_err(|e| TargetError::File {
+        let file = open(Path::new(path)).map_err(|e| TargetError::File {
             path: path.to_string(),
             message: e.to_string(),
         })?;
-        parse_file(path, &contents, &mut out)?;
+        parse_file(path, file, &mut out)?;
     }
     if out.is_empty() {
         return Err(TargetError::Empty);
@@ -262,39 +278,100 @@ pub fn parse_args(
     Ok(out)
 }
 
-/// Parses the contents of one `@FILE`, appending to `out`.
-fn parse_file(path: &str, contents: &str, out: &mut Parsed) -> Result<(), TargetError> {
-    // Files saved by some Windows editors start with a byte-order mark; `lines` also strips a
-    // '\r' before each '\n', so such files work as they are.
-    let contents = contents.strip_prefix('\u{feff}').unwrap_or(contents);
-    for (index, line) in contents.lines().enumerate() {
-        let text = line
-            .split_once('#')
-            .map_or(line, |(before, _)| before)
-            .trim();
-        if text.is_empty() {
-            continue;
+/// Opens an `@FILE` for [`parse_args`]: the daemon's `open`.
+pub fn open_file(path: &Path) -> io::Result<BufReader<File>> {
+    File::open(path).map(BufReader::new)
+}
+
+/// Parses one `@FILE`, a line at a time, appending to `out`. Memory stays bounded whatever the
+/// file holds: a line longer than [`MAX_LINE`] bytes, or one with a NUL byte or that is not
+/// UTF-8, is an error naming `FILE:LINE` as soon as it is read.
+fn parse_file(path: &str, mut file: impl BufRead, out: &mut Parsed) -> Result<(), TargetError> {
+    let mut buf = Vec::with_capacity(MAX_LINE + 8);
+    let mut number = 0u64;
+    loop {
+        number += 1;
+        buf.clear();
+        // At most the longest line, its line end and (first) a byte-order mark: enough to tell
+        // a line that is too long, never the rest of a file without line ends.
+        let limit = MAX_LINE + "\r\n".len() + if number == 1 { BOM.len() } else { 0 };
+        let read = (&mut file)
+            .take(limit as u64)
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| TargetError::File {
+                path: path.to_string(),
+                message: format!("line {number}: {e}"),
+            })?;
+        if read == 0 {
+            return Ok(());
         }
-        let origin = format!("{path}:{}", index + 1);
-        if text.starts_with('@') {
-            return Err(TargetError::Syntax {
-                origin,
-                text: text.to_string(),
-                reason: "@FILE is not allowed inside a target file".to_string(),
-            });
-        }
-        match parse_target(text) {
-            Ok(target) => out.push(target, || origin),
-            Err(reason) => {
-                return Err(TargetError::Syntax {
-                    origin,
-                    text: text.to_string(),
-                    reason,
-                })
-            }
-        }
+        let origin = || format!("{path}:{number}");
+        let line = text_line(&buf, number == 1).map_err(|reason| TargetError::Line {
+            origin: origin(),
+            reason,
+        })?;
+        parse_line(line, origin, out)?;
     }
-    Ok(())
+}
+
+/// The text of one line as read (with its line end, if any): a line of at most [`MAX_LINE`]
+/// bytes without NUL bytes, in UTF-8. Files saved by some Windows editors start with a
+/// byte-order mark and end their lines with `\r\n`: such files work as they are.
+fn text_line(bytes: &[u8], first: bool) -> Result<&str, String> {
+    let line = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let line = if first {
+        line.strip_prefix(BOM).unwrap_or(line)
+    } else {
+        line
+    };
+    if line.contains(&0) {
+        return Err("contains a NUL byte (a target file is text)".to_string());
+    }
+    if line.len() > MAX_LINE {
+        return Err(format!(
+            "line longer than {MAX_LINE} bytes (a target file has one target a line)"
+        ));
+    }
+    std::str::from_utf8(line).map_err(|e| {
+        format!(
+            "not UTF-8 (invalid byte at column {}; a target file is text)",
+            e.valid_up_to() + 1
+        )
+    })
+}
+
+/// Parses one line of an `@FILE` (comments and blank lines are skipped), appending to `out`.
+fn parse_line(
+    line: &str,
+    origin: impl FnOnce() -> String,
+    out: &mut Parsed,
+) -> Result<(), TargetError> {
+    let text = line
+        .split_once('#')
+        .map_or(line, |(before, _)| before)
+        .trim();
+    if text.is_empty() {
+        return Ok(());
+    }
+    if text.starts_with('@') {
+        return Err(TargetError::Syntax {
+            origin: origin(),
+            text: text.to_string(),
+            reason: "@FILE is not allowed inside a target file".to_string(),
+        });
+    }
+    match parse_target(text) {
+        Ok(target) => {
+            out.push(target, origin);
+            Ok(())
+        }
+        Err(reason) => Err(TargetError::Syntax {
+            origin: origin(),
+            text: text.to_string(),
+            reason,
+        }),
+    }
 }
 
 /// Turns parsed targets into the sorted, duplicate-free list of hosts to probe, resolving names
@@ -439,23 +516,45 @@ mod tests {
         list.iter().map(|s| s.to_string()).collect()
     }
 
-    fn no_files(path: &Path) -> io::Result<String> {
+    fn no_files(path: &Path) -> io::Result<&'static [u8]> {
         Err(io::Error::new(
             io::ErrorKind::NotFound,
             format!("no file {}", path.display()),
         ))
     }
 
-    fn files(map: &[(&str, &str)]) -> impl Fn(&Path) -> io::Result<String> {
-        let map: HashMap<String, String> = map
+    fn files(map: &[(&str, &str)]) -> impl Fn(&Path) -> io::Result<io::Cursor<Vec<u8>>> {
+        let map: Vec<(&str, &[u8])> = map.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
+        byte_files(&map)
+    }
+
+    /// In-memory files of any bytes, opened as `@FILE`s are.
+    fn byte_files(map: &[(&str, &[u8])]) -> impl Fn(&Path) -> io::Result<io::Cursor<Vec<u8>>> {
+        let map: HashMap<String, Vec<u8>> = map
             .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .map(|(k, v)| (k.to_string(), v.to_vec()))
             .collect();
         move |path: &Path| {
             map.get(path.to_str().unwrap_or_default())
                 .cloned()
+                .map(io::Cursor::new)
                 .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
         }
+    }
+
+    /// An endless file of one byte, like `/dev/zero`: reading it whole never ends.
+    struct Endless(u8);
+
+    impl io::Read for Endless {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            buf.fill(self.0);
+            Ok(buf.len())
+        }
+    }
+
+    /// The error for the only `@FILE` of `open`, called `t.txt`.
+    fn file_error<R: BufRead>(open: impl Fn(&Path) -> io::Result<R>) -> TargetError {
+        parse_args(&args(&["@t.txt"]), open).unwrap_err()
     }
 
     /// A resolver that answers from a map and fails for anything else; it never touches the
@@ -711,11 +810,107 @@ mod tests {
             "{err}"
         );
         // The real reader, on a path that cannot exist.
-        let err = parse_args(&args(&["@/nonexistent/xdprobe-targets.txt"]), |p: &Path| {
-            std::fs::read_to_string(p)
-        })
-        .unwrap_err();
+        let err = parse_args(&args(&["@/nonexistent/xdprobe-targets.txt"]), open_file).unwrap_err();
         assert!(matches!(err, TargetError::File { .. }), "{err}");
+    }
+
+    #[test]
+    fn targets_files_that_are_not_text_stop_at_the_first_bad_line() {
+        // A NUL byte: a binary file, or /dev/zero.
+        let err = file_error(byte_files(&[("t.txt", b"198.18.0.1\n198.18\x000.2\n")]));
+        assert_eq!(
+            err,
+            TargetError::Line {
+                origin: "t.txt:2".into(),
+                reason: "contains a NUL byte (a target file is text)".into(),
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "t.txt:2: contains a NUL byte (a target file is text)"
+        );
+        // Not UTF-8 (Latin-1 here), with where on the line.
+        let err = file_error(byte_files(&[("t.txt", b"# h\xf4tes\n198.18.0.1\n")]));
+        assert_eq!(
+            err.to_string(),
+            "t.txt:1: not UTF-8 (invalid byte at column 4; a target file is text)"
+        );
+        // UTF-8 in a comment is fine; the BOM only counts at the very start.
+        let read = files(&[("t.txt", "# hôtes à sonder\n198.18.0.1\n")]);
+        assert!(parse_args(&args(&["@t.txt"]), read).is_ok());
+        let err = file_error(files(&[("t.txt", "198.18.0.1\n\u{feff}198.18.0.2\n")]));
+        assert!(
+            matches!(&err, TargetError::Syntax { origin, .. } if origin == "t.txt:2"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn targets_files_lines_longer_than_4096_bytes_are_refused() {
+        let line = |len: usize| format!("{}#{}", "198.18.0.1", "c".repeat(len - 11));
+        // The longest line, with either line end, a byte-order mark or none at the end.
+        for (name, text) in [
+            ("\\n", format!("{}\n198.18.0.2\n", line(MAX_LINE))),
+            ("\\r\\n", format!("{}\r\n198.18.0.2\r\n", line(MAX_LINE))),
+            ("BOM", format!("\u{feff}{}\n198.18.0.2\n", line(MAX_LINE))),
+            ("last", format!("198.18.0.2\n{}", line(MAX_LINE))),
+        ] {
+            let parsed = parse_args(&args(&["@t.txt"]), files(&[("t.txt", &text)]));
+            assert_eq!(parsed.map(|p| p.ranges.len()), Ok(2), "{name}");
+        }
+        // One byte more, anywhere in the file.
+        let too_long = TargetError::Line {
+            origin: "t.txt:2".into(),
+            reason: "line longer than 4096 bytes (a target file has one target a line)".into(),
+        };
+        for text in [
+            format!("198.18.0.2\n{}\n198.18.0.3\n", line(MAX_LINE + 1)),
+            format!("198.18.0.2\r\n{}\r\n", line(MAX_LINE + 1)),
+            format!("198.18.0.2\n{}", line(MAX_LINE + 1)),
+            format!("198.18.0.2\n{}", line(1 << 20)),
+        ] {
+            assert_eq!(file_error(files(&[("t.txt", &text)])), too_long);
+        }
+        assert_eq!(
+            too_long.to_string(),
+            "t.txt:2: line longer than 4096 bytes (a target file has one target a line)"
+        );
+    }
+
+    #[test]
+    fn targets_endless_files_without_line_ends_fail_at_once() {
+        // What `@/dev/zero` is, and an endless file of text without a line end: each is an
+        // error after one line's worth of reading, not a process that grows until it is killed.
+        let start = Instant::now();
+        let err = file_error(|_: &Path| Ok(io::BufReader::new(Endless(0))));
+        assert_eq!(
+            err.to_string(),
+            "t.txt:1: contains a NUL byte (a target file is text)"
+        );
+        let err = file_error(|_: &Path| Ok(io::BufReader::new(Endless(b'1'))));
+        assert!(
+            matches!(&err, TargetError::Line { origin, reason }
+            if origin == "t.txt:1" && reason.starts_with("line longer than 4096")),
+            "{err}"
+        );
+        assert!(start.elapsed().as_millis() < 100, "{:?}", start.elapsed());
+    }
+
+    /// The daemon's reader on the real thing.
+    #[test]
+    fn targets_dev_zero_is_refused_naming_its_first_line() {
+        let err = parse_args(&args(&["198.18.0.1", "@/dev/zero"]), open_file).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "/dev/zero:1: contains a NUL byte (a target file is text)"
+        );
+        // A directory opens, and fails when read.
+        let err = parse_args(&args(&["@/"]), open_file).unwrap_err();
+        assert!(
+            matches!(&err, TargetError::File { path, message }
+                if path == "/" && message.starts_with("line 1: ")),
+            "{err}"
+        );
     }
 
     #[test]

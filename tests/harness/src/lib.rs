@@ -8,6 +8,8 @@
 //! - [`smtp`] and [`bind`]: real mail and DNS servers (aiosmtpd, BIND 9) inside a namespace.
 //! - [`traffic`]: ping, forged replies, packet loss, a flapping link.
 //! - [`load`]: busy cores that report the CPU time they got.
+//! - [`responder`]: an ICMP echo responder that answers after a delay per address (this
+//!   kernel has no netem); [`far`]: the lab of far hosts it serves, and reading `ping`.
 //! - [`files`]: scratch files and directories removed on drop, scripts; [`cmd`]: running
 //!   programs; [`root`]: the check privileged tests start with.
 //!
@@ -17,16 +19,19 @@ pub mod bind;
 pub mod cmd;
 pub mod daemon;
 pub mod enter;
+pub mod far;
 pub mod files;
 pub mod lab;
 pub mod load;
 pub mod netns;
+pub mod responder;
 pub mod root;
 pub mod smtp;
 pub mod traffic;
 
 pub use cmd::run;
 pub use daemon::{log_number, logged_number, xdprobe_bin, Daemon};
+pub use far::{far_hosts, FarHost, FarLab};
 pub use files::{write_script, TempDir, TempFile};
 pub use lab::{AddrWatch, Lab};
 pub use netns::Namespaces;

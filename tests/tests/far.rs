@@ -1,0 +1,206 @@
+//! Far hosts (issue 10): `xdprobe monitor` against hosts that answer after 0 ms to 1.5 s, in
+//! the far-host lab of the harness (a delayed echo responder in a farm namespace; this kernel
+//! has no netem). Every probe is sent once and answered once however far the host, so the
+//! counts are exact; each host comes UP with its own round-trip time, to within a millisecond;
+//! a host slower than the window is UP when `--timeout` covers it.
+//!
+//! Each test first checks its premise with `ping` through the lab: every host answers after
+//! its delay, to within a millisecond. A failure lists everything that is wrong at once, with
+//! the end of xdprobe's output.
+
+/// Needs root: a lab of namespaces, raw sockets and XDP.
+mod privileged {
+    use std::time::Duration;
+
+    use serde_json::Value;
+    use xdprobe_harness::{
+        far::{FarHost, PROBER},
+        far_hosts, Daemon, FarLab,
+    };
+
+    /// How close an RTT must be to its host's delay, in xdprobe's figures as in ping's.
+    const TOLERANCE_US: u64 = 1000;
+
+    /// The lab for hosts answering after `delays_ms`, once ping has shown that they do.
+    fn far_lab(delays_ms: &[u64]) -> FarLab {
+        let delays: Vec<Duration> = delays_ms
+            .iter()
+            .map(|ms| Duration::from_millis(*ms))
+            .collect();
+        let far = FarLab::start(&far_hosts(&delays)).expect("the far-host lab");
+        // Premise: the lab delays as told, with two requests to each host in flight at once.
+        let measured = far
+            .check_delays(
+                2,
+                Duration::from_millis(20),
+                Duration::from_micros(TOLERANCE_US),
+            )
+            .unwrap_or_else(|e| panic!("the lab does not delay as it should: {e:#}"));
+        for (host, ping) in measured {
+            println!(
+                "premise: {} answers ping after {:?} (asked {:?})",
+                host.addr, ping.max, host.delay
+            );
+        }
+        far
+    }
+
+    /// Runs `xdprobe monitor ARGS HOSTS` on the prober to its end; its exit code and output.
+    fn monitor(far: &FarLab, args: &[&str]) -> (Option<i32>, String) {
+        let hosts: Vec<String> = far.hosts().iter().map(|h| h.addr.to_string()).collect();
+        let mut all: Vec<&str> = ["monitor", "--iface", "eth0", "--json"].to_vec();
+        all.extend_from_slice(args);
+        all.extend(hosts.iter().map(String::as_str));
+        println!("xdprobe {}", all.join(" "));
+        let daemon = Daemon::start(&far.ns(PROBER), &all).expect("starting xdprobe monitor");
+        let (status, log) = daemon.wait().expect("monitor ends by itself");
+        (status.code(), log)
+    }
+
+    /// The JSON objects xdprobe printed.
+    fn json_lines(log: &str) -> Vec<Value> {
+        log.lines()
+            .filter(|l| l.starts_with('{'))
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    fn of_type<'a>(lines: &'a [Value], kind: &str) -> Vec<&'a Value> {
+        lines.iter().filter(|v| v["type"] == kind).collect()
+    }
+
+    /// What is wrong with each host's state: it must have come UP and stayed UP, every UP line
+    /// with an RTT within [`TOLERANCE_US`] of the host's delay.
+    fn host_problems(hosts: &[FarHost], lines: &[Value]) -> Vec<String> {
+        let mut problems = Vec::new();
+        let states = of_type(lines, "state");
+        for host in hosts {
+            let addr = host.addr.to_string();
+            let mine: Vec<&&Value> = states
+                .iter()
+                .filter(|s| s["host"] == addr.as_str())
+                .collect();
+            let delay_us = host.delay.as_micros() as u64;
+            match mine.last() {
+                Some(last) if last["to"] == "UP" => {}
+                Some(last) => problems.push(format!(
+                    "{addr} (delay {delay_us} us) ended {}, not UP: {}",
+                    last["to"], last
+                )),
+                None => problems.push(format!(
+                    "{addr} (delay {delay_us} us) never changed state (never UP)"
+                )),
+            }
+            for up in mine.iter().filter(|s| s["to"] == "UP") {
+                match up["rtt_us"].as_u64() {
+                    Some(rtt) if rtt.abs_diff(delay_us) <= TOLERANCE_US => {}
+                    rtt => problems.push(format!(
+                        "{addr} came UP with rtt_us {rtt:?}, want {delay_us} \u{b1} {TOLERANCE_US}"
+                    )),
+                }
+            }
+            for down in mine.iter().filter(|s| s["to"] == "DOWN") {
+                problems.push(format!("{addr} (delay {delay_us} us) went DOWN: {down}"));
+            }
+        }
+        problems
+    }
+
+    /// The summary's `key`, as a number.
+    fn number(summary: &Value, key: &str) -> Option<f64> {
+        summary[key].as_f64()
+    }
+
+    fn fail_with(problems: &[String], log: &str) {
+        assert!(
+            problems.is_empty(),
+            "{} problem(s):\n  {}\nxdprobe's output (last 60 lines):\n{}",
+            problems.len(),
+            problems.join("\n  "),
+            tail(log, 60)
+        );
+    }
+
+    /// Issue 10: eight hosts 0 ms to 400 ms away, 2 probes a 1 s window, 10 windows: 160
+    /// probes, each sent once (no retry of a host that is only far) and each answered once,
+    /// 0 % loss, every host UP with its own RTT. The responder counts the requests it got, so
+    /// the count is checked on the wire too.
+    #[test]
+    fn far_hosts_are_probed_once_each_and_all_up_with_their_own_rtts() {
+        let far = far_lab(&[0, 5, 20, 50, 100, 150, 250, 400]);
+        let before = far.tally();
+        let args = ["--window", "1s", "--probes", "2", "--count", "10"];
+        let (code, log) = monitor(&far, &args);
+        let on_the_wire = far.tally().requests - before.requests;
+        let lines = json_lines(&log);
+        let mut problems = Vec::new();
+        match of_type(&lines, "summary").first() {
+            None => problems.push("no summary line".to_string()),
+            Some(summary) => {
+                println!("summary: {summary}");
+                for (key, want) in [
+                    ("hosts", 8.0),
+                    ("sent", 160.0),
+                    ("answered", 160.0),
+                    ("loss", 0.0),
+                    ("up", 8.0),
+                    ("down", 0.0),
+                    ("unknown", 0.0),
+                ] {
+                    let got = number(summary, key);
+                    if got != Some(want) {
+                        problems.push(format!("summary {key}: {got:?}, want {want}"));
+                    }
+                }
+            }
+        }
+        if on_the_wire != 160 {
+            problems.push(format!(
+                "the far hosts received {on_the_wire} echo requests, want 160"
+            ));
+        }
+        problems.extend(host_problems(far.hosts(), &lines));
+        if code != Some(0) {
+            problems.push(format!("exit code {code:?}, want 0 (every host up)"));
+        }
+        fail_with(&problems, &log);
+    }
+
+    /// Issue 10: a host that answers after 1.5 s, longer than the 1 s window, is UP with that
+    /// RTT when `--timeout 2s` waits for it.
+    #[test]
+    fn a_host_slower_than_the_window_is_up_within_the_timeout() {
+        let far = far_lab(&[1500]);
+        let args = [
+            "--window",
+            "1s",
+            "--probes",
+            "2",
+            "--timeout",
+            "2s",
+            "--count",
+            "4",
+        ];
+        let (code, log) = monitor(&far, &args);
+        let lines = json_lines(&log);
+        let mut problems = host_problems(far.hosts(), &lines);
+        match of_type(&lines, "summary").first() {
+            None => problems.push("no summary line".to_string()),
+            Some(summary) => {
+                println!("summary: {summary}");
+                if number(summary, "up") != Some(1.0) {
+                    problems.push(format!("summary up: {}, want 1", summary["up"]));
+                }
+            }
+        }
+        if code != Some(0) {
+            problems.push(format!("exit code {code:?}, want 0 (the host up)"));
+        }
+        fail_with(&problems, &log);
+    }
+
+    fn tail(log: &str, n: usize) -> String {
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+}
