@@ -115,11 +115,12 @@ mod privileged {
     }
 
     #[test]
-    fn at_10ms_windows_with_every_check_on_the_client_outage_is_within_two_windows_and_8ms() {
+    fn at_10ms_windows_with_every_check_on_the_client_outage_is_within_two_windows_and_5ms() {
         let lab = lab(&[], true);
         // The gateway as witness, and the RFC 5227 conflict check at its default (half a window).
         let daemon = start_at(&lab, 10, &[], true);
-        let ping = Pinger::start(&lab, "client", VIP, ms(2)).expect("ping");
+        // Every 0.5 ms: the outage is measured to within that.
+        let ping = Pinger::start(&lab, "client", VIP, Duration::from_micros(500)).expect("ping");
         sleep(ms(500));
         lab.kill("primary").expect("kill primary");
         sleep(ms(500));
@@ -127,7 +128,7 @@ mod privileged {
         let (status, log) = daemon.stop().expect("stop");
         assert!(status.success(), "{log}");
         let outage = Duration::from_secs_f64(longest_gap(&times));
-        let bound = ms(2 * 10 + 8);
+        let bound = ms(2 * 10 + 5);
         println!(
             "client outage at a 10 ms window, conflict check and witness on: {outage:?} \
              (bound {bound:?}; {} replies)",
@@ -139,7 +140,11 @@ mod privileged {
             .expect("the conflict check ran");
         let claimed = log.find("took over the VIP").expect("the VIP was taken");
         assert!(checked < claimed, "{log}");
-        assert!(times.len() > 300, "too few replies: {}\n{log}", times.len());
+        assert!(
+            times.len() > 1500,
+            "too few replies: {}\n{log}",
+            times.len()
+        );
         assert!(outage <= bound, "outage {outage:?} > {bound:?}\n{log}");
     }
 
