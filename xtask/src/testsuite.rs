@@ -85,11 +85,13 @@ fn steps(xdprobe_bin: &str) -> Vec<Step> {
     };
     // `--tests`: no doc-test run, so the output closes on the integration tests' own result
     // line (CI reads the last one), not on an empty doc-test summary.
+    // `--no-fail-fast`: one failing test file does not hide the result of the others.
     let mut integration = cargo(&[
         "test",
         "-p",
         "xdprobe-tests",
         "--tests",
+        "--no-fail-fast",
         "--",
         "--test-threads=1",
     ]);
@@ -368,7 +370,7 @@ mod tests {
         assert!(last.needs_root);
         let line = cmd::describe(last.command());
         assert!(
-            line.ends_with("test -p xdprobe-tests --tests -- --test-threads=1"),
+            line.ends_with("test -p xdprobe-tests --tests --no-fail-fast -- --test-threads=1"),
             "{line}"
         );
         let bin = last

@@ -78,6 +78,13 @@ pub enum TargetError {
 /// Longest line of an `@FILE`, in bytes without its line end: far more than any target and its
 /// comment need, and little enough that reading a file that is not text stops at once.
 pub const MAX_LINE: usize = 4096;
+/// Most targets one list may hold, duplicates included: as many as the prober can ever watch
+/// (a target is at least one host). An endless stream of valid lines (`yes 192.0.2.1` through
+/// a FIFO) is an error here, at 8 MiB of memory, rather than a process that grows until killed.
+pub const MAX_TARGETS: usize = probe_common::maps::MAX_HOSTS as usize;
+/// Most lines one `@FILE` may have, blank and comment lines included: four per target at the
+/// most, so that an endless stream of blank lines ends too.
+pub const MAX_FILE_LINES: u64 = 4 * MAX_TARGETS as u64;
 /// The UTF-8 byte-order mark some editors put at the start of a file.
 const BOM: &[u8] = "\u{feff}".as_bytes();
 /// Longest hostname in presentation form, without a trailing dot (RFC 1035 / RFC 1123).
@@ -223,6 +230,11 @@ impl Parsed {
     pub fn is_empty(&self) -> bool {
         self.ranges.is_empty() && self.names.is_empty()
     }
+
+    /// Targets so far, duplicates included.
+    pub fn len(&self) -> usize {
+        self.ranges.len() + self.names.len()
+    }
 }
 
 impl From<Vec<(Target, String)>> for Parsed {
@@ -306,11 +318,25 @@ fn parse_file(path: &str, mut file: impl BufRead, out: &mut Parsed) -> Result<()
             return Ok(());
         }
         let origin = || format!("{path}:{number}");
+        if number > MAX_FILE_LINES {
+            return Err(TargetError::Line {
+                origin: origin(),
+                reason: format!("more than {MAX_FILE_LINES} lines (is this a target file?)"),
+            });
+        }
         let line = text_line(&buf, number == 1).map_err(|reason| TargetError::Line {
             origin: origin(),
             reason,
         })?;
         parse_line(line, origin, out)?;
+        if out.len() > MAX_TARGETS {
+            return Err(TargetError::Line {
+                origin: origin(),
+                reason: format!(
+                    "more than {MAX_TARGETS} targets (at most that many hosts can be watched)"
+                ),
+            });
+        }
     }
 }
 
@@ -894,6 +920,40 @@ mod tests {
             "{err}"
         );
         assert!(start.elapsed().as_millis() < 100, "{:?}", start.elapsed());
+    }
+
+    /// Endless text, one valid line after another.
+    struct Lines(&'static [u8], usize);
+
+    impl io::Read for Lines {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            for b in buf.iter_mut() {
+                *b = self.0[self.1 % self.0.len()];
+                self.1 += 1;
+            }
+            Ok(buf.len())
+        }
+    }
+
+    #[test]
+    fn targets_endless_streams_of_good_lines_end_with_an_error() {
+        // `yes 192.0.2.1` through a FIFO: one target too many is an error naming its line.
+        let err = file_error(|_: &Path| Ok(io::BufReader::new(Lines(b"192.0.2.1\n", 0))));
+        let line = MAX_TARGETS + 1;
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "t.txt:{line}: more than {MAX_TARGETS} targets (at most that many hosts can be \
+                 watched)"
+            )
+        );
+        // Endless comments hold no target: the line count ends them.
+        let err = file_error(|_: &Path| Ok(io::BufReader::new(Lines(b"# x\n", 0))));
+        let line = MAX_FILE_LINES + 1;
+        assert_eq!(
+            err.to_string(),
+            format!("t.txt:{line}: more than {MAX_FILE_LINES} lines (is this a target file?)")
+        );
     }
 
     /// The daemon's reader on the real thing.
