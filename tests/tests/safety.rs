@@ -10,6 +10,7 @@ mod privileged {
     };
 
     use xdprobe_harness::{
+        insider::Insider,
         load, log_number,
         traffic::{icmp_loss, longest_gap, Flapper, Forger, Pinger},
         Daemon, Lab,
@@ -358,6 +359,49 @@ mod privileged {
         assert!(
             forged >= 10 && stale >= 1000,
             "forged replies never reached the XDP program:\n{log}"
+        );
+    }
+
+    /// Issue 10: the witness, which xdprobe itself probes, turns every probe it receives into
+    /// two replies from the primary's address (a reply and its replay). Each carries a real
+    /// MAC, made for the witness: none may count for the primary, so the dead primary goes DOWN
+    /// and the VIP is taken as fast as without the insider.
+    #[test]
+    fn an_insider_echoing_its_own_probes_as_the_primary_does_not_keep_it_alive() {
+        let lab = lab(&[], true);
+        let standby: std::net::Ipv4Addr = "192.0.2.2".parse().unwrap();
+        let primary: std::net::Ipv4Addr = PRIMARY.parse().unwrap();
+        let watch = lab.watch_addrs("standby").unwrap();
+        let daemon = start(&lab, &[], true);
+        let insider = Insider::start(&lab, "gw", standby, primary).expect("insider");
+        sleep(ms(500));
+        let before = insider.forged();
+        lab.kill("primary").unwrap();
+        watch
+            .wait_for(VIP, Duration::from_secs(3))
+            .expect("VIP taken despite the insider");
+        let took = daemon
+            .logged_takeover(Duration::from_secs(3))
+            .expect("the takeover is logged");
+        let forged_sent = insider.stop().expect("the insider ran");
+        let (_, log) = daemon.stop().unwrap();
+        let bound = window(2) + ms(50);
+        println!(
+            "takeover with an insider forging: {took:?} (bound {bound:?}); it sent {forged_sent} \
+             forged replies, {before} before the kill"
+        );
+        assert!(took <= bound, "took {took:?}\n{log}");
+        // The premise: the insider forged all along, and its replies reached the XDP program,
+        // which refused them as forged (wrong MAC) or, the second copy, as replayed.
+        assert!(
+            before >= 20,
+            "the insider forged only {before} replies before the kill"
+        );
+        let forged: u64 = log_number(&log, "forged=").expect("stop summary");
+        let replayed: u64 = log_number(&log, "replayed=").expect("stop summary");
+        assert!(
+            forged + replayed >= forged_sent * 9 / 10,
+            "only {forged} forged + {replayed} replayed of {forged_sent} refused:\n{log}"
         );
     }
 

@@ -6,7 +6,8 @@
 //! - [`lab`]: hosts (one namespace each) on a bridge or on one veth pair, and `ip monitor`.
 //! - [`daemon`]: the real `xdprobe` (or any long-running program) with its output captured.
 //! - [`smtp`] and [`bind`]: real mail and DNS servers (aiosmtpd, BIND 9) inside a namespace.
-//! - [`traffic`]: ping, forged replies, packet loss, a flapping link.
+//! - [`traffic`]: ping, forged replies, packet loss, a flapping link; [`insider`]: a probed
+//!   host that turns the probes it receives into replies from the primary.
 //! - [`load`]: busy cores that report the CPU time they got.
 //! - [`responder`]: an ICMP echo responder that answers after a delay per address (this
 //!   kernel has no netem); [`far`]: the lab of far hosts it serves, and reading `ping`.
@@ -21,6 +22,7 @@ pub mod daemon;
 pub mod enter;
 pub mod far;
 pub mod files;
+pub mod insider;
 pub mod lab;
 pub mod load;
 pub mod netns;
