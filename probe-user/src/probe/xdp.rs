@@ -93,7 +93,10 @@ impl XdpProbe {
             .with_context(|| format!("{capacity} hosts: at most {MAX_HOSTS} can be watched"))?;
         // aya_log_common::Level: Error = 1 ... Trace = 5; 0 disables everything.
         let level: u8 = if debug { 5 } else { 0 };
+        // No kernel BTF: the program has no CO-RE relocations, and parsing the kernel's
+        // (about 5 MiB) was most of xdprobe's start-up CPU.
         let mut ebpf = EbpfLoader::new()
+            .btf(None)
             .map_max_entries(ADDRS_MAP, entries)
             .map_max_entries(SLOTS_MAP, entries)
             .override_global(LOG_LEVEL_GLOBAL, &level, true)

@@ -16,6 +16,17 @@ pub const DEFAULT_INTERVAL_MS: f64 = 0.153;
 // At most one send per interval: never more than 65,535 sends in 10 s.
 const _: () = assert!(10_000.0 / DEFAULT_INTERVAL_MS <= 65_535.0);
 
+/// fping's fastest legal `-i` for `rate` probes a second: 0 (no pause between sends, every
+/// round a burst) while a rate that high uses at most 90 % of the 65,535 sequence numbers in
+/// any 10 s, else [`DEFAULT_INTERVAL_MS`] (the rate is then beyond it, see the report's note).
+pub fn fastest_interval(rate: f64) -> f64 {
+    if rate * 10.0 <= 0.9 * 65_535.0 {
+        0.0
+    } else {
+        DEFAULT_INTERVAL_MS
+    }
+}
+
 /// The fping arguments for `probes` probes per `window_ms` window over `windows` windows, to
 /// every target listed in `hosts_file`.
 pub fn args(
@@ -136,6 +147,16 @@ fn stat(line: &str, label: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fastest_interval_is_zero_while_sequence_numbers_last() {
+        // 256 and 2,048 hosts at 2 probes/s: 5,120 and 40,960 sequence numbers in 10 s.
+        assert_eq!(fastest_interval(512.0), 0.0);
+        assert_eq!(fastest_interval(4096.0), 0.0);
+        // 4,096 hosts: 81,920 in 10 s, more than there are.
+        assert_eq!(fastest_interval(8192.0), DEFAULT_INTERVAL_MS);
+        assert_eq!(fastest_interval(5_900.0), DEFAULT_INTERVAL_MS);
+    }
 
     #[test]
     fn command_line_matches_xdprobes_schedule() {

@@ -43,7 +43,11 @@ const FPING_MARGIN: Duration = Duration::from_secs(10);
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
     /// Host counts to measure (at most 131072), comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "4096,16384,65536,131072")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "256,2048,4096,16384,65536,131072"
+    )]
     sizes: Vec<usize>,
     /// Windows per run (1 s each, 2 probes per host per window).
     #[arg(long, default_value_t = 20)]
@@ -57,10 +61,11 @@ pub struct BenchArgs {
         default_value = "xdprobe,socket,fping"
     )]
     tools: Vec<Tool>,
-    /// fping's -i: least time between two of its sends, ms. The default is the smallest that
-    /// never exhausts fping's 65,535 sequence numbers (it will not reuse one within 10 s).
-    #[arg(long, value_name = "MS", default_value_t = fping::DEFAULT_INTERVAL_MS)]
-    fping_interval: f64,
+    /// fping's -i: least time between two of its sends, ms. By default its fastest legal mode
+    /// for each host count: 0 while its 65,535 sequence numbers last (it will not reuse one
+    /// within 10 s), else the smallest interval that never exhausts them (0.153).
+    #[arg(long, value_name = "MS")]
+    fping_interval: Option<f64>,
     /// Where to write the report [default: BENCHMARKS.md at the workspace root].
     #[arg(long, value_name = "FILE")]
     output: Option<PathBuf>,
@@ -80,10 +85,12 @@ impl BenchArgs {
             );
         }
         ensure!(self.windows > 0, "--windows must be at least 1");
-        ensure!(
-            self.fping_interval.is_finite() && self.fping_interval >= 0.0,
-            "--fping-interval must be a number of milliseconds"
-        );
+        if let Some(interval) = self.fping_interval {
+            ensure!(
+                interval.is_finite() && interval >= 0.0,
+                "--fping-interval must be a number of milliseconds"
+            );
+        }
         self.tools.sort();
         self.tools.dedup();
         ensure!(!self.tools.is_empty(), "--tools needs at least one tool");
@@ -99,8 +106,8 @@ impl BenchArgs {
             self.windows,
             list(self.tools.iter().map(|t| t.slug().to_owned()).collect()),
         );
-        if self.fping_interval != fping::DEFAULT_INTERVAL_MS {
-            line.push_str(&format!(" --fping-interval {}", self.fping_interval));
+        if let Some(interval) = self.fping_interval {
+            line.push_str(&format!(" --fping-interval {interval}"));
         }
         if let Some(output) = &self.output {
             line.push_str(&format!(" --output {}", output.display()));
@@ -291,6 +298,11 @@ struct Bench<'a> {
 impl Bench<'_> {
     fn run(&self, tool: Tool, hosts: usize, hosts_file: &Path) -> Result<Row> {
         let windows = self.args.windows;
+        let needed = hosts as f64 * f64::from(PROBES) * 1000.0 / WINDOW_MS as f64;
+        let fping_interval = self
+            .args
+            .fping_interval
+            .unwrap_or_else(|| fping::fastest_interval(needed));
         let schedule = Duration::from_millis(WINDOW_MS) * windows;
         let (mut command, cap) = match tool {
             Tool::Xdprobe | Tool::Socket => {
@@ -318,7 +330,7 @@ impl Bench<'_> {
                     PROBES,
                     WINDOW_MS,
                     windows,
-                    self.args.fping_interval,
+                    fping_interval,
                 ));
                 (command, schedule * 2 + FPING_MARGIN)
             }
@@ -365,8 +377,7 @@ impl Bench<'_> {
         match tool {
             Tool::Fping => {
                 fill_fping(&mut row, &err_path, &observed)?;
-                let needed = hosts as f64 * f64::from(PROBES) * 1000.0 / WINDOW_MS as f64;
-                if let Some(note) = fping_rate_note(self.args.fping_interval, needed) {
+                if let Some(note) = fping_rate_note(fping_interval, needed) {
                     row.notes.push(note);
                 }
             }
@@ -546,12 +557,12 @@ mod tests {
     #[test]
     fn defaults_are_the_issues_sizes_windows_and_tools() {
         let args = parse(&[]).unwrap();
-        assert_eq!(args.sizes, [4096, 16384, 65536, 131072]);
+        assert_eq!(args.sizes, [256, 2048, 4096, 16384, 65536, 131072]);
         assert_eq!(args.windows, 20);
         assert_eq!(args.tools, [Tool::Xdprobe, Tool::Socket, Tool::Fping]);
         assert_eq!(
             args.invocation(),
-            "cargo xtask bench --sizes 4096,16384,65536,131072 --windows 20 \
+            "cargo xtask bench --sizes 256,2048,4096,16384,65536,131072 --windows 20 \
              --tools xdprobe,socket,fping"
         );
     }
