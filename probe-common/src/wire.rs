@@ -129,7 +129,10 @@ impl EchoPacket {
         ip[0] = 0x45; // version 4, 5 words
         ip[1] = 0; // tos
         ip[2..4].copy_from_slice(&total.to_be_bytes());
-        ip[4..6].copy_from_slice(&0u16.to_be_bytes()); // id: the kernel fills a zero id in
+        // Any non-zero id: with DF set it identifies no fragments (RFC 6864), and a zero one
+        // would make the kernel pick one for every probe (a hash and a random number each).
+        let id = self.seq.wrapping_add(self.ident) | 1;
+        ip[4..6].copy_from_slice(&id.to_be_bytes());
         ip[6..8].copy_from_slice(&0x4000u16.to_be_bytes()); // don't fragment
         ip[8] = 64; // ttl
         ip[9] = IPPROTO_ICMP;

@@ -47,6 +47,12 @@ pub struct Plan {
     spacing: Duration,
     /// The least reply wait: today's LAN wait, `min(round / (retries + 2), 10 ms)`.
     pub floor: Duration,
+    /// How far ahead of its time a wake-up also sends a batch of the round being sent, or
+    /// looks at a probe: an eighth of the floor, at most half the batch spacing's minimum.
+    /// Batches and checks of neighbouring times then share one wake-up. A look that early
+    /// finds any host that answers at all answered (its reply is overdue only a floor after
+    /// the send); one that has not is looked at again when it is overdue.
+    pub look_ahead: Duration,
 }
 
 /// Batches are at least this far apart: finer pacing only costs timer wake-ups.
@@ -69,6 +75,7 @@ impl Plan {
             slices,
             spacing,
             floor,
+            look_ahead: (floor / 8).min(MIN_SPACING / 2),
         }
     }
 
@@ -186,6 +193,18 @@ mod tests {
         let plan = Plan::new(&timing(10, 3, 1), 1000);
         assert_eq!(plan.slices, 1);
         assert!(plan.floor < Duration::from_millis(2), "{:?}", plan.floor);
+    }
+
+    #[test]
+    fn the_look_ahead_is_a_fraction_of_the_floor_and_under_a_batch_spacing() {
+        // 1 s windows: 10 ms floor, batches 1 ms apart: neighbours within 0.5 ms share a wake.
+        let plan = Plan::new(&timing(1000, 2, 1), 131_072);
+        assert_eq!(plan.look_ahead, Duration::from_micros(500));
+        assert!(plan.look_ahead < plan.spacing);
+        // 10 ms windows, 3 probes, 1 retry: 1.11 ms floor, looks at most 139 us early.
+        let plan = Plan::new(&timing(10, 3, 1), 2);
+        assert_eq!(plan.look_ahead, plan.floor / 8);
+        assert!(plan.look_ahead < Duration::from_micros(140), "{:?}", plan.look_ahead);
     }
 
     #[test]

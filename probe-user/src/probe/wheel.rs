@@ -12,9 +12,22 @@ pub struct Wheel<T> {
     origin: Instant,
     buckets: BTreeMap<u64, Vec<T>>,
     len: usize,
+    /// Emptied buckets, kept for their capacity: a round files the same numbers of items
+    /// again and again, so after the first rounds filing allocates nothing.
+    spare: Vec<Vec<T>>,
 }
 
 const TICK: Duration = Duration::from_micros(100);
+const TICK_NS: u64 = 100_000;
+/// Emptied buckets kept at most: more than a round has (480 batches at most).
+const MAX_SPARE: usize = 1024;
+
+/// Nanoseconds of `d` (saturating; 584 years), without 128-bit division.
+fn nanos(d: Duration) -> u64 {
+    d.as_secs()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::from(d.subsec_nanos()))
+}
 
 impl<T> Wheel<T> {
     pub fn new(origin: Instant) -> Self {
@@ -22,13 +35,13 @@ impl<T> Wheel<T> {
             origin,
             buckets: BTreeMap::new(),
             len: 0,
+            spare: Vec::new(),
         }
     }
 
     /// The bucket `at` falls in, rounded up: nothing is ever taken out early.
     fn tick_of(&self, at: Instant) -> u64 {
-        let since = at.saturating_duration_since(self.origin);
-        since.as_nanos().div_ceil(TICK.as_nanos()) as u64
+        nanos(at.saturating_duration_since(self.origin)).div_ceil(TICK_NS)
     }
 
     fn time_of(&self, tick: u64) -> Instant {
@@ -38,7 +51,11 @@ impl<T> Wheel<T> {
     /// Files `item` for `at`.
     pub fn push(&mut self, at: Instant, item: T) {
         let tick = self.tick_of(at);
-        self.buckets.entry(tick).or_default().push(item);
+        let spare = &mut self.spare;
+        self.buckets
+            .entry(tick)
+            .or_insert_with(|| spare.pop().unwrap_or_default())
+            .push(item);
         self.len += 1;
     }
 
@@ -50,15 +67,17 @@ impl<T> Wheel<T> {
     /// Moves every item due at `now` (or before) into `out`, oldest bucket first.
     pub fn take_due(&mut self, now: Instant, out: &mut Vec<T>) {
         // Bucket `tick` is due `tick` TICKs after the origin.
-        let limit =
-            (now.saturating_duration_since(self.origin).as_nanos() / TICK.as_nanos()) as u64;
+        let limit = nanos(now.saturating_duration_since(self.origin)) / TICK_NS;
         while let Some(entry) = self.buckets.first_entry() {
             if *entry.key() > limit {
                 break;
             }
-            let items = entry.remove();
+            let mut items = entry.remove();
             self.len -= items.len();
-            out.extend(items);
+            out.append(&mut items);
+            if self.spare.len() < MAX_SPARE {
+                self.spare.push(items);
+            }
         }
     }
 

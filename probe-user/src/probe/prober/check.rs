@@ -43,14 +43,17 @@ impl Check {
 impl Prober {
     /// Looks at every probe whose reply is overdue now, then resends the unanswered.
     pub(super) fn check_due(&mut self, now: Instant) {
-        let mut due = Vec::new();
-        self.checks.take_due(now, &mut due);
+        let mut due = std::mem::take(&mut self.due);
+        self.checks.take_due(now + self.plan.look_ahead, &mut due);
         // Witnesses first: the failover must know we are cut off before it hears of a DOWN.
-        due.sort_by_key(|c| !self.roles.witnesses.contains(&(c.host as usize)));
+        if !self.roles.witnesses.is_empty() {
+            due.sort_by_key(|c| !self.roles.witnesses.contains(&(c.host as usize)));
+        }
         let started = std::time::Instant::now();
-        for check in due {
+        for check in due.drain(..) {
             self.check(check, now);
         }
+        self.due = due;
         self.read_time += started.elapsed();
         self.send_retries(now);
     }

@@ -102,6 +102,8 @@ pub struct Prober {
     checks: Wheel<check::Check>,
     /// Probes to resend at this wake-up.
     retries: Vec<check::Check>,
+    /// The checks due at this wake-up (kept for its capacity).
+    due: Vec<check::Check>,
     /// Windows whose answers are not counted yet, oldest first.
     windows: VecDeque<accounts::OpenWindow>,
     batch: Vec<Ipv4Addr>,
@@ -175,6 +177,7 @@ impl Prober {
             round_windows: vec![0; KEYS],
             checks: Wheel::new(started),
             retries: Vec::new(),
+            due: Vec::new(),
             windows: VecDeque::new(),
             batch: Vec::new(),
             eager: Vec::new(),

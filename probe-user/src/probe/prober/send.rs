@@ -2,7 +2,7 @@
 //! key, each batch of hosts gets its round's first probe and a check filed for when its reply
 //! is overdue, and resent probes go out together. Send failures are logged once per episode.
 
-use std::net::Ipv4Addr;
+use std::{net::Ipv4Addr, time::Duration};
 
 use probe_common::mac::Key;
 use tokio::time::Instant;
@@ -40,7 +40,13 @@ impl Prober {
             let Some(round) = at.current.as_mut() else {
                 return Ok(());
             };
-            if round.start + self.plan.send_offset(round.slice) > now {
+            // A round starts on time; its later batches may go a little early, with a check.
+            let ahead = if round.slice == 0 {
+                Duration::ZERO
+            } else {
+                self.plan.look_ahead
+            };
+            if round.start + self.plan.send_offset(round.slice) > now + ahead {
                 return Ok(());
             }
             let batch = *round;
