@@ -204,7 +204,11 @@ mod tests {
         // 10 ms windows, 3 probes, 1 retry: 1.11 ms floor, looks at most 139 us early.
         let plan = Plan::new(&timing(10, 3, 1), 2);
         assert_eq!(plan.look_ahead, plan.floor / 8);
-        assert!(plan.look_ahead < Duration::from_micros(140), "{:?}", plan.look_ahead);
+        assert!(
+            plan.look_ahead < Duration::from_micros(140),
+            "{:?}",
+            plan.look_ahead
+        );
     }
 
     #[test]
