@@ -100,9 +100,8 @@ pub fn rtt_of(now_ns: u64, sent_ns: u64) -> u32 {
     }
 }
 
-/// A binary search for `addr` over a sorted address table, one step at a time, so the XDP
-/// program can run each step as a `bpf_loop` callback: the verifier then checks one step once
-/// instead of every path through the whole search.
+/// A binary search for `addr` over a sorted address table, one step at a time: the XDP
+/// program runs the steps in a bounded loop, and the host's tests run the very same steps.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Search {

@@ -20,7 +20,7 @@ mod program {
     use aya_ebpf::{
         bindings::xdp_action,
         bindings::BPF_F_MMAPABLE,
-        helpers::{bpf_ktime_get_ns, bpf_loop},
+        helpers::bpf_ktime_get_ns,
         macros::{map, xdp},
         maps::{Array, PerCpuArray},
         programs::XdpContext,
@@ -227,33 +227,19 @@ mod program {
     }
 
     /// The monitored host's index in the half starting at `base`: a binary search over
-    /// `ADDRS`, one `bpf_loop` step at a time (a plain loop makes the verifier walk every path
-    /// of the search).
+    /// `ADDRS`, a bounded loop of at most `SEARCH_STEPS` steps. (One step per `bpf_loop`
+    /// callback verified as well but cost an indirect call a step: 12 % of the program's time
+    /// at 131,072 hosts.)
     #[inline(always)]
     fn find_host(addr: u32, base: u32, hosts: u32) -> Option<u32> {
         let mut search = Search::new(addr, hosts);
         search.base = base;
-        // SAFETY: the callback only touches `search`, which outlives the call.
-        unsafe {
-            bpf_loop(
-                SEARCH_STEPS,
-                search_step as *mut core::ffi::c_void,
-                (&raw mut search).cast(),
-                0,
-            )
-        };
-        search.index()
-    }
-
-    extern "C" fn search_step(_index: u32, ctx: *mut core::ffi::c_void) -> i64 {
-        // SAFETY: `ctx` is the `Search` on `find_host`'s stack.
-        let search = unsafe { &mut *ctx.cast::<Search>() };
-        let base = search.base;
-        if search.step(|i| ADDRS.get(base + i).copied()) {
-            0
-        } else {
-            1
+        for _ in 0..SEARCH_STEPS {
+            if !search.step(|i| ADDRS.get(base + i).copied()) {
+                break;
+            }
         }
+        search.index()
     }
 
     #[panic_handler]
