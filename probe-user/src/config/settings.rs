@@ -399,6 +399,18 @@ mod tests {
     /// An edit of the flags and the field whose error it must cause.
     type Case = (fn(&mut RunArgs), &'static str);
 
+    /// Each case's edit of the default flags is refused, naming its field.
+    fn assert_each_invalid(cases: &[Case]) {
+        for (edit, field) in cases {
+            let mut a = args();
+            edit(&mut a);
+            assert_eq!(
+                invalid_field(Settings::resolve(&a, FileConfig::default())),
+                *field
+            );
+        }
+    }
+
     fn invalid_field(r: Result<Settings, SettingsError>) -> String {
         match r {
             Err(SettingsError::Invalid { field, .. }) | Err(SettingsError::Missing { field }) => {
@@ -566,14 +578,7 @@ mod tests {
             (|a| a.smtp_starttls = true, "smtp_starttls"),
             (|a| a.timing.retries = Some(4), "retries"),
         ];
-        for (edit, field) in cases {
-            let mut a = args();
-            edit(&mut a);
-            assert_eq!(
-                invalid_field(Settings::resolve(&a, FileConfig::default())),
-                field
-            );
-        }
+        assert_each_invalid(&cases);
         let mut a = args();
         a.notify = Some("ops@example.org".into());
         a.smtp = Some("127.0.0.1:25".into());
@@ -764,14 +769,7 @@ mod tests {
             (|a| a.timing.failed_windows = Some(0), "failed_windows"),
             (|a| a.timing.recover_windows = Some(0), "recover_windows"),
         ];
-        for (edit, field) in cases {
-            let mut a = args();
-            edit(&mut a);
-            assert_eq!(
-                invalid_field(Settings::resolve(&a, FileConfig::default())),
-                field
-            );
-        }
+        assert_each_invalid(&cases);
     }
 
     #[test]
@@ -791,14 +789,7 @@ mod tests {
             // 30 probes a window, each perhaps resent once, leave no room in 64 answer bits.
             (|a| a.timing.probes = Some(30), "probes"),
         ];
-        for (edit, field) in cases {
-            let mut a = args();
-            edit(&mut a);
-            assert_eq!(
-                invalid_field(Settings::resolve(&a, FileConfig::default())),
-                field
-            );
-        }
+        assert_each_invalid(&cases);
         let mut a = args();
         a.timing.timeout = Some(Duration::from_secs(5));
         let err = Settings::resolve(&a, FileConfig::default()).unwrap_err();
@@ -818,14 +809,7 @@ mod tests {
             (|a| a.label = Some("eth1:1".into()), "label"),
             (|a| a.label = Some("eth0:much-too-long".into()), "label"),
         ];
-        for (edit, field) in cases {
-            let mut a = args();
-            edit(&mut a);
-            assert_eq!(
-                invalid_field(Settings::resolve(&a, FileConfig::default())),
-                field
-            );
-        }
+        assert_each_invalid(&cases);
     }
 
     #[test]
