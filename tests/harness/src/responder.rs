@@ -296,7 +296,10 @@ fn receive_loop(
             }
         };
         // When the kernel had the request, on our clock: this thread may have woken later.
-        let (now, wall) = (Instant::now(), SystemTime::now());
+        // The wall clock is read first: a preemption between the two reads then makes the
+        // request look younger (the reply a little late), never older (the reply early).
+        let wall = SystemTime::now();
+        let now = Instant::now();
         let queued = stamp.map_or(Duration::ZERO, |stamp| {
             wall.duration_since(stamp).unwrap_or_default()
         });
