@@ -10,6 +10,7 @@
 //! The crate is `no_std` and has no I/O, so it builds for the BPF target and for the host alike.
 #![no_std]
 
+pub mod host;
 pub mod mac;
 pub mod maps;
 pub mod verdict;

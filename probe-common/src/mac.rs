@@ -2,9 +2,11 @@
 //! must match (the host it was sent to, our identifier, the window, the probe's sequence and
 //! its send time).
 //!
-//! Written out for exactly three 8-byte words, so the XDP program runs it as straight-line
-//! code, and so the kernel and userspace compute the very same function. The tests check it
+//! Written for a fixed number of 8-byte words (a const generic), so the XDP program runs it as
+//! straight-line code, and so the kernel and userspace compute the very same function. The tests check it
 //! against the reference vectors and against the `siphasher` crate.
+
+use crate::host::HostKey;
 
 /// A SipHash key. Each window gets a fresh random one, which never leaves this machine (it is
 /// only in our memory and in the kernel's map).
@@ -43,19 +45,19 @@ fn compress(v: &mut [u64; 4], m: u64) {
 
 /// SipHash-2-4 of the 24-byte message made of `m`'s words, each read little-endian (as the
 /// reference reads 8-byte blocks).
+/// SipHash-2-4 of the `8 * N` bytes whose little-endian words are `m`.
 #[inline(always)]
-pub fn siphash24(key: &Key, m: [u64; 3]) -> u64 {
+pub fn siphash24<const N: usize>(key: &Key, m: [u64; N]) -> u64 {
     let mut v = [
         key.k0 ^ 0x736f_6d65_7073_6575,
         key.k1 ^ 0x646f_7261_6e64_6f6d,
         key.k0 ^ 0x6c79_6765_6e65_7261,
         key.k1 ^ 0x7465_6462_7974_6573,
     ];
-    compress(&mut v, m[0]);
-    compress(&mut v, m[1]);
-    compress(&mut v, m[2]);
-    // The last block: no bytes left over, the message length in the top byte.
-    compress(&mut v, 24u64 << 56);
+    for word in m {
+        compress(&mut v, word);
+    }
+    compress(&mut v, ((8 * N) as u64 & 0xff) << 56);
     v[2] ^= 0xff;
     sipround(&mut v);
     sipround(&mut v);
@@ -64,14 +66,16 @@ pub fn siphash24(key: &Key, m: [u64; 3]) -> u64 {
     v[0] ^ v[1] ^ v[2] ^ v[3]
 }
 
-/// The MAC a reply must carry: over the address the probe was sent to (host order), our ICMP
-/// identifier, the probe's window and sequence, and its send time.
+/// The MAC a probe carries: over the host it goes to (its full 128-bit key, so an IPv4 and an
+/// IPv6 host never share one), our identifier, its window, its sequence and its send time.
 #[inline(always)]
-pub fn probe_mac(key: &Key, dst: u32, ident: u16, window: u32, seq: u32, sent_ns: u64) -> u64 {
+pub fn probe_mac(key: &Key, dst: HostKey, ident: u16, window: u32, seq: u32, sent_ns: u64) -> u64 {
     siphash24(
         key,
         [
-            (u64::from(dst) << 32) | u64::from(ident),
+            dst.hi,
+            dst.lo,
+            u64::from(ident),
             (u64::from(window) << 32) | u64::from(seq),
             sent_ns,
         ],
@@ -136,16 +140,35 @@ mod tests {
     }
 
     #[test]
+    fn matches_the_siphasher_crate_for_the_probe_macs_40_bytes() {
+        let key = Key { k0: 5, k1: 6 };
+        let m = [1u64, 2, 3, 4, 5];
+        let mut bytes = [0u8; 40];
+        for (i, w) in m.iter().enumerate() {
+            bytes[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
+        }
+        let mut reference = siphasher::sip::SipHasher24::new_with_keys(key.k0, key.k1);
+        reference.write(&bytes);
+        assert_eq!(siphash24(&key, m), reference.finish());
+    }
+
+    #[test]
     fn every_fact_changes_the_mac() {
         let key = Key { k0: 1, k1: 2 };
-        let base = probe_mac(&key, 0xc000_0201, 7, 10, 20, 30);
+        let host = HostKey::v4(0xc000_0201);
+        let base = probe_mac(&key, host, 7, 10, 20, 30);
+        let v6 = HostKey {
+            hi: 0x2001_0db8_0000_0000,
+            lo: 0xc000_0201,
+        };
         for other in [
-            probe_mac(&key, 0xc000_0202, 7, 10, 20, 30),
-            probe_mac(&key, 0xc000_0201, 8, 10, 20, 30),
-            probe_mac(&key, 0xc000_0201, 7, 11, 20, 30),
-            probe_mac(&key, 0xc000_0201, 7, 10, 21, 30),
-            probe_mac(&key, 0xc000_0201, 7, 10, 20, 31),
-            probe_mac(&Key { k0: 1, k1: 3 }, 0xc000_0201, 7, 10, 20, 30),
+            probe_mac(&key, HostKey::v4(0xc000_0202), 7, 10, 20, 30),
+            probe_mac(&key, v6, 7, 10, 20, 30),
+            probe_mac(&key, host, 8, 10, 20, 30),
+            probe_mac(&key, host, 7, 11, 20, 30),
+            probe_mac(&key, host, 7, 10, 21, 30),
+            probe_mac(&key, host, 7, 10, 20, 31),
+            probe_mac(&Key { k0: 1, k1: 3 }, host, 7, 10, 20, 30),
         ] {
             assert_ne!(base, other);
         }

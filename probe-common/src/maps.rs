@@ -2,7 +2,7 @@
 //!
 //! Map names are the static names in `probe-ebpf`; userspace looks them up by these constants.
 
-use crate::mac::Key;
+use crate::{host::HostKey, mac::Key};
 
 /// Single-entry array: what the program accepts right now.
 pub const CONFIG_MAP: &str = "CONFIG";
@@ -105,7 +105,7 @@ pub fn rtt_of(now_ns: u64, sent_ns: u64) -> u32 {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Search {
-    pub addr: u32,
+    pub addr: HostKey,
     pub lo: u32,
     pub hi: u32,
     /// Index + 1 once found; 0 while not (yet) found.
@@ -116,7 +116,7 @@ pub struct Search {
 
 impl Search {
     /// A search for `addr` among the first `len` entries.
-    pub const fn new(addr: u32, len: u32) -> Self {
+    pub const fn new(addr: HostKey, len: u32) -> Self {
         Self {
             addr,
             lo: 0,
@@ -128,7 +128,7 @@ impl Search {
 
     /// One step, looking entries up with `get`; false when the search is over.
     #[inline(always)]
-    pub fn step(&mut self, get: impl Fn(u32) -> Option<u32>) -> bool {
+    pub fn step(&mut self, get: impl Fn(u32) -> Option<HostKey>) -> bool {
         if self.found != 0 || self.lo >= self.hi {
             return false;
         }
@@ -155,7 +155,7 @@ impl Search {
 
 /// Index of `addr` in the first `len` entries of a sorted address table, looked up with
 /// `get(i)`: the search the XDP program runs, in at most [`SEARCH_STEPS`] steps.
-pub fn find_host(addr: u32, len: u32, get: impl Fn(u32) -> Option<u32>) -> Option<u32> {
+pub fn find_host(addr: HostKey, len: u32, get: impl Fn(u32) -> Option<HostKey>) -> Option<u32> {
     let mut search = Search::new(addr, len);
     for _ in 0..SEARCH_STEPS {
         if !search.step(&get) {
@@ -200,6 +200,7 @@ mod pod {
     unsafe impl aya::Pod for super::ProbeConfig {}
     unsafe impl aya::Pod for super::HostSlot {}
     unsafe impl aya::Pod for super::WindowKey {}
+    unsafe impl aya::Pod for crate::host::HostKey {}
 }
 
 #[cfg(test)]
@@ -215,27 +216,54 @@ mod tests {
 
     #[test]
     fn binary_search_finds_every_host_and_nothing_else() {
-        let table: [u32; 7] = [3, 10, 11, 40, 1000, 1001, u32::MAX];
+        let v6 = |lo: u64| HostKey {
+            hi: 0x2001_0db8_0000_0000,
+            lo,
+        };
+        let table: [HostKey; 9] = [
+            HostKey::v4(3),
+            HostKey::v4(10),
+            HostKey::v4(11),
+            HostKey::v4(40),
+            HostKey::v4(1000),
+            HostKey::v4(1001),
+            HostKey::v4(u32::MAX),
+            v6(1),
+            v6(u64::MAX),
+        ];
         let get = |i: u32| table.get(i as usize).copied();
         for (i, addr) in table.iter().enumerate() {
-            assert_eq!(find_host(*addr, 7, get), Some(i as u32));
+            assert_eq!(find_host(*addr, 9, get), Some(i as u32));
         }
-        for missing in [0, 4, 12, 999, 1002, u32::MAX - 1] {
-            assert_eq!(find_host(missing, 7, get), None);
+        for missing in [
+            HostKey::v4(0),
+            HostKey::v4(4),
+            HostKey::v4(12),
+            HostKey::v4(999),
+            HostKey::v4(1002),
+            HostKey::v4(u32::MAX - 1),
+            v6(0),
+            v6(2),
+            HostKey { hi: 1, lo: 3 },
+        ] {
+            assert_eq!(find_host(missing, 9, get), None, "{missing:?}");
         }
-        assert_eq!(find_host(3, 0, get), None);
-        // Only the first `len` entries count.
-        assert_eq!(find_host(1000, 4, get), None);
+        assert_eq!(find_host(HostKey::v4(3), 0, get), None);
+        assert_eq!(find_host(HostKey::v4(1000), 4, get), None);
     }
 
     #[test]
     fn the_search_is_long_enough_for_the_largest_table() {
         let len = MAX_HOSTS;
-        let get = |i: u32| Some(i * 2);
+        let get = |i: u32| Some(HostKey::v4(i * 2));
         for addr in [0, 2, (len - 1) * 2, len, len + 2] {
-            assert_eq!(find_host(addr, len, get), Some(addr / 2), "{addr}");
+            assert_eq!(
+                find_host(HostKey::v4(addr), len, get),
+                Some(addr / 2),
+                "{addr}"
+            );
         }
-        assert_eq!(find_host(len * 2 + 1, len, get), None);
+        assert_eq!(find_host(HostKey::v4(len * 2 + 1), len, get), None);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! finds it set).
 
 use crate::{
+    host::HostKey,
     maps::{ProbeConfig, WindowKey, ANSWER_BITS},
     wire::{ProbeHeader, PROBE_MAGIC},
 };
@@ -31,14 +32,14 @@ pub fn ours(ident: u16, probe: &ProbeHeader, config: &ProbeConfig) -> bool {
     config.enabled != 0 && u32::from(ident) == config.ident && probe.magic() == PROBE_MAGIC
 }
 
-/// The verdict on one of our replies from monitored `host` (host order), received at `now_ns`,
+/// The verdict on one of our replies from monitored `host`, received at `now_ns`,
 /// given what the key ring holds at the slot of its window.
 #[inline(always)]
 pub fn judge(
     ident: u16,
     probe: &ProbeHeader,
     config: &ProbeConfig,
-    host: u32,
+    host: HostKey,
     key: &WindowKey,
     now_ns: u64,
 ) -> Verdict {
@@ -62,8 +63,8 @@ mod tests {
     use crate::mac::Key;
 
     const IDENT: u16 = 0x1234;
-    const PRIMARY: u32 = 0xc000_0201;
-    const WITNESS: u32 = 0xc000_02fe;
+    const PRIMARY: HostKey = HostKey::v4(0xc000_0201);
+    const WITNESS: HostKey = HostKey::v4(0xc000_02fe);
     const KEY: Key = Key {
         k0: 0x1111,
         k1: 0x2222,
@@ -89,11 +90,11 @@ mod tests {
         }
     }
 
-    fn probe(dst: u32, seq: u32) -> ProbeHeader {
+    fn probe(dst: HostKey, seq: u32) -> ProbeHeader {
         ProbeHeader::signed(&KEY, dst, IDENT, WINDOW, seq, SENT)
     }
 
-    fn verdict(host: u32, probe: &ProbeHeader, now: u64) -> Verdict {
+    fn verdict(host: HostKey, probe: &ProbeHeader, now: u64) -> Verdict {
         judge(IDENT, probe, &CONFIG, host, &key(), now)
     }
 

@@ -1,4 +1,7 @@
-//! Wire layout of a probe: IPv4 header, ICMP echo header, then our [`ProbeHeader`].
+//! Wire layout of a probe: IPv4 header, ICMP echo header, then our [`ProbeHeader`]; or, for
+//! IPv6, the ICMPv6 echo header then the same [`ProbeHeader`] (the kernel writes the IPv6
+//! header and the ICMPv6 checksum); and the walk over IPv6 extension headers to the ICMPv6
+//! header of a reply.
 //!
 //! All multi-byte fields are big-endian on the wire. The header is made of byte arrays so that it
 //! has alignment 1 and can be read in place at any offset inside a packet (the XDP program does).
@@ -6,7 +9,10 @@
 /// Identifies our payload among other echo traffic: "XDP2" (the second format: per-host MACs).
 pub const PROBE_MAGIC: u32 = 0x5844_5032;
 
-use crate::mac::{probe_mac, Key};
+use crate::{
+    host::HostKey,
+    mac::{probe_mac, Key},
+};
 
 pub const ETH_HDR_LEN: usize = 14;
 pub const ETH_P_IPV4: u16 = 0x0800;
@@ -15,6 +21,21 @@ pub const IPPROTO_ICMP: u8 = 1;
 pub const ICMP_HDR_LEN: usize = 8;
 pub const ICMP_ECHO_REPLY: u8 = 0;
 pub const ICMP_ECHO_REQUEST: u8 = 8;
+
+pub const ETH_P_IPV6: u16 = 0x86dd;
+pub const IPV6_HDR_LEN: usize = 40;
+pub const IPPROTO_ICMPV6: u8 = 58;
+pub const ICMPV6_ECHO_REQUEST: u8 = 128;
+pub const ICMPV6_ECHO_REPLY: u8 = 129;
+/// Extension headers a reply may carry before its ICMPv6 header, and how many we skip.
+pub const IPV6_HOP_BY_HOP: u8 = 0;
+pub const IPV6_ROUTING: u8 = 43;
+pub const IPV6_FRAGMENT: u8 = 44;
+pub const IPV6_DEST_OPTS: u8 = 60;
+pub const MAX_IPV6_EXT_HEADERS: usize = 4;
+
+/// Bytes of an ICMPv6 echo request as we hand it to a raw ICMPv6 socket.
+pub const ECHO6_PACKET_LEN: usize = ICMP_HDR_LEN + ProbeHeader::LEN;
 
 /// Bytes of an echo packet as we send it (no link-layer header).
 pub const ECHO_PACKET_LEN: usize = IPV4_HDR_LEN + ICMP_HDR_LEN + ProbeHeader::LEN;
@@ -48,10 +69,16 @@ impl ProbeHeader {
         }
     }
 
-    /// The header of a probe to `dst` (host order) with identifier `ident`, authenticated
-    /// with `key`.
+    /// The header of a probe to `dst` with identifier `ident`, authenticated with `key`.
     #[inline(always)]
-    pub fn signed(key: &Key, dst: u32, ident: u16, window: u32, seq: u32, sent_ns: u64) -> Self {
+    pub fn signed(
+        key: &Key,
+        dst: HostKey,
+        ident: u16,
+        window: u32,
+        seq: u32,
+        sent_ns: u64,
+    ) -> Self {
         Self::new(
             window,
             seq,
@@ -83,7 +110,7 @@ impl ProbeHeader {
 
     /// Whether this header is what we sent to `dst` with `ident`: its MAC is right under `key`.
     #[inline(always)]
-    pub fn is_authentic(&self, key: &Key, dst: u32, ident: u16) -> bool {
+    pub fn is_authentic(&self, key: &Key, dst: HostKey, ident: u16) -> bool {
         self.mac() == probe_mac(key, dst, ident, self.window(), self.seq(), self.sent_ns())
     }
 
@@ -154,6 +181,75 @@ impl EchoPacket {
     }
 }
 
+/// Writes an ICMPv6 echo message (header and probe) with a zero checksum: a raw ICMPv6
+/// socket computes it over the IPv6 pseudo-header, which only the kernel knows in full.
+pub fn write_echo6(
+    icmp_type: u8,
+    ident: u16,
+    seq: u16,
+    probe: &ProbeHeader,
+    buf: &mut [u8; ECHO6_PACKET_LEN],
+) {
+    buf[0] = icmp_type;
+    buf[1] = 0;
+    buf[2..4].copy_from_slice(&[0, 0]);
+    buf[4..6].copy_from_slice(&ident.to_be_bytes());
+    buf[6..8].copy_from_slice(&seq.to_be_bytes());
+    buf[ICMP_HDR_LEN..].copy_from_slice(&probe.to_bytes());
+}
+
+/// An ICMPv6 echo reply as a raw ICMPv6 socket hands it over (ICMPv6 header first): its
+/// identifier and our probe header; `None` for anything else.
+pub fn parse_echo6_reply(icmp: &[u8]) -> Option<(u16, ProbeHeader)> {
+    if *icmp.first()? != ICMPV6_ECHO_REPLY || *icmp.get(1)? != 0 {
+        return None;
+    }
+    let ident = u16::from_be_bytes([*icmp.get(4)?, *icmp.get(5)?]);
+    let probe = icmp.get(ICMP_HDR_LEN..ICMP_HDR_LEN + ProbeHeader::LEN)?;
+    Some((ident, ProbeHeader::from_bytes(probe.try_into().ok()?)))
+}
+
+/// Where an IPv6 packet's upper-layer header starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ipv6Payload {
+    /// An ICMPv6 header at this offset.
+    Icmpv6(usize),
+    /// Anything else: another protocol, a fragment (left to the stack to reassemble), more
+    /// extension headers than we skip, or a truncated chain.
+    Other,
+}
+
+/// Walks the extension headers of an IPv6 packet whose fixed header says `next` and whose
+/// first extension header would start at `offset`, skipping hop-by-hop, routing and
+/// destination options (at most [`MAX_IPV6_EXT_HEADERS`]). `read(offset)` gives the two bytes
+/// an extension header starts with (its next header and its length in 8-octet units beyond
+/// the first 8), or `None` past the end. The XDP program and the tests share it.
+#[inline(always)]
+pub fn ipv6_payload(
+    mut next: u8,
+    mut offset: usize,
+    read: impl Fn(usize) -> Option<[u8; 2]>,
+) -> Ipv6Payload {
+    for _ in 0..MAX_IPV6_EXT_HEADERS {
+        match next {
+            IPPROTO_ICMPV6 => return Ipv6Payload::Icmpv6(offset),
+            IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS => {
+                let Some([after, len]) = read(offset) else {
+                    return Ipv6Payload::Other;
+                };
+                next = after;
+                offset += (usize::from(len) + 1) * 8;
+            }
+            _ => return Ipv6Payload::Other,
+        }
+    }
+    if next == IPPROTO_ICMPV6 {
+        Ipv6Payload::Icmpv6(offset)
+    } else {
+        Ipv6Payload::Other
+    }
+}
+
 /// An echo reply as seen by a raw IPv4 socket (IPv4 header first): its source address
 /// (host order), ICMP identifier and our probe header; `None` for anything else.
 pub fn parse_echo_reply(packet: &[u8]) -> Option<(u32, u16, ProbeHeader)> {
@@ -193,6 +289,8 @@ pub fn checksum(data: &[u8]) -> u16 {
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
+
     use super::*;
     use etherparse::{IcmpEchoHeader, Icmpv4Slice, Icmpv4Type, Ipv4Slice};
 
@@ -229,7 +327,7 @@ mod tests {
     #[test]
     fn a_signed_header_is_authentic_for_its_host_only() {
         let key = Key { k0: 11, k1: 12 };
-        let (primary, witness) = (0xc000_0201, 0xc000_02fe);
+        let (primary, witness) = (HostKey::v4(0xc000_0201), HostKey::v4(0xc000_02fe));
         let h = ProbeHeader::signed(&key, primary, 0x4242, 9, 17, 1_000);
         assert!(h.is_authentic(&key, primary, 0x4242));
         // The witness's probe cannot pass as the primary's reply, nor another ident's, nor
@@ -292,6 +390,84 @@ mod tests {
         let mut udp = buf;
         udp[9] = 17;
         assert_eq!(parse_echo_reply(&udp), None, "UDP");
+    }
+
+    #[test]
+    fn echo6_requests_parse_in_an_independent_parser_and_replies_parse_back() {
+        use etherparse::{Icmpv6Slice, Icmpv6Type};
+        let probe = sample().probe;
+        let mut buf = [0u8; ECHO6_PACKET_LEN];
+        write_echo6(ICMPV6_ECHO_REQUEST, 0xbeef, 7, &probe, &mut buf);
+        let icmp = Icmpv6Slice::from_slice(&buf).expect("valid ICMPv6");
+        assert_eq!(
+            icmp.icmp_type(),
+            Icmpv6Type::EchoRequest(IcmpEchoHeader { id: 0xbeef, seq: 7 })
+        );
+        assert_eq!(icmp.payload(), &probe.to_bytes());
+        assert_eq!(parse_echo6_reply(&buf), None, "a request is no reply");
+        write_echo6(ICMPV6_ECHO_REPLY, 0xbeef, 7, &probe, &mut buf);
+        assert_eq!(parse_echo6_reply(&buf), Some((0xbeef, probe)));
+        for len in 0..buf.len() {
+            assert_eq!(parse_echo6_reply(&buf[..len]), None, "truncated to {len}");
+        }
+    }
+
+    /// Extension headers as (next header, total length) from the fixed header's `next`.
+    fn chain(next: u8, headers: &[(u8, usize)]) -> (u8, std::vec::Vec<u8>) {
+        let mut bytes = std::vec::Vec::new();
+        for (after, len) in headers {
+            let mut h = std::vec![0u8; *len];
+            h[0] = *after;
+            h[1] = (len / 8 - 1) as u8;
+            bytes.extend(h);
+        }
+        (next, bytes)
+    }
+
+    fn walk(next: u8, bytes: &[u8]) -> Ipv6Payload {
+        ipv6_payload(next, 0, |at| Some([*bytes.get(at)?, *bytes.get(at + 1)?]))
+    }
+
+    #[test]
+    fn the_walk_skips_up_to_four_option_and_routing_headers() {
+        assert_eq!(walk(IPPROTO_ICMPV6, &[]), Ipv6Payload::Icmpv6(0));
+        let (next, b) = chain(IPV6_HOP_BY_HOP, &[(IPPROTO_ICMPV6, 8)]);
+        assert_eq!(walk(next, &b), Ipv6Payload::Icmpv6(8));
+        let (next, b) = chain(
+            IPV6_HOP_BY_HOP,
+            &[
+                (IPV6_DEST_OPTS, 8),
+                (IPV6_ROUTING, 24),
+                (IPV6_DEST_OPTS, 16),
+                (IPPROTO_ICMPV6, 8),
+            ],
+        );
+        assert_eq!(walk(next, &b), Ipv6Payload::Icmpv6(56));
+        let (next, b) = chain(
+            IPV6_DEST_OPTS,
+            &[
+                (IPV6_DEST_OPTS, 8),
+                (IPV6_DEST_OPTS, 8),
+                (IPV6_DEST_OPTS, 8),
+                (IPV6_DEST_OPTS, 8),
+                (IPPROTO_ICMPV6, 8),
+            ],
+        );
+        assert_eq!(walk(next, &b), Ipv6Payload::Other, "five is too many");
+    }
+
+    #[test]
+    fn fragments_other_protocols_and_truncated_chains_are_not_ours() {
+        let (next, b) = chain(IPV6_FRAGMENT, &[(IPPROTO_ICMPV6, 8)]);
+        assert_eq!(walk(next, &b), Ipv6Payload::Other);
+        let (next, b) = chain(IPV6_HOP_BY_HOP, &[(IPV6_FRAGMENT, 8), (IPPROTO_ICMPV6, 8)]);
+        assert_eq!(walk(next, &b), Ipv6Payload::Other);
+        assert_eq!(walk(17, &[]), Ipv6Payload::Other, "UDP");
+        assert_eq!(
+            walk(IPV6_HOP_BY_HOP, &[58]),
+            Ipv6Payload::Other,
+            "cut short"
+        );
     }
 
     #[test]

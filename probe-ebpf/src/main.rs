@@ -1,7 +1,8 @@
 //! XDP program: recognises echo replies to our probes and counts them per monitored host.
 //!
-//! Parse Ethernet (and up to two 802.1Q/802.1ad tags) -> IPv4 -> ICMP echo reply -> our
-//! `ProbeHeader`; find the host it comes from; judge it with the shared rule (timely, and the
+//! Parse Ethernet (and up to two 802.1Q/802.1ad tags) -> IPv4 -> ICMP echo reply, or IPv6 (up to
+//! four hop-by-hop, routing and destination-options headers skipped; fragments left to the
+//! stack) -> ICMPv6 echo reply -> our `ProbeHeader`; find the host it comes from; judge it with the shared rule (timely, and the
 //! MAC we sent that host under its window's key); set its probe's answer bit atomically and, if
 //! the bit was clear, count it in the host's `HostSlot` and consume the frame (`XDP_DROP`).
 //! Everything else passes untouched.
@@ -28,15 +29,19 @@ mod program {
     use aya_log_ebpf::debug;
     use network_types::{
         icmp::Icmpv4Hdr,
-        ip::{IpProto, Ipv4Hdr},
+        ip::{IpProto, Ipv4Hdr, Ipv6Hdr},
     };
     use probe_common::{
+        host::HostKey,
         maps::{
             answer_bit, rtt_of, HostSlot, ProbeConfig, Search, Stat, WindowKey, KEY_RING,
             SEARCH_STEPS,
         },
         verdict::{judge, ours, Verdict},
-        wire::{ProbeHeader, ETH_HDR_LEN, ETH_P_IPV4, ICMP_ECHO_REPLY},
+        wire::{
+            ipv6_payload, Ipv6Payload, ProbeHeader, ETH_HDR_LEN, ETH_P_IPV4, ETH_P_IPV6,
+            ICMPV6_ECHO_REPLY, ICMP_ECHO_REPLY, ICMP_HDR_LEN,
+        },
     };
 
     #[map]
@@ -46,11 +51,11 @@ mod program {
     #[map]
     static KEYS: Array<WindowKey> = Array::with_max_entries(KEY_RING, 0);
 
-    /// Sorted host-order addresses of the monitored hosts (8 bytes a host), in two halves of
+    /// Sorted keys of the monitored hosts (IPv4 first, then IPv6; 16 bytes a host), in two halves of
     /// `ProbeConfig::half`: the half `generation` names is in use, its first `hosts` entries.
     /// Sized and written by userspace.
     #[map]
-    static ADDRS: Array<u32> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+    static ADDRS: Array<HostKey> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
     /// One slot per monitored host, same index as in `ADDRS` (24 bytes a host). Sized by
     /// userspace at load time, which reads it through a memory mapping.
@@ -73,6 +78,22 @@ mod program {
 
     /// Packet access went out of bounds or the frame is not one we look at.
     struct Skip;
+
+    /// `debug!` with the host's address as its first argument, shown as IPv4 or IPv6 (the
+    /// format's first `{:i}`).
+    macro_rules! debug_host {
+        ($ctx:expr, $fmt:literal, $addr:expr $(, $arg:expr)*) => {{
+            let addr: HostKey = $addr;
+            if addr.is_ipv4_space() {
+                debug!($ctx, $fmt, addr.lo as u32 $(, $arg)*);
+            } else {
+                let mut octets = [0u8; 16];
+                octets[..8].copy_from_slice(&addr.hi.to_be_bytes());
+                octets[8..].copy_from_slice(&addr.lo.to_be_bytes());
+                debug!($ctx, $fmt, octets $(, $arg)*);
+            }
+        }};
+    }
 
     #[xdp]
     pub fn xdprobe(ctx: XdpContext) -> u32 {
@@ -126,9 +147,16 @@ mod program {
 
     fn try_xdprobe(ctx: &XdpContext) -> Result<Action, Skip> {
         let (ether_type, l3) = network_layer(ctx)?;
-        if ether_type != ETH_P_IPV4 {
-            return Ok(Action::Pass);
+        match ether_type {
+            ETH_P_IPV4 => try_ipv4(ctx, l3),
+            ETH_P_IPV6 => try_ipv6(ctx, l3),
+            _ => Ok(Action::Pass),
         }
+    }
+
+    /// An IPv4 packet at `l3`: an ICMP echo reply, unfragmented, is judged by [`count`].
+    #[inline(always)]
+    fn try_ipv4(ctx: &XdpContext, l3: usize) -> Result<Action, Skip> {
         let ip: *const Ipv4Hdr = ptr_at(ctx, l3)?;
         // SAFETY: ptr_at checked the bounds; the header types have alignment 1.
         let (vihl, proto, frags, src) =
@@ -150,34 +178,79 @@ mod program {
             return Ok(Action::Pass);
         }
         let ident = u16::from_be_bytes([data[0], data[1]]);
-
         let probe: *const ProbeHeader = ptr_at(ctx, icmp_off + Icmpv4Hdr::LEN)?;
         // SAFETY: bounds checked above; ProbeHeader is plain bytes.
         let probe = unsafe { *probe };
+        count(ctx, HostKey::v4(u32::from_be_bytes(src)), ident, &probe)
+    }
 
+    /// An IPv6 packet at `l3`: an ICMPv6 echo reply, after at most four option or routing
+    /// headers and no fragment header, is judged by [`count`].
+    #[inline(always)]
+    fn try_ipv6(ctx: &XdpContext, l3: usize) -> Result<Action, Skip> {
+        let ip: *const Ipv6Hdr = ptr_at(ctx, l3)?;
+        // SAFETY: ptr_at checked the bounds; the header types have alignment 1.
+        let (first, next, src) = unsafe { ((*ip).vcf[0], (*ip).next_hdr, (*ip).src_addr) };
+        if first >> 4 != 6 {
+            return Ok(Action::Pass);
+        }
+        let icmp_off = match ipv6_payload(next, l3 + Ipv6Hdr::LEN, |at| {
+            let p: *const [u8; 2] = ptr_at(ctx, at).ok()?;
+            // SAFETY: ptr_at checked the bounds; a byte array has alignment 1.
+            Some(unsafe { *p })
+        }) {
+            Ipv6Payload::Icmpv6(offset) => offset,
+            Ipv6Payload::Other => return Ok(Action::Pass),
+        };
+        let icmp: *const [u8; ICMP_HDR_LEN] = ptr_at(ctx, icmp_off)?;
+        // SAFETY: bounds checked above; a byte array has alignment 1.
+        let icmp = unsafe { *icmp };
+        if icmp[0] != ICMPV6_ECHO_REPLY || icmp[1] != 0 {
+            return Ok(Action::Pass);
+        }
+        let ident = u16::from_be_bytes([icmp[4], icmp[5]]);
+        let host = HostKey::v6(src);
+        // Where IPv4 hosts are keyed: no IPv6 host lives there (loopback, ::/96).
+        if host.is_ipv4_space() {
+            return Ok(Action::Pass);
+        }
+        let probe: *const ProbeHeader = ptr_at(ctx, icmp_off + ICMP_HDR_LEN)?;
+        // SAFETY: bounds checked above; ProbeHeader is plain bytes.
+        let probe = unsafe { *probe };
+        count(ctx, host, ident, &probe)
+    }
+
+    /// One of our echo replies (either family) from `addr`: counted in its host's slot if it
+    /// is fresh, authentic and not counted before.
+    #[inline(always)]
+    fn count(
+        ctx: &XdpContext,
+        addr: HostKey,
+        ident: u16,
+        probe: &ProbeHeader,
+    ) -> Result<Action, Skip> {
         // One copy per packet: every decision below sees the same config.
         let Some(config) = CONFIG.get(0).copied() else {
             return Ok(Action::Pass);
         };
-        if !ours(ident, &probe, &config) {
+        if !ours(ident, probe, &config) {
             return Ok(Action::Pass);
         }
-        let addr = u32::from_be_bytes(src);
         let base = (config.generation & 1) * config.half;
         let Some(index) = find_host(addr, base, config.hosts) else {
             bump(Stat::UnknownHost);
-            debug!(ctx, "reply from unmonitored {:i}", addr);
+            debug_host!(ctx, "reply from unmonitored {:i}", addr);
             return Ok(Action::Pass);
         };
         let Some(key) = KEYS.get(probe.window() % KEY_RING).copied() else {
             return Ok(Action::Pass);
         };
         let now = unsafe { bpf_ktime_get_ns() };
-        match judge(ident, &probe, &config, addr, &key, now) {
+        match judge(ident, probe, &config, addr, &key, now) {
             Verdict::Fresh => {}
             Verdict::Stale => {
                 bump(Stat::Stale);
-                debug!(
+                debug_host!(
                     ctx,
                     "late reply from {:i}: window {} seq {}",
                     addr,
@@ -188,7 +261,7 @@ mod program {
             }
             Verdict::Forged => {
                 bump(Stat::Forged);
-                debug!(ctx, "forged reply from {:i}", addr);
+                debug_host!(ctx, "forged reply from {:i}", addr);
                 return Ok(Action::Pass);
             }
         }
@@ -204,7 +277,7 @@ mod program {
         };
         if before & bit != 0 {
             bump(Stat::Replayed);
-            debug!(ctx, "replayed reply from {:i} seq {}", addr, probe.seq());
+            debug_host!(ctx, "replayed reply from {:i} seq {}", addr, probe.seq());
             return Ok(Action::Pass);
         }
         let rtt = rtt_of(now, probe.sent_ns());
@@ -216,7 +289,7 @@ mod program {
             (*slot).last_seq = probe.seq();
         }
         bump(Stat::Counted);
-        debug!(
+        debug_host!(
             ctx,
             "counted reply from {:i} seq {} rtt {} ns",
             addr,
@@ -231,7 +304,7 @@ mod program {
     /// callback verified as well but cost an indirect call a step: 12 % of the program's time
     /// at 131,072 hosts.)
     #[inline(always)]
-    fn find_host(addr: u32, base: u32, hosts: u32) -> Option<u32> {
+    fn find_host(addr: HostKey, base: u32, hosts: u32) -> Option<u32> {
         let mut search = Search::new(addr, hosts);
         search.base = base;
         for _ in 0..SEARCH_STEPS {

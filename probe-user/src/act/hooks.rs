@@ -12,7 +12,7 @@
 
 use std::{
     fmt, io,
-    net::Ipv4Addr,
+    net::IpAddr,
     os::unix::process::ExitStatusExt as _,
     process::{ExitStatus, Stdio},
     time::Duration,
@@ -54,7 +54,7 @@ const OUTPUT_GRACE: Duration = Duration::from_millis(500);
 pub struct HookFacts {
     pub event: HookEvent,
     /// The monitored host the event is about.
-    pub host: Ipv4Addr,
+    pub host: IpAddr,
     /// The virtual IP, as configured (e.g. `192.0.2.100/24`).
     pub vip: String,
     /// The host's state after the event (`DOWN` to the hook).
@@ -388,7 +388,7 @@ mod tests {
     fn facts(event: HookEvent) -> HookFacts {
         HookFacts {
             event,
-            host: Ipv4Addr::new(192, 0, 2, 1),
+            host: IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1)),
             vip: "192.0.2.100/24".into(),
             state: State::Down,
             window: 42,

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     cmd::report::{self, Format, StateLine},
     config::{
+        family::Family,
         flags::{MonitorArgs, Receive},
         timing::Timing,
     },
@@ -33,7 +34,8 @@ pub async fn monitor(args: MonitorArgs) -> Result<u8, Failure> {
     let timing = Timing::for_monitor(&args).map_err(|e| Failure::Usage(e.into()))?;
     // The targets are read (not resolved) before the system is asked anything, so a bad target
     // file is a usage error for anyone, as in `check`.
-    let parsed = targets::parse_args(&args.targets, targets::open_file)
+    let family = Family::from_flags(args.ipv4, args.ipv6);
+    let parsed = targets::parse_args_in(&args.targets, family, targets::open_file)
         .map_err(|e| Failure::Usage(e.into()))?;
     interface_index(&args.iface)?;
     require_capabilities()?;

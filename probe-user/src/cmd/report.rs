@@ -8,7 +8,7 @@
 
 use std::{
     io::{self, Write},
-    net::Ipv4Addr,
+    net::IpAddr,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -29,7 +29,7 @@ pub enum Format {
 /// A host changed state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StateLine {
-    pub host: Ipv4Addr,
+    pub host: IpAddr,
     /// Shown as the prober spells them (`UP`, `DOWN`, `UNKNOWN`).
     pub from: State,
     pub to: State,
@@ -76,7 +76,7 @@ pub fn write_state(out: &mut impl Write, format: Format, line: &StateLine) -> io
 struct StateJson {
     #[serde(rename = "type")]
     kind: &'static str,
-    host: Ipv4Addr,
+    host: IpAddr,
     from: State,
     to: State,
     window: u32,

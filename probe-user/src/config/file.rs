@@ -1,7 +1,7 @@
 //! The config file as written: the same keys as the flags, `[[group]]` and `[[dns]]` tables,
 //! unknown keys refused; and where in the file a key is set, for error messages.
 
-use std::{net::Ipv4Addr, path::Path, time::Duration};
+use std::{net::IpAddr, path::Path, time::Duration};
 
 use ipnet::Ipv4Net;
 use serde::Deserialize;
@@ -20,7 +20,7 @@ pub const DEFAULT_CONFIG: &str = "/etc/xdprobe/xdprobe.toml";
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub iface: Option<String>,
-    pub watch: Option<Ipv4Addr>,
+    pub watch: Option<IpAddr>,
     pub vip: Option<Ipv4Net>,
     pub label: Option<String>,
     /// More failover groups, each `[[group]]` with its own watch, vip and label.
@@ -37,7 +37,7 @@ pub struct FileConfig {
     pub retries: Option<u32>,
     #[serde(default, with = "humantime_serde")]
     pub timeout: Option<Duration>,
-    pub witness: Option<Vec<Ipv4Addr>>,
+    pub witness: Option<Vec<IpAddr>>,
     pub failback: Option<Failback>,
     pub on_exit: Option<OnExit>,
     #[serde(default, with = "humantime_serde")]
@@ -73,7 +73,7 @@ pub struct FileConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GroupFile {
-    pub watch: Option<Ipv4Addr>,
+    pub watch: Option<IpAddr>,
     pub vip: Option<Ipv4Net>,
     pub label: Option<String>,
 }

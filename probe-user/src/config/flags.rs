@@ -1,7 +1,7 @@
 //! Command-line definitions (clap). Every flag is optional here: the same settings may come
 //! from `--config FILE`; `settings::Settings::resolve` merges and validates both.
 
-use std::{net::Ipv4Addr, path::PathBuf};
+use std::{net::IpAddr, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 use ipnet::Ipv4Net;
@@ -95,7 +95,17 @@ pub struct MonitorArgs {
     #[arg(long)]
     pub debug: bool,
 
-    /// Addresses, CIDRs (198.18.0.0/15), hostnames, or @FILE (one target a line, # comments).
+    /// Only IPv4: names resolve to their A records, an IPv6 target is an error.
+    #[arg(short = '4', conflicts_with = "ipv6")]
+    pub ipv4: bool,
+
+    /// Only IPv6: names resolve to their AAAA records, an IPv4 target is an error.
+    #[arg(short = '6')]
+    pub ipv6: bool,
+
+    /// Addresses and CIDRs of either family (198.18.0.0/15, 2001:db8:1::/111: at most 131,072
+    /// addresses an IPv6 network), hostnames (all their addresses), or @FILE (one target a
+    /// line, # comments).
     #[arg(required = true, value_name = "TARGET")]
     pub targets: Vec<String>,
 }
@@ -150,7 +160,7 @@ pub struct RunArgs {
 
     /// Address of the primary to watch.
     #[arg(long, value_name = "ADDR")]
-    pub watch: Option<Ipv4Addr>,
+    pub watch: Option<IpAddr>,
 
     /// Virtual IP to take over, with its prefix length (e.g. 192.0.2.100/24).
     #[arg(long, value_name = "ADDR/PREFIX")]
@@ -178,7 +188,7 @@ pub struct RunArgs {
     /// Another host to probe (typically the gateway); repeatable. If every witness is silent too
     /// when the primary goes down, we are the one cut off: the VIP is not taken.
     #[arg(long = "witness", value_name = "ADDR")]
-    pub witnesses: Vec<Ipv4Addr>,
+    pub witnesses: Vec<IpAddr>,
 
     /// When the primary is back: `release` the VIP (and announce it for the primary) or `keep` it
     /// [default: release].
@@ -256,6 +266,16 @@ pub struct RunArgs {
     /// Turn on the XDP program's diagnostics (forwarded to this log); off costs nothing per packet.
     #[arg(long)]
     pub debug: bool,
+
+    /// Only IPv4 for the `monitor` targets: names resolve to their A records, an IPv6 target is
+    /// an error.
+    #[arg(short = '4', conflicts_with = "ipv6")]
+    pub ipv4: bool,
+
+    /// Only IPv6 for the `monitor` targets: names resolve to their AAAA records, an IPv4 target
+    /// is an error.
+    #[arg(short = '6')]
+    pub ipv6: bool,
 }
 
 /// What to do with the VIP when the primary answers again.

@@ -4,6 +4,7 @@
 
 pub mod dns;
 pub mod error;
+pub mod family;
 pub mod file;
 pub mod flags;
 pub mod hooks;

@@ -4,13 +4,14 @@
 //! secrets), so every rule is unit-tested. Each part has its own resolver (timing, mail, hooks,
 //! DNS pools, here the groups and the failover); [`Settings::resolve`] puts them together.
 
-use std::{borrow::Cow, net::Ipv4Addr, time::Duration};
+use std::{borrow::Cow, net::IpAddr, time::Duration};
 
 use ipnet::Ipv4Net;
 
 use crate::config::{
     dns::PoolConfig,
     error::{bounded, SettingsError},
+    family::Family,
     file::{FileConfig, GroupFile},
     flags::{Failback, OnExit, RunArgs},
     hooks::Hooks,
@@ -44,7 +45,7 @@ pub struct Garp {
 /// A primary to watch and the VIP to take over when it is DOWN.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Group {
-    pub watch: Ipv4Addr,
+    pub watch: IpAddr,
     pub vip: Ipv4Net,
     pub label: String,
 }
@@ -52,7 +53,7 @@ pub struct Group {
 /// How the standby decides to take and give back the VIP.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FailoverSettings {
-    pub witnesses: Vec<Ipv4Addr>,
+    pub witnesses: Vec<IpAddr>,
     pub failback: Failback,
     pub on_exit: OnExit,
     pub hold_down: Duration,
@@ -68,6 +69,8 @@ pub struct Settings {
     pub groups: Vec<Group>,
     /// Plain monitored targets, unresolved (see `probe::targets`).
     pub monitor: Vec<String>,
+    /// The address families of the monitored targets (`-4`, `-6`).
+    pub family: Family,
     /// DNS pools, secrets loaded.
     pub dns: Vec<PoolConfig>,
     pub timing: Timing,
@@ -99,6 +102,7 @@ impl Settings {
             iface,
             groups,
             monitor,
+            family: Family::from_flags(args.ipv4, args.ipv6),
             dns,
             timing,
             failover,
@@ -175,8 +179,8 @@ fn resolve_groups(
 fn clash(a: &Group, b: &Group) -> bool {
     a.vip.addr() == b.vip.addr()
         || a.label == b.label
-        || a.watch == b.vip.addr()
-        || b.watch == a.vip.addr()
+        || a.watch == IpAddr::V4(b.vip.addr())
+        || b.watch == IpAddr::V4(a.vip.addr())
 }
 
 /// One failover group: `prefix` names where it came from in errors (`group[2].`), `n` numbers
@@ -191,7 +195,7 @@ fn resolve_group(
     let watch = spec.watch.ok_or(SettingsError::Missing {
         field: field("watch"),
     })?;
-    if watch.is_unspecified() || watch.is_broadcast() || watch.is_multicast() {
+    if !is_unicast_host(watch) {
         return Err(SettingsError::invalid(
             field("watch"),
             format!("{watch} is not a unicast host address"),
@@ -200,7 +204,7 @@ fn resolve_group(
     let vip = spec.vip.ok_or(SettingsError::Missing {
         field: field("vip"),
     })?;
-    if vip.addr() == watch {
+    if IpAddr::V4(vip.addr()) == watch {
         return Err(SettingsError::invalid(
             field("vip"),
             format!(
@@ -285,17 +289,17 @@ fn resolve_witnesses(
     args: &RunArgs,
     file: &FileConfig,
     groups: &[Group],
-) -> Result<Vec<Ipv4Addr>, SettingsError> {
+) -> Result<Vec<IpAddr>, SettingsError> {
     let witnesses = if args.witnesses.is_empty() {
         file.witness.clone().unwrap_or_default()
     } else {
         args.witnesses.clone()
     };
     for w in &witnesses {
-        if groups.iter().any(|g| *w == g.watch || *w == g.vip.addr())
-            || w.is_unspecified()
-            || w.is_multicast()
-            || w.is_broadcast()
+        if groups
+            .iter()
+            .any(|g| *w == g.watch || *w == IpAddr::V4(g.vip.addr()))
+            || !is_unicast_host(*w)
         {
             return Err(SettingsError::invalid(
                 "witness",
@@ -304,6 +308,15 @@ fn resolve_witnesses(
         }
     }
     Ok(witnesses)
+}
+
+/// Whether `addr` can be a probed host: unicast, and for IPv6 outside `::/96` (unspecified,
+/// loopback, IPv4-compatible), where the prober keys IPv4 hosts.
+fn is_unicast_host(addr: IpAddr) -> bool {
+    match addr {
+        IpAddr::V4(v4) => !(v4.is_unspecified() || v4.is_broadcast() || v4.is_multicast()),
+        IpAddr::V6(v6) => u128::from(v6) >> 32 != 0 && !v6.is_multicast(),
+    }
 }
 
 impl Garp {
@@ -545,7 +558,7 @@ mod tests {
         }
         assert_eq!(
             s.failover.witnesses,
-            ["192.0.2.254".parse::<Ipv4Addr>().unwrap()]
+            ["192.0.2.254".parse::<IpAddr>().unwrap()]
         );
         assert_eq!(s.hooks.on_claim.as_ref().map(|h| h.args.len()), Some(1));
     }
@@ -649,7 +662,7 @@ mod tests {
         let s = Settings::resolve(&RunArgs::default(), f).unwrap();
         let labels: Vec<&str> = s.groups.iter().map(|g| g.label.as_str()).collect();
         assert_eq!(labels, ["eth0:1", "eth0:2", "eth0:web"]);
-        assert_eq!(s.groups[1].watch, "192.0.2.11".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(s.groups[1].watch, "192.0.2.11".parse::<IpAddr>().unwrap());
         assert_eq!(s.monitor.len(), 2);
         // Monitored targets alone are enough: no VIP to take, just watching.
         let s = Settings::resolve(

@@ -1,7 +1,7 @@
 //! What the prober tells the rest of the daemon (pure data).
 
 use std::{
-    net::Ipv4Addr,
+    net::IpAddr,
     time::{Duration, SystemTime},
 };
 
@@ -12,7 +12,7 @@ use crate::model::health::Change;
 /// A host changed state at the end of a probe round.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HostEvent {
-    pub host: Ipv4Addr,
+    pub host: IpAddr,
     pub change: Change,
     /// The window the deciding round belonged to.
     pub window: u32,
@@ -55,7 +55,7 @@ pub enum HostReport {
     /// (it missed the change): the group acts on it, but it is not a change, so no hooks.
     Known(HostEvent),
     /// The watched host has been silent long enough that a DOWN may follow.
-    Suspect { host: Ipv4Addr, window: u32 },
+    Suspect { host: IpAddr, window: u32 },
     /// Whether any witness answered within the last window (sent when it changes).
     Witnesses { alive: bool, window: u32 },
 }

@@ -2,7 +2,7 @@
 //! release, conflict, isolation and start.
 
 use std::{
-    net::Ipv4Addr,
+    net::IpAddr,
     time::{Duration, SystemTime},
 };
 
@@ -85,7 +85,7 @@ pub fn recovery_notice(
 }
 
 pub fn release_notice(
-    watch: Ipv4Addr,
+    watch: IpAddr,
     site: &Site,
     at: SystemTime,
     announced_for: Option<String>,
@@ -106,7 +106,7 @@ pub fn release_notice(
     }
 }
 
-pub fn conflict_notice(watch: Ipv4Addr, site: &Site, at: SystemTime, holder: &str) -> Notice {
+pub fn conflict_notice(watch: IpAddr, site: &Site, at: SystemTime, holder: &str) -> Notice {
     Notice {
         subject: format!("xdprobe: {watch} is DOWN but {} is in use by {holder}: not taken", site.vip),
         body: format!(
@@ -120,8 +120,8 @@ pub fn conflict_notice(watch: Ipv4Addr, site: &Site, at: SystemTime, holder: &st
 }
 
 pub fn isolation_notice(
-    watch: Ipv4Addr,
-    witnesses: &[Ipv4Addr],
+    watch: IpAddr,
+    witnesses: &[IpAddr],
     site: &Site,
     at: SystemTime,
 ) -> Notice {
@@ -139,7 +139,7 @@ pub fn isolation_notice(
     }
 }
 
-pub fn start_notice(watch: Ipv4Addr, takeover: &Site, holding: bool) -> Notice {
+pub fn start_notice(watch: IpAddr, takeover: &Site, holding: bool) -> Notice {
     let now = if holding {
         format!("It already holds {} and keeps it.", takeover.vip)
     } else {

@@ -2,7 +2,7 @@
 //! snapshot that the prober, the failover groups and the DNS pools keep up to date.
 
 use std::{
-    net::Ipv4Addr,
+    net::IpAddr,
     sync::{Arc, Mutex},
 };
 
@@ -33,7 +33,7 @@ pub struct Snapshot {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HostStatus {
-    pub host: Ipv4Addr,
+    pub host: IpAddr,
     pub state: State,
     /// The window in which the host entered its state.
     pub since_window: u32,
@@ -44,7 +44,7 @@ pub struct HostStatus {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GroupStatus {
-    pub watch: Ipv4Addr,
+    pub watch: IpAddr,
     pub vip: String,
     pub label: String,
     pub holding: bool,

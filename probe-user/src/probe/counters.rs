@@ -2,12 +2,13 @@
 //!
 //! * [`crate::probe::xdp::XdpProbe`]: the XDP program counts replies in the kernel, and userspace
 //!   reads a memory-mapped array (the real thing);
-//! * [`SocketCounters`]: a raw ICMP socket receives every reply in userspace, which judges and
-//!   counts it (the ablation the benchmark compares against, to show what XDP buys).
+//! * [`SocketCounters`]: a raw ICMP socket (and a raw ICMPv6 one for IPv6 hosts) receives every
+//!   reply in userspace, which judges and counts it (the ablation the benchmark compares
+//!   against, to show what XDP buys).
 
 use std::{
     io::IoSliceMut,
-    net::Ipv4Addr,
+    net::IpAddr,
     os::fd::AsRawFd as _,
     sync::{
         atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering, Ordering::Relaxed},
@@ -20,18 +21,19 @@ use std::{
 use anyhow::Context as _;
 use nix::{
     errno::Errno,
-    sys::socket::{recvmmsg, MsgFlags, MultiHeaders, SockaddrIn},
+    sys::socket::{recvmmsg, MsgFlags, MultiHeaders, SockaddrIn, SockaddrIn6, SockaddrLike},
 };
 use probe_common::{
+    host::HostKey,
     mac::Key,
     maps::{answer_bit, rtt_of, HostSlot, ProbeConfig, Stat, WindowKey, KEY_RING},
     verdict::{judge, ours, Verdict},
-    wire::parse_echo_reply,
+    wire::{parse_echo6_reply, parse_echo_reply, ProbeHeader, ICMPV6_ECHO_REPLY},
 };
 use socket2::{Domain, Protocol, Socket, Type};
 use tracing::warn;
 
-use crate::probe::clock::monotonic_ns;
+use crate::probe::{clock::monotonic_ns, sender::icmpv6_filter};
 
 /// What the counters accept from now on: our identifier, the newest probe sequence that may
 /// be out, and how late a reply may be.
@@ -54,7 +56,7 @@ pub trait Counters: Send {
     /// Replaces the host list between two windows: `hosts` sorted and unique, `from[i]` the
     /// index host `i` had until now (its counters move with it) or `None` for a new host.
     /// Counting goes on. On error nothing changed.
-    fn rehost(&mut self, hosts: &[Ipv4Addr], from: &[Option<usize>]) -> anyhow::Result<()> {
+    fn rehost(&mut self, hosts: &[IpAddr], from: &[Option<usize>]) -> anyhow::Result<()> {
         let _ = (hosts, from);
         anyhow::bail!("these counters cannot change their hosts while running")
     }
@@ -66,7 +68,7 @@ pub trait Counters: Send {
 pub struct SocketCounters {
     shared: Arc<Shared>,
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 #[derive(Default)]
@@ -78,8 +80,8 @@ struct AtomicSlot {
 }
 
 struct Shared {
-    /// Sorted host-order addresses; a host's index is its slot.
-    hosts: Vec<u32>,
+    /// Sorted host keys; a host's index is its slot.
+    hosts: Vec<HostKey>,
     slots: Vec<AtomicSlot>,
     /// What counts, as the XDP program's config has it.
     config: Mutex<ProbeConfig>,
@@ -91,21 +93,19 @@ const BATCH: usize = 64;
 const BUF: usize = 256;
 
 impl SocketCounters {
-    /// Opens the socket on `iface` and starts the receiving thread. `hosts` must be sorted.
-    pub fn start(iface: &str, hosts: &[Ipv4Addr]) -> anyhow::Result<Self> {
-        let socket = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4))
-            .context("opening a raw ICMP socket")?;
-        socket
-            .bind_device(Some(iface.as_bytes()))
-            .with_context(|| format!("binding the ICMP socket to {iface}"))?;
-        socket
-            .set_recv_buffer_size(64 << 20)
-            .context("sizing the receive buffer")?;
-        socket
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .context("setting the receive timeout")?;
+    /// Opens the sockets on `iface` (ICMPv6 only with IPv6 hosts) and starts a receiving thread
+    /// each. `hosts` must be sorted.
+    pub fn start(iface: &str, hosts: &[IpAddr]) -> anyhow::Result<Self> {
+        let v4 = receiving_socket(iface, Domain::IPV4, Protocol::ICMPV4)?;
+        let v6 = if hosts.iter().any(IpAddr::is_ipv6) {
+            let socket = receiving_socket(iface, Domain::IPV6, Protocol::ICMPV6)?;
+            icmpv6_filter(&socket, &[ICMPV6_ECHO_REPLY]).context("filtering the ICMPv6 socket")?;
+            Some(socket)
+        } else {
+            None
+        };
         let shared = Arc::new(Shared {
-            hosts: hosts.iter().map(|a| u32::from(*a)).collect(),
+            hosts: hosts.iter().map(|a| HostKey::from(*a)).collect(),
             slots: hosts.iter().map(|_| AtomicSlot::default()).collect(),
             config: Mutex::new(ProbeConfig {
                 hosts: hosts.len() as u32,
@@ -116,25 +116,69 @@ impl SocketCounters {
             stats: Default::default(),
         });
         let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (shared, stop) = (Arc::clone(&shared), Arc::clone(&stop));
-            std::thread::Builder::new()
-                .name("icmp-receive".into())
-                .spawn(move || receive(&socket, &shared, &stop))
-                .context("starting the receiving thread")?
-        };
-        Ok(Self {
+        let mut counters = Self {
             shared,
             stop,
-            thread: Some(thread),
-        })
+            threads: Vec::new(),
+        };
+        let (shared, stop) = (Arc::clone(&counters.shared), Arc::clone(&counters.stop));
+        counters.threads.push(
+            std::thread::Builder::new()
+                .name("icmp-receive".into())
+                .spawn(move || receive::<SockaddrIn>(&v4, &shared, &stop, parse_v4))
+                .context("starting the receiving thread")?,
+        );
+        if let Some(v6) = v6 {
+            let (shared, stop) = (Arc::clone(&counters.shared), Arc::clone(&counters.stop));
+            counters.threads.push(
+                std::thread::Builder::new()
+                    .name("icmp6-receive".into())
+                    .spawn(move || receive::<SockaddrIn6>(&v6, &shared, &stop, parse_v6))
+                    .context("starting the ICMPv6 receiving thread")?,
+            );
+        }
+        Ok(counters)
     }
+}
+
+/// A raw socket of `domain` and `protocol` on `iface`, with a large buffer and a short read
+/// timeout (so its thread sees a stop soon).
+fn receiving_socket(iface: &str, domain: Domain, protocol: Protocol) -> anyhow::Result<Socket> {
+    let socket =
+        Socket::new(domain, Type::RAW, Some(protocol)).context("opening a raw ICMP socket")?;
+    socket
+        .bind_device(Some(iface.as_bytes()))
+        .with_context(|| format!("binding the ICMP socket to {iface}"))?;
+    socket
+        .set_recv_buffer_size(64 << 20)
+        .context("sizing the receive buffer")?;
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .context("setting the receive timeout")?;
+    Ok(socket)
+}
+
+/// A received echo reply: the host it comes from, its identifier and our probe header.
+type Reply = (HostKey, u16, ProbeHeader);
+
+/// An IPv4 datagram (IPv4 header first): the reply's source, identifier and probe header.
+fn parse_v4(packet: &[u8], _: &SockaddrIn) -> Option<Reply> {
+    parse_echo_reply(packet).map(|(src, ident, probe)| (HostKey::v4(src), ident, probe))
+}
+
+/// An ICMPv6 message (the kernel strips the IPv6 header): the source is the sender's address.
+fn parse_v6(packet: &[u8], from: &SockaddrIn6) -> Option<Reply> {
+    let host = HostKey::v6(from.ip().octets());
+    if host.is_ipv4_space() {
+        return None;
+    }
+    parse_echo6_reply(packet).map(|(ident, probe)| (host, ident, probe))
 }
 
 impl Drop for SocketCounters {
     fn drop(&mut self) {
         self.stop.store(true, Relaxed);
-        if let Some(thread) = self.thread.take() {
+        for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
     }
@@ -192,13 +236,18 @@ impl Counters for SocketCounters {
 
 /// The receiving loop: batches of datagrams with `recvmmsg`, each judged like the XDP
 /// program judges a frame.
-fn receive(socket: &Socket, shared: &Shared, stop: &AtomicBool) {
+fn receive<A: SockaddrLike + Copy>(
+    socket: &Socket,
+    shared: &Shared,
+    stop: &AtomicBool,
+    parse: fn(&[u8], &A) -> Option<Reply>,
+) {
     let mut bufs = vec![[0u8; BUF]; BATCH];
-    let mut headers = MultiHeaders::<SockaddrIn>::preallocate(BATCH, None);
+    let mut headers = MultiHeaders::<A>::preallocate(BATCH, None);
     while !stop.load(Relaxed) {
         // The socket's read timeout bounds the wait for the first datagram; the rest are
         // taken if queued.
-        let lengths: Vec<usize> = {
+        let lengths: Vec<(usize, Option<A>)> = {
             let mut slices: Vec<[IoSliceMut<'_>; 1]> =
                 bufs.iter_mut().map(|b| [IoSliceMut::new(b)]).collect();
             match recvmmsg(
@@ -208,7 +257,7 @@ fn receive(socket: &Socket, shared: &Shared, stop: &AtomicBool) {
                 MsgFlags::MSG_WAITFORONE,
                 None,
             ) {
-                Ok(received) => received.map(|msg| msg.bytes).collect(),
+                Ok(received) => received.map(|msg| (msg.bytes, msg.address)).collect(),
                 Err(Errno::EAGAIN | Errno::EINTR) => continue,
                 Err(error) => {
                     warn!(%error, "receiving replies failed");
@@ -218,18 +267,17 @@ fn receive(socket: &Socket, shared: &Shared, stop: &AtomicBool) {
             }
         };
         let now = monotonic_ns();
-        for (len, buf) in lengths.into_iter().zip(&bufs) {
-            count(shared, &buf[..len.min(BUF)], now);
+        for ((len, from), buf) in lengths.into_iter().zip(&bufs) {
+            if let Some(reply) = from.and_then(|from| parse(&buf[..len.min(BUF)], &from)) {
+                count(shared, reply, now);
+            }
         }
     }
 }
 
 /// Judges one datagram as the XDP program judges a frame, and counts it if it is a fresh
 /// answer to one of our probes.
-fn count(shared: &Shared, packet: &[u8], now: u64) {
-    let Some((src, ident, probe)) = parse_echo_reply(packet) else {
-        return;
-    };
+fn count(shared: &Shared, (src, ident, probe): Reply, now: u64) {
     let config = *lock(&shared.config);
     if !ours(ident, &probe, &config) {
         return;

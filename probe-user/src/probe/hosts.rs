@@ -1,9 +1,15 @@
 //! Which hosts are probed: the failover groups' primaries, the witnesses, the monitored
 //! targets and the DNS pools' members, sorted, and the part each plays in failover.
 
+use std::net::IpAddr;
+#[cfg(test)]
 use std::net::Ipv4Addr;
 
-use crate::{config::settings::Settings, failure::Failure, probe::targets};
+use crate::{
+    config::{family::Family, settings::Settings},
+    failure::Failure,
+    probe::targets,
+};
 
 /// Which of the (sorted) hosts play a part in failover.
 #[derive(Clone, Debug, Default)]
@@ -15,8 +21,8 @@ pub struct Roles {
 
 impl Roles {
     /// Roles of `watches` and `witnesses` within `hosts` (sorted, containing them all).
-    pub fn find(hosts: &[Ipv4Addr], watches: &[Ipv4Addr], witnesses: &[Ipv4Addr]) -> Self {
-        let find = |list: &[Ipv4Addr]| {
+    pub fn find(hosts: &[IpAddr], watches: &[IpAddr], witnesses: &[IpAddr]) -> Self {
+        let find = |list: &[IpAddr]| {
             list.iter()
                 .filter_map(|a| hosts.binary_search(a).ok())
                 .collect()
@@ -30,16 +36,19 @@ impl Roles {
 
 /// Every host to probe, sorted: the groups' primaries, the witnesses, the monitored targets
 /// and the DNS pools' members; and which of them play a part in failover.
-pub fn probed_hosts(settings: &Settings, monitored: &[Ipv4Addr]) -> (Vec<Ipv4Addr>, Roles) {
-    let watches: Vec<Ipv4Addr> = settings.groups.iter().map(|g| g.watch).collect();
+pub fn probed_hosts(settings: &Settings, monitored: &[IpAddr]) -> (Vec<IpAddr>, Roles) {
+    let watches: Vec<IpAddr> = settings.groups.iter().map(|g| g.watch).collect();
     let witnesses = &settings.failover.witnesses;
-    let members = settings.dns.iter().flat_map(|pool| &pool.members);
-    let mut hosts: Vec<Ipv4Addr> = watches
+    let members = settings
+        .dns
+        .iter()
+        .flat_map(|pool| pool.members.iter().map(|m| IpAddr::V4(*m)));
+    let mut hosts: Vec<IpAddr> = watches
         .iter()
         .chain(witnesses)
         .chain(monitored)
-        .chain(members)
         .copied()
+        .chain(members)
         .collect();
     hosts.sort_unstable();
     hosts.dedup();
@@ -54,11 +63,11 @@ pub fn reload_capacity(hosts: usize) -> usize {
 }
 
 /// The config's plain monitored targets, resolved.
-pub async fn monitored_hosts(specs: &[String]) -> Result<Vec<Ipv4Addr>, Failure> {
+pub async fn monitored_hosts(specs: &[String], family: Family) -> Result<Vec<IpAddr>, Failure> {
     if specs.is_empty() {
         return Ok(Vec::new());
     }
-    let parsed = targets::parse_args(specs, targets::open_file)
+    let parsed = targets::parse_args_in(specs, family, targets::open_file)
         .map_err(|e| Failure::Usage(anyhow::Error::from(e).context("invalid `monitor`")))?;
     targets::resolve(parsed, probe_common::maps::MAX_HOSTS as usize)
         .await
@@ -66,7 +75,7 @@ pub async fn monitored_hosts(specs: &[String]) -> Result<Vec<Ipv4Addr>, Failure>
 }
 
 /// For each host of `new`, its index in `old` (both sorted), or `None` if it is new.
-pub fn origins(old: &[Ipv4Addr], new: &[Ipv4Addr]) -> Vec<Option<usize>> {
+pub fn origins(old: &[IpAddr], new: &[IpAddr]) -> Vec<Option<usize>> {
     let mut i = 0;
     new.iter()
         .map(|host| {
@@ -91,7 +100,7 @@ mod tests {
 
     #[test]
     fn roles_are_found_in_the_sorted_host_list() {
-        let hosts: Vec<Ipv4Addr> = ["192.0.2.1", "192.0.2.9", "192.0.2.254"]
+        let hosts: Vec<IpAddr> = ["192.0.2.1", "192.0.2.9", "192.0.2.254"]
             .iter()
             .map(|a| a.parse().unwrap())
             .collect();
@@ -102,7 +111,7 @@ mod tests {
 
     #[test]
     fn a_reload_keeps_each_remaining_hosts_values_wherever_it_moves() {
-        let a = |last: u8| Ipv4Addr::new(192, 0, 2, last);
+        let a = |last: u8| IpAddr::V4(Ipv4Addr::new(192, 0, 2, last));
         let old = [a(1), a(5), a(9)];
         let new = [a(0), a(1), a(6), a(9), a(200)];
         let from = origins(&old, &new);

@@ -1,5 +1,5 @@
 //! Target lists for `xdprobe monitor`: addresses, CIDRs, hostnames and `@FILE`s, turned into a
-//! sorted, duplicate-free list of IPv4 hosts.
+//! sorted, duplicate-free list of hosts: IPv4 first, then IPv6.
 //!
 //! The work is split in two so that almost all of it is pure and testable without a network:
 //!
@@ -24,15 +24,17 @@ use std::{
 };
 
 use futures::stream::{self, StreamExt as _};
-use ipnet::Ipv4Net;
+
+pub use crate::config::family::Family;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 /// One target as written on the command line or in a file, before any name resolution.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
-    /// A single dotted-quad address.
-    Addr(Ipv4Addr),
+    /// A single address (an IPv4-mapped IPv6 address is its IPv4 address).
+    Addr(IpAddr),
     /// A network; host bits are never set (that is a syntax error, see [`parse_target`]).
-    Net(Ipv4Net),
+    Net(IpNet),
     /// A hostname with valid RFC 1123 syntax, still to be resolved.
     Name(String),
 }
@@ -60,7 +62,7 @@ pub enum TargetError {
         origin: String,
         reason: String,
     },
-    /// A hostname did not resolve to any IPv4 address.
+    /// A hostname did not resolve to any address of the family asked for.
     #[error("{origin}: {name:?}: {message}")]
     Resolve {
         name: String,
@@ -85,6 +87,11 @@ pub const MAX_TARGETS: usize = probe_common::maps::MAX_HOSTS as usize;
 /// Most lines one `@FILE` may have, blank and comment lines included: four per target at the
 /// most, so that an endless stream of blank lines ends too.
 pub const MAX_FILE_LINES: u64 = 4 * MAX_TARGETS as u64;
+/// Most addresses an IPv6 network may stand for: a /111. A /64 cannot be swept.
+pub const MAX_IPV6_NET: u128 = 1 << 17;
+/// The shortest IPv6 prefix accepted, for [`MAX_IPV6_NET`] addresses.
+pub const MIN_IPV6_PREFIX: u8 = 128 - MAX_IPV6_NET.trailing_zeros() as u8;
+
 /// The UTF-8 byte-order mark some editors put at the start of a file.
 const BOM: &[u8] = "\u{feff}".as_bytes();
 /// Longest hostname in presentation form, without a trailing dot (RFC 1035 / RFC 1123).
@@ -95,8 +102,8 @@ const MAX_LABEL_LEN: usize = 63;
 /// flooding the resolver (each system lookup occupies a blocking thread).
 const CONCURRENT_LOOKUPS: usize = 16;
 
-/// Parses one target: a dotted IPv4 address, an IPv4 CIDR, or a hostname. Surrounding whitespace
-/// is ignored. The error is the reason only; callers add the origin.
+/// Parses one target: an IPv4 or IPv6 address, an IPv4 or IPv6 CIDR, or a hostname. Surrounding
+/// whitespace is ignored. The error is the reason only; callers add the origin.
 ///
 /// Rules, and why:
 /// * A CIDR must not have host bits set (`198.18.0.5/15`): that is almost always a typo for
@@ -105,31 +112,84 @@ const CONCURRENT_LOOKUPS: usize = 16;
 ///   of digits and dots (`10.1`, `010.0.0.1`) or whose last label is numeric are refused rather
 ///   than passed to the resolver, which would read them as `inet_aton` shorthand or octal and
 ///   probe an address nobody meant.
-/// * IPv6 is refused with an explicit message: the XDP program only counts ICMPv4 echo replies.
+/// * An IPv6 network may stand for at most [`MAX_IPV6_NET`] addresses (a /111): a /64 cannot be
+///   swept, and saying so beats probing for hours.
+/// * An IPv4-mapped IPv6 address (`::ffff:192.0.2.1`) is its IPv4 address. The rest of `::/96`
+///   (the unspecified address, loopback, the deprecated IPv4-compatible form) is refused: none
+///   is a host one can probe on a link.
 pub fn parse_target(text: &str) -> Result<Target, String> {
     let text = text.trim();
     if text.is_empty() {
         return Err("empty target".to_string());
     }
     if text.contains(':') {
-        if text.parse::<Ipv6Addr>().is_ok() || text.parse::<ipnet::Ipv6Net>().is_ok() {
-            return Err("IPv6 is not supported (IPv4 addresses, CIDRs and names only)".to_string());
-        }
-        return Err(
-            "invalid character ':' (a port or an IPv6 address is not a target)".to_string(),
-        );
+        return parse_ipv6(text);
     }
     if text.chars().any(char::is_whitespace) {
         return Err("contains whitespace (one target per argument or line)".to_string());
     }
     if let Some((addr, len)) = text.split_once('/') {
-        return parse_cidr(addr, len).map(Target::Net);
+        return parse_cidr(addr, len).map(|net| Target::Net(IpNet::V4(net)));
     }
     if let Ok(addr) = text.parse::<Ipv4Addr>() {
-        return Ok(Target::Addr(addr));
+        return Ok(Target::Addr(IpAddr::V4(addr)));
     }
     check_hostname(text)?;
     Ok(Target::Name(text.to_string()))
+}
+
+/// An IPv6 address or CIDR (see [`parse_target`]).
+fn parse_ipv6(text: &str) -> Result<Target, String> {
+    if let Some((addr, len)) = text.split_once('/') {
+        let addr: Ipv6Addr = addr
+            .parse()
+            .map_err(|_| format!("invalid IPv6 network address {addr:?}"))?;
+        let len = match len.parse::<u8>() {
+            Ok(n) if n <= 128 && len.bytes().all(|b| b.is_ascii_digit()) => n,
+            _ => return Err("invalid prefix length (0 to 128)".to_string()),
+        };
+        let net =
+            Ipv6Net::new(addr, len).map_err(|_| "invalid prefix length (0 to 128)".to_string())?;
+        if net.network() != addr {
+            return Err(format!(
+                "host bits are set: did you mean {}/{len}",
+                net.network()
+            ));
+        }
+        if len < MIN_IPV6_PREFIX {
+            return Err(format!(
+                "an IPv6 network of at most {MAX_IPV6_NET} addresses (/{MIN_IPV6_PREFIX} or \
+                 longer) can be swept; /{len} is too large"
+            ));
+        }
+        if below_host_space(addr) {
+            return Err(not_a_host(addr));
+        }
+        return Ok(Target::Net(IpNet::V6(net)));
+    }
+    let addr: Ipv6Addr = text.parse().map_err(|_| {
+        if text.contains('%') {
+            "a zone index is not needed: link-local hosts are probed on --iface".to_string()
+        } else {
+            "invalid IPv6 address (and ':' is no part of a name or an IPv4 address)".to_string()
+        }
+    })?;
+    if let Some(v4) = addr.to_ipv4_mapped() {
+        return Ok(Target::Addr(IpAddr::V4(v4)));
+    }
+    if below_host_space(addr) {
+        return Err(not_a_host(addr));
+    }
+    Ok(Target::Addr(IpAddr::V6(addr)))
+}
+
+/// Whether `addr` lies in `::/96`, below every IPv6 host (where the prober keys IPv4 hosts).
+fn below_host_space(addr: Ipv6Addr) -> bool {
+    u128::from(addr) >> 32 == 0
+}
+
+fn not_a_host(addr: Ipv6Addr) -> String {
+    format!("{addr} is not a host address (::/96 holds the unspecified and loopback addresses)")
 }
 
 fn parse_cidr(addr: &str, len: &str) -> Result<Ipv4Net, String> {
@@ -158,7 +218,7 @@ fn check_hostname(text: &str) -> Result<(), String> {
         .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '.'))
     {
         return Err(format!(
-            "invalid character {bad:?} (not an IPv4 address, CIDR or hostname)"
+            "invalid character {bad:?} (not an address, CIDR or hostname)"
         ));
     }
     let name = text.strip_suffix('.').unwrap_or(text);
@@ -210,18 +270,20 @@ fn check_hostname(text: &str) -> Result<(), String> {
 }
 
 /// Parsed targets in the compact form they are kept in until resolved: addresses and CIDRs as
-/// inclusive `u32` ranges (8 bytes each, so a 131,072-line file costs about a megabyte, not a
-/// string per line), names with the origin to report if they do not resolve.
+/// inclusive ranges of [`key`]s (32 bytes each, so a 131,072-line file costs about 4 MiB, not a
+/// string per line), names with the origin to report if they do not resolve, and the family
+/// names resolve to.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Parsed {
-    pub ranges: Vec<(u32, u32)>,
+    pub ranges: Vec<(u128, u128)>,
     pub names: Vec<(String, String)>,
+    pub family: Family,
 }
 
 impl Parsed {
     pub fn push(&mut self, target: Target, origin: impl FnOnce() -> String) {
         match target {
-            Target::Addr(addr) => self.ranges.push((u32::from(addr), u32::from(addr))),
+            Target::Addr(addr) => self.ranges.push((key(addr), key(addr))),
             Target::Net(net) => self.ranges.push(host_range(net)),
             Target::Name(name) => self.names.push((name, origin())),
         }
@@ -255,19 +317,35 @@ impl From<Vec<(Target, String)>> for Parsed {
 /// for error messages after resolution. Stops at the first bad target. `open` is [`open_file`]
 /// in the daemon and a map of in-memory files in tests; what it opens is read a line at a
 /// time (see [`parse_file`]), never whole.
+#[cfg(test)]
 pub fn parse_args<R: BufRead>(
     args: &[String],
     open: impl Fn(&Path) -> io::Result<R>,
 ) -> Result<Parsed, TargetError> {
-    let mut out = Parsed::default();
+    parse_args_in(args, Family::Any, open)
+}
+
+/// [`parse_args`] for one address family (`-4`/`-6`): an address or network of the other is
+/// an error naming its origin, and names will resolve to this family only.
+pub fn parse_args_in<R: BufRead>(
+    args: &[String],
+    family: Family,
+    open: impl Fn(&Path) -> io::Result<R>,
+) -> Result<Parsed, TargetError> {
+    let mut out = Parsed {
+        family,
+        ..Parsed::default()
+    };
     for (index, arg) in args.iter().enumerate() {
         let origin = format!("argument {}", index + 1);
         let Some(path) = arg.trim().strip_prefix('@') else {
-            let target = parse_target(arg).map_err(|reason| TargetError::Syntax {
-                origin: origin.clone(),
-                text: arg.trim().to_string(),
-                reason,
-            })?;
+            let target = parse_target(arg)
+                .and_then(|t| in_family(t, family))
+                .map_err(|reason| TargetError::Syntax {
+                    origin: origin.clone(),
+                    text: arg.trim().to_string(),
+                    reason,
+                })?;
             out.push(target, || origin);
             continue;
         };
@@ -288,6 +366,20 @@ pub fn parse_args<R: BufRead>(
         return Err(TargetError::Empty);
     }
     Ok(out)
+}
+
+/// `target` if its family is allowed (a name always is: it resolves within the family).
+fn in_family(target: Target, family: Family) -> Result<Target, String> {
+    let addr = match &target {
+        Target::Addr(addr) => *addr,
+        Target::Net(net) => net.addr(),
+        Target::Name(_) => return Ok(target),
+    };
+    if family.allows(addr) {
+        Ok(target)
+    } else {
+        Err(family.refusal().to_string())
+    }
 }
 
 /// Opens an `@FILE` for [`parse_args`]: the daemon's `open`.
@@ -387,7 +479,7 @@ fn parse_line(
             reason: "@FILE is not allowed inside a target file".to_string(),
         });
     }
-    match parse_target(text) {
+    match parse_target(text).and_then(|t| in_family(t, out.family)) {
         Ok(target) => {
             out.push(target, origin);
             Ok(())
@@ -403,7 +495,7 @@ fn parse_line(
 /// Turns parsed targets into the sorted, duplicate-free list of hosts to probe, resolving names
 /// with the system resolver (`getaddrinfo` through [`tokio::net::lookup_host`]). See
 /// [`resolve_with`] for the rules.
-pub async fn resolve(targets: Parsed, max_hosts: usize) -> Result<Vec<Ipv4Addr>, TargetError> {
+pub async fn resolve(targets: Parsed, max_hosts: usize) -> Result<Vec<IpAddr>, TargetError> {
     resolve_with(targets, max_hosts, |name: String| async move {
         let addrs = tokio::net::lookup_host((name.as_str(), 0)).await?;
         Ok(addrs.map(|sa| sa.ip()).collect())
@@ -418,25 +510,34 @@ pub async fn resolve(targets: Parsed, max_hosts: usize) -> Result<Vec<Ipv4Addr>,
 ///   as `fping -g` does (198.18.0.0/24 is 198.18.0.1 to 198.18.0.254); a /31 (RFC 3021
 ///   point-to-point link) gives both addresses and a /32 its one address. An address listed on
 ///   its own is always kept, even a network or broadcast address.
-/// * A name gives all its IPv4 addresses (like `fping -m`); IPv6 results are ignored, and a name
-///   with no IPv4 address at all is an error naming its origin.
+/// * A name gives all its addresses of the family asked for (like `fping -m`): IPv4 and IPv6
+///   by default, one with `-4` or `-6`; a name with none is an error naming its origin. An
+///   IPv4-mapped IPv6 answer is its IPv4 address; answers in the rest of `::/96` are dropped.
 /// * The number of distinct hosts is checked against `max_hosts` before anything is expanded,
 ///   using the ranges only, and before any name is looked up, so `10.0.0.0/8` fails at once with
 ///   [`TargetError::TooMany`] instead of allocating 16 million addresses or waiting on DNS.
 /// * Overlapping targets count once: the result is sorted and has no duplicates.
 ///
-/// Expansion is integer arithmetic on merged `u32` ranges, which come out sorted and disjoint,
-/// so no sort of the expanded list is needed: a /15 takes a few milliseconds even unoptimised.
+/// * An IPv6 network stands for all its addresses but the Subnet-Router anycast one (host bits
+///   zero, RFC 4291) below /127; a /127 (RFC 6164) gives both, a /128 its one address.
+///
+/// Expansion is integer arithmetic on merged ranges of [`key`]s, which come out sorted and
+/// disjoint, so no sort of the expanded list is needed: a /15 takes a few milliseconds even
+/// unoptimised. The hosts come out IPv4 first, then IPv6, as `IpAddr` sorts them.
 pub async fn resolve_with<R, F>(
     targets: impl Into<Parsed>,
     max_hosts: usize,
     lookup: R,
-) -> Result<Vec<Ipv4Addr>, TargetError>
+) -> Result<Vec<IpAddr>, TargetError>
 where
     R: Fn(String) -> F,
     F: Future<Output = io::Result<Vec<IpAddr>>>,
 {
-    let Parsed { mut ranges, names } = targets.into();
+    let Parsed {
+        mut ranges,
+        names,
+        family,
+    } = targets.into();
     if ranges.is_empty() && names.is_empty() {
         return Err(TargetError::Empty);
     }
@@ -463,15 +564,23 @@ where
             message: format!("cannot resolve: {e}"),
         })?;
         let before = ranges.len();
-        ranges.extend(addrs.iter().filter_map(|ip| match ip {
-            IpAddr::V4(v4) => Some((u32::from(*v4), u32::from(*v4))),
-            IpAddr::V6(_) => None,
-        }));
+        ranges.extend(
+            addrs
+                .iter()
+                .map(|ip| ip.to_canonical())
+                .filter(|ip| family.allows(*ip))
+                .filter(|ip| match ip {
+                    IpAddr::V6(v6) => !below_host_space(*v6),
+                    IpAddr::V4(_) => true,
+                })
+                .map(|ip| (key(ip), key(ip))),
+        );
         if ranges.len() == before {
-            let message = if addrs.is_empty() {
-                "no address found".to_string()
-            } else {
-                "has only IPv6 addresses (IPv6 is not supported)".to_string()
+            let message = match family {
+                _ if addrs.is_empty() => "no address found".to_string(),
+                Family::V4 => "has no IPv4 address (-4)".to_string(),
+                Family::V6 => "has no IPv6 address (-6)".to_string(),
+                Family::Any => "has no address one can probe".to_string(),
             };
             return Err(TargetError::Resolve {
                 name,
@@ -485,46 +594,65 @@ where
 
     let mut hosts = Vec::with_capacity(count(&ranges) as usize);
     for (first, last) in ranges {
-        hosts.extend((first..=last).map(Ipv4Addr::from));
+        hosts.extend((first..=last).map(address));
     }
     Ok(hosts)
 }
 
-/// The first and last host of a network, inclusive, following `fping -g`: without network and
-/// broadcast addresses below /31.
-fn host_range(net: Ipv4Net) -> (u32, u32) {
-    let first = u32::from(net.network());
-    let last = u32::from(net.broadcast());
-    if net.prefix_len() < 31 {
-        (first + 1, last - 1)
-    } else {
-        (first, last)
+/// Where an address sorts among targets: an IPv4 address is its 32-bit value, an IPv6 one its
+/// 128-bit value (never in `::/96`, see [`parse_target`]), so all IPv4 come first, as in the
+/// prober's [`probe_common::host::HostKey`].
+pub fn key(addr: IpAddr) -> u128 {
+    match addr {
+        IpAddr::V4(v4) => u128::from(u32::from(v4)),
+        IpAddr::V6(v6) => u128::from(v6),
+    }
+}
+
+/// The address of a [`key`].
+fn address(key: u128) -> IpAddr {
+    match u32::try_from(key) {
+        Ok(v4) => IpAddr::V4(Ipv4Addr::from(v4)),
+        Err(_) => IpAddr::V6(Ipv6Addr::from(key)),
+    }
+}
+
+/// The first and last host of a network, inclusive, as [`key`]s: for IPv4 following `fping -g`
+/// (without network and broadcast addresses below /31), for IPv6 without the Subnet-Router
+/// anycast address below /127.
+fn host_range(net: IpNet) -> (u128, u128) {
+    let first = key(net.network());
+    let last = key(net.broadcast());
+    match net {
+        IpNet::V4(v4) if v4.prefix_len() < 31 => (first + 1, last - 1),
+        IpNet::V6(v6) if v6.prefix_len() < 127 => (first + 1, last),
+        _ => (first, last),
     }
 }
 
 /// Sorts inclusive ranges and merges those that overlap or touch, so that they are disjoint and
 /// their sizes add up to the number of distinct hosts.
-fn merge(mut ranges: Vec<(u32, u32)>) -> Vec<(u32, u32)> {
+fn merge(mut ranges: Vec<(u128, u128)>) -> Vec<(u128, u128)> {
     ranges.sort_unstable();
-    let mut merged: Vec<(u32, u32)> = Vec::with_capacity(ranges.len());
+    let mut merged: Vec<(u128, u128)> = Vec::with_capacity(ranges.len());
     for (first, last) in ranges {
         match merged.last_mut() {
-            Some(prev) if u64::from(first) <= u64::from(prev.1) + 1 => prev.1 = prev.1.max(last),
+            Some(prev) if first <= prev.1.saturating_add(1) => prev.1 = prev.1.max(last),
             _ => merged.push((first, last)),
         }
     }
     merged
 }
 
-/// Number of addresses in disjoint inclusive ranges (up to 2^32, hence `u64`).
-fn count(ranges: &[(u32, u32)]) -> u64 {
+/// Number of addresses in disjoint inclusive ranges (saturating: only compared to a limit).
+fn count(ranges: &[(u128, u128)]) -> u64 {
     ranges
         .iter()
-        .map(|(first, last)| u64::from(*last) - u64::from(*first) + 1)
-        .sum()
+        .map(|(first, last)| u64::try_from(last - first).map_or(u64::MAX, |n| n.saturating_add(1)))
+        .fold(0u64, u64::saturating_add)
 }
 
-fn check_count(ranges: &[(u32, u32)], max: usize) -> Result<(), TargetError> {
+fn check_count(ranges: &[(u128, u128)], max: usize) -> Result<(), TargetError> {
     let count = count(ranges);
     if count > max as u64 {
         return Err(TargetError::TooMany { count, max });
@@ -599,7 +727,11 @@ mod tests {
         }
     }
 
-    fn ip(s: &str) -> Ipv4Addr {
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn ip4(s: &str) -> Ipv4Addr {
         s.parse().unwrap()
     }
 
@@ -611,7 +743,7 @@ mod tests {
         parse_target(text).unwrap_err()
     }
 
-    fn resolve_now(list: &[&str], max: usize) -> Result<Vec<Ipv4Addr>, TargetError> {
+    fn resolve_now(list: &[&str], max: usize) -> Result<Vec<IpAddr>, TargetError> {
         let parsed = parse_args(&args(list), no_files)?;
         futures::executor::block_on(resolve_with(parsed, max, fake(&[])))
     }
@@ -672,11 +804,125 @@ mod tests {
     }
 
     #[test]
-    fn targets_reject_ipv6_with_a_clear_message() {
-        for v6 in ["::1", "2001:db8::1", "2001:db8::/32", "fe80::1"] {
-            assert!(reason(v6).starts_with("IPv6 is not supported"), "{v6}");
+    fn targets_parse_ipv6_addresses_and_networks_up_to_131072_addresses() {
+        assert_eq!(
+            parse_target("2001:db8::1"),
+            Ok(Target::Addr(ip("2001:db8::1")))
+        );
+        assert_eq!(parse_target("fe80::1"), Ok(Target::Addr(ip("fe80::1"))));
+        assert_eq!(
+            parse_target("2001:db8:1::/111"),
+            Ok(net("2001:db8:1::/111"))
+        );
+        assert_eq!(parse_target("2001:db8::5/128"), Ok(net("2001:db8::5/128")));
+        // An IPv4-mapped address is the IPv4 host.
+        assert_eq!(
+            parse_target("::ffff:192.0.2.7"),
+            Ok(Target::Addr(ip("192.0.2.7")))
+        );
+        assert_eq!(
+            reason("2001:db8::/64"),
+            "an IPv6 network of at most 131072 addresses (/111 or longer) can be swept; /64 is too large"
+        );
+        assert_eq!(
+            reason("2001:db8::1/111"),
+            "host bits are set: did you mean 2001:db8::/111"
+        );
+        assert_eq!(reason("2001:db8::/129"), "invalid prefix length (0 to 128)");
+        for bad in ["::1", "::", "::192.0.2.1", "::/120"] {
+            assert!(reason(bad).contains("is not a host address"), "{bad}");
         }
-        assert!(reason("198.18.0.1:80").starts_with("invalid character ':'"));
+        assert!(reason("fe80::1%eth0").contains("zone index"));
+        assert!(reason("198.18.0.1:80").starts_with("invalid IPv6 address"));
+        assert!(reason("2001:db8::g").starts_with("invalid IPv6 address"));
+    }
+
+    #[test]
+    fn targets_ipv6_networks_expand_without_the_subnet_router_anycast_address() {
+        let hosts = resolve_now(&["2001:db8:1::/120"], 1000).unwrap();
+        assert_eq!(hosts.len(), 255);
+        assert_eq!(hosts.first(), Some(&ip("2001:db8:1::1")));
+        assert_eq!(hosts.last(), Some(&ip("2001:db8:1::ff")));
+        let hosts = resolve_now(&["2001:db8:1::/127"], 10).unwrap();
+        assert_eq!(hosts, [ip("2001:db8:1::"), ip("2001:db8:1::1")]);
+        let start = Instant::now();
+        let hosts = resolve_now(&["2001:db8:1::/111"], 131_072).unwrap();
+        assert_eq!(hosts.len(), 131_071);
+        assert!(start.elapsed().as_millis() < 1000, "{:?}", start.elapsed());
+        assert_eq!(
+            resolve_now(&["2001:db8:1::/111", "198.18.0.0/30"], 131_072),
+            Err(TargetError::TooMany {
+                count: 131_073,
+                max: 131_072
+            })
+        );
+    }
+
+    #[test]
+    fn targets_mixed_lists_sort_ipv4_first_and_count_duplicates_once() {
+        let hosts = resolve_now(
+            &[
+                "2001:db8::2",
+                "192.0.2.9",
+                "2001:db8::/126",
+                "::ffff:192.0.2.9",
+                "192.0.2.1",
+            ],
+            10,
+        )
+        .unwrap();
+        let want: Vec<IpAddr> = [
+            "192.0.2.1",
+            "192.0.2.9",
+            "2001:db8::1",
+            "2001:db8::2",
+            "2001:db8::3",
+        ]
+        .iter()
+        .map(|s| ip(s))
+        .collect();
+        assert_eq!(hosts, want);
+    }
+
+    #[test]
+    fn targets_one_family_refuses_the_others_addresses_and_resolves_names_within_it() {
+        let only = |family, list: &[&str]| parse_args_in(&args(list), family, no_files);
+        let err = only(Family::V4, &["192.0.2.1", "2001:db8::1"]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "argument 2: \"2001:db8::1\": an IPv6 target, but only IPv4 was asked for (-4)"
+        );
+        let read = files(&[("t.txt", "2001:db8::1\n\n192.0.2.1\n")]);
+        let err = parse_args_in(&args(&["@t.txt"]), Family::V6, read).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "t.txt:3: \"192.0.2.1\": an IPv4 target, but only IPv6 was asked for (-6)"
+        );
+        let answers: &[IpAddr] = &[ip("192.0.2.5"), ip("2001:db8::5")];
+        for (family, want) in [
+            (Family::Any, vec![ip("192.0.2.5"), ip("2001:db8::5")]),
+            (Family::V4, vec![ip("192.0.2.5")]),
+            (Family::V6, vec![ip("2001:db8::5")]),
+        ] {
+            let parsed = only(family, &["dual.example"]).unwrap();
+            let hosts = futures::executor::block_on(resolve_with(
+                parsed,
+                10,
+                fake(&[("dual.example", answers)]),
+            ));
+            assert_eq!(hosts, Ok(want), "{family:?}");
+        }
+        let parsed = only(Family::V6, &["v4only.example"]).unwrap();
+        let err = futures::executor::block_on(resolve_with(
+            parsed,
+            10,
+            fake(&[("v4only.example", &[ip("192.0.2.5")])]),
+        ))
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "argument 1: \"v4only.example\": has no IPv6 address (-6)"
+        );
     }
 
     #[test]
@@ -729,10 +975,11 @@ mod tests {
             parsed,
             Parsed {
                 ranges: vec![
-                    (u32::from(ip("198.18.0.1")), u32::from(ip("198.18.0.1"))),
-                    (u32::from(ip("10.0.0.1")), u32::from(ip("10.0.0.2"))),
+                    (key(ip("198.18.0.1")), key(ip("198.18.0.1"))),
+                    (key(ip("10.0.0.1")), key(ip("10.0.0.2"))),
                 ],
                 names: vec![("h.example".into(), "argument 2".into())],
+                family: Family::Any,
             }
         );
     }
@@ -1029,7 +1276,7 @@ mod tests {
             100,
         )
         .unwrap();
-        let want: Vec<Ipv4Addr> = [
+        let want: Vec<IpAddr> = [
             "9.9.9.9", "10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5", "10.0.0.6",
             "10.0.0.9",
         ]
@@ -1080,17 +1327,14 @@ mod tests {
         let looked_up = std::cell::Cell::new(0);
         let lookup = |_name: String| {
             looked_up.set(looked_up.get() + 1);
-            std::future::ready(Ok(vec![IpAddr::V4(ip("192.0.2.1"))]))
+            std::future::ready(Ok(vec![ip("192.0.2.1")]))
         };
         let err = futures::executor::block_on(resolve_with(parsed, 1000, lookup)).unwrap_err();
         assert!(matches!(err, TargetError::TooMany { .. }), "{err}");
         assert_eq!(looked_up.get(), 0);
         // Names count too, once resolved.
         let parsed = parse_args(&args(&["h.example", "10.0.0.0/30"]), no_files).unwrap();
-        let lookup = fake(&[(
-            "h.example",
-            &[IpAddr::V4(ip("192.0.2.1")), IpAddr::V4(ip("192.0.2.2"))],
-        )]);
+        let lookup = fake(&[("h.example", &[ip("192.0.2.1"), ip("192.0.2.2")])]);
         assert_eq!(
             futures::executor::block_on(resolve_with(parsed, 3, lookup)),
             Err(TargetError::TooMany { count: 4, max: 3 })
@@ -1114,18 +1358,18 @@ mod tests {
     #[test]
     fn targets_a_file_of_131072_addresses_loads_fast() {
         let mut contents = String::from("# every address of 198.18.0.0/15, backwards\n");
-        for n in (u32::from(ip("198.18.0.0"))..=u32::from(ip("198.19.255.255"))).rev() {
+        for n in (u32::from(ip4("198.18.0.0"))..=u32::from(ip4("198.19.255.255"))).rev() {
             contents.push_str(&format!("{}\n", Ipv4Addr::from(n)));
         }
         let read = files(&[("big.txt", &contents)]);
         let start = Instant::now();
         let parsed = parse_args(&args(&["@big.txt"]), read).unwrap();
-        // Kept compact: one 8-byte range a line, no string per line.
+        // Kept compact: one range a line, no string per line.
         assert_eq!(parsed.ranges.len(), 131_072);
         assert!(parsed.names.is_empty());
         assert_eq!(
             parsed.ranges.last(),
-            Some(&(u32::from(ip("198.18.0.0")), u32::from(ip("198.18.0.0"))))
+            Some(&(key(ip("198.18.0.0")), key(ip("198.18.0.0"))))
         );
         let hosts = futures::executor::block_on(resolve_with(parsed, 131_072, fake(&[]))).unwrap();
         let elapsed = start.elapsed();
@@ -1135,7 +1379,7 @@ mod tests {
     }
 
     #[test]
-    fn targets_names_resolve_to_their_ipv4_addresses() {
+    fn targets_names_resolve_to_all_their_addresses() {
         let parsed = parse_args(
             &args(&["db.example", "localhost", "DB.example", "10.0.0.5"]),
             no_files,
@@ -1146,21 +1390,30 @@ mod tests {
                 "db.example",
                 &[
                     IpAddr::V6("2001:db8::5".parse().unwrap()),
-                    IpAddr::V4(ip("10.0.0.5")),
-                    IpAddr::V4(ip("10.0.0.6")),
+                    ip("10.0.0.5"),
+                    ip("10.0.0.6"),
                 ],
             ),
             (
                 "localhost",
                 &[
-                    IpAddr::V4(ip("127.0.0.1")),
+                    ip("127.0.0.1"),
                     IpAddr::V6(Ipv6Addr::LOCALHOST),
-                    IpAddr::V4(ip("127.0.0.1")),
+                    ip("127.0.0.1"),
                 ],
             ),
         ]);
         let hosts = futures::executor::block_on(resolve_with(parsed, 10, lookup)).unwrap();
-        assert_eq!(hosts, vec![ip("10.0.0.5"), ip("10.0.0.6"), ip("127.0.0.1")]);
+        // IPv4 first; loopback ::1 is no host of a link (::/96).
+        assert_eq!(
+            hosts,
+            vec![
+                ip("10.0.0.5"),
+                ip("10.0.0.6"),
+                ip("127.0.0.1"),
+                ip("2001:db8::5")
+            ]
+        );
     }
 
     #[test]
@@ -1182,12 +1435,12 @@ mod tests {
             "hosts.txt:2: \"nowhere.invalid\": cannot resolve: Name or service not known"
         );
 
-        let parsed = parse_args(&args(&["v6only.example"]), no_files).unwrap();
-        let lookup = fake(&[("v6only.example", &[IpAddr::V6(Ipv6Addr::LOCALHOST)])]);
+        let parsed = parse_args(&args(&["loopback6.example"]), no_files).unwrap();
+        let lookup = fake(&[("loopback6.example", &[IpAddr::V6(Ipv6Addr::LOCALHOST)])]);
         let err = futures::executor::block_on(resolve_with(parsed, 10, lookup)).unwrap_err();
         assert!(
             matches!(&err, TargetError::Resolve { origin, message, .. }
-                if origin == "argument 1" && message.contains("IPv6 is not supported")),
+                if origin == "argument 1" && message.contains("no address one can probe")),
             "{err}"
         );
 

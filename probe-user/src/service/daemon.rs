@@ -2,7 +2,7 @@
 //! primaries, the witnesses, the monitored targets), one failover task per group, and a
 //! dispatcher between them that also runs the down/up hooks.
 
-use std::{net::Ipv4Addr, path::Path, sync::Arc};
+use std::{net::IpAddr, path::Path, sync::Arc};
 
 use anyhow::Context as _;
 use tokio::{
@@ -58,7 +58,7 @@ struct Plan {
     index: u32,
     notifier: Notifier,
     monitored: usize,
-    hosts: Vec<Ipv4Addr>,
+    hosts: Vec<IpAddr>,
     roles: Roles,
     capacity: usize,
 }
@@ -205,7 +205,7 @@ async fn prepare(
     require_capabilities()?;
     let notifier =
         Notifier::start(settings.mail.clone(), shutdown.clone()).map_err(Failure::Usage)?;
-    let monitored = monitored_hosts(&settings.monitor).await?;
+    let monitored = monitored_hosts(&settings.monitor, settings.family).await?;
     let (hosts, roles) = probed_hosts(&settings, &monitored);
     let capacity = reload_capacity(hosts.len());
     Ok(Plan {

@@ -3,7 +3,7 @@
 //! what happens to a VIP it holds, as at shutdown). The dispatcher finds each group's task
 //! through the routes published here.
 
-use std::{net::Ipv4Addr, sync::Arc};
+use std::{net::IpAddr, sync::Arc};
 
 use tokio::{
     sync::{mpsc, watch},
@@ -28,7 +28,7 @@ use crate::{
 /// Where the reports about one group's primary go.
 #[derive(Clone, Debug)]
 pub struct Route {
-    pub watch: Ipv4Addr,
+    pub watch: IpAddr,
     pub vip: String,
     pub tx: mpsc::UnboundedSender<HostReport>,
 }

@@ -7,7 +7,11 @@
 //! can change (the interface, debug), is rejected as a whole with a logged reason, and the
 //! running config stays.
 
-use std::{collections::BTreeSet, net::Ipv4Addr, time::Duration};
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr},
+    time::Duration,
+};
 
 use tokio::{
     signal::unix::Signal,
@@ -55,7 +59,7 @@ pub fn needs_restart(running: &Settings, new: &Settings) -> Vec<&'static str> {
 }
 
 /// Hosts added and removed going from `old` to `new` (both sorted and unique).
-pub fn host_changes(old: &[Ipv4Addr], new: &[Ipv4Addr]) -> (usize, usize) {
+pub fn host_changes(old: &[IpAddr], new: &[IpAddr]) -> (usize, usize) {
     let kept = new.iter().filter(|h| old.binary_search(h).is_ok()).count();
     (new.len() - kept, old.len() - kept)
 }
@@ -65,7 +69,7 @@ pub struct Reloader {
     pub args: RunArgs,
     pub running: Settings,
     /// What the prober probes now (sorted).
-    pub hosts: Vec<Ipv4Addr>,
+    pub hosts: Vec<IpAddr>,
     /// Hosts the XDP maps have room for.
     pub capacity: usize,
     pub prober: mpsc::UnboundedSender<Reload>,
@@ -155,8 +159,10 @@ impl Reloader {
     }
 
     /// The hosts `new` probes, if they fit the maps.
-    async fn hosts_of(&self, new: &Settings) -> Result<(Vec<Ipv4Addr>, Roles), String> {
-        let monitored = monitored_hosts(&new.monitor).await.map_err(reason)?;
+    async fn hosts_of(&self, new: &Settings) -> Result<(Vec<IpAddr>, Roles), String> {
+        let monitored = monitored_hosts(&new.monitor, new.family)
+            .await
+            .map_err(reason)?;
         let (hosts, roles) = probed_hosts(new, &monitored);
         if hosts.len() > self.capacity {
             return Err(format!(
@@ -177,7 +183,7 @@ impl Reloader {
     async fn apply(
         &mut self,
         new: &Settings,
-        hosts: &[Ipv4Addr],
+        hosts: &[IpAddr],
         roles: Roles,
         undo: &mut Undo,
         shutdown: &CancellationToken,
@@ -218,7 +224,7 @@ impl Reloader {
     async fn rehost(
         &mut self,
         new: &Settings,
-        hosts: &[Ipv4Addr],
+        hosts: &[IpAddr],
         roles: Roles,
     ) -> Result<String, String> {
         let (added, removed) = host_changes(&self.hosts, hosts);
@@ -329,8 +335,8 @@ impl Changes {
 /// The hosts whose state the prober tells the groups and pools a reload starts: the
 /// primaries of every group handed over (all of them when the failover settings changed, else
 /// the new ones) and the members of the pools started.
-fn announced(new: &Settings, changes: &Changes) -> Vec<Ipv4Addr> {
-    let watches: Vec<Ipv4Addr> = if changes.resettled {
+fn announced(new: &Settings, changes: &Changes) -> Vec<IpAddr> {
+    let watches: Vec<IpAddr> = if changes.resettled {
         new.groups.iter().map(|g| g.watch).collect()
     } else {
         changes.start.iter().map(|g| g.watch).collect()
@@ -339,7 +345,7 @@ fn announced(new: &Settings, changes: &Changes) -> Vec<Ipv4Addr> {
         .repool
         .start
         .iter()
-        .flat_map(|(p, _)| p.members.iter().copied());
+        .flat_map(|(p, _)| p.members.iter().map(|m| IpAddr::V4(*m)));
     watches.into_iter().chain(members).collect()
 }
 
@@ -351,7 +357,7 @@ impl Reloader {
         &mut self,
         new: &Settings,
         changes: &Changes,
-        hosts: Vec<Ipv4Addr>,
+        hosts: Vec<IpAddr>,
         roles: Roles,
     ) -> Result<u32, String> {
         let old = self.groups.settings().clone();
@@ -375,7 +381,7 @@ impl Reloader {
         &mut self,
         new: &Settings,
         changes: &Changes,
-        hosts: Vec<Ipv4Addr>,
+        hosts: Vec<IpAddr>,
         roles: Roles,
     ) -> Result<u32, String> {
         self.regroup(&changes.start, &changes.stop).await?;
@@ -459,7 +465,7 @@ impl Reloader {
     /// The `members` not known to be DOWN (as last published by the prober).
     fn known_up(&self, members: &[Ipv4Addr]) -> BTreeSet<Ipv4Addr> {
         let snapshot = self.observed.snapshot();
-        let down: BTreeSet<Ipv4Addr> = snapshot
+        let down: BTreeSet<IpAddr> = snapshot
             .hosts
             .iter()
             .filter(|h| h.state == State::Down)
@@ -467,7 +473,7 @@ impl Reloader {
             .collect();
         members
             .iter()
-            .filter(|m| !down.contains(m))
+            .filter(|m| !down.contains(&IpAddr::V4(**m)))
             .copied()
             .collect()
     }
@@ -568,7 +574,7 @@ window = "1s"
 
     #[test]
     fn added_and_removed_hosts_are_counted() {
-        let a = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let a = |s: &str| s.parse::<IpAddr>().unwrap();
         let old = [a("192.0.2.1"), a("192.0.2.5"), a("192.0.2.9")];
         let new = [
             a("192.0.2.1"),

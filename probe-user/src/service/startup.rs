@@ -1,6 +1,6 @@
 //! Set-up steps shared by `run` and `monitor`: naming the interface, attaching the program.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use tracing::info;
 
@@ -30,7 +30,7 @@ pub fn require_capabilities() -> Result<(), Failure> {
 /// Loads the XDP program with room for `capacity` hosts, fills it with `hosts` (sorted) and
 /// attaches it to `iface`. `reloadable`: room to switch host tables on reload (`run`).
 pub fn attach_xdp(
-    hosts: &[Ipv4Addr],
+    hosts: &[IpAddr],
     capacity: usize,
     reloadable: bool,
     iface: &str,

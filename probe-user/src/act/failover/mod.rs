@@ -5,7 +5,7 @@
 pub mod policy;
 
 use std::{
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     sync::Arc,
     time::{Duration, SystemTime},
 };
@@ -57,7 +57,7 @@ fn ticker(timing: &Timing) -> tokio::time::Interval {
 const RELEASE_PROBE_WAIT: Duration = Duration::from_millis(100);
 
 pub struct Failover {
-    pub watch: Ipv4Addr,
+    pub watch: IpAddr,
     pub site: Site,
     pub vip: Vip,
     pub arp: Arc<ArpSocket>,
@@ -445,7 +445,7 @@ impl Failover {
         });
     }
 
-    fn fire(&self, event: HookEvent, host: Ipv4Addr, state: State, window: u32) {
+    fn fire(&self, event: HookEvent, host: IpAddr, state: State, window: u32) {
         fire(
             &self.hooks.borrow(),
             HookFacts {

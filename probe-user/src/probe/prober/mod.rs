@@ -19,7 +19,7 @@ mod check;
 mod reload;
 mod send;
 
-use std::{collections::VecDeque, net::Ipv4Addr, time::Duration};
+use std::{collections::VecDeque, net::IpAddr, time::Duration};
 
 use probe_common::{mac::Key, maps::Stat};
 use tokio::{
@@ -48,12 +48,12 @@ use crate::{
 /// A reload's new host list and timing, applied by the loop at the next window boundary.
 pub struct Reload {
     /// Sorted and unique, like the list the prober started with.
-    pub hosts: Vec<Ipv4Addr>,
+    pub hosts: Vec<IpAddr>,
     pub roles: Roles,
     pub timing: Timing,
     pub suspect_lead: Duration,
     /// Watched hosts whose failover groups have just started: they are told the host's state.
-    pub announce: Vec<Ipv4Addr>,
+    pub announce: Vec<IpAddr>,
     /// Answered with the first window that runs with it, or why it was not applied (then
     /// the loop goes on as before).
     pub done: oneshot::Sender<Result<u32, String>>,
@@ -73,7 +73,7 @@ pub struct Outcome {
 const KEYS: usize = probe_common::maps::KEY_RING as usize;
 
 pub struct Prober {
-    hosts: Vec<Ipv4Addr>,
+    hosts: Vec<IpAddr>,
     roles: Roles,
     health: Vec<Health>,
     /// Each host's `total_replies` when last read.
@@ -106,9 +106,9 @@ pub struct Prober {
     due: Vec<check::Check>,
     /// Windows whose answers are not counted yet, oldest first.
     windows: VecDeque<accounts::OpenWindow>,
-    batch: Vec<Ipv4Addr>,
+    batch: Vec<IpAddr>,
     /// Hosts that missed their last round: their first retry goes with their first probe.
-    eager: Vec<Ipv4Addr>,
+    eager: Vec<IpAddr>,
     /// Silent rounds of the watched host at which it becomes suspect.
     suspect_at: u32,
     witnesses_alive: bool,
@@ -145,7 +145,7 @@ impl Prober {
     /// `hosts` must be sorted (as the counters index them). `suspect_lead`: how long before a
     /// possible DOWN of the watched host the failover wants to hear of it.
     pub fn new(
-        hosts: Vec<Ipv4Addr>,
+        hosts: Vec<IpAddr>,
         roles: Roles,
         counters: Box<dyn Counters>,
         sender: Sender,

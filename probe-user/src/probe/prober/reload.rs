@@ -2,7 +2,7 @@
 //! state, counters, round-trip estimate and waiting rounds (its checks follow it to its new
 //! index); new hosts start fresh; the groups a reload started are told what they missed.
 
-use std::{net::Ipv4Addr, time::SystemTime};
+use std::{net::IpAddr, time::SystemTime};
 
 use tracing::info;
 
@@ -110,7 +110,7 @@ impl Prober {
 
     /// Tells the failover groups a reload started what they missed: the state of the hosts
     /// they watch (`announce`), if known, and that no witness answers, if so.
-    fn tell_new_watchers(&self, announce: &[Ipv4Addr], window: u32) {
+    fn tell_new_watchers(&self, announce: &[IpAddr], window: u32) {
         if announce.is_empty() {
             return;
         }

@@ -2,7 +2,7 @@
 //! key, each batch of hosts gets its round's first probe and a check filed for when its reply
 //! is overdue, and resent probes go out together. Send failures are logged once per episode.
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::{net::IpAddr, time::Duration};
 
 use probe_common::mac::Key;
 use tokio::time::Instant;
@@ -206,7 +206,7 @@ impl Prober {
     }
 
     /// Sends probe `seq` of `window` to `hosts` at `now`, and counts what went out.
-    fn send(&mut self, hosts: &[Ipv4Addr], window: u32, seq: u32, now: Instant) {
+    fn send(&mut self, hosts: &[IpAddr], window: u32, seq: u32, now: Instant) {
         if hosts.is_empty() {
             return;
         }
