@@ -1,12 +1,13 @@
 //! Health-aware DNS round robin (issue 6), against a real BIND 9 on loopback in the standby's
-//! namespace: xdprobe probes the pool's members and keeps www.example.test's A records in step
-//! with their health through TSIG-signed RFC 2136 updates.
+//! namespace: xdprobe probes the pool's members and keeps www.example.test's A records (and
+//! AAAA records for IPv6 members, issue 11) in step with their health through TSIG-signed
+//! RFC 2136 updates.
 
 /// Needs root: a lab of namespaces, XDP, BIND inside the lab.
 mod privileged {
     use std::{
         collections::BTreeSet,
-        net::Ipv4Addr,
+        net::{IpAddr, Ipv4Addr, Ipv6Addr},
         path::Path,
         time::{Duration, Instant},
     };
@@ -145,6 +146,77 @@ mod privileged {
         assert!(status.success(), "{log}");
         assert!(
             log.contains("removed: member 192.0.2.12 DOWN"),
+            "change and reason not logged:\n{log}"
+        );
+    }
+
+    /// Issue 11: IPv6 members are probed over ICMPv6 and published as AAAA records, beside the
+    /// IPv4 members' A records, through a server reached over IPv6.
+    #[test]
+    fn ipv6_members_are_aaaa_records_that_follow_their_health() {
+        let lab = lab();
+        for (host, addr) in [
+            ("standby", "2001:db8::2/64"),
+            ("m2", "2001:db8::12/64"),
+            ("m3", "2001:db8::13/64"),
+        ] {
+            lab.ip(host, &["-6", "addr", "add", addr, "dev", "eth0", "nodad"])
+                .expect("IPv6 address");
+            // A link going down keeps its static IPv6 address, so the member can come back.
+            lab.exec(
+                host,
+                &["sysctl", "-qw", "net.ipv6.conf.eth0.keep_addr_on_down=1"],
+            )
+            .expect("sysctl");
+        }
+        let bind = Bind::start_on(&lab.ns("standby"), std::net::Ipv6Addr::LOCALHOST, 5353)
+            .expect("BIND on ::1");
+        let members = ["192.0.2.11", "2001:db8::12", "2001:db8::13"];
+        let config = config_with(&lab, &bind, &bind.key_file(), "", &members);
+        let mut daemon = Daemon::start(
+            &lab.ns("standby"),
+            &["run", "--config", config.to_str().unwrap()],
+        )
+        .expect("xdprobe");
+        let all: BTreeSet<IpAddr> = members.iter().map(|a| a.parse().unwrap()).collect();
+        bind.wait_for_records(&all, Duration::from_secs(5))
+            .expect("A and AAAA records published at start-up");
+        daemon
+            .wait_for_log("host UP", Duration::from_secs(5))
+            .expect("members probed");
+
+        lab.kill("m2").unwrap();
+        let start = Instant::now();
+        let dead: Ipv6Addr = "2001:db8::12".parse().unwrap();
+        let gone = loop {
+            if !bind.aaaa_records().expect("dig").contains(&dead) {
+                break start.elapsed();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(3),
+                "{dead} still published"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let bound = Duration::from_millis(2 * WINDOW_MS + 100);
+        println!("IPv6 member death to AAAA removal at a {WINDOW_MS} ms window: {gone:?}");
+        assert!(gone <= bound, "removal took {gone:?} (bound {bound:?})");
+        // The other records are untouched.
+        let without: BTreeSet<IpAddr> = all
+            .iter()
+            .copied()
+            .filter(|a| *a != IpAddr::V6(dead))
+            .collect();
+        assert_eq!(bind.records().unwrap(), without);
+
+        lab.revive("m2").unwrap();
+        bind.wait_for_records(&all, Duration::from_secs(3))
+            .expect("the member's AAAA record back");
+        let (status, log) = daemon.stop().expect("stop");
+        let _ = std::fs::remove_file(&config);
+        assert!(status.success(), "{log}");
+        assert!(
+            log.contains("AAAA record 2001:db8::12 removed: member 2001:db8::12 DOWN"),
             "change and reason not logged:\n{log}"
         );
     }

@@ -1,5 +1,5 @@
-//! Health-aware DNS round robin: a `[[dns]]` pool publishes one A record per member that is UP
-//! under one name, and keeps that set in step with the prober through RFC 2136 dynamic updates
+//! Health-aware DNS round robin: a `[[dns]]` pool publishes one A record per IPv4 member and
+//! one AAAA record per IPv6 member that is UP under one name, and keeps that set in step with the prober through RFC 2136 dynamic updates
 //! signed with TSIG (RFC 8945).
 //!
 //! - Pure logic: [`desired`] (who should be published) and [`plan`] (what to change on the
@@ -12,12 +12,14 @@
 //!   [`DnsPool::member`] reports: DOWN removes the member's record, UP adds it back.
 //! - It never empties the pool under the default policy: when no member is UP it keeps (or
 //!   restores) every member's record, and warns once per such episode.
-//! - It reads the live A set from the server at start and every `resync`, and corrects drift in
+//! - It reads the live A set (and the AAAA set, when the pool has IPv6 members) from the server at start and every `resync`, and corrects drift in
 //!   either direction. Records at the name that are not members are never touched, except
 //!   those of addresses a reload has just removed from the pool (see [`Start::retired`]): they
 //!   go at the first sync.
-//! - Every UPDATE carries, as prerequisite, the exact A set it was planned against (RFC 2136
-//!   2.4.2, or 2.4.3 "does not exist" when empty). If someone changed the set in between, the
+//! - Every UPDATE carries, as prerequisite, the exact A (and AAAA) set it was planned against
+//!   (RFC 2136 2.4.2, or 2.4.3 "does not exist" when empty). "Never empty" is about the pool as
+//!   a whole: with every IPv6 member DOWN and an IPv4 one UP, the AAAA set is empty and clients
+//!   use the A record. If someone changed the set in between, the
 //!   server refuses the whole update (NXRRSET) and the task reads the set again and re-plans,
 //!   so no decision is ever applied to a set it did not see.
 //! - Server failures (timeouts, REFUSED, NOTAUTH, TSIG errors) are logged with the server's
@@ -33,7 +35,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
-    net::{Ipv4Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -48,7 +50,7 @@ use hickory_net::{
 use hickory_proto::{
     op::{DnsRequest, DnsResponse, Edns, Message, OpCode, Query, ResponseCode},
     rr::{
-        rdata::{tsig::TsigError, A},
+        rdata::{tsig::TsigError, A, AAAA},
         DNSClass, Name, RData, Record, RecordType, TSigner,
     },
 };
@@ -75,12 +77,8 @@ const EDNS_PAYLOAD: u16 = 1232;
 const MAX_REPLANS: u32 = 3;
 
 /// Which of our members should be published now, given who is up.
-pub fn desired(
-    members: &[Ipv4Addr],
-    up: &BTreeSet<Ipv4Addr>,
-    policy: AllDown,
-) -> BTreeSet<Ipv4Addr> {
-    let live: BTreeSet<Ipv4Addr> = members.iter().copied().filter(|m| up.contains(m)).collect();
+pub fn desired(members: &[IpAddr], up: &BTreeSet<IpAddr>, policy: AllDown) -> BTreeSet<IpAddr> {
+    let live: BTreeSet<IpAddr> = members.iter().copied().filter(|m| up.contains(m)).collect();
     match policy {
         AllDown::KeepAll if live.is_empty() => members.iter().copied().collect(),
         _ => live,
@@ -90,17 +88,17 @@ pub fn desired(
 /// One record to add to or remove from the server's A set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Change {
-    Add(Ipv4Addr),
-    Remove(Ipv4Addr),
+    Add(IpAddr),
+    Remove(IpAddr),
 }
 
 /// The changes that make `live` (the server's current A set) hold exactly `desired` among OUR
 /// members; addresses that are not members are left alone. Adds first, then removes, each in
 /// address order.
 pub fn plan(
-    members: &BTreeSet<Ipv4Addr>,
-    desired: &BTreeSet<Ipv4Addr>,
-    live: &BTreeSet<Ipv4Addr>,
+    members: &BTreeSet<IpAddr>,
+    desired: &BTreeSet<IpAddr>,
+    live: &BTreeSet<IpAddr>,
 ) -> Vec<Change> {
     let adds = members
         .iter()
@@ -169,18 +167,18 @@ impl fmt::Display for PoolError {
 /// Dropping the handle, or cancelling `shutdown`, stops the task; the records are left as they
 /// are (the next start reads and corrects them).
 pub struct DnsPool {
-    members: BTreeSet<Ipv4Addr>,
+    members: BTreeSet<IpAddr>,
     /// The members currently UP, as last reported. A watch: reports never block and coalesce.
-    up: watch::Sender<BTreeSet<Ipv4Addr>>,
+    up: watch::Sender<BTreeSet<IpAddr>>,
 }
 
 /// How a pool starts when a reload (re)starts it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Start {
     /// The members known to be UP; `None`: every member, as at start-up.
-    pub up: Option<BTreeSet<Ipv4Addr>>,
+    pub up: Option<BTreeSet<IpAddr>>,
     /// Addresses that were members until now: their records are removed at the first sync.
-    pub retired: BTreeSet<Ipv4Addr>,
+    pub retired: BTreeSet<IpAddr>,
 }
 
 impl DnsPool {
@@ -197,7 +195,7 @@ impl DnsPool {
         shutdown: CancellationToken,
         start: Start,
     ) -> DnsPool {
-        let members: BTreeSet<Ipv4Addr> = config.members.iter().copied().collect();
+        let members: BTreeSet<IpAddr> = config.members.iter().copied().collect();
         let up = start.up.map_or_else(
             || members.clone(),
             |up| up.intersection(&members).copied().collect(),
@@ -216,7 +214,7 @@ impl DnsPool {
 
     /// A member changed state (from the prober's reports); non-members are ignored. Never
     /// blocks.
-    pub fn member(&self, addr: Ipv4Addr, up: bool) {
+    pub fn member(&self, addr: IpAddr, up: bool) {
         if !self.members.contains(&addr) {
             return;
         }
@@ -235,26 +233,26 @@ struct Task {
     zone: Name,
     name: Name,
     ttl: u32,
-    member_list: Vec<Ipv4Addr>,
-    members: BTreeSet<Ipv4Addr>,
+    member_list: Vec<IpAddr>,
+    members: BTreeSet<IpAddr>,
     policy: AllDown,
     resync: Duration,
     key: Name,
     signer: TSigner,
-    reports: watch::Receiver<BTreeSet<Ipv4Addr>>,
+    reports: watch::Receiver<BTreeSet<IpAddr>>,
     /// Former members (before a reload) whose records are still to be removed.
-    retired: BTreeSet<Ipv4Addr>,
+    retired: BTreeSet<IpAddr>,
     /// Members UP, as of the last reports taken.
-    up: BTreeSet<Ipv4Addr>,
+    up: BTreeSet<IpAddr>,
     /// Members whose state was reported since the last time the server was in sync, with the
     /// state: the reason for the change that follows.
-    reported: BTreeMap<Ipv4Addr, bool>,
+    reported: BTreeMap<IpAddr, bool>,
     /// Inside an "every member is down" episode (warned once).
     all_down: bool,
     /// Such an episode ended since the last time the server was in sync.
     all_down_ended: bool,
     /// The server's A set as last read or written; `None` when it must be read again.
-    live: Option<BTreeSet<Ipv4Addr>>,
+    live: Option<BTreeSet<IpAddr>>,
     /// The server was in sync at least once.
     synced: bool,
     notifier: Notifier,
@@ -266,10 +264,10 @@ struct Task {
 impl Task {
     fn new(
         config: PoolConfig,
-        reports: watch::Receiver<BTreeSet<Ipv4Addr>>,
+        reports: watch::Receiver<BTreeSet<IpAddr>>,
         notifier: Notifier,
         observed: Option<Observed>,
-        retired: BTreeSet<Ipv4Addr>,
+        retired: BTreeSet<IpAddr>,
     ) -> Result<Task, String> {
         let name = Name::from_ascii(&config.name).map_err(|e| format!("{}: {e}", config.name))?;
         let signer = TSigner::new(
@@ -408,7 +406,7 @@ impl Task {
     }
 
     /// What to publish now; warns once when an "every member is down" episode starts.
-    fn desired_now(&mut self) -> BTreeSet<Ipv4Addr> {
+    fn desired_now(&mut self) -> BTreeSet<IpAddr> {
         let none_up = self.members.iter().all(|m| !self.up.contains(m));
         if none_up && !self.all_down {
             let what = match self.policy {
@@ -463,11 +461,13 @@ impl Task {
                         match change {
                             Change::Add(a) => {
                                 now.insert(a);
-                                info!(pool = %self.name, "A record {a} added: {reason}");
+                                let kind = record_type(a);
+                                info!(pool = %self.name, "{kind} record {a} added: {reason}");
                             }
                             Change::Remove(a) => {
                                 now.remove(&a);
-                                info!(pool = %self.name, "A record {a} removed: {reason}");
+                                let kind = record_type(a);
+                                info!(pool = %self.name, "{kind} record {a} removed: {reason}");
                             }
                         }
                     }
@@ -494,7 +494,7 @@ impl Task {
 
     /// Why `change` is made, for the log.
     fn reason(&self, change: Change) -> String {
-        let reported = |a: &Ipv4Addr| self.reported.get(a).copied();
+        let reported = |a: &IpAddr| self.reported.get(a).copied();
         match change {
             Change::Remove(a) if self.retired.contains(&a) => {
                 format!("{a} is no longer a member of the pool (reload)")
@@ -519,15 +519,39 @@ impl Task {
         }
     }
 
-    /// The server's A set for the name (all of it, members or not).
-    async fn read_live(&self) -> Result<BTreeSet<Ipv4Addr>, PoolError> {
+    /// The record types this pool keeps: A for IPv4 members, AAAA for IPv6 ones (and for the
+    /// retired members still to be removed). A type with no member is never read nor touched.
+    fn families(&self) -> Vec<RecordType> {
+        let all = || self.members.iter().chain(&self.retired);
+        let mut types = Vec::new();
+        if all().any(IpAddr::is_ipv4) {
+            types.push(RecordType::A);
+        }
+        if all().any(IpAddr::is_ipv6) {
+            types.push(RecordType::AAAA);
+        }
+        types
+    }
+
+    /// The server's A and AAAA sets for the name (all of them, members or not), for the types
+    /// this pool keeps.
+    async fn read_live(&self) -> Result<BTreeSet<IpAddr>, PoolError> {
+        let mut live = BTreeSet::new();
+        for family in self.families() {
+            live.extend(self.read_set(family).await?);
+        }
+        Ok(live)
+    }
+
+    /// The server's `family` set for the name.
+    async fn read_set(&self, family: RecordType) -> Result<BTreeSet<IpAddr>, PoolError> {
         let mut query = Message::query();
         query.metadata.recursion_desired = false;
-        query.add_query(Query::query(self.name.clone(), RecordType::A));
+        query.add_query(Query::query(self.name.clone(), family));
         let mut edns = Edns::new();
         edns.set_max_payload(EDNS_PAYLOAD).set_version(0);
         query.set_edns(edns);
-        let failed = |e: String| PoolError::Failed(format!("reading {} A: {e}", self.name));
+        let failed = |e: String| PoolError::Failed(format!("reading {} {family}: {e}", self.name));
         let mut response = self.send_udp(query.clone()).await.map_err(failed)?;
         if response.metadata.truncation {
             debug!(pool = %self.name, "answer truncated: asking again over TCP");
@@ -553,14 +577,15 @@ impl Task {
             .iter()
             .filter(|r| r.name == self.name)
             .filter_map(|r| match &r.data {
-                RData::A(a) => Some(a.0),
+                RData::A(a) if family == RecordType::A => Some(IpAddr::V4(a.0)),
+                RData::AAAA(aaaa) if family == RecordType::AAAA => Some(IpAddr::V6(aaaa.0)),
                 _ => None,
             })
             .collect())
     }
 
     /// Sends one signed UPDATE applying `changes`, with `live` as prerequisite.
-    async fn update(&self, live: &BTreeSet<Ipv4Addr>, changes: &[Change]) -> Result<(), PoolError> {
+    async fn update(&self, live: &BTreeSet<IpAddr>, changes: &[Change]) -> Result<(), PoolError> {
         let mut zone = Query::new();
         zone.set_name(self.zone.clone())
             .set_query_class(DNSClass::IN)
@@ -569,16 +594,24 @@ impl Task {
         message.metadata.op_code = OpCode::Update;
         message.metadata.recursion_desired = false;
         message.add_query(zone);
-        // Prerequisite (RFC 2136 2.4): the A set is exactly the one we planned against.
-        if live.is_empty() {
-            // 2.4.3 RRset does not exist: class NONE, no rdata.
-            let mut absent = Record::update0(self.name.clone(), 0, RecordType::A);
-            absent.dns_class = DNSClass::NONE;
-            message.add_answer(absent);
-        } else {
-            // 2.4.2 RRset exists (value dependent): the whole set, class IN, TTL 0.
-            for &a in live {
-                message.add_answer(self.a_record(a, 0, DNSClass::IN));
+        // Prerequisite (RFC 2136 2.4): each set we keep (A, AAAA) is exactly the one we
+        // planned against.
+        for family in self.families() {
+            let set: Vec<IpAddr> = live
+                .iter()
+                .copied()
+                .filter(|a| record_type(*a) == family)
+                .collect();
+            if set.is_empty() {
+                // 2.4.3 RRset does not exist: class NONE, no rdata.
+                let mut absent = Record::update0(self.name.clone(), 0, family);
+                absent.dns_class = DNSClass::NONE;
+                message.add_answer(absent);
+            } else {
+                // 2.4.2 RRset exists (value dependent): the whole set, class IN, TTL 0.
+                for a in set {
+                    message.add_answer(self.a_record(a, 0, DNSClass::IN));
+                }
             }
         }
         for &change in changes {
@@ -631,8 +664,13 @@ impl Task {
         )))
     }
 
-    fn a_record(&self, addr: Ipv4Addr, ttl: u32, class: DNSClass) -> Record {
-        let mut record = Record::from_rdata(self.name.clone(), ttl, RData::A(A(addr)));
+    /// The A or AAAA record of `addr`.
+    fn a_record(&self, addr: IpAddr, ttl: u32, class: DNSClass) -> Record {
+        let data = match addr {
+            IpAddr::V4(v4) => RData::A(A(v4)),
+            IpAddr::V6(v6) => RData::AAAA(AAAA(v6)),
+        };
+        let mut record = Record::from_rdata(self.name.clone(), ttl, data);
         record.dns_class = class;
         record
     }
@@ -681,6 +719,14 @@ impl Task {
     }
 }
 
+/// The type of `addr`'s record: A or AAAA.
+fn record_type(addr: IpAddr) -> RecordType {
+    match addr {
+        IpAddr::V4(_) => RecordType::A,
+        IpAddr::V6(_) => RecordType::AAAA,
+    }
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -694,14 +740,16 @@ mod tests {
     use data_encoding::BASE64;
     use xdprobe_harness::TempFile;
 
+    use std::net::Ipv4Addr;
+
     use super::*;
     use crate::config::dns::DnsFileConfig;
 
-    fn ip(last: u8) -> Ipv4Addr {
-        Ipv4Addr::new(198, 51, 100, last)
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(198, 51, 100, last))
     }
 
-    fn set(addrs: &[Ipv4Addr]) -> BTreeSet<Ipv4Addr> {
+    fn set(addrs: &[IpAddr]) -> BTreeSet<IpAddr> {
         addrs.iter().copied().collect()
     }
 
@@ -734,7 +782,7 @@ mod tests {
     #[test]
     fn plan_adds_and_removes_only_members() {
         let members = set(&[ip(1), ip(2), ip(3)]);
-        let foreign = Ipv4Addr::new(203, 0, 113, 7);
+        let foreign = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7));
         let live = set(&[ip(2), ip(3), foreign]);
         let want = set(&[ip(1), ip(3)]);
         assert_eq!(
@@ -753,7 +801,7 @@ mod tests {
     #[test]
     fn plan_is_empty_when_in_sync_and_ordered_otherwise() {
         let members = set(&[ip(1), ip(2), ip(3), ip(4)]);
-        let foreign = Ipv4Addr::new(203, 0, 113, 7);
+        let foreign = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7));
         let want = set(&[ip(1), ip(2)]);
         assert!(plan(&members, &want, &set(&[ip(1), ip(2), foreign])).is_empty());
         assert_eq!(
@@ -814,8 +862,8 @@ mod tests {
         /// Short, so that drift is corrected within the tests' patience.
         const RESYNC: Duration = Duration::from_millis(300);
 
-        fn foreign(last: u8) -> Ipv4Addr {
-            Ipv4Addr::new(203, 0, 113, last)
+        fn foreign(last: u8) -> IpAddr {
+            IpAddr::V4(Ipv4Addr::new(203, 0, 113, last))
         }
 
         fn random_secret() -> String {
@@ -833,6 +881,11 @@ mod tests {
 
         impl Named {
             fn start() -> Named {
+                Self::start_on(std::net::Ipv4Addr::LOCALHOST.into())
+            }
+
+            /// `named` listening on `listen` (127.0.0.1 or ::1) port 5353.
+            fn start_on(listen: IpAddr) -> Named {
                 require_root();
                 static NEXT: AtomicUsize = AtomicUsize::new(0);
                 let prefix = format!(
@@ -842,7 +895,7 @@ mod tests {
                 );
                 let mut namespaces = Namespaces::new(&prefix).unwrap_or_else(|e| panic!("{e:#}"));
                 let ns = namespaces.add("named").unwrap_or_else(|e| panic!("{e:#}"));
-                let bind = Bind::start(&ns).unwrap_or_else(|e| panic!("{e:#}"));
+                let bind = Bind::start_on(&ns, listen, PORT).unwrap_or_else(|e| panic!("{e:#}"));
                 Named {
                     secret: bind.secret().to_string(),
                     bind,
@@ -864,9 +917,9 @@ mod tests {
                 self.bind.log()
             }
 
-            /// The A set of www.example.test. as dig sees it.
-            fn a_set(&self) -> BTreeSet<Ipv4Addr> {
-                self.bind.a_records().unwrap_or_else(|e| panic!("{e:#}"))
+            /// The A and AAAA sets of www.example.test. as dig sees them.
+            fn a_set(&self) -> BTreeSet<IpAddr> {
+                self.bind.records().unwrap_or_else(|e| panic!("{e:#}"))
             }
 
             /// Runs nsupdate `commands` for zone example.test. with the right key.
@@ -879,7 +932,7 @@ mod tests {
             fn pool_config(
                 &self,
                 secret: &str,
-                members: &[Ipv4Addr],
+                members: &[IpAddr],
                 policy: Option<AllDown>,
                 resync: Duration,
             ) -> (PoolConfig, TempFile) {
@@ -887,7 +940,7 @@ mod tests {
                 let config = PoolConfig::resolve(
                     0,
                     DnsFileConfig {
-                        server: format!("127.0.0.1:{PORT}"),
+                        server: self.bind.server(),
                         zone: "example.test".to_string(),
                         name: "www".to_string(),
                         ttl: Some(60),
@@ -989,7 +1042,7 @@ mod tests {
                 }
             }
 
-            fn member(&self, addr: Ipv4Addr, up: bool) {
+            fn member(&self, addr: IpAddr, up: bool) {
                 let started = std::time::Instant::now();
                 self.pool.as_ref().unwrap().member(addr, up);
                 assert!(
@@ -999,7 +1052,7 @@ mod tests {
             }
 
             /// Waits until the server's A set is `want`.
-            fn wait_for(&self, named: &Named, want: &BTreeSet<Ipv4Addr>) {
+            fn wait_for(&self, named: &Named, want: &BTreeSet<IpAddr>) {
                 let deadline = std::time::Instant::now() + WAIT;
                 loop {
                     let have = named.a_set();
@@ -1090,6 +1143,65 @@ mod tests {
         }
 
         #[test]
+        fn live_a_dual_stack_pool_keeps_its_a_and_aaaa_sets_over_an_ipv6_server() {
+            let v6 =
+                |last: u16| IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, last));
+            let named = Named::start_on(std::net::Ipv6Addr::LOCALHOST.into());
+            assert!(
+                named.bind.server().starts_with("[::1]:"),
+                "{}",
+                named.bind.server()
+            );
+            // Someone else's AAAA record at the name: never touched.
+            let theirs = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x99);
+            named
+                .bind
+                .add_aaaa(theirs, 30)
+                .unwrap_or_else(|e| panic!("{e:#}"));
+            let members = [ip(1), v6(1), v6(2)];
+            let (config, _secret) = named.pool_config(&named.secret, &members, None, RESYNC);
+            let pool = Running::start(&named, config);
+            let with_theirs = |ours: &[IpAddr]| {
+                let mut all = set(ours);
+                all.insert(IpAddr::V6(theirs));
+                all
+            };
+            pool.wait_for(&named, &with_theirs(&members));
+            pool.wait_log(
+                "AAAA record 2001:db8::2 added: start-up: record missing on server",
+                1,
+            );
+            pool.wait_log("A record 198.51.100.1 added: start-up", 1);
+
+            pool.member(v6(2), false);
+            pool.wait_for(&named, &with_theirs(&[ip(1), v6(1)]));
+            pool.wait_log(
+                "AAAA record 2001:db8::2 removed: member 2001:db8::2 DOWN",
+                1,
+            );
+            // Every IPv6 member down, the IPv4 one up: the AAAA set holds only theirs.
+            pool.member(v6(1), false);
+            pool.wait_for(&named, &with_theirs(&[ip(1)]));
+            // Drift in the AAAA set is corrected like in the A set.
+            named.nsupdate(&format!("update add {RECORD} 60 AAAA {}", v6(2)));
+            pool.wait_for(&named, &with_theirs(&[ip(1)]));
+            pool.member(v6(2), true);
+            pool.wait_for(&named, &with_theirs(&[ip(1), v6(2)]));
+            assert_eq!(
+                named
+                    .bind
+                    .aaaa_records()
+                    .unwrap_or_else(|e| panic!("{e:#}")),
+                [
+                    theirs,
+                    std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2)
+                ]
+                .into_iter()
+                .collect()
+            );
+        }
+
+        #[test]
         fn live_all_down_empties_the_set_with_the_empty_policy() {
             let named = Named::start();
             let members = [ip(1), ip(2)];
@@ -1119,8 +1231,8 @@ mod tests {
                 .map(|n| format!("update add {RECORD} 300 A {}", foreign(n)))
                 .collect();
             named.nsupdate(&adds.join("\n"));
-            let theirs: BTreeSet<Ipv4Addr> = (1..=80).map(foreign).collect();
-            let with_theirs = |ours: &[Ipv4Addr]| &theirs | &set(ours);
+            let theirs: BTreeSet<IpAddr> = (1..=80).map(foreign).collect();
+            let with_theirs = |ours: &[IpAddr]| &theirs | &set(ours);
 
             let members = [ip(1), ip(2), ip(3)];
             let (config, _secret) = named.pool_config(&named.secret, &members, None, RESYNC);

@@ -4,7 +4,7 @@
 use std::{
     collections::BTreeSet,
     fmt, fs,
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -42,7 +42,7 @@ pub struct DnsFileConfig {
     /// BIND `key` clause as written by `tsig-keygen`.
     pub tsig_secret_file: PathBuf,
     /// The addresses published under `name` while UP; xdprobe probes them like any host.
-    pub members: Vec<Ipv4Addr>,
+    pub members: Vec<IpAddr>,
     /// When no member is UP: `keep_all` (default) publishes them all, `empty` none.
     pub when_all_down: Option<AllDown>,
     /// How often the live record set is read back and drift corrected (default 30s).
@@ -98,7 +98,7 @@ pub struct PoolConfig {
     pub ttl: u32,
     pub tsig: Tsig,
     /// In config order, no duplicates, at least one.
-    pub members: Vec<Ipv4Addr>,
+    pub members: Vec<IpAddr>,
     pub when_all_down: AllDown,
     pub resync: Duration,
 }
@@ -254,13 +254,18 @@ fn parse_secret(text: &str) -> Result<Vec<u8>, String> {
     Ok(secret)
 }
 
-fn check_members(members: &[Ipv4Addr]) -> Result<(), String> {
+fn check_members(members: &[IpAddr]) -> Result<(), String> {
     if members.is_empty() {
         return Err("empty: a pool needs at least one address".to_string());
     }
     let mut seen = BTreeSet::new();
     for &addr in members {
-        if addr.is_unspecified() || addr.is_broadcast() || addr.is_multicast() {
+        let host = match addr {
+            IpAddr::V4(v4) => !(v4.is_unspecified() || v4.is_broadcast() || v4.is_multicast()),
+            // Not in ::/96 (unspecified, loopback, IPv4-compatible), where no host is probed.
+            IpAddr::V6(v6) => u128::from(v6) >> 32 != 0 && !v6.is_multicast(),
+        };
+        if !host {
             return Err(format!("{addr} is not a host address"));
         }
         if !seen.insert(addr) {
@@ -276,8 +281,8 @@ mod tests {
 
     use super::*;
 
-    fn ip(last: u8) -> Ipv4Addr {
-        Ipv4Addr::new(198, 51, 100, last)
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, last))
     }
 
     const SECRET: &str = "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0IQ==";
@@ -380,7 +385,7 @@ mod tests {
         assert_eq!(with(&|f| f.members = vec![]), "dns[1].members");
         assert_eq!(with(&|f| f.members = vec![ip(1), ip(1)]), "dns[1].members");
         assert_eq!(
-            with(&|f| f.members = vec![Ipv4Addr::UNSPECIFIED]),
+            with(&|f| f.members = vec![IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)]),
             "dns[1].members"
         );
         assert_eq!(

@@ -42,7 +42,7 @@ pub fn probed_hosts(settings: &Settings, monitored: &[IpAddr]) -> (Vec<IpAddr>, 
     let members = settings
         .dns
         .iter()
-        .flat_map(|pool| pool.members.iter().map(|m| IpAddr::V4(*m)));
+        .flat_map(|pool| pool.members.iter().copied());
     let mut hosts: Vec<IpAddr> = watches
         .iter()
         .chain(witnesses)

@@ -3,7 +3,7 @@
 //! the reports about its primary (and the witnesses' liveness, which concerns them all), and
 //! pings systemd's watchdog once per window.
 
-use std::{net::IpAddr, sync::Arc};
+use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
 
@@ -66,13 +66,9 @@ fn deliver(report: &HostReport, groups: &[Route], pools: &[Arc<DnsPool>], hooks:
 
 /// A member's state, for every pool (each ignores what is not its member).
 fn tell_pools(event: &HostEvent, pools: &[Arc<DnsPool>]) {
-    // Pools publish A records: only IPv4 hosts are members.
-    let IpAddr::V4(host) = event.host else {
-        return;
-    };
     if matches!(event.change.to, State::Up | State::Down) {
         for pool in pools {
-            pool.member(host, event.change.to == State::Up);
+            pool.member(event.host, event.change.to == State::Up);
         }
     }
 }

@@ -3,7 +3,7 @@
 //! they are; a changed pool's new task removes the records of the members it lost. The
 //! dispatcher reaches the pools through the handles published here.
 
-use std::{collections::BTreeSet, net::Ipv4Addr, sync::Arc};
+use std::{collections::BTreeSet, net::IpAddr, sync::Arc};
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -108,7 +108,7 @@ pub struct PoolChanges {
     /// Pools to stop, by name: removed, or changed (then also in `start`).
     pub stop: Vec<String>,
     /// Pools to start, with the members a changed pool lost (whose records go).
-    pub start: Vec<(PoolConfig, BTreeSet<Ipv4Addr>)>,
+    pub start: Vec<(PoolConfig, BTreeSet<IpAddr>)>,
 }
 
 impl PoolChanges {
@@ -174,7 +174,7 @@ mod tests {
         Settings::resolve(&RunArgs::default(), file).unwrap().dns
     }
 
-    fn addrs(list: &[&str]) -> BTreeSet<Ipv4Addr> {
+    fn addrs(list: &[&str]) -> BTreeSet<IpAddr> {
         list.iter().map(|a| a.parse().unwrap()).collect()
     }
 
@@ -191,7 +191,7 @@ mod tests {
         ]);
         let c = changes(&running, &wanted);
         assert_eq!(c.stop, ["www.example.test."]);
-        let started: Vec<(&str, BTreeSet<Ipv4Addr>)> = c
+        let started: Vec<(&str, BTreeSet<IpAddr>)> = c
             .start
             .iter()
             .map(|(p, retired)| (p.name.as_str(), retired.clone()))

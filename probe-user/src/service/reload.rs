@@ -7,11 +7,7 @@
 //! can change (the interface, debug), is rejected as a whole with a logged reason, and the
 //! running config stays.
 
-use std::{
-    collections::BTreeSet,
-    net::{IpAddr, Ipv4Addr},
-    time::Duration,
-};
+use std::{collections::BTreeSet, net::IpAddr, time::Duration};
 
 use tokio::{
     signal::unix::Signal,
@@ -345,7 +341,7 @@ fn announced(new: &Settings, changes: &Changes) -> Vec<IpAddr> {
         .repool
         .start
         .iter()
-        .flat_map(|(p, _)| p.members.iter().map(|m| IpAddr::V4(*m)));
+        .flat_map(|(p, _)| p.members.iter().copied());
     watches.into_iter().chain(members).collect()
 }
 
@@ -463,7 +459,7 @@ impl Reloader {
     }
 
     /// The `members` not known to be DOWN (as last published by the prober).
-    fn known_up(&self, members: &[Ipv4Addr]) -> BTreeSet<Ipv4Addr> {
+    fn known_up(&self, members: &[IpAddr]) -> BTreeSet<IpAddr> {
         let snapshot = self.observed.snapshot();
         let down: BTreeSet<IpAddr> = snapshot
             .hosts
@@ -473,7 +469,7 @@ impl Reloader {
             .collect();
         members
             .iter()
-            .filter(|m| !down.contains(&IpAddr::V4(**m)))
+            .filter(|m| !down.contains(m))
             .copied()
             .collect()
     }

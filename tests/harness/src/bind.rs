@@ -9,7 +9,7 @@ use std::{
     collections::BTreeSet,
     fs,
     io::Write as _,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
@@ -47,7 +47,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(15);
 
 pub struct Bind {
     ns: String,
-    listen: Ipv4Addr,
+    listen: IpAddr,
     port: u16,
     dir: PathBuf,
     secret: String,
@@ -60,8 +60,10 @@ impl Bind {
         Self::start_on(ns, Ipv4Addr::LOCALHOST, PORT)
     }
 
-    /// Starts `named` in namespace `ns` on `listen`:`port` (an address of that namespace).
-    pub fn start_on(ns: &str, listen: Ipv4Addr, port: u16) -> anyhow::Result<Self> {
+    /// Starts `named` in namespace `ns` on `listen`:`port` (an address of that namespace,
+    /// either family).
+    pub fn start_on(ns: &str, listen: impl Into<IpAddr>, port: u16) -> anyhow::Result<Self> {
+        let listen = listen.into();
         for (tool, package) in [
             (NAMED, "bind9"),
             (TSIG_KEYGEN, "bind9"),
@@ -90,7 +92,8 @@ impl Bind {
         fs::write(bind.key_file(), &key).context("writing the key file")?;
         let conf = NAMED_CONF
             .replace("@DIR@", path_str(&bind.dir)?)
-            .replace("@LISTEN@", &listen.to_string())
+            .replace("@LISTEN4@", &listen_on(listen.is_ipv4(), listen))
+            .replace("@LISTEN6@", &listen_on(listen.is_ipv6(), listen))
             .replace("@PORT@", &port.to_string())
             .replace("@KEY_NAME@", KEY_NAME)
             .replace("@KEY_ALGORITHM@", KEY_ALGORITHM)
@@ -158,7 +161,7 @@ impl Bind {
 
     /// The server's address as xdprobe's `server` setting wants it: `IP:PORT`.
     pub fn server(&self) -> String {
-        format!("{}:{}", self.listen, self.port)
+        std::net::SocketAddr::new(self.listen, self.port).to_string()
     }
 
     /// The key's base64 secret.
@@ -197,6 +200,55 @@ impl Bind {
                     .with_context(|| format!("dig printed {line:?}"))
             })
             .collect()
+    }
+
+    /// The AAAA records at [`RECORD`], as `dig` sees them.
+    pub fn aaaa_records(&self) -> anyhow::Result<BTreeSet<Ipv6Addr>> {
+        let out = run(self.dig().args(["+norecurse", RECORD, "AAAA"]))?;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|line| {
+                line.trim()
+                    .parse()
+                    .with_context(|| format!("dig printed {line:?}"))
+            })
+            .collect()
+    }
+
+    /// The A and AAAA records at [`RECORD`] together.
+    pub fn records(&self) -> anyhow::Result<BTreeSet<IpAddr>> {
+        let mut all: BTreeSet<IpAddr> = self.a_records()?.into_iter().map(IpAddr::V4).collect();
+        all.extend(self.aaaa_records()?.into_iter().map(IpAddr::V6));
+        Ok(all)
+    }
+
+    /// Waits until the A and AAAA records at [`RECORD`] are exactly `want`; the error shows
+    /// the last answer and the server's log.
+    pub fn wait_for_records(
+        &self,
+        want: &BTreeSet<IpAddr>,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let have = self.records()?;
+            if &have == want {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "A/AAAA records at {RECORD} still {have:?} after {timeout:?}, want {want:?}\n\
+                     --- named log:\n{}",
+                    self.log()
+                );
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Adds an AAAA record at [`RECORD`] as someone else would.
+    pub fn add_aaaa(&self, addr: Ipv6Addr, ttl: u32) -> anyhow::Result<()> {
+        self.nsupdate(&format!("update add {RECORD} {ttl} AAAA {addr}"))
     }
 
     /// Waits until the A records at [`RECORD`] are exactly `want`; the error shows the last
@@ -260,7 +312,18 @@ impl Bind {
     pub fn delete_a(&self, addr: Ipv4Addr) -> anyhow::Result<()> {
         self.nsupdate(&format!("update delete {RECORD} A {addr}"))
     }
+}
 
+/// A `listen-on` list: `addr` if it is the family's, else `none`.
+fn listen_on(family: bool, addr: IpAddr) -> String {
+    if family {
+        addr.to_string()
+    } else {
+        "none".to_string()
+    }
+}
+
+impl Bind {
     fn dig(&self) -> Command {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.ns, DIG])
