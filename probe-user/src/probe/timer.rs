@@ -73,15 +73,23 @@ mod tests {
     #[tokio::test]
     async fn wakes_within_a_fraction_of_a_millisecond() {
         let mut timer = Timer::new().unwrap();
-        let mut worst = Duration::ZERO;
-        for step in [300u64, 700, 1_100, 2_300, 50] {
-            let at = Instant::now() + Duration::from_micros(step);
-            timer.sleep_until(at).await.unwrap();
-            let late = Instant::now() - at;
-            worst = worst.max(late);
+        let mut late = Vec::new();
+        for _ in 0..3 {
+            for step in [300u64, 700, 1_100, 2_300, 50] {
+                let at = Instant::now() + Duration::from_micros(step);
+                timer.sleep_until(at).await.unwrap();
+                late.push(Instant::now() - at);
+            }
         }
-        // tokio's own sleep would be up to a whole millisecond late; allow for a busy machine.
-        assert!(worst < Duration::from_micros(900), "woke {worst:?} late");
+        late.sort();
+        // tokio's own sleep would be up to a whole millisecond late every time. The median,
+        // not the worst, so that a busy machine (other tests, a compiler) preempting us once
+        // or twice does not fail the test; the mechanism shows in the typical wake-up.
+        let median = late[late.len() / 2];
+        assert!(
+            median < Duration::from_micros(500),
+            "woke {median:?} late (median of {late:?})"
+        );
         // A time in the past: at once.
         timer
             .sleep_until(Instant::now() - Duration::from_millis(5))
