@@ -55,7 +55,8 @@ enum Task {
         window: String,
     },
     /// Measure xdprobe against fping (and against itself receiving on a socket) over up to
-    /// 131,072 hosts in a namespace farm; prints the tables and writes BENCHMARKS.md.
+    /// 131,072 IPv4 and 131,072 IPv6 hosts in a namespace farm; prints the tables and writes
+    /// BENCHMARKS.md.
     Bench(bench::BenchArgs),
     /// Build the Debian package (binary, systemd unit, example config, man page) into
     /// target/dist/.

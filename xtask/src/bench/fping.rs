@@ -1,12 +1,15 @@
 //! fping, the peer: its command line and what it prints.
 //!
 //! `fping -q -s -C COUNT` prints, on stderr, one line per target with the result of every probe
-//! it sent (`198.18.0.1 : 0.05 0.04 - 0.03`, `-` = no reply), then its global statistics
+//! it sent (`198.18.0.1 : 0.05 0.04 - 0.03` or `2001:db8:1::1 : ...`, `-` = no reply), then its
+//! global statistics
 //! (`N ICMP Echos sent`, ...). It prints both when it has sent everything and also when it gets
 //! SIGINT, which is how the bench stops it at the wall-time cap.
 use std::{io::BufRead, path::Path};
 
 use anyhow::{Context as _, Result};
+
+use super::farm::Family;
 
 /// The smallest `-i` (ms between any two sends) that can never make fping abort. fping 5.1
 /// numbers its probes with 16-bit ICMP sequence numbers (65,535 of them) and will not reuse one
@@ -28,8 +31,9 @@ pub fn fastest_interval(rate: f64) -> f64 {
 }
 
 /// The fping arguments for `probes` probes per `window_ms` window over `windows` windows, to
-/// every target listed in `hosts_file`.
+/// every target listed in `hosts_file` (addresses of `family`).
 pub fn args(
+    family: Family,
     hosts_file: &Path,
     probes: u32,
     window_ms: u64,
@@ -37,26 +41,35 @@ pub fn args(
     interval_ms: f64,
 ) -> Vec<String> {
     let period_ms = window_ms / u64::from(probes);
-    vec![
-        // No per-probe lines while running; per-target results and statistics at the end.
-        "-q".into(),
-        "-s".into(),
-        // Count mode, every probe's result at the end: the same probes per host as xdprobe.
-        "-C".into(),
-        (u64::from(probes) * u64::from(windows)).to_string(),
-        // The same period per host as xdprobe: window / probes.
-        "-p".into(),
-        period_ms.to_string(),
-        "-i".into(),
-        interval_ms.to_string(),
-        // A probe gets one period to be answered, and no retries.
-        "-t".into(),
-        period_ms.to_string(),
-        "-r".into(),
-        "0".into(),
-        "-f".into(),
-        hosts_file.display().to_string(),
-    ]
+    // fping picks the family from the literals by itself; -6 is passed so the report's command
+    // line says it. IPv4 runs keep the command line they always had.
+    let family_flag = match family {
+        Family::V4 => None,
+        Family::V6 => Some("-6".to_owned()),
+    };
+    family_flag
+        .into_iter()
+        .chain([
+            // No per-probe lines while running; per-target results and statistics at the end.
+            "-q".into(),
+            "-s".into(),
+            // Count mode, every probe's result at the end: the same probes per host as xdprobe.
+            "-C".into(),
+            (u64::from(probes) * u64::from(windows)).to_string(),
+            // The same period per host as xdprobe: window / probes.
+            "-p".into(),
+            period_ms.to_string(),
+            "-i".into(),
+            interval_ms.to_string(),
+            // A probe gets one period to be answered, and no retries.
+            "-t".into(),
+            period_ms.to_string(),
+            "-r".into(),
+            "0".into(),
+            "-f".into(),
+            hosts_file.display().to_string(),
+        ])
+        .collect()
 }
 
 /// What fping reported.
@@ -100,7 +113,7 @@ pub fn parse(output: impl BufRead, down_after: u32) -> Result<Report> {
         if let Some(error) = trimmed.strip_prefix("fping error:") {
             report.error = Some(error.trim().to_owned());
         } else if let Some((target, results)) = trimmed.split_once(" :") {
-            if target.trim().parse::<std::net::Ipv4Addr>().is_ok() {
+            if target.trim().parse::<std::net::IpAddr>().is_ok() {
                 count_target(&mut report, results, down_after);
             }
         } else if let Some(n) = stat(trimmed, "ICMP Echos sent") {
@@ -160,10 +173,22 @@ mod tests {
 
     #[test]
     fn command_line_matches_xdprobes_schedule() {
-        let args = args(Path::new("/tmp/hosts"), 2, 1000, 20, DEFAULT_INTERVAL_MS);
+        let v4 = args(
+            Family::V4,
+            Path::new("/tmp/hosts"),
+            2,
+            1000,
+            20,
+            DEFAULT_INTERVAL_MS,
+        );
         assert_eq!(
-            args.join(" "),
+            v4.join(" "),
             "-q -s -C 40 -p 500 -i 0.153 -t 500 -r 0 -f /tmp/hosts"
+        );
+        let v6 = args(Family::V6, Path::new("/tmp/hosts6"), 2, 1000, 20, 0.0);
+        assert_eq!(
+            v6.join(" "),
+            "-6 -q -s -C 40 -p 500 -i 0 -t 500 -r 0 -f /tmp/hosts6"
         );
     }
 
@@ -201,6 +226,24 @@ mod tests {
         assert_eq!((report.sent(), report.replies()), (16, 7));
         assert_eq!(report.error, None);
         assert_eq!(parse(FINISHED.as_bytes(), 3).unwrap().false_downs, 2);
+    }
+
+    #[test]
+    fn counts_ipv6_targets_too() {
+        let out = "\
+2001:db8:1::1  : 0.031 0.029 0.030 0.027
+2001:db8:1::2  : 0.022 - - -
+2001:db8:1::   : - - - -
+
+       3 targets
+      12 ICMP Echos sent
+       5 ICMP Echo Replies received
+";
+        let report = parse(out.as_bytes(), 4).unwrap();
+        assert_eq!(report.targets, 3);
+        assert_eq!((report.listed_sent, report.listed_replies), (12, 5));
+        assert_eq!(report.false_downs, 1);
+        assert_eq!((report.sent(), report.replies()), (12, 5));
     }
 
     #[test]

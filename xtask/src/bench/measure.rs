@@ -159,12 +159,13 @@ pub fn read_softnet_drops() -> Result<u64> {
     )
 }
 
-/// Echo traffic as the farm's kernel saw it, from its `/proc/net/snmp`.
+/// Echo traffic as the farm's kernel saw it, from its `/proc/net/snmp` (IPv4) or
+/// `/proc/net/snmp6` (IPv6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct EchoCounters {
-    /// Echo requests that reached the farm (`Icmp: InEchos`).
+    /// Echo requests that reached the farm (`Icmp: InEchos`, `Icmp6InEchos`).
     pub requests: u64,
-    /// Echo replies the farm sent (`Icmp: OutEchoReps`).
+    /// Echo replies the farm sent (`Icmp: OutEchoReps`, `Icmp6OutEchoReplies`).
     pub replies: u64,
 }
 
@@ -199,6 +200,27 @@ pub fn parse_snmp_echo(snmp: &str) -> Result<EchoCounters> {
     Ok(EchoCounters {
         requests: field("InEchos")?,
         replies: field("OutEchoReps")?,
+    })
+}
+
+/// Parses the ICMPv6 echo counters of `/proc/net/snmp6`: one `Name value` pair a line.
+pub fn parse_snmp6_echo(snmp6: &str) -> Result<EchoCounters> {
+    let field = |wanted: &str| -> Result<u64> {
+        let value = snmp6
+            .lines()
+            .find_map(|line| {
+                let mut words = line.split_whitespace();
+                (words.next() == Some(wanted)).then(|| words.next())
+            })
+            .with_context(|| format!("/proc/net/snmp6 has no {wanted}"))?
+            .with_context(|| format!("/proc/net/snmp6 has no value for {wanted}"))?;
+        value
+            .parse()
+            .with_context(|| format!("bad /proc/net/snmp6 {wanted}: {value}"))
+    };
+    Ok(EchoCounters {
+        requests: field("Icmp6InEchos")?,
+        replies: field("Icmp6OutEchoReplies")?,
     })
 }
 
@@ -409,12 +431,53 @@ IcmpMsg: 1 2
         assert!(parse_snmp_echo("Ip: a\nIp: 1\n").is_err());
     }
 
+    /// A farm namespace's `/proc/net/snmp6` after it answered 6 pings (one neighbour
+    /// solicitation too): `Icmp6InEchos` 6, `Icmp6OutEchoReplies` 6, no echoes of its own.
+    const SNMP6_FARM: &str = include_str!("testdata/snmp6-farm.txt");
+
+    #[test]
+    fn reads_icmpv6_echo_counters_by_name() {
+        assert_eq!(
+            parse_snmp6_echo(SNMP6_FARM).unwrap(),
+            EchoCounters {
+                requests: 6,
+                replies: 6
+            }
+        );
+        // The names are matched whole: Icmp6InEchoReplies (0 here) is not Icmp6InEchos.
+        let edited = SNMP6_FARM
+            .replace(
+                "Icmp6InEchos                    \t6",
+                "Icmp6InEchos \t40960",
+            )
+            .replace(
+                "Icmp6OutEchoReplies             \t6",
+                "Icmp6OutEchoReplies\t40958",
+            );
+        assert_eq!(
+            parse_snmp6_echo(&edited).unwrap(),
+            EchoCounters {
+                requests: 40960,
+                replies: 40958
+            }
+        );
+        let missing = parse_snmp6_echo("Icmp6InEchos 3\n").unwrap_err();
+        assert!(
+            missing.to_string().contains("Icmp6OutEchoReplies"),
+            "{missing}"
+        );
+        assert!(parse_snmp6_echo("Icmp6InEchos x\nIcmp6OutEchoReplies 1\n").is_err());
+        assert!(parse_snmp6_echo("Icmp6InEchos\nIcmp6OutEchoReplies 1\n").is_err());
+    }
+
     #[test]
     fn the_machine_has_the_counters_we_read() {
         assert!(read_cpu_ticks().unwrap().busy > 0);
         read_softnet_drops().unwrap();
         let snmp = fs::read_to_string("/proc/net/snmp").unwrap();
         parse_snmp_echo(&snmp).unwrap();
+        let snmp6 = fs::read_to_string("/proc/net/snmp6").unwrap();
+        parse_snmp6_echo(&snmp6).unwrap();
         assert!(clock_ticks_per_second().unwrap() > 0);
     }
 

@@ -1,10 +1,12 @@
-//! `cargo xtask bench`: xdprobe against fping, on one farm of up to 131,072 hosts.
+//! `cargo xtask bench`: xdprobe against fping, on one farm of up to 131,072 IPv4 and 131,072
+//! IPv6 hosts.
 //!
-//! For each host count it runs, one after the other on the same farm: `xdprobe monitor`
-//! (replies counted in XDP), `xdprobe monitor --receive socket` (the ablation: replies received
-//! in userspace) and fping, all with 2 probes per host per 1 s window. Around every run it
-//! records whole-machine CPU time, wall time, peak memory and the farm's own echo counters,
-//! then prints one table per host count and writes them to `BENCHMARKS.md`.
+//! For each IPv4 host count, then each IPv6 one, it runs, one after the other on the same farm:
+//! `xdprobe monitor` (replies counted in XDP), `xdprobe monitor --receive socket` (the ablation:
+//! replies received in userspace) and fping, all with 2 probes per host per 1 s window. Around
+//! every run it records whole-machine CPU time, wall time, peak memory and the farm's own echo
+//! counters for the family, then prints one table per family and host count and writes them to
+//! `BENCHMARKS.md`.
 mod farm;
 mod fping;
 mod measure;
@@ -22,7 +24,7 @@ use std::{
 use anyhow::{bail, ensure, Context as _, Result};
 
 use crate::{cargo_cmd, cmd};
-use farm::{Farm, PROBER};
+use farm::{Family, Farm, PROBER};
 use measure::Observed;
 use report::{Document, Machine, Outcome, Row, SizeResult, Tool};
 
@@ -42,13 +44,23 @@ const FPING_MARGIN: Duration = Duration::from_secs(10);
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Host counts to measure (at most 131072), comma-separated.
+    /// IPv4 host counts to measure (at most 131072), comma-separated.
     #[arg(
         long,
         value_delimiter = ',',
         default_value = "256,2048,4096,16384,65536,131072"
     )]
     sizes: Vec<usize>,
+    /// IPv6 host counts to measure after the IPv4 ones (at most 131072), comma-separated; the
+    /// option alone measures none.
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_delimiter = ',',
+        num_args = 0..=1,
+        default_value = "131072"
+    )]
+    ipv6_sizes: Vec<usize>,
     /// Windows per run (1 s each, 2 probes per host per window).
     #[arg(long, default_value_t = 20)]
     windows: u32,
@@ -77,12 +89,17 @@ impl BenchArgs {
             !self.sizes.is_empty(),
             "--sizes needs at least one host count"
         );
-        if let Some(bad) = self.sizes.iter().find(|&&n| n == 0 || n > farm::MAX_HOSTS) {
-            bail!(
-                "--sizes: {bad} hosts: the farm has 1 to {} ({})",
-                farm::MAX_HOSTS,
-                farm::RANGE
-            );
+        for (option, sizes, family) in [
+            ("--sizes", &self.sizes, Family::V4),
+            ("--ipv6-sizes", &self.ipv6_sizes, Family::V6),
+        ] {
+            if let Some(bad) = sizes.iter().find(|&&n| n == 0 || n > farm::MAX_HOSTS) {
+                bail!(
+                    "{option}: {bad} hosts: the farm has 1 to {} ({})",
+                    farm::MAX_HOSTS,
+                    family.range()
+                );
+            }
         }
         ensure!(self.windows > 0, "--windows must be at least 1");
         if let Some(interval) = self.fping_interval {
@@ -97,12 +114,25 @@ impl BenchArgs {
         Ok(())
     }
 
+    /// What is measured, in order: every IPv4 host count, then every IPv6 one.
+    fn runs(&self) -> impl Iterator<Item = (Family, usize)> + '_ {
+        let v4 = self.sizes.iter().map(|&n| (Family::V4, n));
+        let v6 = self.ipv6_sizes.iter().map(|&n| (Family::V6, n));
+        v4.chain(v6)
+    }
+
     /// The command line, for the report.
     fn invocation(&self) -> String {
         let list = |items: Vec<String>| items.join(",");
+        let sizes = |sizes: &[usize]| list(sizes.iter().map(ToString::to_string).collect());
+        // `--ipv6-sizes` alone when there are none.
+        let ipv6_sizes = match sizes(&self.ipv6_sizes) {
+            none if none.is_empty() => String::new(),
+            some => format!(" {some}"),
+        };
         let mut line = format!(
-            "cargo xtask bench --sizes {} --windows {} --tools {}",
-            list(self.sizes.iter().map(ToString::to_string).collect()),
+            "cargo xtask bench --sizes {} --ipv6-sizes{ipv6_sizes} --windows {} --tools {}",
+            sizes(&self.sizes),
             self.windows,
             list(self.tools.iter().map(|t| t.slug().to_owned()).collect()),
         );
@@ -150,7 +180,11 @@ pub fn bench(mut args: BenchArgs) -> Result<()> {
     fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let ticks = measure::clock_ticks_per_second()? as f64;
 
-    println!("bench: building the farm ({} behind a veth)", farm::RANGE);
+    println!(
+        "bench: building the farm ({} and {} behind a veth)",
+        farm::RANGE,
+        farm::RANGE6
+    );
     let farm = Farm::build()?;
     farm.check()?;
     let bench = Bench {
@@ -161,20 +195,29 @@ pub fn bench(mut args: BenchArgs) -> Result<()> {
         ticks,
     };
     let mut results = Vec::new();
-    for &hosts in &args.sizes {
-        let hosts_file = work.join(format!("hosts-{hosts}.txt"));
-        farm::write_hosts_file(&hosts_file, hosts)?;
+    for (family, hosts) in args.runs() {
+        let hosts_file = work.join(hosts_file_name(family, hosts));
+        farm::write_hosts_file(&hosts_file, family, hosts)?;
         let mut rows = Vec::new();
         for &tool in &args.tools {
             // Settle, and see how busy the machine is without us.
             let background = measure::busy_cores_during(SETTLE, ticks)?;
             println!(
-                "bench: {} hosts, {}: {} windows",
+                "bench: {} {} hosts, {}: {} windows",
                 report::int(hosts as u64),
+                family.label(),
                 tool.label(),
                 args.windows
             );
-            let mut row = bench.run(tool, hosts, &hosts_file)?;
+            let mut row = bench
+                .run(tool, family, hosts, &hosts_file)
+                .with_context(|| {
+                    format!(
+                        "running {} over {hosts} {} hosts",
+                        tool.label(),
+                        family.label()
+                    )
+                })?;
             if background >= BACKGROUND_WORTH_NOTING {
                 row.notes.push(format!(
                     "the machine was already {:.0}% of a core busy in the {} s before this run",
@@ -186,6 +229,7 @@ pub fn bench(mut args: BenchArgs) -> Result<()> {
             rows.push(row);
         }
         results.push(SizeResult {
+            family,
             hosts,
             windows: args.windows,
             probes: PROBES,
@@ -222,6 +266,23 @@ pub fn bench(mut args: BenchArgs) -> Result<()> {
         work.display()
     );
     Ok(())
+}
+
+/// The hosts file of a run: `hosts-256.txt` (IPv4, as before) or `hosts6-256.txt`.
+fn hosts_file_name(family: Family, hosts: usize) -> String {
+    match family {
+        Family::V4 => format!("hosts-{hosts}.txt"),
+        Family::V6 => format!("hosts6-{hosts}.txt"),
+    }
+}
+
+/// Where a run's output goes, without extension: `256-fping` (IPv4, as before) or
+/// `256-ipv6-fping`.
+fn run_stem(family: Family, hosts: usize, tool: Tool) -> String {
+    match family {
+        Family::V4 => format!("{hosts}-{}", tool.slug()),
+        Family::V6 => format!("{hosts}-ipv6-{}", tool.slug()),
+    }
 }
 
 /// Fails unless the binary has the `monitor` command the bench drives.
@@ -296,7 +357,7 @@ struct Bench<'a> {
 }
 
 impl Bench<'_> {
-    fn run(&self, tool: Tool, hosts: usize, hosts_file: &Path) -> Result<Row> {
+    fn run(&self, tool: Tool, family: Family, hosts: usize, hosts_file: &Path) -> Result<Row> {
         let windows = self.args.windows;
         let needed = hosts as f64 * f64::from(PROBES) * 1000.0 / WINDOW_MS as f64;
         let fping_interval = self
@@ -326,6 +387,7 @@ impl Bench<'_> {
             Tool::Fping => {
                 let mut command = self.farm.exec(PROBER, "fping")?;
                 command.args(fping::args(
+                    family,
                     hosts_file,
                     PROBES,
                     WINDOW_MS,
@@ -335,19 +397,22 @@ impl Bench<'_> {
                 (command, schedule * 2 + FPING_MARGIN)
             }
         };
-        let stem = self.work.join(format!("{hosts}-{}", tool.slug()));
+        let stem = self.work.join(run_stem(family, hosts, tool));
         let out_path = stem.with_extension("out");
         let err_path = stem.with_extension("err");
+        let create = |path: &Path| {
+            File::create(path).with_context(|| format!("creating {}", path.display()))
+        };
         command
-            .stdout(File::create(&out_path)?)
-            .stderr(File::create(&err_path)?);
+            .stdout(create(&out_path)?)
+            .stderr(create(&err_path)?);
         let described = cmd::describe(&command);
 
-        let farm_before = self.farm.echo_counters()?;
+        let farm_before = self.farm.echo_counters(family)?;
         let drops_before = measure::read_softnet_drops()?;
         let observed = measure::observe(&mut command, cap)?;
         let drops = measure::read_softnet_drops()?.saturating_sub(drops_before);
-        let farm_seen = self.farm.echo_counters()?.since(farm_before);
+        let farm_seen = self.farm.echo_counters(family)?.since(farm_before);
         let used = measure::cpu_use(
             observed.cpu_before,
             observed.cpu_after,
@@ -559,12 +624,65 @@ mod tests {
         let args = parse(&[]).unwrap();
         assert_eq!(args.sizes, [256, 2048, 4096, 16384, 65536, 131072]);
         assert_eq!(args.windows, 20);
+        assert_eq!(args.ipv6_sizes, [131072]);
         assert_eq!(args.tools, [Tool::Xdprobe, Tool::Socket, Tool::Fping]);
         assert_eq!(
             args.invocation(),
-            "cargo xtask bench --sizes 256,2048,4096,16384,65536,131072 --windows 20 \
+            "cargo xtask bench --sizes 256,2048,4096,16384,65536,131072 --ipv6-sizes 131072 \
+             --windows 20 --tools xdprobe,socket,fping"
+        );
+        let runs: Vec<_> = args.runs().collect();
+        assert_eq!(runs.len(), 7);
+        assert_eq!(runs[5], (Family::V4, 131072));
+        assert_eq!(runs[6], (Family::V6, 131072));
+    }
+
+    #[test]
+    fn ipv6_sizes_run_after_the_ipv4_ones_and_alone_mean_none() {
+        let args = parse(&[
+            "--sizes",
+            "256",
+            "--ipv6-sizes",
+            "4096,256",
+            "--windows",
+            "3",
+        ])
+        .unwrap();
+        assert_eq!(
+            args.runs().collect::<Vec<_>>(),
+            [(Family::V4, 256), (Family::V6, 4096), (Family::V6, 256)]
+        );
+        assert_eq!(
+            args.invocation(),
+            "cargo xtask bench --sizes 256 --ipv6-sizes 4096,256 --windows 3 \
              --tools xdprobe,socket,fping"
         );
+        // The option alone, last or followed by another option: no IPv6 runs, and the
+        // invocation says so in a form that parses back to the same.
+        for line in [
+            &["--sizes", "256", "--ipv6-sizes"][..],
+            &["--ipv6-sizes", "--sizes", "256"],
+        ] {
+            let args = parse(line).unwrap();
+            assert!(args.ipv6_sizes.is_empty(), "{line:?}");
+            assert_eq!(args.runs().collect::<Vec<_>>(), [(Family::V4, 256)]);
+            let invocation = args.invocation();
+            assert_eq!(
+                invocation,
+                "cargo xtask bench --sizes 256 --ipv6-sizes --windows 20 \
+                 --tools xdprobe,socket,fping"
+            );
+            let words: Vec<&str> = invocation.split(' ').skip(3).collect();
+            assert_eq!(parse(&words).unwrap().ipv6_sizes, args.ipv6_sizes);
+        }
+    }
+
+    #[test]
+    fn runs_of_each_family_have_their_own_files() {
+        assert_eq!(hosts_file_name(Family::V4, 256), "hosts-256.txt");
+        assert_eq!(hosts_file_name(Family::V6, 256), "hosts6-256.txt");
+        assert_eq!(run_stem(Family::V4, 256, Tool::Fping), "256-fping");
+        assert_eq!(run_stem(Family::V6, 256, Tool::Fping), "256-ipv6-fping");
     }
 
     #[test]
@@ -583,7 +701,8 @@ mod tests {
         assert_eq!(args.tools, [Tool::Xdprobe, Tool::Fping]);
         assert_eq!(
             args.invocation(),
-            "cargo xtask bench --sizes 4096 --windows 5 --tools xdprobe,fping --output /tmp/b.md"
+            "cargo xtask bench --sizes 4096 --ipv6-sizes 131072 --windows 5 --tools xdprobe,fping \
+             --output /tmp/b.md"
         );
     }
 
@@ -591,6 +710,14 @@ mod tests {
     fn sizes_beyond_the_farm_are_refused() {
         assert!(parse(&["--sizes", "131073"]).is_err());
         assert!(parse(&["--sizes", "0"]).is_err());
+        let err = parse(&["--ipv6-sizes", "256,131073"]).unwrap_err();
+        assert!(
+            err.to_string().contains("--ipv6-sizes: 131073 hosts"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("2001:db8:1::/111"), "{err}");
+        assert!(parse(&["--ipv6-sizes", "0"]).is_err());
+        assert!(parse(&["--ipv6-sizes", "many"]).is_err());
         assert!(parse(&["--windows", "0"]).is_err());
         assert!(parse(&["--tools", "ping"]).is_err());
         assert!(parse(&["--fping-interval", "-1"]).is_err());

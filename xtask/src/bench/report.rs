@@ -1,8 +1,9 @@
-//! The bench's results as markdown: one table per host count, the machine, the commands.
+//! The bench's results as markdown: one table per family and host count, the machine, the
+//! commands.
 //! Pure: everything here renders what the runs measured.
 use std::{fmt::Write as _, time::Duration};
 
-use super::measure::EchoCounters;
+use super::{farm::Family, measure::EchoCounters};
 
 /// The tools the bench compares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
@@ -81,9 +82,10 @@ impl Row {
     }
 }
 
-/// Everything measured for one host count.
+/// Everything measured for one host count of one family.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SizeResult {
+    pub family: Family,
     pub hosts: usize,
     pub windows: u32,
     pub probes: u32,
@@ -227,7 +229,8 @@ Each run probes every host with 2 echo requests per 1 s window (one every 500 ms
 the given number of windows. **probes sent** and **replies** are what the tool itself counted \
 (xdprobe's summary: `sent`, `answered`, which include its retries; fping's `-s` statistics). \
 **farm replied** is the farm namespace's own count of echo replies it sent during the run \
-(`OutEchoReps` in its `/proc/net/snmp`), a check on both. **false DOWNs**: every farm host \
+(`OutEchoReps` in its `/proc/net/snmp`; for IPv6 hosts, `Icmp6OutEchoReplies` in its \
+`/proc/net/snmp6`), a check on both. **false DOWNs**: every farm host \
 answers, so every host reported DOWN is false (xdprobe: hosts with a `\"to\":\"DOWN\"` state line; \
 fping: hosts that lost 4 probes in a row, i.e. two windows' worth). **wall s** is the run's \
 elapsed time, start-up included. **CPU s** is whole-machine CPU time from `/proc/stat` around the \
@@ -256,9 +259,10 @@ pub fn render_size(result: &SizeResult) -> String {
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "## {} hosts × {} windows\n\n{} probes planned per tool; keeping the period needs {} \
+        "## {} {} hosts × {} windows\n\n{} probes planned per tool; keeping the period needs {} \
          probes/s.\n",
         int(result.hosts as u64),
+        result.family.label(),
         result.windows,
         int(result.planned()),
         int(result.needed_rate().round() as u64),
@@ -403,6 +407,7 @@ mod tests {
             ..row(Tool::Socket, 0, 0.5, 1)
         };
         SizeResult {
+            family: Family::V4,
             hosts: 4096,
             windows: 20,
             probes: 2,
@@ -438,7 +443,7 @@ mod tests {
     #[test]
     fn table_has_a_row_per_tool_and_says_what_could_not_be_done() {
         let md = render_size(&result());
-        assert!(md.starts_with("## 4,096 hosts × 20 windows\n"), "{md}");
+        assert!(md.starts_with("## 4,096 IPv4 hosts × 20 windows\n"), "{md}");
         assert!(md.contains("163,840 probes planned per tool; keeping the period needs 8,192"));
         assert!(md.contains(
             "| xdprobe (XDP) | 163,840 | 163,840 | 163,840 | 0 | 21.0 | 1.00 | 0.00610 | 9.83× \
@@ -456,6 +461,21 @@ mod tests {
             md.contains("- xdprobe --receive socket: failed: exit status: 3: cannot open socket")
         );
         assert!(!md.contains("- xdprobe (XDP):"), "{md}");
+    }
+
+    #[test]
+    fn the_heading_says_the_family() {
+        let v6 = SizeResult {
+            family: Family::V6,
+            hosts: 131_072,
+            ..result()
+        };
+        let md = render_size(&v6);
+        assert!(
+            md.starts_with("## 131,072 IPv6 hosts × 20 windows\n"),
+            "{md}"
+        );
+        assert!(md.contains("5,242,880 probes planned per tool; keeping the period needs 262,144"));
     }
 
     #[test]
@@ -483,7 +503,7 @@ mod tests {
         assert!(md.contains("- memory: 24.0 GiB"));
         assert!(md.contains("- kernel: 6.18.0"));
         assert!(md.contains("## What the columns mean"));
-        assert!(md.contains("## 4,096 hosts"));
+        assert!(md.contains("## 4,096 IPv4 hosts"));
         assert!(md.contains("route add local 198.18.0.0/15 dev lo\n"));
         assert!(
             md.contains("ip netns exec p xdprobe\nip netns exec p socket\nip netns exec p fping\n")
