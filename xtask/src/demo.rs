@@ -11,7 +11,7 @@ use xdprobe_harness::{Daemon, Lab};
 
 use crate::{
     cargo_cmd, cmd,
-    lab::{self, CLIENT, IFACE, PRIMARY, STANDBY, VIP},
+    lab::{self, Stack, CLIENT, IFACE, PRIMARY, STANDBY},
 };
 
 /// How long xdprobe probes the healthy primary before we kill it.
@@ -19,23 +19,26 @@ const WARM_UP: Duration = Duration::from_secs(3);
 const TAKEOVER_POLL: Duration = Duration::from_millis(5);
 const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub fn demo(window: &str) -> Result<()> {
+pub fn demo(window: &str, ipv6: bool) -> Result<()> {
     if !cmd::is_root()? {
         bail!("the demo creates network namespaces and needs root; run `cargo xtask demo` as root");
     }
+    let stack = if ipv6 { lab::IPV6 } else { lab::IPV4 };
     let bin = cargo_cmd::build_xdprobe(false)?;
 
     say(&format!(
         "building the lab: namespaces {}{{sw,primary,standby,client}}, one bridge, three hosts",
         lab::prefix()
     ));
-    let lab = lab::build()?;
+    let lab = lab::build(&stack)?;
+    let vip = stack.vip;
     say(&format!(
-        "primary 192.0.2.1 holds the VIP {VIP}; standby is 192.0.2.2, client 192.0.2.3"
+        "primary {} holds the VIP {vip}; standby is {}, client {}",
+        stack.primary, stack.standby, stack.client
     ));
 
     // Declared after `lab`, so it is dropped (stopped) before the lab is torn down.
-    let mut xdprobe = start_xdprobe(&lab, &bin, window)?;
+    let mut xdprobe = start_xdprobe(&lab, &bin, &stack, window)?;
     say(&format!(
         "xdprobe (pid {}) runs on the standby and probes the primary; waiting {}s",
         xdprobe.pid(),
@@ -44,28 +47,41 @@ pub fn demo(window: &str) -> Result<()> {
     xdprobe.watch_for(WARM_UP)?;
 
     say(&format!(
-        "the client pings the VIP {VIP}: the primary answers"
+        "the client pings the VIP {vip}: the primary answers"
     ));
-    ping_vip(&lab).context("the VIP does not answer before the failover")?;
+    ping_vip(&lab, &stack).context("the VIP does not answer before the failover")?;
 
     say("killing the primary: its eth0 goes down");
     lab.ip(PRIMARY, &["link", "set", IFACE, "down"])?;
     let killed = Instant::now();
-    let took = wait_for_vip_on_standby(&lab, &mut xdprobe, killed)?;
+    let took = wait_for_vip_on_standby(&lab, &stack, &mut xdprobe, killed)?;
     say(&format!(
         "the standby took over the VIP {} ms after the primary died",
         took.as_millis()
     ));
 
-    say(&format!(
-        "the standby's {IFACE} now (note the {} label):",
-        lab::VIP_LABEL
-    ));
-    print!("{}", lab.ip(STANDBY, &["addr", "show", "dev", IFACE])?);
+    if ipv6 {
+        say(&format!(
+            "the standby's {IFACE} now (the VIP is added nodad):"
+        ));
+    } else {
+        say(&format!(
+            "the standby's {IFACE} now (note the {} label):",
+            lab::VIP_LABEL
+        ));
+    }
+    print!(
+        "{}",
+        lab.ip(STANDBY, &[stack.flag, "addr", "show", "dev", IFACE])?
+    );
 
-    say("the client pings again: the standby's gratuitous ARP already moved its neighbour entry");
-    ping_vip(&lab).context("the VIP does not answer after the takeover")?;
-    show_vip_owner(&lab)?;
+    say(if ipv6 {
+        "the client pings again: the standby's unsolicited neighbour advertisement already moved its neighbour entry"
+    } else {
+        "the client pings again: the standby's gratuitous ARP already moved its neighbour entry"
+    });
+    ping_vip(&lab, &stack).context("the VIP does not answer after the takeover")?;
+    show_vip_owner(&lab, &stack)?;
 
     say("stopping xdprobe with SIGTERM");
     let (status, _log) = xdprobe.stop()?;
@@ -80,16 +96,16 @@ fn say(line: &str) {
     println!("demo: {line}");
 }
 
-fn start_xdprobe(lab: &Lab, bin: &Path, window: &str) -> Result<Daemon> {
+fn start_xdprobe(lab: &Lab, bin: &Path, stack: &Stack, window: &str) -> Result<Daemon> {
     let mut command = lab.command(STANDBY, bin);
     command.args([
         "run",
         "--iface",
         IFACE,
         "--watch",
-        lab::PRIMARY_ADDR,
+        stack.primary,
         "--vip",
-        lab::VIP_CIDR,
+        &stack.vip_cidr(),
         "--window",
         window,
     ]);
@@ -100,9 +116,9 @@ fn start_xdprobe(lab: &Lab, bin: &Path, window: &str) -> Result<Daemon> {
     Daemon::spawn(command, "xdprobe", true)
 }
 
-fn ping_vip(lab: &Lab) -> Result<()> {
+fn ping_vip(lab: &Lab, stack: &Stack) -> Result<()> {
     let mut ping = lab.command(CLIENT, "ping");
-    ping.args(["-c", "3", "-i", "0.2", "-W", "1", VIP]);
+    ping.args(["-c", "3", "-i", "0.2", "-W", "1", stack.vip]);
     let status = cmd::status(&mut ping)?;
     if !status.success() {
         bail!("`{}` failed ({status})", cmd::describe(&ping));
@@ -111,15 +127,21 @@ fn ping_vip(lab: &Lab) -> Result<()> {
 }
 
 /// Polls the standby's addresses until the VIP shows up; returns the time since `since`.
-fn wait_for_vip_on_standby(lab: &Lab, xdprobe: &mut Daemon, since: Instant) -> Result<Duration> {
+fn wait_for_vip_on_standby(
+    lab: &Lab,
+    stack: &Stack,
+    xdprobe: &mut Daemon,
+    since: Instant,
+) -> Result<Duration> {
     loop {
-        let addrs = lab.ip(STANDBY, &["-4", "addr", "show", "dev", IFACE])?;
-        if lab::has_ipv4(&addrs, VIP) {
+        let addrs = lab.ip(STANDBY, &[stack.flag, "addr", "show", "dev", IFACE])?;
+        if lab::has_addr(&addrs, stack.vip) {
             return Ok(since.elapsed());
         }
         if since.elapsed() > TAKEOVER_TIMEOUT {
             bail!(
-                "the standby did not take over {VIP} within {}s",
+                "the standby did not take over {} within {}s",
+                stack.vip,
                 TAKEOVER_TIMEOUT.as_secs()
             );
         }
@@ -129,8 +151,8 @@ fn wait_for_vip_on_standby(lab: &Lab, xdprobe: &mut Daemon, since: Instant) -> R
 }
 
 /// Shows that the client now reaches the VIP at the standby's MAC address.
-fn show_vip_owner(lab: &Lab) -> Result<()> {
-    let neigh = lab.ip(CLIENT, &["neigh", "show", VIP])?;
+fn show_vip_owner(lab: &Lab, stack: &Stack) -> Result<()> {
+    let neigh = lab.ip(CLIENT, &[stack.flag, "neigh", "show", stack.vip])?;
     let standby = lab.ip(STANDBY, &["-br", "link", "show", "dev", IFACE])?;
     let client_sees = neigh
         .split_whitespace()

@@ -53,6 +53,9 @@ enum Task {
         /// The failure-detection window passed to xdprobe.
         #[arg(long, default_value = "100ms")]
         window: String,
+        /// The same in IPv6: the primary, the standby, the client and the VIP in 2001:db8::/64.
+        #[arg(long)]
+        ipv6: bool,
     },
     /// Measure xdprobe against fping (and against itself receiving on a socket) over up to
     /// 131,072 IPv4 and 131,072 IPv6 hosts in a namespace farm; prints the tables and writes
@@ -92,7 +95,7 @@ fn execute(task: Task) -> anyhow::Result<()> {
         Task::Run { release, args } => run::run(release, &args),
         Task::Test => testsuite::test(),
         Task::Layers => layers::layers(),
-        Task::Demo { window } => demo::demo(&window),
+        Task::Demo { window, ipv6 } => demo::demo(&window, ipv6),
         Task::Bench(args) => bench::bench(args),
         Task::Dist { debug } => dist::dist(debug).map(drop),
     }
