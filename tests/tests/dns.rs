@@ -342,7 +342,12 @@ mod privileged {
             reload(&lab, &daemon);
             watcher.join().expect("watcher")
         });
-        assert_eq!(published_dead, None, "a DOWN member was published");
+        assert_eq!(
+            published_dead,
+            None,
+            "a DOWN member was published\n{}",
+            daemon.log()
+        );
         assert_eq!(bind.a_records().unwrap(), set(&[m2, m3, "192.0.2.99"]));
 
         // The pool goes from the config: its task stops and the records stay as they are.

@@ -142,6 +142,22 @@ impl Prober {
         });
     }
 
+    /// Host `i`'s new state in the snapshot at once, not at the next window's publish: a
+    /// reload that reads it right after a change (which DNS pool members are DOWN) must see
+    /// the change. (An entry not yet for this host, just after a reload, waits for the next
+    /// publish.)
+    pub(super) fn publish_state(&self, i: usize) {
+        let Some(observed) = &self.observed else {
+            return;
+        };
+        observed.update(|s| {
+            if let Some(entry) = s.hosts.get_mut(i).filter(|e| e.host == self.hosts[i]) {
+                entry.state = self.health[i].state();
+                entry.since_window = self.since[i];
+            }
+        });
+    }
+
     /// Every host's state and counters, in place of what `hosts` held.
     pub(super) fn host_statuses(&self, hosts: &mut Vec<HostStatus>) {
         hosts.clear();

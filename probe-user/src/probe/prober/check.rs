@@ -128,6 +128,7 @@ impl Prober {
             self.since[i] = window;
             self.states[state_index(change.from)] -= 1;
             self.states[state_index(change.to)] += 1;
+            self.publish_state(i);
         }
         if self.roles.witnesses.contains(&i) {
             let alive = self.witnesses_answer();
