@@ -15,7 +15,9 @@ mod privileged {
     use serde_json::Value;
     use xdprobe_harness::{
         far::{FarHost, PROBER},
-        far_hosts, Daemon, FarLab,
+        far_hosts,
+        output::{json_lines, of_type, tail},
+        Daemon, FarLab,
     };
 
     /// How close an RTT must be to its host's delay, in xdprobe's figures as in ping's.
@@ -55,18 +57,6 @@ mod privileged {
         let daemon = Daemon::start(&far.ns(PROBER), &all).expect("starting xdprobe monitor");
         let (status, log) = daemon.wait().expect("monitor ends by itself");
         (status.code(), log)
-    }
-
-    /// The JSON objects xdprobe printed.
-    fn json_lines(log: &str) -> Vec<Value> {
-        log.lines()
-            .filter(|l| l.starts_with('{'))
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    }
-
-    fn of_type<'a>(lines: &'a [Value], kind: &str) -> Vec<&'a Value> {
-        lines.iter().filter(|v| v["type"] == kind).collect()
     }
 
     /// What is wrong with each host's state: it must have come UP and stayed UP, every UP line
@@ -197,10 +187,5 @@ mod privileged {
             problems.push(format!("exit code {code:?}, want 0 (the host up)"));
         }
         fail_with(&problems, &log);
-    }
-
-    fn tail(log: &str, n: usize) -> String {
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(n)..].join("\n")
     }
 }

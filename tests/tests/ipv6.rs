@@ -7,8 +7,10 @@
 mod privileged {
     use std::collections::BTreeSet;
 
-    use serde_json::Value;
-    use xdprobe_harness::{run, Daemon, Lab};
+    use xdprobe_harness::{
+        output::{json_lines, of_type, tail},
+        run, Daemon, Lab,
+    };
 
     /// A prober and a farm joined by a veth pair, both dual-stack (`nodad`: usable at once);
     /// the farm answers for 198.18.0.0/15 and 2001:db8:1::/111.
@@ -69,28 +71,12 @@ mod privileged {
             .expect("Icmp6OutEchoReplies in /proc/net/snmp6")
     }
 
-    fn json_lines(log: &str) -> Vec<Value> {
-        log.lines()
-            .filter(|l| l.starts_with('{'))
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    }
-
-    fn of_type<'a>(lines: &'a [Value], kind: &str) -> Vec<&'a Value> {
-        lines.iter().filter(|v| v["type"] == kind).collect()
-    }
-
     fn monitor(lab: &Lab, args: &[&str]) -> (Option<i32>, String) {
         let mut all = vec!["monitor", "--iface", "eth0", "--json"];
         all.extend_from_slice(args);
         let daemon = Daemon::start(&lab.ns("prober"), &all).expect("starting xdprobe monitor");
         let (status, log) = daemon.wait().expect("monitor ends by itself");
         (status.code(), log)
-    }
-
-    fn tail(log: &str) -> String {
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
     #[test]
@@ -129,7 +115,7 @@ mod privileged {
             ],
         );
         let farm_sent = farm_echo6_replies(&lab) - before;
-        assert_eq!(status, Some(0), "{}", tail(&log));
+        assert_eq!(status, Some(0), "{}", tail(&log, 40));
         let lines = json_lines(&log);
         let ups: BTreeSet<String> = of_type(&lines, "state")
             .iter()
@@ -141,7 +127,7 @@ mod privileged {
         let mut want: BTreeSet<String> = (1..=6).map(|i| format!("198.18.0.{i}")).collect();
         want.extend((1..=7).map(|i| format!("2001:db8:1::{i}")));
         want.insert("2001:db8:1::100".to_string());
-        assert_eq!(ups, want, "{}", tail(&log));
+        assert_eq!(ups, want, "{}", tail(&log, 40));
         let summary = of_type(&lines, "summary");
         let summary = summary.first().expect("a summary");
         assert_eq!(summary["hosts"], 14, "{summary}");
@@ -183,28 +169,28 @@ mod privileged {
             last_state("2001:db8:1::3").as_deref(),
             Some("DOWN"),
             "{}",
-            tail(&log)
+            tail(&log, 40)
         );
         assert_eq!(
             last_state("198.18.0.3").as_deref(),
             Some("DOWN"),
             "{}",
-            tail(&log)
+            tail(&log, 40)
         );
         assert_eq!(
             last_state("2001:db8:1::4").as_deref(),
             Some("UP"),
             "{}",
-            tail(&log)
+            tail(&log, 40)
         );
         assert_eq!(
             last_state("198.18.0.4").as_deref(),
             Some("UP"),
             "{}",
-            tail(&log)
+            tail(&log, 40)
         );
         // Some host down: fping's exit code 1.
-        assert_eq!(status, Some(1), "{}", tail(&log));
+        assert_eq!(status, Some(1), "{}", tail(&log, 40));
     }
 
     #[test]
@@ -223,7 +209,7 @@ mod privileged {
                 "2001:db8:1::/126",
             ],
         );
-        assert_eq!(status, Some(0), "{}", tail(&log));
+        assert_eq!(status, Some(0), "{}", tail(&log, 40));
         let lines = json_lines(&log);
         let summary = of_type(&lines, "summary");
         let summary = summary.first().expect("a summary");
@@ -238,7 +224,7 @@ mod privileged {
             &lab,
             &["--window", "1s", "--count", "3", "2001:db8:1::/111"],
         );
-        assert_eq!(status, Some(0), "{}", tail(&log));
+        assert_eq!(status, Some(0), "{}", tail(&log, 40));
         let lines = json_lines(&log);
         let summary = of_type(&lines, "summary");
         let summary = summary.first().expect("a summary");

@@ -10,7 +10,10 @@ mod privileged {
     };
 
     use serde_json::Value;
-    use xdprobe_harness::{run, Daemon, Lab};
+    use xdprobe_harness::{
+        output::{json_lines, of_type, tail},
+        run, Daemon, Lab,
+    };
 
     /// A prober host and a farm host joined by a veth pair; the farm answers for 198.18.0.0/15.
     fn farm() -> Lab {
@@ -36,14 +39,6 @@ mod privileged {
         lab
     }
 
-    /// The JSON objects xdprobe printed so far.
-    fn json_lines(log: &str) -> Vec<Value> {
-        log.lines()
-            .filter(|l| l.starts_with('{'))
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    }
-
     /// The window xdprobe was in at `at`, from when its "probing" line says the first began.
     fn window_at(log: &str, window: Duration, at: SystemTime) -> u64 {
         let line = log
@@ -54,10 +49,6 @@ mod privileged {
         let start = humantime::parse_rfc3339(stamp).expect("an RFC 3339 time stamp");
         let elapsed = at.duration_since(start).expect("after the start");
         (elapsed.as_nanos() / window.as_nanos()) as u64 + 1
-    }
-
-    fn of_type<'a>(lines: &'a [Value], kind: &str) -> Vec<&'a Value> {
-        lines.iter().filter(|v| v["type"] == kind).collect()
     }
 
     #[test]
@@ -94,7 +85,7 @@ mod privileged {
             assert!(
                 Instant::now() < deadline,
                 "the /16 never came up:\n{}",
-                tail(&daemon.log())
+                tail(&daemon.log(), 40)
             );
             std::thread::sleep(Duration::from_millis(200));
         };
@@ -133,7 +124,7 @@ mod privileged {
             down_hosts,
             blackholed.iter().copied().collect(),
             "wrong hosts DOWN:\n{}",
-            tail(&log)
+            tail(&log, 40)
         );
         for d in &downs {
             let w = d["window"].as_u64().expect("window");
@@ -150,7 +141,7 @@ mod privileged {
         assert_eq!(summary["up"], 65_534 - blackholed.len() as u64);
         assert_eq!(summary["rtt_known"], 65_534, "every host's RTT known");
         // Some down: fping's exit code 1.
-        assert_eq!(status.code(), Some(1), "{}", tail(&log));
+        assert_eq!(status.code(), Some(1), "{}", tail(&log, 40));
     }
 
     #[test]
@@ -224,10 +215,5 @@ mod privileged {
         let (status, log) = daemon.wait().expect("exits");
         assert_eq!(status.code(), Some(0), "{log}");
         assert!(log.contains("6 hosts: 6 up, 0 down"), "{log}");
-    }
-
-    fn tail(log: &str) -> String {
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
     }
 }

@@ -191,28 +191,25 @@ impl Bind {
 
     /// The A records at [`RECORD`], as `dig` sees them.
     pub fn a_records(&self) -> anyhow::Result<BTreeSet<Ipv4Addr>> {
-        let out = run(self.dig().args(["+norecurse", RECORD, "A"]))?;
+        self.dig_set("A")
+    }
+
+    /// The records of type `kind` at [`RECORD`], parsed from `dig +short`.
+    fn dig_set<T: std::str::FromStr + Ord>(&self, kind: &str) -> anyhow::Result<BTreeSet<T>> {
+        let out = run(self.dig().args(["+norecurse", RECORD, kind]))?;
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .map(|line| {
                 line.trim()
                     .parse()
-                    .with_context(|| format!("dig printed {line:?}"))
+                    .map_err(|_| anyhow::anyhow!("dig printed {line:?}"))
             })
             .collect()
     }
 
     /// The AAAA records at [`RECORD`], as `dig` sees them.
     pub fn aaaa_records(&self) -> anyhow::Result<BTreeSet<Ipv6Addr>> {
-        let out = run(self.dig().args(["+norecurse", RECORD, "AAAA"]))?;
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|line| {
-                line.trim()
-                    .parse()
-                    .with_context(|| format!("dig printed {line:?}"))
-            })
-            .collect()
+        self.dig_set("AAAA")
     }
 
     /// The A and AAAA records at [`RECORD`] together.

@@ -11,6 +11,7 @@
 //! - [`load`]: busy cores that report the CPU time they got.
 //! - [`responder`]: an ICMP echo responder that answers after a delay per address (this
 //!   kernel has no netem); [`far`]: the lab of far hosts it serves, and reading `ping`.
+//! - [`output`]: xdprobe's JSON lines by type, the end of a log.
 //! - [`files`]: scratch files and directories removed on drop, scripts; [`cmd`]: running
 //!   programs; [`root`]: the check privileged tests start with.
 //!
@@ -26,6 +27,7 @@ pub mod insider;
 pub mod lab;
 pub mod load;
 pub mod netns;
+pub mod output;
 pub mod responder;
 pub mod root;
 pub mod smtp;
