@@ -36,7 +36,7 @@ use crate::{
     service::{
         dispatch::dispatch,
         endpoint::{Endpoint, ReloadRequest},
-        groups::{Common, Groups, Route},
+        groups::{refuse_own_addresses, Common, Groups, Route},
         logging::LogLevel,
         pools::Pools,
         reload::Reloader,
@@ -203,6 +203,13 @@ async fn prepare(
     log.apply(&settings.log_level).map_err(Failure::Usage)?;
     let index = interface_index(&settings.iface)?;
     require_capabilities()?;
+    // Before anything is set up: a refused VIP leaves nothing behind.
+    refuse_own_addresses(&settings.iface, index, &settings.groups)
+        .await
+        .map_err(|e| match e {
+            Ok(not_a_vip) => Failure::Usage(not_a_vip.into()),
+            Err(e) => Failure::System(e),
+        })?;
     let notifier =
         Notifier::start(settings.mail.clone(), shutdown.clone()).map_err(Failure::Usage)?;
     let monitored = monitored_hosts(&settings.monitor).await?;

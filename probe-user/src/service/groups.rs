@@ -13,7 +13,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::{
-    act::{arp::ArpSocket, failover::Failover, mail::Notifier, vip::Vip},
+    act::{
+        arp::ArpSocket,
+        failover::Failover,
+        mail::Notifier,
+        vip::{self, Vip},
+    },
     config::{
         hooks::Hooks,
         settings::{FailoverSettings, Group},
@@ -85,6 +90,17 @@ impl Groups {
         let vip = self.vip(group)?;
         self.spawn(group, vip, false);
         Ok(())
+    }
+
+    /// Refuses a reload that would start a group whose VIP is one of the host's own
+    /// addresses (see [`refuse_own_addresses`]); the reason as the reload's outcome.
+    pub async fn refuse_own_addresses(&self, starting: &[Group]) -> Result<(), String> {
+        refuse_own_addresses(&self.common.iface, self.common.index, starting)
+            .await
+            .map_err(|e| match e {
+                Ok(not_a_vip) => not_a_vip.to_string(),
+                Err(e) => format!("{e:#}"),
+            })
     }
 
     /// The failover settings all groups run with.
@@ -201,6 +217,26 @@ impl Groups {
         let routes = self.running.iter().map(|r| r.route.clone()).collect();
         self.routes.send_replace(routes);
     }
+}
+
+/// Refuses `groups` whose VIP is one of the host's own addresses (on another interface, or
+/// `iface`'s own address): a failback or `on_exit = "release"` would delete it. A VIP already
+/// on `iface` that looks like one we added is fine (it is adopted). `Err(Ok(reason))`: bad
+/// config; `Err(Err(e))`: the addresses could not be listed.
+pub async fn refuse_own_addresses(
+    iface: &str,
+    index: u32,
+    groups: &[Group],
+) -> Result<(), Result<vip::NotAVip, anyhow::Error>> {
+    if groups.is_empty() {
+        return Ok(());
+    }
+    let listed = vip::listed().await.map_err(Err)?;
+    for group in groups {
+        let addr = std::net::IpAddr::V4(group.vip.addr());
+        vip::ownership(addr, index, iface, &group.label, &listed).map_err(Ok)?;
+    }
+    Ok(())
 }
 
 /// Going from the `running` groups to `wanted`: the groups to start and the groups to stop.
