@@ -1,14 +1,21 @@
 //! What the standby may and must do with a VIP (issue 11): a VIP is never one of the host's
-//! own addresses (refused at start-up and on reload, nothing left behind). Lab: a bridge with a
-//! primary, a standby running xdprobe and a client.
+//! own addresses (refused at start-up and on reload, nothing left behind), and never has two
+//! holders on the wire (the standby yields to a primary that comes back answering for it, as a
+//! client asking for the VIP every 5 ms sees). Lab: a bridge with a primary, a standby running
+//! xdprobe and a client.
 
 /// Needs root: a lab of namespaces, XDP, raw sockets.
 mod privileged {
     use std::{path::PathBuf, time::Duration};
 
-    use xdprobe_harness::{Daemon, Lab};
+    use xdprobe_harness::{
+        arpwatch::{monotonic, two_holders, ArpAsker},
+        Daemon, Lab, Smtp,
+    };
 
+    const VIP: &str = "192.0.2.100";
     const VIP_NET: &str = "192.0.2.100/24";
+    const WINDOW_MS: u64 = 50;
     const STANDBY: &str = "192.0.2.2";
 
     fn lab() -> Lab {
@@ -167,5 +174,127 @@ mod privileged {
             lab.addrs("standby").unwrap().contains("192.0.2.2/24"),
             "the standby lost its own address:\n{log}"
         );
+    }
+
+    /// `xdprobe status --metrics` in the standby: the sample line of `metric` for our VIP.
+    fn metric(lab: &Lab, metric: &str) -> String {
+        let out = lab.xdprobe("standby", &["status", "--metrics"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let prefix = format!("{metric}{{vip=\"{VIP_NET}\",watch=\"192.0.2.1\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("no {metric} in:\n{text}"))
+    }
+
+    /// The standby takes the VIP from a dead primary, then the primary comes back with its VIP
+    /// configured while a client asks for the VIP every 5 ms: returns how long both MACs
+    /// answered, after checking the premise (the standby answered before, the primary after).
+    fn primary_returns_with_its_vip(lab: &Lab, daemon: &mut Daemon) -> Duration {
+        lab.kill("primary").unwrap();
+        daemon
+            .wait_for_log("took over the VIP", Duration::from_secs(3))
+            .expect("claim");
+        let asker = ArpAsker::start(lab, "client", "192.0.2.3", VIP, Duration::from_millis(5))
+            .expect("ARP asker");
+        std::thread::sleep(Duration::from_millis(300));
+        let back = monotonic();
+        lab.revive("primary").unwrap();
+        daemon
+            .wait_for_log("yielded the VIP", Duration::from_secs(3))
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        std::thread::sleep(Duration::from_millis(300));
+        let replies = asker.stop();
+        let (standby, primary) = (lab.mac("standby").unwrap(), lab.mac("primary").unwrap());
+        assert!(
+            replies.iter().any(|(t, m)| *t < back && *m == standby),
+            "premise: the standby answered for the VIP before the primary came back: {replies:?}"
+        );
+        let overlap = two_holders(&replies, back, &standby, &primary).unwrap_or_else(|| {
+            panic!("premise: the primary never answered for the VIP after coming back: {replies:?}")
+        });
+        let last = replies.last().map(|(_, m)| m.as_str());
+        assert_eq!(last, Some(primary.as_str()), "{replies:?}");
+        overlap
+    }
+
+    #[test]
+    fn a_primary_back_with_its_vip_is_yielded_to_within_two_windows_whatever_the_hold_down() {
+        let lab = lab();
+        let window = format!("{WINDOW_MS}ms");
+        #[rustfmt::skip]
+        let args = ["run", "--iface", "eth0", "--watch", "192.0.2.1", "--vip", VIP_NET,
+                    "--window", &window, "--hold-down", "10s"];
+        let mut daemon = Daemon::start(&lab.ns("standby"), &args).expect("starting xdprobe");
+        daemon
+            .wait_for_log("host UP", Duration::from_secs(5))
+            .expect("primary up");
+        let overlap = primary_returns_with_its_vip(&lab, &mut daemon);
+        let bound = Duration::from_millis(2 * WINDOW_MS + 50);
+        println!("two holders for {overlap:?} at {WINDOW_MS} ms windows (bound {bound:?})");
+        assert!(
+            overlap <= bound,
+            "two holders for {overlap:?}\n{}",
+            daemon.log()
+        );
+        assert!(!lab.addrs("standby").unwrap().contains(VIP_NET));
+        assert_eq!(metric(&lab, "xdprobe_group_yields_total"), "1");
+        assert_eq!(metric(&lab, "xdprobe_group_vip_held"), "0");
+        // The client reaches the VIP, on the primary.
+        lab.exec("client", &["ping", "-c", "1", "-W", "1", VIP])
+            .expect("client reaches the VIP");
+        let primary_mac = lab.mac("primary").unwrap();
+        assert_eq!(lab.neighbour("client", VIP).unwrap(), Some(primary_mac));
+        let (status, log) = daemon.stop().expect("stop");
+        assert!(status.success(), "{log}");
+        assert!(log.contains("announcing the VIP for its holder"), "{log}");
+        assert_eq!(log.matches("took over the VIP").count(), 1, "{log}");
+    }
+
+    #[test]
+    fn keep_yields_to_a_primary_answering_for_the_vip_and_reports_the_conflict() {
+        let lab = lab();
+        let smtp = Smtp::start(&lab.ns("standby"), 2529).expect("SMTP server");
+        let window = format!("{WINDOW_MS}ms");
+        #[rustfmt::skip]
+        let args = ["run", "--iface", "eth0", "--watch", "192.0.2.1", "--vip", VIP_NET,
+                    "--window", &window, "--failback", "keep",
+                    "--notify", "ops@example.org", "--smtp", "127.0.0.1:2529",
+                    "--from", "xdprobe@example.org"];
+        let mut daemon = Daemon::start(&lab.ns("standby"), &args).expect("starting xdprobe");
+        daemon
+            .wait_for_log("host UP", Duration::from_secs(5))
+            .expect("primary up");
+        let overlap = primary_returns_with_its_vip(&lab, &mut daemon);
+        let bound = Duration::from_millis(2 * WINDOW_MS + 50);
+        println!("two holders for {overlap:?} with failback = keep (bound {bound:?})");
+        assert!(
+            overlap <= bound,
+            "two holders for {overlap:?}\n{}",
+            daemon.log()
+        );
+        assert_eq!(metric(&lab, "xdprobe_group_yields_total"), "1");
+        let subject = format!("answered for {VIP_NET} held by");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mail = loop {
+            if let Some(m) = smtp.messages().into_iter().find(|m| m.contains(&subject)) {
+                break m;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no conflict notice among {:?}",
+                smtp.messages()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(mail.contains(&lab.mac("primary").unwrap()), "{mail}");
+        assert!(mail.contains("failback = keep keeps"), "{mail}");
+        let (status, log) = daemon.stop().expect("stop");
+        assert!(status.success(), "{log}");
+        assert!(
+            log.contains("WARN") && log.contains("failback = keep holds it only while"),
+            "{log}"
+        );
+        assert!(!lab.addrs("standby").unwrap().contains(VIP_NET));
     }
 }

@@ -181,7 +181,8 @@ pub struct RunArgs {
     pub witnesses: Vec<Ipv4Addr>,
 
     /// When the primary is back: `release` the VIP (and announce it for the primary) or `keep` it
-    /// [default: release].
+    /// [default: release]. Either way the VIP is given up at once if another machine answers
+    /// for it while we hold it (never two holders); with `keep` that is reported as a conflict.
     #[arg(long, value_name = "POLICY")]
     pub failback: Option<Failback>,
 

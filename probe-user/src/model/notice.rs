@@ -106,6 +106,40 @@ pub fn release_notice(
     }
 }
 
+/// We held the VIP and another machine (`holder`) answered for it: we gave it up at once.
+/// `keep`: `failback = keep` asked us to keep it, so this is a conflict, not a failback.
+pub fn yield_notice(
+    watch: Ipv4Addr,
+    site: &Site,
+    at: SystemTime,
+    holder: &str,
+    keep: bool,
+) -> Notice {
+    let why = if keep {
+        "failback = keep keeps the virtual IP only while nobody else answers for it: two \
+         machines answering for one address split its clients at random. Find out why the \
+         primary (or another machine) brought the address up."
+    } else {
+        "This is the failback, early: the hold-down delays giving the address back to a \
+         primary that merely answers ping again, not to one that already answers for it."
+    };
+    Notice {
+        subject: format!(
+            "xdprobe: {} answered for {} held by {}: given up",
+            holder, site.vip, site.node
+        ),
+        body: format!(
+            "At {when} another machine ({holder}) answered ARP for the virtual IP {vip} while \
+             {node} held it on {iface} (primary {watch}).\n{node} removed it at once and \
+             announced it for {holder}.\n{why}\n",
+            when = humantime::format_rfc3339_millis(at),
+            vip = site.vip,
+            node = site.node,
+            iface = site.iface,
+        ),
+    }
+}
+
 pub fn conflict_notice(watch: Ipv4Addr, site: &Site, at: SystemTime, holder: &str) -> Notice {
     Notice {
         subject: format!("xdprobe: {watch} is DOWN but {} is in use by {holder}: not taken", site.vip),
@@ -269,6 +303,32 @@ mod tests {
         );
         let n = recovery_notice(&e, &site(), false, None);
         assert!(n.body.contains("does not hold"), "{}", n.body);
+    }
+
+    #[test]
+    fn yield_notice_names_the_holder_and_what_keep_means() {
+        let at = SystemTime::UNIX_EPOCH;
+        let keep = yield_notice(
+            "192.0.2.1".parse().unwrap(),
+            &site(),
+            at,
+            "02:00:00:00:00:01",
+            true,
+        );
+        assert!(
+            keep.subject
+                .contains("02:00:00:00:00:01 answered for 192.0.2.100/24"),
+            "{keep:?}"
+        );
+        assert!(keep.body.contains("failback = keep keeps"), "{keep:?}");
+        let release = yield_notice(
+            "192.0.2.1".parse().unwrap(),
+            &site(),
+            at,
+            "02:00:00:00:00:01",
+            false,
+        );
+        assert!(release.body.contains("failback, early"), "{release:?}");
     }
 
     #[test]

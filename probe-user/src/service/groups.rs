@@ -148,6 +148,8 @@ impl Groups {
                     holding: false,
                     claims: 0,
                     releases: 0,
+                    yields: 0,
+                    restored: 0,
                 });
             }
         });

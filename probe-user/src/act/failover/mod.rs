@@ -2,6 +2,7 @@
 //! out: the VIP over rtnetlink, gratuitous ARP, hooks and notices. Nothing here waits on a hook
 //! or on the mail; ARP conflict checks run in their own tasks.
 
+mod guard;
 pub mod policy;
 
 use std::{
@@ -83,7 +84,11 @@ struct Run {
     window: u32,
     /// Gratuitous ARP repeats and refreshes while we hold the VIP.
     announcer: Option<JoinHandle<()>>,
+    /// While we hold the VIP: watches the wire for another machine answering for it.
+    wire_guard: Option<JoinHandle<()>>,
     checks: mpsc::UnboundedSender<Option<[u8; 6]>>,
+    /// Where the wire guard reports the MAC of another holder.
+    holders: mpsc::UnboundedSender<[u8; 6]>,
     claim_failure_reported: bool,
     /// The primary's last DOWN, for the takeover notice when the claim comes later (after an
     /// ARP conflict check that was not done yet when the DOWN arrived).
@@ -112,8 +117,9 @@ impl Failover {
         shutdown: CancellationToken,
     ) {
         let (checks, mut check_results) = mpsc::unbounded_channel();
+        let (holders, mut other_holders) = mpsc::unbounded_channel();
         let timing = *self.timing.borrow_and_update();
-        let mut run = self.begin(&timing, checks);
+        let mut run = self.begin(&timing, checks, holders);
         self.adopt(&mut run).await;
         let mut tick = ticker(&timing);
         let stop = loop {
@@ -125,6 +131,9 @@ impl Failover {
                     None => break Stop::Shutdown,
                 },
                 Some(holder) = check_results.recv() => (self.on_check(&mut run, holder), None),
+                Some(holder) = other_holders.recv() => {
+                    (run.policy.holder_seen(holder, run.now()), None)
+                }
                 _ = tick.tick() => (run.policy.tick(run.now()), None),
                 Ok(()) = self.timing.changed() => {
                     tick = self.retime(&mut run);
@@ -139,7 +148,12 @@ impl Failover {
     }
 
     /// The loop's state at the start: the policy with our settings, nothing held yet.
-    fn begin(&self, timing: &Timing, checks: mpsc::UnboundedSender<Option<[u8; 6]>>) -> Run {
+    fn begin(
+        &self,
+        timing: &Timing,
+        checks: mpsc::UnboundedSender<Option<[u8; 6]>>,
+        holders: mpsc::UnboundedSender<[u8; 6]>,
+    ) -> Run {
         Run {
             policy: Policy::new(PolicyConfig {
                 failback: self.settings.failback,
@@ -150,7 +164,9 @@ impl Failover {
             start: Instant::now(),
             window: 0,
             announcer: None,
+            wire_guard: None,
             checks,
+            holders,
             claim_failure_reported: false,
             down: None,
         }
@@ -175,6 +191,7 @@ impl Failover {
                 .garp
                 .refresh
                 .map(|every| self.spawn_announcer(self.arp.mac(), 0, every));
+            self.guard_wire(run);
         }
         if !self.quiet_start {
             self.notifier
@@ -206,9 +223,7 @@ impl Failover {
 
     /// Stops announcing, and leaves the VIP as `on_exit` says (kept when handed over).
     async fn finish(&self, mut run: Run, stop: Stop) {
-        if let Some(announcer) = run.announcer.take() {
-            announcer.abort();
-        }
+        stop_holding_tasks(&mut run);
         let release = self.settings.on_exit == OnExit::Release;
         if stop == Stop::HandedOver || !release || !run.policy.holding() {
             return;
@@ -278,6 +293,7 @@ impl Failover {
             }
             Action::Claim => self.claim(run, event).await,
             Action::Release => self.release(run).await,
+            Action::Yield { holder, keep } => self.yield_to(run, holder, keep).await,
             Action::ReportIsolated => {
                 warn!(host = %self.watch, window = run.window, vip = %self.vip.net(), "watched host DOWN but every witness too: we are cut off; VIP not taken");
                 self.notifier.send(isolation_notice(
@@ -332,6 +348,7 @@ impl Failover {
                     self.settings.garp.count,
                     self.settings.garp.refresh.unwrap_or(Duration::ZERO),
                 ));
+                self.guard_wire(run);
                 info!(
                     host = %self.watch,
                     window = run.window,
@@ -365,11 +382,13 @@ impl Failover {
     }
 
     async fn release(&self, run: &mut Run) {
-        if let Some(announcer) = run.announcer.take() {
-            announcer.abort();
-        }
+        stop_holding_tasks(run);
         match self.vip.remove().await {
             Ok(removed) => {
+                self.publish(|g| {
+                    g.holding = false;
+                    g.releases += 1;
+                });
                 info!(host = %self.watch, window = run.window, vip = %self.vip.net(), removed, "released the VIP")
             }
             Err(e) => {
@@ -456,6 +475,16 @@ impl Failover {
                 window,
             },
         );
+    }
+}
+
+/// Stops what runs only while we hold the VIP: the announcer and the wire guard.
+fn stop_holding_tasks(run: &mut Run) {
+    for task in [run.announcer.take(), run.wire_guard.take()]
+        .into_iter()
+        .flatten()
+    {
+        task.abort();
     }
 }
 

@@ -1,8 +1,9 @@
 //! When to take the VIP and when to give it back: the decisions, without any I/O.
 //!
 //! The executor (`failover::Failover`) feeds facts in (the primary is suspect, DOWN or UP again,
-//! the witnesses' liveness, the result of an ARP conflict check, the outcome of a claim, the
-//! passing of time) and carries out the [`Action`]s that come back. Time is a `Duration` since
+//! the witnesses' liveness, the result of an ARP conflict check, the outcome of a claim, another
+//! machine answering for the VIP we hold, the passing of time) and carries out the [`Action`]s
+//! that come back. Time is a `Duration` since
 //! start, so tests drive it with a fake clock.
 
 use std::time::Duration;
@@ -18,6 +19,10 @@ pub enum Action {
     Claim,
     /// Remove the VIP, announce it for the primary, report.
     Release,
+    /// Another machine answers for the VIP we hold: two holders on the wire. Remove the VIP
+    /// at once (whatever the hold-down or failback), announce it for that MAC, report. With
+    /// `failback = keep` it is reported as a conflict.
+    Yield { holder: [u8; 6], keep: bool },
     /// The primary is DOWN, but so is every witness: we are the one cut off. Once per episode.
     ReportIsolated,
     /// Another machine answers ARP for the VIP: not taken. Once per episode.
@@ -66,6 +71,11 @@ pub struct Policy {
     check: Check,
     isolation_reported: bool,
     conflict_reported: bool,
+    /// We yielded the VIP to this MAC and have no evidence since that it is gone.
+    yielded_to: Option<[u8; 6]>,
+    /// After a yield, no claim before this (the hold-down since the last claim: at most one
+    /// claim per hold-down while a primary that answers for the VIP flaps).
+    reclaim_after: Duration,
 }
 
 impl Policy {
@@ -85,6 +95,8 @@ impl Policy {
             check: Check::None,
             isolation_reported: false,
             conflict_reported: false,
+            yielded_to: None,
+            reclaim_after: Duration::ZERO,
         }
     }
 
@@ -123,6 +135,8 @@ impl Policy {
         self.primary = Primary::Up;
         self.isolation_reported = false;
         self.conflict_reported = false;
+        // The primary is back: whoever we yielded to, a later DOWN is a new episode.
+        self.yielded_to = None;
         let mut actions = Vec::new();
         let release_in = match (self.holding, self.cfg.failback) {
             (true, Failback::Release) => {
@@ -155,10 +169,33 @@ impl Policy {
             Some(holder) => Check::Found { holder, at: now },
             None => {
                 self.conflict_reported = false;
+                self.yielded_to = None;
                 Check::Clear { at: now }
             }
         };
         self.evaluate(now)
+    }
+
+    /// While we hold the VIP, another machine (`holder`) answers ARP for it or announces it:
+    /// two holders on the wire. We yield at once, whatever the hold-down or the failback: the
+    /// hold-down delays re-claiming, not yielding to a primary that already answers. We claim
+    /// again once the hold-down since our last claim has passed and a conflict check finds
+    /// nobody, or (checks off) after the primary came back and went DOWN anew. Ignored when
+    /// we do not hold the VIP (a late report).
+    pub fn holder_seen(&mut self, holder: [u8; 6], now: Duration) -> Vec<Action> {
+        if !self.holding {
+            return vec![];
+        }
+        self.holding = false;
+        self.yielded_to = Some(holder);
+        self.reclaim_after = self.claimed_at + self.cfg.hold_down;
+        self.check = Check::Found { holder, at: now };
+        // The yield is the report; the DOWN path must not report the same holder again.
+        self.conflict_reported = true;
+        vec![Action::Yield {
+            holder,
+            keep: self.cfg.failback == Failback::Keep,
+        }]
     }
 
     /// The outcome of a [`Action::Claim`]. A failed claim is tried again at the next tick.
@@ -196,6 +233,14 @@ impl Policy {
     /// Should we take the VIP now?
     fn evaluate(&mut self, now: Duration) -> Vec<Action> {
         if self.primary != Primary::Down || self.holding || self.claim_pending {
+            return vec![];
+        }
+        // Yielded and nothing says the other holder left: without a conflict check, never
+        // claim (two holders); with one, only a clear check (below) claims.
+        if self.yielded_to.is_some() && !self.cfg.conflict_check {
+            return vec![];
+        }
+        if now < self.reclaim_after {
             return vec![];
         }
         if !self.witnesses_alive {
@@ -409,6 +454,128 @@ mod tests {
             "no report: it was never DOWN for us"
         );
         assert_eq!(q.tick(ms(1000)), vec![Action::Release]);
+    }
+
+    const PRIMARY_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+
+    /// Holding after a claim at 0 ms, hold-down 1000 ms.
+    fn holding(failback: Failback, conflict_check: bool) -> Policy {
+        let mut p = policy(failback, conflict_check);
+        p.primary_up(ms(0));
+        if conflict_check {
+            p.primary_suspect(ms(0));
+            p.conflict_checked(None, ms(0));
+        }
+        let a = p.primary_down(ms(0));
+        claim(&mut p, ms(0), a);
+        p
+    }
+
+    #[test]
+    fn a_primary_answering_for_the_vip_during_the_hold_down_is_yielded_to_at_once() {
+        let mut p = holding(Failback::Release, false);
+        // The primary's link comes back: it answers ARP for its VIP before any good window.
+        assert_eq!(
+            p.holder_seen(PRIMARY_MAC, ms(100)),
+            vec![Action::Yield {
+                holder: PRIMARY_MAC,
+                keep: false
+            }]
+        );
+        assert!(!p.holding());
+        // Still DOWN by its probes: no claim, no second report, however long it takes.
+        assert_eq!(p.primary_down(ms(150)), vec![]);
+        assert_eq!(p.tick(ms(5000)), vec![]);
+        // Then UP: reported as back, nothing to release.
+        assert_eq!(
+            p.primary_up(ms(5100)),
+            vec![Action::ReportPrimaryBack {
+                holding: false,
+                release_in: None
+            }]
+        );
+        assert_eq!(p.tick(ms(20_000)), vec![], "no release twice");
+    }
+
+    #[test]
+    fn keep_yields_too_and_says_so() {
+        let mut p = holding(Failback::Keep, false);
+        p.primary_up(ms(100));
+        assert!(
+            p.holding(),
+            "keep: the primary's return alone changes nothing"
+        );
+        assert_eq!(
+            p.holder_seen(PRIMARY_MAC, ms(200)),
+            vec![Action::Yield {
+                holder: PRIMARY_MAC,
+                keep: true
+            }]
+        );
+        assert!(!p.holding());
+    }
+
+    #[test]
+    fn a_late_report_after_the_vip_is_gone_does_nothing() {
+        let mut p = holding(Failback::Release, false);
+        assert!(p.primary_up(ms(2000)).contains(&Action::Release));
+        assert_eq!(p.holder_seen(PRIMARY_MAC, ms(2010)), vec![]);
+        let mut never = policy(Failback::Release, false);
+        assert_eq!(never.holder_seen(PRIMARY_MAC, ms(0)), vec![]);
+    }
+
+    #[test]
+    fn after_a_yield_a_clear_check_is_needed_to_claim_again() {
+        let mut p = holding(Failback::Release, true);
+        p.holder_seen(PRIMARY_MAC, ms(100));
+        // The DOWN path does not re-report the holder it yielded to.
+        assert_eq!(p.primary_down(ms(150)), vec![]);
+        // The hold-down since our claim (at 0) over: checked again; the other holder still
+        // answers: nothing, no report.
+        assert_eq!(p.tick(ms(999)), vec![]);
+        assert_eq!(p.tick(ms(1000)), vec![Action::CheckConflict]);
+        assert_eq!(p.conflict_checked(Some(PRIMARY_MAC), ms(1010)), vec![]);
+        assert!(!p.holding());
+        // It went away: the next check is clear, and we claim.
+        assert_eq!(p.tick(ms(1300)), vec![Action::CheckConflict]);
+        let a = p.conflict_checked(None, ms(1310));
+        claim(&mut p, ms(1310), a);
+    }
+
+    #[test]
+    fn a_flapping_primary_that_answers_for_the_vip_is_claimed_from_once_per_hold_down() {
+        let mut p = holding(Failback::Release, true);
+        // Back (with its VIP) at 100, dead again at 400: yielded, then no claim until 1000.
+        p.holder_seen(PRIMARY_MAC, ms(100));
+        p.primary_up(ms(150));
+        assert_eq!(p.primary_down(ms(400)), vec![], "within the hold-down");
+        assert_eq!(p.tick(ms(999)), vec![]);
+        assert_eq!(p.tick(ms(1000)), vec![Action::CheckConflict]);
+        let a = p.conflict_checked(None, ms(1010));
+        claim(&mut p, ms(1010), a);
+        // A hold-down of zero claims again as soon as a check finds the other holder gone.
+        let mut q = Policy::new(PolicyConfig {
+            hold_down: Duration::ZERO,
+            ..p.cfg
+        });
+        assert_eq!(q.primary_down(ms(0)), vec![Action::CheckConflict]);
+        let a = q.conflict_checked(None, ms(0));
+        claim(&mut q, ms(0), a);
+        q.holder_seen(PRIMARY_MAC, ms(100));
+        assert_eq!(q.tick(ms(400)), vec![Action::CheckConflict]);
+        let a = q.conflict_checked(None, ms(410));
+        claim(&mut q, ms(410), a);
+    }
+
+    #[test]
+    fn without_checks_a_yield_is_not_undone_until_the_primary_returns_and_dies_again() {
+        let mut p = holding(Failback::Release, false);
+        p.holder_seen(PRIMARY_MAC, ms(100));
+        assert_eq!(p.primary_down(ms(150)), vec![]);
+        assert_eq!(p.tick(ms(10_000)), vec![]);
+        p.primary_up(ms(10_100));
+        let a = p.primary_down(ms(10_500));
+        claim(&mut p, ms(10_500), a);
     }
 
     #[test]
