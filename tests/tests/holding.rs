@@ -1,15 +1,16 @@
 //! What the standby may and must do with a VIP (issue 11): a VIP is never one of the host's
 //! own addresses (refused at start-up and on reload, nothing left behind), and never has two
 //! holders on the wire (the standby yields to a primary that comes back answering for it, as a
-//! client asking for the VIP every 5 ms sees). Lab: a bridge with a primary, a standby running
-//! xdprobe and a client.
+//! client asking for the VIP every 5 ms sees), and a held VIP removed by someone else or lost
+//! in a link flap is put back and announced again within a window. Lab: a bridge with a
+//! primary, a standby running xdprobe and a client.
 
 /// Needs root: a lab of namespaces, XDP, raw sockets.
 mod privileged {
     use std::{path::PathBuf, time::Duration};
 
     use xdprobe_harness::{
-        arpwatch::{monotonic, two_holders, ArpAsker},
+        arpwatch::{announced, monotonic, two_holders, ArpAsker},
         Daemon, Lab, Smtp,
     };
 
@@ -207,13 +208,13 @@ mod privileged {
         let replies = asker.stop();
         let (standby, primary) = (lab.mac("standby").unwrap(), lab.mac("primary").unwrap());
         assert!(
-            replies.iter().any(|(t, m)| *t < back && *m == standby),
+            replies.iter().any(|s| s.at < back && s.mac == standby),
             "premise: the standby answered for the VIP before the primary came back: {replies:?}"
         );
         let overlap = two_holders(&replies, back, &standby, &primary).unwrap_or_else(|| {
             panic!("premise: the primary never answered for the VIP after coming back: {replies:?}")
         });
-        let last = replies.last().map(|(_, m)| m.as_str());
+        let last = replies.last().map(|s| s.mac.as_str());
         assert_eq!(last, Some(primary.as_str()), "{replies:?}");
         overlap
     }
@@ -296,5 +297,164 @@ mod privileged {
             "{log}"
         );
         assert!(!lab.addrs("standby").unwrap().contains(VIP_NET));
+    }
+
+    /// xdprobe on the standby at 50 ms windows with mail to `smtp_port`; the primary killed
+    /// and the VIP taken, its gratuitous ARP repeats over.
+    fn holding_standby(lab: &Lab, smtp_port: u16) -> Daemon {
+        let window = format!("{WINDOW_MS}ms");
+        let smtp = format!("127.0.0.1:{smtp_port}");
+        #[rustfmt::skip]
+        let args = ["run", "--iface", "eth0", "--watch", "192.0.2.1", "--vip", VIP_NET,
+                    "--window", &window, "--notify", "ops@example.org", "--smtp", &smtp,
+                    "--from", "xdprobe@example.org"];
+        let mut daemon = Daemon::start(&lab.ns("standby"), &args).expect("starting xdprobe");
+        daemon
+            .wait_for_log("host UP", Duration::from_secs(5))
+            .expect("primary up");
+        lab.kill("primary").unwrap();
+        daemon
+            .wait_for_log("took over the VIP", Duration::from_secs(3))
+            .expect("claim");
+        // 5 repeats 200 ms apart: over after 1 s; later announcements are the guard's.
+        std::thread::sleep(Duration::from_millis(1300));
+        daemon
+    }
+
+    fn restore_notices(smtp: &Smtp) -> usize {
+        smtp.messages()
+            .iter()
+            .filter(|m| m.contains("was removed from") && m.contains("and put back"))
+            .count()
+    }
+
+    #[test]
+    fn a_held_vip_removed_by_hand_is_put_back_within_a_window_and_a_released_one_is_not() {
+        let lab = lab();
+        let smtp = Smtp::start(&lab.ns("standby"), 2531).expect("SMTP server");
+        let mut daemon = holding_standby(&lab, 2531);
+        let standby = lab.mac("standby").unwrap();
+        let listener = ArpAsker::start(&lab, "client", "192.0.2.3", VIP, Duration::ZERO)
+            .expect("ARP listener");
+        let watch = lab.watch_addrs("standby").expect("ip monitor");
+        let before = monotonic();
+        lab.ip("standby", &["addr", "del", VIP_NET, "dev", "eth0"])
+            .expect("removing the VIP by hand");
+        let (gone, _) = watch
+            .wait_deleted(VIP, Duration::from_secs(2))
+            .expect("premise: the VIP was removed");
+        let (back, line) = watch
+            .wait_for(VIP, Duration::from_secs(2))
+            .unwrap_or_else(|| panic!("the VIP was not put back:\n{}", daemon.log()));
+        assert!(
+            line.contains("eth0:1"),
+            "put back without its label: {line}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        let garp = announced(&listener.seen(), before, &standby)
+            .unwrap_or_else(|| panic!("not announced again: {:?}", listener.seen()));
+        let (restored, announced_after) = (back - gone, garp - before);
+        let bound = Duration::from_millis(WINDOW_MS + 20);
+        println!(
+            "VIP removed by hand: back {restored:?} after the removal, announced {:.1} ms after \
+             `ip addr del` started (bound {bound:?})",
+            announced_after * 1000.0
+        );
+        assert!(restored <= bound, "put back after {restored:?}");
+        assert!(
+            announced_after <= (bound + Duration::from_millis(10)).as_secs_f64(),
+            "announced {announced_after} s after the removal"
+        );
+        assert_eq!(metric(&lab, "xdprobe_group_vip_restored_total"), "1");
+        assert_eq!(metric(&lab, "xdprobe_group_vip_held"), "1");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while restore_notices(&smtp) == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no restore notice among {:?}",
+                smtp.messages()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+
+        // The primary comes back with its VIP: the standby yields it, and never puts it back.
+        lab.revive("primary").unwrap();
+        daemon
+            .wait_for_log("yielded the VIP", Duration::from_secs(3))
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        std::thread::sleep(Duration::from_millis(5 * WINDOW_MS));
+        assert!(
+            !lab.addrs("standby").unwrap().contains(VIP),
+            "put back after a yield"
+        );
+        assert_eq!(metric(&lab, "xdprobe_group_vip_restored_total"), "1");
+        let (status, log) = daemon.stop().expect("stop");
+        assert!(status.success(), "{log}");
+        assert_eq!(log.matches("put it back").count(), 1, "{log}");
+        assert_eq!(
+            restore_notices(&smtp),
+            1,
+            "mailed once: {:?}",
+            smtp.messages()
+        );
+    }
+
+    #[test]
+    fn after_a_link_flap_the_held_vip_is_there_and_announced_within_a_window_of_up() {
+        let lab = lab();
+        let smtp = Smtp::start(&lab.ns("standby"), 2533).expect("SMTP server");
+        let daemon = holding_standby(&lab, 2533);
+        let standby = lab.mac("standby").unwrap();
+        let listener = ArpAsker::start(&lab, "client", "192.0.2.3", VIP, Duration::ZERO)
+            .expect("ARP listener");
+        let bound = Duration::from_millis(WINDOW_MS + 20);
+        // Twice: a plain flap (IPv4 addresses stay on a link that goes down), then one in
+        // which the VIP is flushed while the link is down.
+        for flush in [false, true] {
+            lab.ip("standby", &["link", "set", "eth0", "down"]).unwrap();
+            std::thread::sleep(Duration::from_millis(200));
+            if flush {
+                lab.ip("standby", &["addr", "del", VIP_NET, "dev", "eth0"])
+                    .unwrap();
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let silent = listener.seen().len();
+            let up = monotonic();
+            lab.ip("standby", &["link", "set", "eth0", "up"]).unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+            let seen = listener.seen();
+            let garp = announced(&seen, up, &standby)
+                .unwrap_or_else(|| panic!("not announced after up (flush {flush}): {seen:?}"));
+            let after = Duration::from_secs_f64(garp - up);
+            println!(
+                "link flap (VIP flushed: {flush}): announced {after:?} after `ip link set up`"
+            );
+            assert!(
+                after <= bound,
+                "announced {after:?} after up, bound {bound:?}\n{}",
+                daemon.log()
+            );
+            assert!(
+                seen[..silent].iter().all(|s| s.at < up - 0.2),
+                "premise: nothing announced while the link was down: {seen:?}"
+            );
+            let addrs = lab.addrs("standby").unwrap();
+            assert!(
+                addrs.contains(VIP_NET) && addrs.contains("eth0:1"),
+                "{addrs}\n{}",
+                daemon.log()
+            );
+        }
+        assert_eq!(metric(&lab, "xdprobe_group_vip_restored_total"), "1");
+        let (status, log) = daemon.stop().expect("stop");
+        assert!(status.success(), "{log}");
+        assert_eq!(
+            log.matches("link up again: announced the VIP again")
+                .count(),
+            2,
+            "{log}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(restore_notices(&smtp), 1, "{:?}", smtp.messages());
     }
 }

@@ -269,6 +269,15 @@ impl ArpSocket {
     /// Sends `packet` out of the interface as is (the Ethernet header is part of it).
     /// Does not wait: a full send buffer comes back as `WouldBlock`.
     pub fn send(&self, packet: &ArpPacket) -> io::Result<()> {
+        match self.send_once(packet) {
+            // A link that went down leaves ENETDOWN pending on the socket, and the kernel
+            // reports it on the next send, even once the link is up again: try once more.
+            Err(e) if e.raw_os_error() == Some(libc::ENETDOWN) => self.send_once(packet),
+            result => result,
+        }
+    }
+
+    fn send_once(&self, packet: &ArpPacket) -> io::Result<()> {
         let frame = packet.to_frame();
         let to = link_address(self.ifindex, packet.eth_dst);
         let sent = retry_interrupted(|| {
@@ -338,7 +347,12 @@ impl ArpSocket {
                     let _ = self.send(&ArpPacket::probe(ip, self.mac));
                 }
                 received = self.recv(&mut buf) => {
-                    let (len, pkttype) = received?;
+                    let (len, pkttype) = match received {
+                        Ok(frame) => frame,
+                        // The link went down (reported once): frames come again once it is up.
+                        Err(e) if e.raw_os_error() == Some(libc::ENETDOWN) => continue,
+                        Err(e) => return Err(e),
+                    };
                     if pkttype == libc::PACKET_OUTGOING {
                         continue;
                     }
@@ -365,6 +379,8 @@ impl ArpSocket {
             match recv_frame(self.fd.get_ref(), &mut buf) {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                // A link that went down is reported once on the socket; nothing to drain.
+                Err(e) if e.raw_os_error() == Some(libc::ENETDOWN) => {}
                 Err(e) => return Err(e),
             }
         }

@@ -38,6 +38,11 @@ impl Vip {
         })
     }
 
+    /// The index of the interface the VIP goes on.
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
     pub fn net(&self) -> Ipv4Net {
         self.net
     }

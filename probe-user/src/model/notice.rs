@@ -140,6 +140,28 @@ pub fn yield_notice(
     }
 }
 
+/// The VIP we hold was found gone from the interface (removed by another tool or a person, or
+/// flushed with the link) and was put back.
+pub fn restore_notice(watch: Ipv4Addr, site: &Site, at: SystemTime) -> Notice {
+    Notice {
+        subject: format!(
+            "xdprobe: {} was removed from {} and put back",
+            site.vip, site.node
+        ),
+        body: format!(
+            "At {when} the virtual IP {vip}, which {node} holds for {watch}, disappeared from \
+             {iface} (removed by someone else, or flushed when the link went down).\n\
+             {node} added it back (label {label}) and announced it again. Find out what removed \
+             it: xdprobe puts it back every time while it holds it.\n",
+            when = humantime::format_rfc3339_millis(at),
+            vip = site.vip,
+            node = site.node,
+            iface = site.iface,
+            label = site.label,
+        ),
+    }
+}
+
 pub fn conflict_notice(watch: Ipv4Addr, site: &Site, at: SystemTime, holder: &str) -> Notice {
     Notice {
         subject: format!("xdprobe: {watch} is DOWN but {} is in use by {holder}: not taken", site.vip),
@@ -303,6 +325,21 @@ mod tests {
         );
         let n = recovery_notice(&e, &site(), false, None);
         assert!(n.body.contains("does not hold"), "{}", n.body);
+    }
+
+    #[test]
+    fn restore_notice_says_what_was_put_back_where() {
+        let n = restore_notice(
+            "192.0.2.1".parse().unwrap(),
+            &site(),
+            SystemTime::UNIX_EPOCH,
+        );
+        assert!(
+            n.subject.contains("192.0.2.100/24 was removed from"),
+            "{n:?}"
+        );
+        assert!(n.body.contains("disappeared from eth0"), "{n:?}");
+        assert!(n.body.contains("(label eth0:1)"), "{n:?}");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! A client-side view of who answers for an address: [`ArpAsker`] sends an ARP request for it
-//! every few milliseconds from a host and records every reply (when, which MAC), so a test
-//! can see two machines answering for one VIP at once, as a client re-resolving it would.
-//! Also [`monotonic`], the clock its records are on.
+//! every few milliseconds from a host and records every ARP frame in which a machine says it
+//! has the address (replies, gratuitous announcements: when, which MAC), so a test can see two
+//! machines answering for one VIP at once, as a client re-resolving it would, or see the VIP
+//! announced again. Also [`monotonic`], the clock its records are on.
 
 use std::{
     io::{BufRead as _, BufReader, Read as _},
@@ -35,23 +36,38 @@ print('ready', flush=True)
 due = time.monotonic()
 while True:
     now = time.monotonic()
-    if now >= due:
+    if every > 0 and now >= due:
         s.send(req)
         due = max(due + every, now)
+    elif every <= 0:
+        due = now + 1.0
     r, _, _ = select.select([s], [], [], max(0.0, due - time.monotonic()))
     while r:
         try:
             f = s.recv(128)
         except BlockingIOError:
             break
-        if len(f) >= 42 and f[12:14] == b'\x08\x06' and f[20:22] == b'\x00\x02' and f[28:32] == tip:
-            print('%.6f %s' % (time.monotonic(), f[22:28].hex(':')), flush=True)
+        if len(f) >= 42 and f[12:14] == b'\x08\x06' and f[28:32] == tip:
+            g = 'g' if f[38:42] == tip else 'r'
+            print('%.6f %s %s' % (time.monotonic(), f[22:28].hex(':'), g), flush=True)
 "#;
 
-/// Asks "who has TARGET" every `every` from a host's `eth0`; records each reply.
+/// One ARP frame in which a machine says it has the address.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Seen {
+    /// When (monotonic seconds, see [`monotonic`]).
+    pub at: f64,
+    /// The MAC it gave for the address (the ARP sender MAC).
+    pub mac: String,
+    /// A gratuitous announcement (target IP = sender IP), not an answer to a request.
+    pub gratuitous: bool,
+}
+
+/// Asks "who has TARGET" every `every` (zero: only listens) from a host's `eth0`; records
+/// each frame in which a machine claims TARGET.
 pub struct ArpAsker {
     child: Child,
-    replies: Arc<Mutex<Vec<(f64, String)>>>,
+    replies: Arc<Mutex<Vec<Seen>>>,
     reader: Option<JoinHandle<()>>,
 }
 
@@ -87,10 +103,15 @@ impl ArpAsker {
         let reader = thread::spawn(move || {
             for line in lines.map_while(Result::ok) {
                 let mut words = line.split_whitespace();
-                if let (Some(t), Some(mac)) = (words.next(), words.next()) {
-                    if let Ok(t) = t.parse::<f64>() {
+                if let (Some(t), Some(mac), Some(kind)) = (words.next(), words.next(), words.next())
+                {
+                    if let Ok(at) = t.parse::<f64>() {
                         let mut all = sink.lock().unwrap_or_else(|e| e.into_inner());
-                        all.push((t, mac.to_string()));
+                        all.push(Seen {
+                            at,
+                            mac: mac.to_string(),
+                            gratuitous: kind == "g",
+                        });
                     }
                 }
             }
@@ -102,8 +123,16 @@ impl ArpAsker {
         })
     }
 
-    /// Stops asking; every reply seen, in order: (monotonic seconds, MAC).
-    pub fn stop(mut self) -> Vec<(f64, String)> {
+    /// Every frame seen so far, in order.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.replies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Stops asking; every frame seen, in order.
+    pub fn stop(mut self) -> Vec<Seen> {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if let Some(reader) = self.reader.take() {
@@ -124,18 +153,20 @@ impl Drop for ArpAsker {
 /// How long two MACs answered at once, as a client sees it: from `newcomer`'s first reply at
 /// or after `since` to `holder`'s last reply (zero if `holder` stopped first). `None` when
 /// either did not answer in that time (the premise failed).
-pub fn two_holders(
-    replies: &[(f64, String)],
-    since: f64,
-    holder: &str,
-    newcomer: &str,
-) -> Option<Duration> {
+pub fn two_holders(replies: &[Seen], since: f64, holder: &str, newcomer: &str) -> Option<Duration> {
     let first_new = replies
         .iter()
-        .find(|(t, mac)| *t >= since && mac == newcomer)?
-        .0;
-    let last_old = replies.iter().rev().find(|(_, mac)| mac == holder)?.0;
+        .find(|s| s.at >= since && s.mac == newcomer)?
+        .at;
+    let last_old = replies.iter().rev().find(|s| s.mac == holder)?.at;
     Some(Duration::from_secs_f64((last_old - first_new).max(0.0)))
+}
+
+/// The first gratuitous announcement by `mac` at or after `since`, if any: when.
+pub fn announced(seen: &[Seen], since: f64, mac: &str) -> Option<f64> {
+    seen.iter()
+        .find(|s| s.at >= since && s.gratuitous && s.mac == mac)
+        .map(|s| s.at)
 }
 
 #[cfg(test)]
@@ -144,7 +175,11 @@ mod tests {
 
     #[test]
     fn two_holders_is_the_overlap_after_the_newcomer_appears() {
-        let r = |t: f64, m: &str| (t, m.to_string());
+        let r = |at: f64, m: &str| Seen {
+            at,
+            mac: m.to_string(),
+            gratuitous: false,
+        };
         let replies = [
             r(1.0, "new"), // before `since`: ignored
             r(2.0, "old"),
@@ -161,5 +196,12 @@ mod tests {
         );
         assert_eq!(two_holders(&gone_first, 2.5, "old", "new"), None);
         assert_eq!(two_holders(&[r(2.0, "new")], 1.0, "old", "new"), None);
+        let garp = Seen {
+            gratuitous: true,
+            ..r(2.2, "old")
+        };
+        let seen = [r(2.1, "old"), garp.clone(), r(2.3, "old")];
+        assert_eq!(announced(&seen, 2.0, "old"), Some(2.2));
+        assert_eq!(announced(&seen, 2.25, "old"), None);
     }
 }

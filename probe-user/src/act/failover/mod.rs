@@ -4,6 +4,7 @@
 
 mod guard;
 pub mod policy;
+mod restore;
 
 use std::{
     net::Ipv4Addr,
@@ -19,7 +20,10 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use self::policy::{Action, Policy, PolicyConfig};
+use self::{
+    policy::{Action, Policy, PolicyConfig},
+    restore::next_event,
+};
 use crate::{
     act::{
         arp::ArpSocket,
@@ -122,6 +126,7 @@ impl Failover {
         let mut run = self.begin(&timing, checks, holders);
         self.adopt(&mut run).await;
         let mut tick = ticker(&timing);
+        let mut net = self.watch_net();
         let stop = loop {
             let (actions, event) = tokio::select! {
                 _ = shutdown.cancelled() => break Stop::Shutdown,
@@ -134,6 +139,7 @@ impl Failover {
                 Some(holder) = other_holders.recv() => {
                     (run.policy.holder_seen(holder, run.now()), None)
                 }
+                Some(event) = next_event(&mut net) => (self.on_net(&mut run, event), None),
                 _ = tick.tick() => (run.policy.tick(run.now()), None),
                 Ok(()) = self.timing.changed() => {
                     tick = self.retime(&mut run);
@@ -294,6 +300,8 @@ impl Failover {
             Action::Claim => self.claim(run, event).await,
             Action::Release => self.release(run).await,
             Action::Yield { holder, keep } => self.yield_to(run, holder, keep).await,
+            Action::Restore { report } => self.restore(run, report).await,
+            Action::Reannounce => self.reannounce(run).await,
             Action::ReportIsolated => {
                 warn!(host = %self.watch, window = run.window, vip = %self.vip.net(), "watched host DOWN but every witness too: we are cut off; VIP not taken");
                 self.notifier.send(isolation_notice(

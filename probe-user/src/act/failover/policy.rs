@@ -2,13 +2,16 @@
 //!
 //! The executor (`failover::Failover`) feeds facts in (the primary is suspect, DOWN or UP again,
 //! the witnesses' liveness, the result of an ARP conflict check, the outcome of a claim, another
-//! machine answering for the VIP we hold, the passing of time) and carries out the [`Action`]s
-//! that come back. Time is a `Duration` since
+//! machine answering for the VIP we hold, the held VIP found gone, the link's state, the
+//! passing of time) and carries out the [`Action`]s that come back. Time is a `Duration` since
 //! start, so tests drive it with a fake clock.
 
 use std::time::Duration;
 
 use crate::config::flags::Failback;
+
+/// How long after a failed attempt to put the VIP back the next one is made.
+const RESTORE_RETRY: Duration = Duration::from_millis(100);
 
 /// What the executor must do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,6 +26,12 @@ pub enum Action {
     /// at once (whatever the hold-down or failback), announce it for that MAC, report. With
     /// `failback = keep` it is reported as a conflict.
     Yield { holder: [u8; 6], keep: bool },
+    /// The VIP we hold is gone from the interface (removed by someone else, or flushed): add
+    /// it back, announce it if the link is up, count it; mail if `report` (once an episode).
+    /// Then call [`Policy::restored`].
+    Restore { report: bool },
+    /// The link is up again while we hold the VIP: make sure it is there, announce it again.
+    Reannounce,
     /// The primary is DOWN, but so is every witness: we are the one cut off. Once per episode.
     ReportIsolated,
     /// Another machine answers ARP for the VIP: not taken. Once per episode.
@@ -73,6 +82,14 @@ pub struct Policy {
     conflict_reported: bool,
     /// We yielded the VIP to this MAC and have no evidence since that it is gone.
     yielded_to: Option<[u8; 6]>,
+    /// The held VIP is gone and not put back yet; an attempt is running; a failed one is
+    /// retried from this time; the episode was reported.
+    restore_due: bool,
+    restore_pending: bool,
+    restore_retry_at: Duration,
+    loss_reported: bool,
+    /// The link was last seen up and running.
+    link_running: bool,
     /// After a yield, no claim before this (the hold-down since the last claim: at most one
     /// claim per hold-down while a primary that answers for the VIP flaps).
     reclaim_after: Duration,
@@ -97,11 +114,21 @@ impl Policy {
             conflict_reported: false,
             yielded_to: None,
             reclaim_after: Duration::ZERO,
+            restore_due: false,
+            restore_pending: false,
+            restore_retry_at: Duration::ZERO,
+            loss_reported: false,
+            link_running: true,
         }
     }
 
     pub fn holding(&self) -> bool {
         self.holding
+    }
+
+    /// Whether the link was last seen up and running (frames sent now leave).
+    pub fn link_running(&self) -> bool {
+        self.link_running
     }
 
     /// The VIP was already on our interface at start-up (a restart while holding it): carry
@@ -187,6 +214,7 @@ impl Policy {
             return vec![];
         }
         self.holding = false;
+        self.restore_due = false;
         self.yielded_to = Some(holder);
         self.reclaim_after = self.claimed_at + self.cfg.hold_down;
         self.check = Check::Found { holder, at: now };
@@ -207,6 +235,50 @@ impl Policy {
         }
     }
 
+    /// The VIP is no longer on the interface (an address event). Put back only while we hold
+    /// it: a VIP we released or yielded is never put back.
+    pub fn vip_gone(&mut self, now: Duration) -> Vec<Action> {
+        if !self.holding {
+            return vec![];
+        }
+        self.restore_due = true;
+        self.restore_retry_at = now;
+        self.restore_step(now)
+    }
+
+    /// The outcome of an [`Action::Restore`]: a failed one is tried again a little later.
+    pub fn restored(&mut self, ok: bool, now: Duration) {
+        self.restore_pending = false;
+        if ok {
+            self.restore_due = false;
+            self.loss_reported = false;
+        } else {
+            self.restore_retry_at = now + RESTORE_RETRY;
+        }
+    }
+
+    /// The link's state (an event); coming back up while we hold the VIP re-announces it.
+    pub fn link(&mut self, running: bool) -> Vec<Action> {
+        let came_up = running && !self.link_running;
+        self.link_running = running;
+        if came_up && self.holding {
+            vec![Action::Reannounce]
+        } else {
+            vec![]
+        }
+    }
+
+    fn restore_step(&mut self, now: Duration) -> Vec<Action> {
+        if !self.holding || !self.restore_due || self.restore_pending || now < self.restore_retry_at
+        {
+            return vec![];
+        }
+        self.restore_pending = true;
+        let report = !self.loss_reported;
+        self.loss_reported = true;
+        vec![Action::Restore { report }]
+    }
+
     /// Time passes: release once the hold-down is over, retry what is due.
     pub fn tick(&mut self, now: Duration) -> Vec<Action> {
         if self.holding
@@ -215,8 +287,13 @@ impl Policy {
             && now >= self.claimed_at + self.cfg.hold_down
         {
             self.holding = false;
+            self.restore_due = false;
             self.check = Check::None;
             return vec![Action::Release];
+        }
+        let restore = self.restore_step(now);
+        if !restore.is_empty() {
+            return restore;
         }
         self.evaluate(now)
     }
@@ -576,6 +653,54 @@ mod tests {
         p.primary_up(ms(10_100));
         let a = p.primary_down(ms(10_500));
         claim(&mut p, ms(10_500), a);
+    }
+
+    #[test]
+    fn a_held_vip_removed_by_someone_else_is_put_back_and_reported_once_an_episode() {
+        let mut p = holding(Failback::Release, false);
+        assert_eq!(p.vip_gone(ms(100)), vec![Action::Restore { report: true }]);
+        assert_eq!(p.vip_gone(ms(101)), vec![], "one attempt at a time");
+        // It fails (say the interface is being replaced): retried later, not reported again.
+        p.restored(false, ms(102));
+        assert_eq!(p.tick(ms(150)), vec![]);
+        assert_eq!(p.tick(ms(202)), vec![Action::Restore { report: false }]);
+        p.restored(true, ms(203));
+        assert_eq!(p.tick(ms(300)), vec![]);
+        // A new removal is a new episode.
+        assert_eq!(p.vip_gone(ms(400)), vec![Action::Restore { report: true }]);
+        p.restored(true, ms(401));
+    }
+
+    #[test]
+    fn a_released_or_yielded_vip_is_never_put_back() {
+        let mut p = holding(Failback::Release, false);
+        assert!(p.primary_up(ms(2000)).contains(&Action::Release));
+        assert_eq!(p.vip_gone(ms(2001)), vec![], "our own removal");
+        assert_eq!(p.tick(ms(3000)), vec![]);
+        let mut q = holding(Failback::Release, false);
+        q.holder_seen(PRIMARY_MAC, ms(100));
+        assert_eq!(q.vip_gone(ms(101)), vec![]);
+        let mut never = policy(Failback::Release, false);
+        assert_eq!(never.vip_gone(ms(0)), vec![]);
+        // Lost, then given back before it was put back: the retry does not happen.
+        let mut r = holding(Failback::Release, false);
+        r.vip_gone(ms(100));
+        r.restored(false, ms(101));
+        assert!(r.primary_up(ms(2000)).contains(&Action::Release));
+        assert_eq!(r.tick(ms(2500)), vec![]);
+    }
+
+    #[test]
+    fn the_link_coming_back_up_while_holding_reannounces() {
+        let mut p = holding(Failback::Release, false);
+        assert_eq!(p.link(true), vec![], "no change");
+        assert_eq!(p.link(false), vec![]);
+        assert_eq!(p.link(false), vec![]);
+        assert_eq!(p.link(true), vec![Action::Reannounce]);
+        assert_eq!(p.link(true), vec![]);
+        let mut idle = policy(Failback::Release, false);
+        idle.link(false);
+        assert_eq!(idle.link(true), vec![], "nothing held");
     }
 
     #[test]
