@@ -66,7 +66,9 @@ impl Failover {
                 }
             }
             Err(e) => {
-                error!(%vip, holder = %mac, error = %format!("{e:#}"), "yielding the VIP FAILED: two holders on the wire");
+                error!(%vip, holder = %mac, error = %format!("{e:#}"), "yielding the VIP FAILED: two holders on the wire; trying again when it answers next");
+                run.policy.yield_failed();
+                self.guard_wire(run);
                 return;
             }
         }

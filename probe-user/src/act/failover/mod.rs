@@ -224,6 +224,10 @@ impl Failover {
     fn retime(&mut self, run: &mut Run) -> tokio::time::Interval {
         let timing = *self.timing.borrow_and_update();
         run.policy.set_check_valid_for(check_valid_for(&timing));
+        if run.policy.holding() {
+            // The wire guard probes once a window: the new one.
+            self.guard_wire(run);
+        }
         ticker(&timing)
     }
 

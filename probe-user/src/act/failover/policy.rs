@@ -235,6 +235,14 @@ impl Policy {
         }
     }
 
+    /// The VIP could not be removed after [`Action::Yield`]: we still hold it (and the next
+    /// answer from the other holder yields again).
+    pub fn yield_failed(&mut self) {
+        self.holding = true;
+        self.yielded_to = None;
+        self.reclaim_after = Duration::ZERO;
+    }
+
     /// The VIP is no longer on the interface (an address event). Put back only while we hold
     /// it: a VIP we released or yielded is never put back.
     pub fn vip_gone(&mut self, now: Duration) -> Vec<Action> {
@@ -572,6 +580,21 @@ mod tests {
             }]
         );
         assert_eq!(p.tick(ms(20_000)), vec![], "no release twice");
+    }
+
+    #[test]
+    fn a_yield_that_could_not_remove_the_vip_is_tried_again() {
+        let mut p = holding(Failback::Release, false);
+        assert_eq!(p.holder_seen(PRIMARY_MAC, ms(100)).len(), 1);
+        p.yield_failed();
+        assert!(p.holding());
+        assert_eq!(
+            p.holder_seen(PRIMARY_MAC, ms(150)),
+            vec![Action::Yield {
+                holder: PRIMARY_MAC,
+                keep: false
+            }]
+        );
     }
 
     #[test]
