@@ -1,6 +1,8 @@
 //! The failover task: turns the prober's reports into decisions ([`policy`]) and carries them
-//! out: the VIP over rtnetlink, gratuitous ARP, hooks and notices. Nothing here waits on a hook
-//! or on the mail; ARP conflict checks run in their own tasks.
+//! out: the VIP over rtnetlink, gratuitous ARP, hooks and notices. While it holds the VIP it
+//! guards it: against another holder on the wire ([`guard`]) and against the VIP being removed
+//! ([`restore`]). Nothing here waits on a hook or on the mail; ARP conflict checks and the
+//! wire guard run in their own tasks.
 
 mod guard;
 pub mod policy;
