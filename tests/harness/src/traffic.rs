@@ -3,7 +3,7 @@
 
 use std::{
     io::{self, Read as _},
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
     process::{Child, Command, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -21,7 +21,8 @@ use crate::{cmd::run, lab::Lab, smtp::PYTHON};
 /// A client pinging a target every `interval`, whether or not it gets answers (iputils ping
 /// slows to one probe every 10 ms once replies stop, which would blur an outage by as much),
 /// and stamping every reply with its Unix time. Echo requests from a raw ICMP socket in the
-/// host's namespace; a sender thread paced by the clock, a receiver thread.
+/// host's namespace (ICMPv6 for an IPv6 target: the kernel fills in its checksum); a sender
+/// thread paced by the clock, a receiver thread.
 pub struct Pinger {
     stop: Arc<AtomicBool>,
     sender: Option<JoinHandle<anyhow::Result<()>>>,
@@ -30,10 +31,11 @@ pub struct Pinger {
 
 impl Pinger {
     pub fn start(lab: &Lab, host: &str, target: &str, interval: Duration) -> anyhow::Result<Self> {
-        let target: Ipv4Addr = target.parse().context("the target is an IPv4 address")?;
+        let target: IpAddr = target.parse().context("the target is an IP address")?;
         let ns = lab.ns(host);
-        let socket = Arc::new(crate::enter::run_in(&ns, || {
-            Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4))
+        let socket = Arc::new(crate::enter::run_in(&ns, || match target {
+            IpAddr::V4(_) => Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4)),
+            IpAddr::V6(_) => Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6)),
         })?);
         socket.set_read_timeout(Some(Duration::from_millis(20)))?;
         let ident = (std::process::id() as u16) ^ 0x5a5a;
@@ -85,21 +87,24 @@ impl Drop for Pinger {
 /// Echo requests to `target` on the clock: the n-th at `start + n * interval`.
 fn send_pings(
     socket: &Socket,
-    target: Ipv4Addr,
+    target: IpAddr,
     ident: u16,
     interval: Duration,
     stop: &AtomicBool,
 ) -> anyhow::Result<()> {
-    let to = SockAddr::from(SocketAddrV4::new(target, 0));
+    let to = SockAddr::from(SocketAddr::new(target, 0));
     let start = Instant::now();
     let mut seq: u16 = 0;
     while !stop.load(Ordering::SeqCst) {
         let mut packet = [0u8; 16];
-        packet[0] = 8; // echo request
+        packet[0] = if target.is_ipv4() { 8 } else { 128 }; // echo request
         packet[4..6].copy_from_slice(&ident.to_be_bytes());
         packet[6..8].copy_from_slice(&seq.to_be_bytes());
-        let sum = internet_checksum(&packet);
-        packet[2..4].copy_from_slice(&sum.to_be_bytes());
+        // The kernel computes an ICMPv6 checksum itself (over the pseudo-header).
+        if target.is_ipv4() {
+            let sum = internet_checksum(&packet);
+            packet[2..4].copy_from_slice(&sum.to_be_bytes());
+        }
         // A full queue or no route yet: the probe is lost, the pace goes on.
         let _ = socket.send_to(&packet, &to);
         seq = seq.wrapping_add(1);
@@ -115,16 +120,15 @@ fn send_pings(
 /// The Unix times of the echo replies from `target` with our identifier.
 fn receive_replies(
     socket: &Socket,
-    target: Ipv4Addr,
+    target: IpAddr,
     ident: u16,
     stop: &AtomicBool,
 ) -> anyhow::Result<Vec<f64>> {
     let mut times = Vec::new();
-    let mut buf = [0u8; 256];
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 256];
     while !stop.load(Ordering::SeqCst) {
-        // A raw IPv4 socket hands over the IP header too: the source is in it.
-        let len = match (&*socket).read(&mut buf) {
-            Ok(len) => len,
+        let (len, from) = match socket.recv_from(&mut buf) {
+            Ok(got) => got,
             Err(e)
                 if matches!(
                     e.kind(),
@@ -139,15 +143,26 @@ fn receive_replies(
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs_f64();
-        let packet = &buf[..len];
-        if packet.get(12..16) != Some(&target.octets()[..]) {
+        // SAFETY: recv_from initialised the first `len` bytes of `buf`.
+        let packet: &[u8] = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast(), len) };
+        if from.as_socket().map(|a| a.ip()) != Some(target) {
             continue;
         }
-        let ihl = usize::from(packet.first().copied().unwrap_or(0) & 0x0f) * 4;
-        let Some(icmp) = packet.get(ihl..) else {
+        // A raw IPv4 socket hands over the IP header too; a raw ICMPv6 one does not.
+        let (icmp, reply_type) = match target {
+            IpAddr::V4(_) => {
+                let ihl = usize::from(packet.first().copied().unwrap_or(0) & 0x0f) * 4;
+                (packet.get(ihl..), 0)
+            }
+            IpAddr::V6(_) => (Some(packet), 129),
+        };
+        let Some(icmp) = icmp else {
             continue;
         };
-        if icmp.len() >= 8 && icmp[0] == 0 && u16::from_be_bytes([icmp[4], icmp[5]]) == ident {
+        if icmp.len() >= 8
+            && icmp[0] == reply_type
+            && u16::from_be_bytes([icmp[4], icmp[5]]) == ident
+        {
             times.push(at);
         }
     }
