@@ -14,3 +14,4 @@ pub mod mail;
 #[allow(dead_code)]
 pub mod ndp;
 pub mod vip;
+pub mod wire;

@@ -4,7 +4,8 @@
 use std::{net::Ipv4Addr, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand};
-use ipnet::Ipv4Net;
+
+use crate::config::vips::Vips;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -152,9 +153,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "ADDR")]
     pub watch: Option<Ipv4Addr>,
 
-    /// Virtual IP to take over, with its prefix length (e.g. 192.0.2.100/24).
-    #[arg(long, value_name = "ADDR/PREFIX")]
-    pub vip: Option<Ipv4Net>,
+    /// Virtual IP to take over, with its prefix length (e.g. 192.0.2.100/24 or
+    /// 2001:db8::100/64), or one IPv4 and one IPv6 moved together, comma-separated.
+    #[arg(long, value_name = "ADDR/PREFIX[,ADDR/PREFIX]")]
+    pub vip: Option<Vips>,
 
     /// Label of the VIP alias [default: <iface>:1].
     #[arg(long, value_name = "LABEL")]

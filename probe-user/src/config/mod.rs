@@ -11,3 +11,4 @@ pub mod load;
 pub mod mail;
 pub mod settings;
 pub mod timing;
+pub mod vips;

@@ -14,10 +14,10 @@ use tracing::info;
 
 use crate::{
     act::{
-        arp::ArpSocket,
         failover::Failover,
         mail::Notifier,
         vip::{self, Vip},
+        wire::Wire,
     },
     config::{
         hooks::Hooks,
@@ -43,7 +43,7 @@ pub struct Common {
     pub iface: String,
     pub index: u32,
     pub node: String,
-    pub arp: Arc<ArpSocket>,
+    pub wire: Arc<Wire>,
     pub notifier: Notifier,
     pub hooks: watch::Receiver<Hooks>,
     pub timing: watch::Receiver<Timing>,
@@ -133,7 +133,7 @@ impl Groups {
 
     /// The group's VIP, with its own rtnetlink connection.
     fn vip(&self, group: &Group) -> anyhow::Result<Vip> {
-        Vip::new(self.common.index, group.vip, group.label.clone())
+        Vip::new(self.common.index, group.vip.clone(), group.label.clone())
     }
 
     fn spawn(&mut self, group: &Group, vip: Vip, handed_over: bool) {
@@ -163,7 +163,7 @@ impl Groups {
                 node: c.node.clone(),
             },
             vip,
-            arp: Arc::clone(&c.arp),
+            wire: Arc::clone(&c.wire),
             notifier: c.notifier.clone(),
             hooks: c.hooks.clone(),
             settings: c.settings.clone(),
@@ -235,8 +235,9 @@ pub async fn refuse_own_addresses(
     }
     let listed = vip::listed().await.map_err(Err)?;
     for group in groups {
-        let addr = std::net::IpAddr::V4(group.vip.addr());
-        vip::ownership(addr, index, iface, &group.label, &listed).map_err(Ok)?;
+        for addr in group.vip.addrs() {
+            vip::ownership(addr, index, iface, &group.label, &listed).map_err(Ok)?;
+        }
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! Never two holders on the wire: while the failover task holds its VIP, a guard watches the
-//! ARP traffic for another machine answering for it (and probes for one every window, since a
-//! primary that comes back with its VIP configured answers at once but announces nothing);
-//! when one does, the task yields ([`policy::Action::Yield`](super::policy::Action::Yield)).
+//! ARP and NDP traffic for another machine answering for it (and probes for one every window,
+//! since a primary that comes back with its VIP configured answers at once but announces
+//! nothing); when one does, the task yields ([`policy::Action::Yield`](super::policy::Action::Yield)).
 
 use std::{sync::Arc, time::SystemTime};
 
@@ -9,7 +9,7 @@ use tracing::{error, info, warn};
 
 use super::{announce_repeatedly, mac_str, stop_holding_tasks, Failover, Run};
 use crate::{
-    act::arp::ArpSocket,
+    act::wire,
     config::hooks::HookEvent,
     model::{health::State, notice::yield_notice},
 };
@@ -22,26 +22,20 @@ impl Failover {
         if let Some(old) = run.wire_guard.take() {
             old.abort();
         }
-        let (iface, vip, every, holders) = (
+        let (iface, vip, addrs, every, holders) = (
             self.site.iface.clone(),
-            self.vip.net().addr(),
+            self.vip.net().clone(),
+            self.vip.addrs(),
             self.timing.borrow().window,
             run.holders.clone(),
         );
         run.wire_guard = Some(tokio::spawn(async move {
-            let socket = match ArpSocket::open(&iface) {
-                Ok(socket) => socket,
-                Err(e) => {
-                    error!(%vip, error = %format!("{e:#}"), "cannot watch the wire for another holder of the VIP");
-                    return;
-                }
-            };
-            match socket.guard(vip, every).await {
+            match wire::guard(&iface, addrs, every).await {
                 Ok(holder) => {
                     let _ = holders.send(holder);
                 }
-                Err(error) => {
-                    error!(%vip, %error, "watching the wire for another holder of the VIP failed")
+                Err(e) => {
+                    error!(%vip, error = %format!("{e:#}"), "watching the wire for another holder of the VIP failed")
                 }
             }
         }));
@@ -51,7 +45,7 @@ impl Failover {
     /// machine (so caches follow it, as on release), report.
     pub(super) async fn yield_to(&self, run: &mut Run, holder: [u8; 6], keep: bool) {
         stop_holding_tasks(run);
-        let vip = self.vip.net();
+        let vip = self.vip.net().clone();
         let mac = mac_str(holder);
         match self.vip.remove().await {
             Ok(removed) => {
@@ -81,9 +75,9 @@ impl Failover {
             keep,
         ));
         info!(%vip, mac = %mac, "announcing the VIP for its holder");
-        let (arp, addr, garp) = (Arc::clone(&self.arp), vip.addr(), self.settings.garp);
+        let (wire, addrs, garp) = (Arc::clone(&self.wire), self.vip.addrs(), self.settings.garp);
         tokio::spawn(async move {
-            announce_repeatedly(&arp, addr, holder, garp.count + 1, garp.interval).await;
+            announce_repeatedly(&wire, addrs, holder, garp.count + 1, garp.interval).await;
         });
     }
 }

@@ -28,10 +28,10 @@ use self::{
 };
 use crate::{
     act::{
-        arp::ArpSocket,
         hooks::{fire, HookFacts},
         mail::Notifier,
         vip::{Added, Vip},
+        wire::{Addrs, Wire},
     },
     config::{
         flags::OnExit,
@@ -67,7 +67,8 @@ pub struct Failover {
     pub watch: Ipv4Addr,
     pub site: Site,
     pub vip: Vip,
-    pub arp: Arc<ArpSocket>,
+    /// ARP and NDP on the interface.
+    pub wire: Arc<Wire>,
     pub notifier: Notifier,
     /// The hooks, which a reload may change.
     pub hooks: watch::Receiver<Hooks>,
@@ -198,7 +199,7 @@ impl Failover {
                 .settings
                 .garp
                 .refresh
-                .map(|every| self.spawn_announcer(self.arp.mac(), 0, every));
+                .map(|every| self.spawn_announcer(self.wire.mac(), 0, every));
             self.guard_wire(run);
         }
         if !self.quiet_start {
@@ -289,14 +290,14 @@ impl Failover {
     async fn act(&self, run: &mut Run, action: Action, event: Option<&HostEvent>) {
         match action {
             Action::CheckConflict => {
-                let (arp, vip, wait, results) = (
-                    Arc::clone(&self.arp),
-                    self.vip.net().addr(),
+                let (wire, vip, wait, results) = (
+                    Arc::clone(&self.wire),
+                    self.vip.addrs(),
                     self.settings.conflict_wait,
                     run.checks.clone(),
                 );
                 tokio::spawn(async move {
-                    let holder = arp.probe(vip, wait).await.unwrap_or_else(|error| {
+                    let holder = wire.probe(vip, wait).await.unwrap_or_else(|error| {
                         warn!(%error, "ARP conflict check failed; assuming no other holder");
                         None
                     });
@@ -348,7 +349,7 @@ impl Failover {
         let outcome = match outcome {
             Ok(added) => {
                 // Tell the network at once; repeats and refreshes follow in the background.
-                if let Err(error) = self.arp.announce(self.vip.net().addr(), self.arp.mac()) {
+                if let Err(error) = self.wire.announce(self.vip.addrs(), self.wire.mac()) {
                     warn!(%error, "gratuitous ARP failed");
                 }
                 run.policy.claimed(true, run.now());
@@ -358,7 +359,7 @@ impl Failover {
                 });
                 run.claim_failure_reported = false;
                 run.announcer = Some(self.spawn_announcer(
-                    self.arp.mac(),
+                    self.wire.mac(),
                     self.settings.garp.count,
                     self.settings.garp.refresh.unwrap_or(Duration::ZERO),
                 ));
@@ -413,17 +414,18 @@ impl Failover {
         self.fire(HookEvent::Release, self.watch, State::Up, run.window);
         // Say so on the wire: find who answers for the VIP now (the primary) and announce it
         // for them, so neighbour caches move back without waiting for their timeouts.
-        let (arp, vip, garp, notifier, site, watch) = (
-            Arc::clone(&self.arp),
-            self.vip.net().addr(),
+        let (wire, vip, addrs, garp, notifier, site, watch) = (
+            Arc::clone(&self.wire),
+            self.vip.net().clone(),
+            self.vip.addrs(),
             self.settings.garp,
             self.notifier.clone(),
             self.site.clone(),
             self.watch,
         );
         tokio::spawn(async move {
-            let holder = arp
-                .probe(vip, RELEASE_PROBE_WAIT)
+            let holder = wire
+                .probe(addrs, RELEASE_PROBE_WAIT)
                 .await
                 .unwrap_or_else(|error| {
                     warn!(%error, "ARP probe after release failed");
@@ -441,21 +443,17 @@ impl Failover {
                 holder.map(mac_str),
             ));
             if let Some(mac) = holder {
-                announce_repeatedly(&arp, vip, mac, garp.count + 1, garp.interval).await;
+                announce_repeatedly(&wire, addrs, mac, garp.count + 1, garp.interval).await;
             }
         });
     }
 
     /// Repeats the announcement `repeats` times, then every `refresh` (if non-zero) until aborted.
     fn spawn_announcer(&self, mac: [u8; 6], repeats: u32, refresh: Duration) -> JoinHandle<()> {
-        let (arp, vip, garp) = (
-            Arc::clone(&self.arp),
-            self.vip.net().addr(),
-            self.settings.garp,
-        );
+        let (wire, vip, garp) = (Arc::clone(&self.wire), self.vip.addrs(), self.settings.garp);
         tokio::spawn(async move {
             tokio::time::sleep(garp.interval).await;
-            announce_repeatedly(&arp, vip, mac, repeats, garp.interval).await;
+            announce_repeatedly(&wire, vip, mac, repeats, garp.interval).await;
             if refresh.is_zero() {
                 return;
             }
@@ -463,7 +461,7 @@ impl Failover {
             every.tick().await;
             loop {
                 every.tick().await;
-                if let Err(error) = arp.announce(vip, mac) {
+                if let Err(error) = wire.announce(vip, mac) {
                     warn!(%error, "gratuitous ARP refresh failed");
                 }
             }
@@ -514,8 +512,8 @@ fn last_heard_ms(down: &HostEvent) -> Option<u64> {
 
 /// Sends `count` announcements `interval` apart, the first at once.
 async fn announce_repeatedly(
-    arp: &ArpSocket,
-    vip: Ipv4Addr,
+    wire: &Wire,
+    vip: Addrs,
     mac: [u8; 6],
     count: u32,
     interval: Duration,
@@ -524,7 +522,7 @@ async fn announce_repeatedly(
         if i > 0 {
             tokio::time::sleep(interval).await;
         }
-        if let Err(error) = arp.announce(vip, mac) {
+        if let Err(error) = wire.announce(vip, mac) {
             warn!(%error, "gratuitous ARP failed");
         }
     }

@@ -3,7 +3,7 @@
 //! and announced again, logged, counted and mailed once an episode; when the link comes back
 //! up the VIP is announced again. A released VIP is never put back (the policy decides).
 
-use std::{net::IpAddr, time::SystemTime};
+use std::time::SystemTime;
 
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
@@ -33,7 +33,7 @@ impl Failover {
     /// What an address or link event means to the policy.
     pub(super) fn on_net(&self, run: &mut Run, event: NetEvent) -> Vec<Action> {
         match event {
-            NetEvent::Removed(addr) if addr == IpAddr::V4(self.vip.net().addr()) => {
+            NetEvent::Removed(addr) if self.vip.net().contains(addr) => {
                 run.policy.vip_gone(run.now())
             }
             NetEvent::Removed(_) => vec![],
@@ -93,14 +93,14 @@ impl Failover {
     /// Gratuitous ARP now, the repeats and refreshes after it, and the wire guard afresh (its
     /// socket may have failed while the link was down).
     fn announce_again(&self, run: &mut Run) {
-        if let Err(error) = self.arp.announce(self.vip.net().addr(), self.arp.mac()) {
+        if let Err(error) = self.wire.announce(self.vip.addrs(), self.wire.mac()) {
             warn!(%error, "gratuitous ARP failed");
         }
         if let Some(old) = run.announcer.take() {
             old.abort();
         }
         run.announcer = Some(self.spawn_announcer(
-            self.arp.mac(),
+            self.wire.mac(),
             self.settings.garp.count,
             self.settings.garp.refresh.unwrap_or_default(),
         ));
