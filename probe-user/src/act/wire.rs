@@ -120,7 +120,12 @@ async fn guard_v6(iface: &str, ip: Ipv6Addr, every: Duration) -> anyhow::Result<
                 // A failed send (the link is down) is skipped: the next one may work.
                 let _ = socket.send(&NdpPacket::dad_probe(socket.mac(), ip));
             }
-            found = socket.next_claim(ip) => return Ok(found?),
+            found = socket.next_claim(ip) => match found {
+                Ok(mac) => return Ok(mac),
+                // The link went down (reported once): frames come again once it is up.
+                Err(e) if e.raw_os_error() == Some(libc::ENETDOWN) => continue,
+                Err(e) => return Err(e.into()),
+            },
         }
     }
 }

@@ -16,8 +16,8 @@ use crate::{
 
 impl Failover {
     /// Starts watching the wire for another holder of the VIP (replacing a guard already
-    /// running). The guard has its own ARP socket, so that conflict checks and release probes
-    /// on the shared one do not take its frames. It reports the first other holder and ends.
+    /// running). The guard has its own ARP and NDP sockets, so that conflict checks and
+    /// release probes on the shared ones do not take its frames. It reports the first other holder and ends.
     pub(super) fn guard_wire(&self, run: &mut Run) {
         if let Some(old) = run.wire_guard.take() {
             old.abort();
