@@ -2,7 +2,8 @@
 //! follow through our unsolicited Neighbour Advertisements; a machine answering the DAD-style
 //! probe keeps it from being claimed; a primary back with it is yielded to and announced for;
 //! a held IPv6 VIP removed by hand or flushed by a link flap is put back and announced; an
-//! IPv4 and an IPv6 VIP of one group move together. Lab: a bridge with a primary (holding the
+//! IPv4 and an IPv6 VIP of one group move together. A client soliciting the VIP every 5 ms sees
+//! two machines answer for it for at most two windows when the primary comes back with it. Lab: a bridge with a primary (holding the
 //! VIPs, `nodad`), a standby running xdprobe and a client; 2001:db8::/64 beside 192.0.2.0/24.
 
 /// Needs root: a lab of namespaces, XDP, raw sockets.
@@ -13,6 +14,7 @@ mod privileged {
     };
 
     use xdprobe_harness::{
+        arpwatch::{monotonic, two_holders, ArpAsker},
         traffic::{longest_gap, Pinger},
         Daemon, Lab,
     };
@@ -241,6 +243,48 @@ mod privileged {
         assert!(!addrs6(&lab, "standby").contains(VIP6));
         lab.exec("client", &["ping", "-c", "1", "-W", "1", VIP6])
             .expect("the client reaches the VIP on the primary");
+        let (status, log) = daemon.stop().expect("stop");
+        assert!(status.success(), "{log}");
+    }
+
+    #[test]
+    fn a_primary_back_with_its_ipv6_vip_shares_it_for_at_most_two_windows() {
+        let lab = lab(&[], &[VIP6_NET]);
+        let mut daemon = start(&lab, VIP6_NET, &[]);
+        lab.kill("primary").unwrap();
+        daemon
+            .wait_for_log("took over the VIP", Duration::from_secs(3))
+            .expect("claim");
+        sleep(ms(1300));
+        // A client soliciting the VIP every 5 ms, recording whose advertisements answer.
+        let asker = ArpAsker::start(&lab, "client", "2001:db8::3", VIP6, ms(5)).expect("NS asker");
+        sleep(ms(300));
+        let back = monotonic();
+        lab.revive("primary").unwrap();
+        daemon
+            .wait_for_log("yielded the VIP", Duration::from_secs(3))
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        sleep(ms(300));
+        let seen = asker.stop();
+        let (standby, primary) = (lab.mac("standby").unwrap(), lab.mac("primary").unwrap());
+        assert!(
+            seen.iter()
+                .any(|s| s.at < back && s.mac == standby && !s.gratuitous),
+            "premise: the standby answered for the VIP before: {seen:?}"
+        );
+        let overlap = two_holders(&seen, back, &standby, &primary).unwrap_or_else(|| {
+            panic!("premise: the primary never answered after coming back: {seen:?}")
+        });
+        let bound = ms(2 * WINDOW_MS + 50);
+        println!(
+            "IPv6 VIP: two holders for {overlap:?} at {WINDOW_MS} ms windows (bound {bound:?})"
+        );
+        assert!(
+            overlap <= bound,
+            "two holders for {overlap:?}\n{}",
+            daemon.log()
+        );
+        assert_eq!(seen.last().map(|s| s.mac.as_str()), Some(primary.as_str()));
         let (status, log) = daemon.stop().expect("stop");
         assert!(status.success(), "{log}");
     }

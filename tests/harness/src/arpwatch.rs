@@ -1,8 +1,9 @@
-//! A client-side view of who answers for an address: [`ArpAsker`] sends an ARP request for it
-//! every few milliseconds from a host and records every ARP frame in which a machine says it
-//! has the address (replies, gratuitous announcements: when, which MAC), so a test can see two
-//! machines answering for one VIP at once, as a client re-resolving it would, or see the VIP
-//! announced again. Also [`monotonic`], the clock its records are on.
+//! A client-side view of who answers for an address: [`ArpAsker`] sends an ARP request (for an
+//! IPv6 address: a Neighbour Solicitation) for it every few milliseconds from a host and
+//! records every frame in which a machine says it has the address (ARP replies, gratuitous
+//! announcements, Neighbour Advertisements: when, which MAC), so a test can see two machines
+//! answering for one VIP at once, as a client re-resolving it would, or see the VIP announced
+//! again. Also [`monotonic`], the clock its records are on.
 
 use std::{
     io::{BufRead as _, BufReader, Read as _},
@@ -52,14 +53,56 @@ while True:
             print('%.6f %s %s' % (time.monotonic(), f[22:28].hex(':'), g), flush=True)
 "#;
 
-/// One ARP frame in which a machine says it has the address.
+const ND_ASKER: &str = r#"
+import select, socket, struct, sys, time
+iface, me, target, every = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, iface.encode())
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
+s.bind((me, 0))
+index = socket.if_nametoindex(iface)
+mac = bytes.fromhex(open('/sys/class/net/%s/address' % iface).read().strip().replace(':', ''))
+tip = socket.inet_pton(socket.AF_INET6, target)
+group = socket.inet_ntop(socket.AF_INET6, bytes.fromhex('ff0200000000000000000001ff') + tip[13:])
+ns = struct.pack('!BBHI', 135, 0, 0, 0) + tip + struct.pack('!BB', 1, 1) + mac
+s.setblocking(False)
+print('ready', flush=True)
+due = time.monotonic()
+while True:
+    now = time.monotonic()
+    if every > 0 and now >= due:
+        s.sendto(ns, (group, 0, 0, index))
+        due = max(due + every, now)
+    elif every <= 0:
+        due = now + 1.0
+    r, _, _ = select.select([s], [], [], max(0.0, due - time.monotonic()))
+    while r:
+        try:
+            f = s.recv(256)
+        except BlockingIOError:
+            break
+        if len(f) < 24 or f[0] != 136 or f[8:24] != tip:
+            continue
+        opts, tlla = f[24:], None
+        while len(opts) >= 8 and opts[1] > 0:
+            if opts[0] == 2:
+                tlla = opts[2:8]
+            opts = opts[8 * opts[1]:]
+        if tlla is not None:
+            g = 'r' if f[4] & 0x40 else 'g'
+            print('%.6f %s %s' % (time.monotonic(), tlla.hex(':'), g), flush=True)
+"#;
+
+/// One ARP frame or Neighbour Advertisement in which a machine says it has the address.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Seen {
     /// When (monotonic seconds, see [`monotonic`]).
     pub at: f64,
-    /// The MAC it gave for the address (the ARP sender MAC).
+    /// The MAC it gave for the address (the ARP sender MAC, the NA's target link-layer
+    /// address).
     pub mac: String,
-    /// A gratuitous announcement (target IP = sender IP), not an answer to a request.
+    /// A gratuitous announcement (ARP: target IP = sender IP; NDP: Solicited clear), not an
+    /// answer to a request.
     pub gratuitous: bool,
 }
 
@@ -80,8 +123,13 @@ impl ArpAsker {
         target: &str,
         every: Duration,
     ) -> anyhow::Result<Self> {
+        let script = if target.contains(':') {
+            ND_ASKER
+        } else {
+            ASKER
+        };
         let mut child = Command::new("ip")
-            .args(["netns", "exec", &lab.ns(host), PYTHON, "-c", ASKER])
+            .args(["netns", "exec", &lab.ns(host), PYTHON, "-c", script])
             .args(["eth0", me, target, &every.as_secs_f64().to_string()])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
