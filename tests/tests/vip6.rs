@@ -354,6 +354,37 @@ mod privileged {
     }
 
     #[test]
+    fn a_restart_with_half_a_dual_stack_vip_adopts_it_and_puts_the_other_half_back() {
+        // The standby held both, the primary is dead; the IPv6 half went while xdprobe was
+        // not running.
+        let lab = lab(&[], &[]);
+        lab.ip(
+            "standby",
+            &["addr", "add", VIP4_NET, "dev", "eth0", "label", "eth0:1"],
+        )
+        .unwrap();
+        lab.kill("primary").unwrap();
+        let both = format!("{VIP4_NET},{VIP6_NET}");
+        let window = format!("{WINDOW_MS}ms");
+        #[rustfmt::skip]
+        let args = ["run", "--iface", "eth0", "--watch", "192.0.2.1", "--vip", &both,
+                    "--window", &window];
+        let mut daemon = Daemon::start(&lab.ns("standby"), &args).expect("starting xdprobe");
+        daemon
+            .wait_for_log("adopting it", Duration::from_secs(3))
+            .expect("adopted");
+        daemon
+            .wait_for_log("was missing: put it back", Duration::from_secs(1))
+            .expect("the missing half put back");
+        assert!(addrs6(&lab, "standby").contains(VIP6_NET));
+        sleep(ms(4 * WINDOW_MS));
+        let (status, log) = daemon.stop().expect("stop");
+        assert!(status.success(), "{log}");
+        assert!(!log.contains("took over"), "{log}");
+        assert_eq!(lab.addrs("standby").unwrap().matches(VIP4_NET).count(), 1);
+    }
+
+    #[test]
     fn an_ipv4_and_an_ipv6_vip_of_one_group_move_together() {
         let both = format!("{VIP4_NET},{VIP6_NET}");
         let lab = lab(&[], &[VIP4_NET, VIP6_NET]);

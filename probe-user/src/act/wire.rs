@@ -53,11 +53,7 @@ impl Wire {
     pub fn announce(&self, addrs: Addrs, mac: [u8; 6]) -> io::Result<()> {
         let v4 = addrs.v4.map(|ip| self.arp.announce(ip, mac));
         let v6 = addrs.v6.map(|target| {
-            let source = if mac == self.mac() {
-                target
-            } else {
-                ndp::link_local(&self.iface).unwrap_or(target)
-            };
+            let source = na_source(target, mac == self.mac(), || ndp::link_local(&self.iface));
             let router = ndp::forwarding(&self.iface);
             let na = NdpPacket::unsolicited(self.mac(), source, target, mac, router);
             retry_once_if_down(|| self.ndp.send(&na))
@@ -82,6 +78,21 @@ impl Wire {
         };
         let (v4, v6) = tokio::join!(arp, ndp);
         Ok(v4?.or(v6?))
+    }
+}
+
+/// The source of an advertisement for `target`: the VIP itself when we announce it as ours
+/// (an address of the interface), else (announcing it for its holder, when it is no longer
+/// ours) our link-local address, or the VIP if we have none.
+fn na_source(
+    target: Ipv6Addr,
+    ours: bool,
+    link_local: impl FnOnce() -> Option<Ipv6Addr>,
+) -> Ipv6Addr {
+    if ours {
+        target
+    } else {
+        link_local().unwrap_or(target)
     }
 }
 
@@ -142,6 +153,15 @@ fn retry_once_if_down(mut send: impl FnMut() -> io::Result<()>) -> io::Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn advertisements_come_from_the_vip_when_ours_else_from_our_link_local() {
+        let vip: Ipv6Addr = "2001:db8::100".parse().unwrap();
+        let ll: Ipv6Addr = "fe80::1".parse().unwrap();
+        assert_eq!(na_source(vip, true, || Some(ll)), vip);
+        assert_eq!(na_source(vip, false, || Some(ll)), ll);
+        assert_eq!(na_source(vip, false, || None), vip);
+    }
 
     #[test]
     fn a_pending_enetdown_is_tried_once_more() {

@@ -195,6 +195,16 @@ impl Failover {
             info!(vip = %self.vip.net(), iface = %self.site.iface, "VIP already on this interface: adopting it");
             run.policy.adopt(run.now());
             self.publish(|g| g.holding = true);
+            // One address of a dual-stack VIP may have gone while we were not running.
+            match self.vip.add().await {
+                Ok(Added::Now) => {
+                    warn!(vip = %self.vip.net(), "an address of the adopted VIP was missing: put it back")
+                }
+                Ok(Added::AlreadyPresent) => {}
+                Err(e) => {
+                    error!(vip = %self.vip.net(), error = %format!("{e:#}"), "completing the adopted VIP FAILED")
+                }
+            }
             run.announcer = self
                 .settings
                 .garp
