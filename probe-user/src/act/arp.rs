@@ -212,6 +212,19 @@ pub fn claims(p: &ArpPacket, ip: Ipv4Addr, own_mac: [u8; 6]) -> Option<[u8; 6]> 
     (uses || probes_for).then_some(p.sender_mac)
 }
 
+/// The MAC of another machine that `p` shows answering for, or announcing, `ip` (its sender
+/// IP is `ip`): what a holder of `ip` watches for, since two holders on the wire means
+/// clients get one or the other at random. Unlike [`claims`], another host's *probe* for `ip`
+/// (sender 0.0.0.0) does not count: a standby checking before it claims holds nothing, and
+/// our kernel's answer to it keeps it from claiming. Our own frames (sender MAC or Ethernet
+/// source ours, as in our announcements for another MAC) never count.
+pub fn answers_for(p: &ArpPacket, ip: Ipv4Addr, own_mac: [u8; 6]) -> Option<[u8; 6]> {
+    if p.sender_mac == own_mac || p.eth_src == own_mac || ip.is_unspecified() {
+        return None;
+    }
+    (p.sender_ip == ip).then_some(p.sender_mac)
+}
+
 /// A raw `AF_PACKET` socket receiving and sending ARP frames on one interface.
 ///
 /// It lives in the network namespace of the thread that opened it, whatever thread uses it
@@ -256,6 +269,15 @@ impl ArpSocket {
     /// Sends `packet` out of the interface as is (the Ethernet header is part of it).
     /// Does not wait: a full send buffer comes back as `WouldBlock`.
     pub fn send(&self, packet: &ArpPacket) -> io::Result<()> {
+        match self.send_once(packet) {
+            // A link that went down leaves ENETDOWN pending on the socket, and the kernel
+            // reports it on the next send, even once the link is up again: try once more.
+            Err(e) if e.raw_os_error() == Some(libc::ENETDOWN) => self.send_once(packet),
+            result => result,
+        }
+    }
+
+    fn send_once(&self, packet: &ArpPacket) -> io::Result<()> {
         let frame = packet.to_frame();
         let to = link_address(self.ifindex, packet.eth_dst);
         let sent = retry_interrupted(|| {
@@ -310,6 +332,42 @@ impl ArpSocket {
         self.listen(ip, wait).await
     }
 
+    /// While we hold `ip`: sends an RFC 5227 probe for it every `every` (the first at once),
+    /// which whoever else has the address answers, and reads every ARP frame meanwhile, until
+    /// one shows another machine answering for or announcing `ip` (see [`answers_for`]);
+    /// returns its MAC. A failed send (the link is down) is skipped: the next one may work.
+    pub async fn guard(&self, ip: Ipv4Addr, every: Duration) -> io::Result<[u8; 6]> {
+        self.drain()?;
+        let mut probes = tokio::time::interval(every);
+        probes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut buf = [0u8; RECV_BUF_LEN];
+        loop {
+            tokio::select! {
+                _ = probes.tick() => {
+                    let _ = self.send(&ArpPacket::probe(ip, self.mac));
+                }
+                received = self.recv(&mut buf) => {
+                    let (len, pkttype) = match received {
+                        Ok(frame) => frame,
+                        // The link went down (reported once): frames come again once it is up.
+                        Err(e) if e.raw_os_error() == Some(libc::ENETDOWN) => continue,
+                        Err(e) => return Err(e),
+                    };
+                    if pkttype == libc::PACKET_OUTGOING {
+                        continue;
+                    }
+                    let holder = buf
+                        .get(..len)
+                        .and_then(ArpPacket::parse)
+                        .and_then(|p| answers_for(&p, ip, self.mac));
+                    if let Some(mac) = holder {
+                        return Ok(mac);
+                    }
+                }
+            }
+        }
+    }
+
     fn raw_fd(&self) -> RawFd {
         self.fd.get_ref().as_raw_fd()
     }
@@ -321,6 +379,8 @@ impl ArpSocket {
             match recv_frame(self.fd.get_ref(), &mut buf) {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                // A link that went down is reported once on the socket; nothing to drain.
+                Err(e) if e.raw_os_error() == Some(libc::ENETDOWN) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -686,6 +746,58 @@ mod tests {
             target_ip: VIP,
         };
         assert_eq!(claims(&asking, VIP, MAC_A), None);
+    }
+
+    #[test]
+    fn answers_for_counts_replies_and_announcements_from_another_mac_only() {
+        let reply = ArpPacket {
+            op: Op::Reply,
+            eth_src: MAC_B,
+            eth_dst: MAC_A,
+            sender_mac: MAC_B,
+            sender_ip: VIP,
+            target_mac: MAC_A,
+            target_ip: Ipv4Addr::UNSPECIFIED,
+        };
+        assert_eq!(answers_for(&reply, VIP, MAC_A), Some(MAC_B));
+        for op in [Op::Request, Op::Reply] {
+            let announcement = ArpPacket::gratuitous(op, VIP, MAC_B);
+            assert_eq!(
+                answers_for(&announcement, VIP, MAC_A),
+                Some(MAC_B),
+                "{op:?}"
+            );
+        }
+        // Our own frames: our probe, our announcements, and the ones we send for another MAC
+        // (on release) with our Ethernet source.
+        for p in all_kinds() {
+            assert_eq!(answers_for(&p, VIP, MAC_A), None, "{p:?}");
+        }
+        let for_the_primary = ArpPacket {
+            eth_src: MAC_A,
+            ..ArpPacket::gratuitous(Op::Request, VIP, MAC_B)
+        };
+        assert_eq!(answers_for(&for_the_primary, VIP, MAC_A), None);
+    }
+
+    #[test]
+    fn answers_for_ignores_probes_and_requests_for_the_vip() {
+        // Another standby checking before it claims is not a holder.
+        assert_eq!(answers_for(&ArpPacket::probe(VIP, MAC_B), VIP, MAC_A), None);
+        let asking = ArpPacket {
+            op: Op::Request,
+            eth_src: MAC_B,
+            eth_dst: BROADCAST_MAC,
+            sender_mac: MAC_B,
+            sender_ip: Ipv4Addr::new(192, 0, 2, 3),
+            target_mac: ZERO_MAC,
+            target_ip: VIP,
+        };
+        assert_eq!(answers_for(&asking, VIP, MAC_A), None);
+        let other = ArpPacket::gratuitous(Op::Reply, Ipv4Addr::new(192, 0, 2, 7), MAC_B);
+        assert_eq!(answers_for(&other, VIP, MAC_A), None);
+        let any = ArpPacket::gratuitous(Op::Reply, Ipv4Addr::UNSPECIFIED, MAC_B);
+        assert_eq!(answers_for(&any, Ipv4Addr::UNSPECIFIED, MAC_A), None);
     }
 
     #[test]

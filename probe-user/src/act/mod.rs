@@ -1,15 +1,14 @@
 //! Acting on the network and telling people: the VIP over rtnetlink, ARP and IPv6 neighbour
 //! discovery (over a raw link-layer socket), the failover task, hooks, mail and DNS pools.
 
+pub mod addrwatch;
 pub mod arp;
 pub mod backoff;
 pub mod dns;
 pub mod failover;
 pub mod hooks;
-// Used by the IPv6 VIPs of failover, which land after the VIP-side changes to failover.
-#[allow(dead_code)]
 pub mod link;
 pub mod mail;
-#[allow(dead_code)]
 pub mod ndp;
 pub mod vip;
+pub mod wire;

@@ -317,24 +317,6 @@ impl NdpSocket {
         self.link.send(&packet.to_frame(), packet.eth_dst)
     }
 
-    /// An unsolicited advertisement that `target` is at `mac` (ours, or the holder's when
-    /// giving a VIP back), from `source`.
-    pub fn announce(
-        &self,
-        source: Ipv6Addr,
-        target: Ipv6Addr,
-        mac: [u8; 6],
-        router: bool,
-    ) -> io::Result<()> {
-        self.send(&NdpPacket::unsolicited(
-            self.mac(),
-            source,
-            target,
-            mac,
-            router,
-        ))
-    }
-
     /// Sends one DAD-style solicitation for `ip` and waits up to `wait` for another machine
     /// to claim it (see [`claims`]); returns its MAC. Frames queued before are discarded, so
     /// only answers to this probe count. A zero `wait` returns `None` without sending.

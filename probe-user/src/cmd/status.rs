@@ -155,6 +155,8 @@ mod tests {
                 holding: false,
                 claims: 0,
                 releases: 0,
+                yields: 0,
+                restored: 0,
             }],
             dns: vec![DnsStatus {
                 name: "www.example.test.".into(),

@@ -3,13 +3,13 @@
 
 use std::{net::IpAddr, path::Path, time::Duration};
 
-use ipnet::Ipv4Net;
 use serde::Deserialize;
 
 use crate::config::{
     dns::DnsFileConfig,
     error::SettingsError,
     flags::{Failback, OnExit},
+    vips::Vips,
 };
 
 /// The default config file, read when `--config` is not given and it exists.
@@ -21,7 +21,7 @@ pub const DEFAULT_CONFIG: &str = "/etc/xdprobe/xdprobe.toml";
 pub struct FileConfig {
     pub iface: Option<String>,
     pub watch: Option<IpAddr>,
-    pub vip: Option<Ipv4Net>,
+    pub vip: Option<Vips>,
     pub label: Option<String>,
     /// More failover groups, each `[[group]]` with its own watch, vip and label.
     pub group: Option<Vec<GroupFile>>,
@@ -74,7 +74,7 @@ pub struct FileConfig {
 #[serde(deny_unknown_fields)]
 pub struct GroupFile {
     pub watch: Option<IpAddr>,
-    pub vip: Option<Ipv4Net>,
+    pub vip: Option<Vips>,
     pub label: Option<String>,
 }
 

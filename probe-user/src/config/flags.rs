@@ -4,7 +4,8 @@
 use std::{net::IpAddr, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand};
-use ipnet::Ipv4Net;
+
+use crate::config::vips::Vips;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -162,9 +163,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "ADDR")]
     pub watch: Option<IpAddr>,
 
-    /// Virtual IP to take over, with its prefix length (e.g. 192.0.2.100/24).
-    #[arg(long, value_name = "ADDR/PREFIX")]
-    pub vip: Option<Ipv4Net>,
+    /// Virtual IP to take over, with its prefix length (e.g. 192.0.2.100/24 or
+    /// 2001:db8::100/64), or one IPv4 and one IPv6 moved together, comma-separated.
+    #[arg(long, value_name = "ADDR/PREFIX[,ADDR/PREFIX]")]
+    pub vip: Option<Vips>,
 
     /// Label of the VIP alias [default: <iface>:1].
     #[arg(long, value_name = "LABEL")]
@@ -191,7 +193,8 @@ pub struct RunArgs {
     pub witnesses: Vec<IpAddr>,
 
     /// When the primary is back: `release` the VIP (and announce it for the primary) or `keep` it
-    /// [default: release].
+    /// [default: release]. Either way the VIP is given up at once if another machine answers
+    /// for it while we hold it (never two holders); with `keep` that is reported as a conflict.
     #[arg(long, value_name = "POLICY")]
     pub failback: Option<Failback>,
 

@@ -12,3 +12,4 @@ pub mod load;
 pub mod mail;
 pub mod settings;
 pub mod timing;
+pub mod vips;

@@ -6,8 +6,6 @@
 
 use std::{borrow::Cow, net::IpAddr, time::Duration};
 
-use ipnet::Ipv4Net;
-
 use crate::config::{
     dns::PoolConfig,
     error::{bounded, SettingsError},
@@ -17,6 +15,7 @@ use crate::config::{
     hooks::Hooks,
     mail::MailSettings,
     timing::Timing,
+    vips::Vips,
 };
 
 pub const DEFAULT_HOLD_DOWN: Duration = Duration::from_secs(10);
@@ -46,7 +45,8 @@ pub struct Garp {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Group {
     pub watch: IpAddr,
-    pub vip: Ipv4Net,
+    /// One IPv4 or IPv6 VIP, or one of each (moved together).
+    pub vip: Vips,
     pub label: String,
 }
 
@@ -144,7 +144,7 @@ fn resolve_groups(
     let mut specs: Vec<(String, GroupFile)> = Vec::new();
     let (watch, vip, label) = (
         args.watch.or(file.watch),
-        args.vip.or(file.vip),
+        args.vip.clone().or(file.vip.clone()),
         args.label.clone().or(file.label.clone()),
     );
     if watch.is_some() || vip.is_some() || label.is_some() {
@@ -153,7 +153,7 @@ fn resolve_groups(
     for (i, g) in file.group.iter().flatten().enumerate() {
         let spec = GroupFile {
             watch: g.watch,
-            vip: g.vip,
+            vip: g.vip.clone(),
             label: g.label.clone(),
         };
         specs.push((format!("group[{i}]."), spec));
@@ -177,10 +177,10 @@ fn resolve_groups(
 
 /// The same VIP or label twice, or one group's VIP the other's primary.
 fn clash(a: &Group, b: &Group) -> bool {
-    a.vip.addr() == b.vip.addr()
+    a.vip.overlaps(&b.vip)
         || a.label == b.label
-        || a.watch == IpAddr::V4(b.vip.addr())
-        || b.watch == IpAddr::V4(a.vip.addr())
+        || b.vip.contains(a.watch)
+        || a.vip.contains(b.watch)
 }
 
 /// One failover group: `prefix` names where it came from in errors (`group[2].`), `n` numbers
@@ -204,19 +204,10 @@ fn resolve_group(
     let vip = spec.vip.ok_or(SettingsError::Missing {
         field: field("vip"),
     })?;
-    if IpAddr::V4(vip.addr()) == watch {
+    if vip.contains(watch) {
         return Err(SettingsError::invalid(
             field("vip"),
-            format!(
-                "{} is the watched host's own address; the VIP must be another address",
-                vip.addr()
-            ),
-        ));
-    }
-    if vip.addr().is_unspecified() || vip.addr().is_multicast() || vip.addr().is_broadcast() {
-        return Err(SettingsError::invalid(
-            field("vip"),
-            format!("{} is not a unicast address", vip.addr()),
+            format!("{watch} is the watched host's own address; the VIP must be another address"),
         ));
     }
     let label = spec.label.unwrap_or_else(|| format!("{iface}:{n}"));
@@ -296,11 +287,7 @@ fn resolve_witnesses(
         args.witnesses.clone()
     };
     for w in &witnesses {
-        if groups
-            .iter()
-            .any(|g| *w == g.watch || *w == IpAddr::V4(g.vip.addr()))
-            || !is_unicast_host(*w)
-        {
+        if groups.iter().any(|g| *w == g.watch || g.vip.contains(*w)) || !is_unicast_host(*w) {
             return Err(SettingsError::invalid(
                 "witness",
                 format!("{w} must be a unicast host other than the watched host and the VIP"),
@@ -498,7 +485,7 @@ mod tests {
             "#,
         );
         let s = Settings::resolve(&RunArgs::default(), f).unwrap();
-        assert_eq!(s.groups[0].vip.prefix_len(), 25);
+        assert_eq!(s.groups[0].vip.v4().map(|n| n.prefix_len()), Some(25));
         assert_eq!(s.groups[0].label, "eth1:vip");
         assert_eq!(s.timing.failed_windows, 3);
         let mail = s.mail.unwrap();
@@ -677,6 +664,40 @@ mod tests {
     }
 
     #[test]
+    fn a_group_may_hold_an_ipv6_vip_or_one_of_each_family() {
+        let f = file(
+            r#"
+            iface = "eth0"
+            watch = "192.0.2.1"
+            vip = ["192.0.2.100/24", "2001:db8::100/64"]
+
+            [[group]]
+            watch = "192.0.2.11"
+            vip = "2001:db8::110/64"
+            "#,
+        );
+        let s = Settings::resolve(&RunArgs::default(), f).unwrap();
+        assert_eq!(
+            s.groups[0].vip.to_string(),
+            "192.0.2.100/24,2001:db8::100/64"
+        );
+        assert_eq!(s.groups[1].vip.v4(), None);
+        assert_eq!(
+            s.groups[1].vip.v6().map(|n| n.to_string()),
+            Some("2001:db8::110/64".into())
+        );
+        // The same IPv6 VIP in two groups clashes.
+        let twice = file(
+            "iface = \"eth0\"\nwatch = \"192.0.2.1\"\nvip = \"2001:db8::100/64\"\n\
+             [[group]]\nwatch = \"192.0.2.11\"\nvip = [\"192.0.2.110/24\", \"2001:db8::100/64\"]\n",
+        );
+        assert_eq!(
+            invalid_field(Settings::resolve(&RunArgs::default(), twice)),
+            "group[0].vip"
+        );
+    }
+
+    #[test]
     fn group_errors_name_the_group_and_clashes_are_refused() {
         let bad = [
             ("[[group]]\nvip = \"192.0.2.110/24\"\n", "group[0].watch"),
@@ -692,6 +713,11 @@ mod tests {
             // Same VIP as the flags' group.
             (
                 "[[group]]\nwatch = \"192.0.2.11\"\nvip = \"192.0.2.100/24\"\n",
+                "group[0].vip",
+            ),
+            // ... also as one of a pair.
+            (
+                "[[group]]\nwatch = \"192.0.2.11\"\nvip = [\"2001:db8::110/64\", \"192.0.2.100/24\"]\n",
                 "group[0].vip",
             ),
         ];

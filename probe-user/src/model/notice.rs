@@ -1,5 +1,5 @@
 //! The notices mailed to the operator, composed from the facts (pure): takeover, recovery,
-//! release, conflict, isolation and start.
+//! release, conflict, isolation and start; a VIP yielded to another holder, or put back.
 
 use std::{
     net::IpAddr,
@@ -157,6 +157,62 @@ pub fn start_notice(watch: IpAddr, takeover: &Site, holding: bool) -> Notice {
     }
 }
 
+/// We held the VIP and another machine (`holder`) answered for it: we gave it up at once.
+/// `keep`: `failback = keep` asked us to keep it, so this is a conflict, not a failback.
+pub fn yield_notice(
+    watch: impl std::fmt::Display,
+    site: &Site,
+    at: SystemTime,
+    holder: &str,
+    keep: bool,
+) -> Notice {
+    let why = if keep {
+        "failback = keep keeps the virtual IP only while nobody else answers for it: two \
+         machines answering for one address split its clients at random. Find out why the \
+         primary (or another machine) brought the address up."
+    } else {
+        "This is the failback, early: the hold-down delays giving the address back to a \
+         primary that merely answers ping again, not to one that already answers for it."
+    };
+    Notice {
+        subject: format!(
+            "xdprobe: {} answered for {} held by {}: given up",
+            holder, site.vip, site.node
+        ),
+        body: format!(
+            "At {when} another machine ({holder}) answered ARP for the virtual IP {vip} while \
+             {node} held it on {iface} (primary {watch}).\n{node} removed it at once and \
+             announced it for {holder}.\n{why}\n",
+            when = humantime::format_rfc3339_millis(at),
+            vip = site.vip,
+            node = site.node,
+            iface = site.iface,
+        ),
+    }
+}
+
+/// The VIP we hold was found gone from the interface (removed by another tool or a person, or
+/// flushed with the link) and was put back.
+pub fn restore_notice(watch: impl std::fmt::Display, site: &Site, at: SystemTime) -> Notice {
+    Notice {
+        subject: format!(
+            "xdprobe: {} was removed from {} and put back",
+            site.vip, site.node
+        ),
+        body: format!(
+            "At {when} the virtual IP {vip}, which {node} holds for {watch}, disappeared from \
+             {iface} (removed by someone else, or flushed when the link went down).\n\
+             {node} added it back (label {label}) and announced it again. Find out what removed \
+             it: xdprobe puts it back every time while it holds it.\n",
+            when = humantime::format_rfc3339_millis(at),
+            vip = site.vip,
+            node = site.node,
+            iface = site.iface,
+            label = site.label,
+        ),
+    }
+}
+
 fn round_ms(d: Duration) -> Duration {
     Duration::from_millis(d.as_millis() as u64)
 }
@@ -269,6 +325,31 @@ mod tests {
         );
         let n = recovery_notice(&e, &site(), false, None);
         assert!(n.body.contains("does not hold"), "{}", n.body);
+    }
+
+    #[test]
+    fn restore_notice_says_what_was_put_back_where() {
+        let n = restore_notice("192.0.2.1", &site(), SystemTime::UNIX_EPOCH);
+        assert!(
+            n.subject.contains("192.0.2.100/24 was removed from"),
+            "{n:?}"
+        );
+        assert!(n.body.contains("disappeared from eth0"), "{n:?}");
+        assert!(n.body.contains("(label eth0:1)"), "{n:?}");
+    }
+
+    #[test]
+    fn yield_notice_names_the_holder_and_what_keep_means() {
+        let at = SystemTime::UNIX_EPOCH;
+        let keep = yield_notice("192.0.2.1", &site(), at, "02:00:00:00:00:01", true);
+        assert!(
+            keep.subject
+                .contains("02:00:00:00:00:01 answered for 192.0.2.100/24"),
+            "{keep:?}"
+        );
+        assert!(keep.body.contains("failback = keep keeps"), "{keep:?}");
+        let release = yield_notice("192.0.2.1", &site(), at, "02:00:00:00:00:01", false);
+        assert!(release.body.contains("failback, early"), "{release:?}");
     }
 
     #[test]

@@ -50,6 +50,12 @@ pub struct GroupStatus {
     pub holding: bool,
     pub claims: u64,
     pub releases: u64,
+    /// Times we gave the VIP up because another machine answered for it while we held it.
+    #[serde(default)]
+    pub yields: u64,
+    /// Times a held VIP was found gone (removed by someone else) and put back.
+    #[serde(default)]
+    pub restored: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

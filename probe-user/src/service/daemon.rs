@@ -15,9 +15,9 @@ use tracing::{error, info};
 
 use crate::{
     act::{
-        arp::ArpSocket,
         dns::{DnsPool, Start},
         mail::Notifier,
+        wire::Wire,
     },
     config::{
         dns::PoolConfig,
@@ -36,7 +36,7 @@ use crate::{
     service::{
         dispatch::dispatch,
         endpoint::{Endpoint, ReloadRequest},
-        groups::{Common, Groups, Route},
+        groups::{refuse_own_addresses, Common, Groups, Route},
         logging::LogLevel,
         pools::Pools,
         reload::Reloader,
@@ -67,7 +67,7 @@ struct Plan {
 struct Link {
     xdp: XdpProbe,
     sender: Sender,
-    arp: Arc<ArpSocket>,
+    wire: Arc<Wire>,
 }
 
 /// The daemon's long-lived tasks.
@@ -89,7 +89,7 @@ pub async fn run(args: RunArgs, log: LogLevel) -> Result<(), Failure> {
     let link = Link {
         xdp: attach_xdp(&plan.hosts, plan.capacity, true, &s.iface, s.debug)?,
         sender: Sender::open(&s.iface).system()?,
-        arp: Arc::new(ArpSocket::open(&s.iface).system()?),
+        wire: Arc::new(Wire::open(&s.iface).system()?),
     };
     let tasks = start_tasks(plan, link, args, log, hangup, &shutdown).await?;
     // systemd (Type=notify): we are up; the dispatcher pings the watchdog once per window.
@@ -121,7 +121,7 @@ async fn start_tasks(
         iface: s.iface.clone(),
         index: plan.index,
         node: node_name(),
-        arp: link.arp,
+        wire: link.wire,
         notifier: plan.notifier.clone(),
         hooks: hooks_rx.clone(),
         timing: timing_rx,
@@ -203,6 +203,13 @@ async fn prepare(
     log.apply(&settings.log_level).map_err(Failure::Usage)?;
     let index = interface_index(&settings.iface)?;
     require_capabilities()?;
+    // Before anything is set up: a refused VIP leaves nothing behind.
+    refuse_own_addresses(&settings.iface, index, &settings.groups)
+        .await
+        .map_err(|e| match e {
+            Ok(not_a_vip) => Failure::Usage(not_a_vip.into()),
+            Err(e) => Failure::System(e),
+        })?;
     let notifier =
         Notifier::start(settings.mail.clone(), shutdown.clone()).map_err(Failure::Usage)?;
     let monitored = monitored_hosts(&settings.monitor, settings.family).await?;

@@ -13,7 +13,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::{
-    act::{arp::ArpSocket, failover::Failover, mail::Notifier, vip::Vip},
+    act::{
+        failover::Failover,
+        mail::Notifier,
+        vip::{self, Vip},
+        wire::Wire,
+    },
     config::{
         hooks::Hooks,
         settings::{FailoverSettings, Group},
@@ -38,7 +43,7 @@ pub struct Common {
     pub iface: String,
     pub index: u32,
     pub node: String,
-    pub arp: Arc<ArpSocket>,
+    pub wire: Arc<Wire>,
     pub notifier: Notifier,
     pub hooks: watch::Receiver<Hooks>,
     pub timing: watch::Receiver<Timing>,
@@ -87,6 +92,17 @@ impl Groups {
         Ok(())
     }
 
+    /// Refuses a reload that would start a group whose VIP is one of the host's own
+    /// addresses (see [`refuse_own_addresses`]); the reason as the reload's outcome.
+    pub async fn refuse_own_addresses(&self, starting: &[Group]) -> Result<(), String> {
+        refuse_own_addresses(&self.common.iface, self.common.index, starting)
+            .await
+            .map_err(|e| match e {
+                Ok(not_a_vip) => not_a_vip.to_string(),
+                Err(e) => format!("{e:#}"),
+            })
+    }
+
     /// The failover settings all groups run with.
     pub fn settings(&self) -> &FailoverSettings {
         &self.common.settings
@@ -117,7 +133,7 @@ impl Groups {
 
     /// The group's VIP, with its own rtnetlink connection.
     fn vip(&self, group: &Group) -> anyhow::Result<Vip> {
-        Vip::new(self.common.index, group.vip, group.label.clone())
+        Vip::new(self.common.index, group.vip.clone(), group.label.clone())
     }
 
     fn spawn(&mut self, group: &Group, vip: Vip, handed_over: bool) {
@@ -132,6 +148,8 @@ impl Groups {
                     holding: false,
                     claims: 0,
                     releases: 0,
+                    yields: 0,
+                    restored: 0,
                 });
             }
         });
@@ -145,7 +163,7 @@ impl Groups {
                 node: c.node.clone(),
             },
             vip,
-            arp: Arc::clone(&c.arp),
+            wire: Arc::clone(&c.wire),
             notifier: c.notifier.clone(),
             hooks: c.hooks.clone(),
             settings: c.settings.clone(),
@@ -201,6 +219,27 @@ impl Groups {
         let routes = self.running.iter().map(|r| r.route.clone()).collect();
         self.routes.send_replace(routes);
     }
+}
+
+/// Refuses `groups` whose VIP is one of the host's own addresses (on another interface, or
+/// `iface`'s own address): a failback or `on_exit = "release"` would delete it. A VIP already
+/// on `iface` that looks like one we added is fine (it is adopted). `Err(Ok(reason))`: bad
+/// config; `Err(Err(e))`: the addresses could not be listed.
+pub async fn refuse_own_addresses(
+    iface: &str,
+    index: u32,
+    groups: &[Group],
+) -> Result<(), Result<vip::NotAVip, anyhow::Error>> {
+    if groups.is_empty() {
+        return Ok(());
+    }
+    let listed = vip::listed().await.map_err(Err)?;
+    for group in groups {
+        for addr in group.vip.addrs() {
+            vip::ownership(addr, index, iface, &group.label, &listed).map_err(Ok)?;
+        }
+    }
+    Ok(())
 }
 
 /// Going from the `running` groups to `wanted`: the groups to start and the groups to stop.

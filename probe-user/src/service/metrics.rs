@@ -68,11 +68,13 @@ fn register_hosts(registry: &mut Registry, hosts: &[HostStatus]) {
     registry.register("host_replies", "Valid replies counted in XDP", replies);
 }
 
-/// Per failover group: VIP held, claims, releases.
+/// Per failover group: VIP held, claims, releases, yields, restores.
 fn register_groups(registry: &mut Registry, groups: &[GroupStatus]) {
     let holding = Family::<GroupLabels, Gauge>::default();
     let claims = Family::<GroupLabels, Counter>::default();
     let releases = Family::<GroupLabels, Counter>::default();
+    let yields = Family::<GroupLabels, Counter>::default();
+    let restored = Family::<GroupLabels, Counter>::default();
     for g in groups {
         let l = GroupLabels {
             vip: g.vip.clone(),
@@ -81,6 +83,8 @@ fn register_groups(registry: &mut Registry, groups: &[GroupStatus]) {
         holding.get_or_create(&l).set(i64::from(g.holding));
         claims.get_or_create(&l).inc_by(g.claims);
         releases.get_or_create(&l).inc_by(g.releases);
+        yields.get_or_create(&l).inc_by(g.yields);
+        restored.get_or_create(&l).inc_by(g.restored);
     }
     registry.register(
         "group_vip_held",
@@ -89,6 +93,16 @@ fn register_groups(registry: &mut Registry, groups: &[GroupStatus]) {
     );
     registry.register("group_claims", "Times the VIP was taken", claims);
     registry.register("group_releases", "Times the VIP was given back", releases);
+    registry.register(
+        "group_yields",
+        "Times the VIP was given up because another machine answered for it while held",
+        yields,
+    );
+    registry.register(
+        "group_vip_restored",
+        "Times a held VIP removed by someone else (or flushed) was put back",
+        restored,
+    );
 }
 
 /// Per DNS pool: in sync, failures, records.
@@ -186,6 +200,8 @@ mod tests {
                 holding: true,
                 claims: 1,
                 releases: 0,
+                yields: 2,
+                restored: 3,
             }],
             dns: vec![DnsStatus {
                 name: "www.example.test.".into(),
@@ -206,6 +222,8 @@ mod tests {
             "xdprobe_host_rtt_seconds{host=\"192.0.2.1\"} 0.0005",
             "xdprobe_group_vip_held{vip=\"192.0.2.100/24\",watch=\"192.0.2.1\"} 1",
             "xdprobe_group_claims_total{vip=\"192.0.2.100/24\",watch=\"192.0.2.1\"} 1",
+            "xdprobe_group_yields_total{vip=\"192.0.2.100/24\",watch=\"192.0.2.1\"} 2",
+            "xdprobe_group_vip_restored_total{vip=\"192.0.2.100/24\",watch=\"192.0.2.1\"} 3",
             "xdprobe_windows_total 42",
             "xdprobe_late_rounds_total 1",
             "xdprobe_reloads_total 2",

@@ -139,6 +139,10 @@ impl Reloader {
                 fixed.join(", ")
             ));
         }
+        // A group this reload starts must not manage one of our own addresses (the groups
+        // that keep running hold their VIPs already).
+        let (starting, _) = groups::changes(&self.groups.groups(), &new.groups);
+        self.groups.refuse_own_addresses(&starting).await?;
         let (hosts, roles) = self.hosts_of(&new).await?;
         let mut undo = Undo::default();
         match self.apply(&new, &hosts, roles, &mut undo, shutdown).await {

@@ -8,6 +8,8 @@
 //! - [`smtp`] and [`bind`]: real mail and DNS servers (aiosmtpd, BIND 9) inside a namespace.
 //! - [`traffic`]: ping, forged replies, packet loss, a flapping link; [`insider`]: a probed
 //!   host that turns the probes it receives into replies from the primary.
+//! - [`arpwatch`]: a client asking who has the VIP every few milliseconds, recording who
+//!   answers (two holders at once).
 //! - [`load`]: busy cores that report the CPU time they got.
 //! - [`responder`]: an ICMP echo responder that answers after a delay per address (this
 //!   kernel has no netem); [`far`]: the lab of far hosts it serves, and reading `ping`.
@@ -17,6 +19,7 @@
 //!
 //! Only TEST-NET and benchmarking addresses are used, only inside namespaces the harness made.
 
+pub mod arpwatch;
 pub mod bind;
 pub mod cmd;
 pub mod daemon;

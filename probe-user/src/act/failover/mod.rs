@@ -1,11 +1,15 @@
 //! The failover task: turns the prober's reports into decisions ([`policy`]) and carries them
-//! out: the VIP over rtnetlink, gratuitous ARP, hooks and notices. Nothing here waits on a hook
-//! or on the mail; ARP conflict checks run in their own tasks.
+//! out: the VIP over rtnetlink, gratuitous ARP, hooks and notices. While it holds the VIP it
+//! guards it: against another holder on the wire ([`guard`]) and against the VIP being removed
+//! ([`restore`]). Nothing here waits on a hook or on the mail; ARP conflict checks and the
+//! wire guard run in their own tasks.
 
+mod guard;
 pub mod policy;
+mod restore;
 
 use std::{
-    net::{IpAddr, Ipv4Addr},
+    net::IpAddr,
     sync::Arc,
     time::{Duration, SystemTime},
 };
@@ -18,13 +22,16 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use self::policy::{Action, Policy, PolicyConfig};
+use self::{
+    policy::{Action, Policy, PolicyConfig},
+    restore::next_event,
+};
 use crate::{
     act::{
-        arp::ArpSocket,
         hooks::{fire, HookFacts},
         mail::Notifier,
         vip::{Added, Vip},
+        wire::{Addrs, Wire},
     },
     config::{
         flags::OnExit,
@@ -60,7 +67,8 @@ pub struct Failover {
     pub watch: IpAddr,
     pub site: Site,
     pub vip: Vip,
-    pub arp: Arc<ArpSocket>,
+    /// ARP and NDP on the interface.
+    pub wire: Arc<Wire>,
     pub notifier: Notifier,
     /// The hooks, which a reload may change.
     pub hooks: watch::Receiver<Hooks>,
@@ -83,7 +91,11 @@ struct Run {
     window: u32,
     /// Gratuitous ARP repeats and refreshes while we hold the VIP.
     announcer: Option<JoinHandle<()>>,
+    /// While we hold the VIP: watches the wire for another machine answering for it.
+    wire_guard: Option<JoinHandle<()>>,
     checks: mpsc::UnboundedSender<Option<[u8; 6]>>,
+    /// Where the wire guard reports the MAC of another holder.
+    holders: mpsc::UnboundedSender<[u8; 6]>,
     claim_failure_reported: bool,
     /// The primary's last DOWN, for the takeover notice when the claim comes later (after an
     /// ARP conflict check that was not done yet when the DOWN arrived).
@@ -112,10 +124,12 @@ impl Failover {
         shutdown: CancellationToken,
     ) {
         let (checks, mut check_results) = mpsc::unbounded_channel();
+        let (holders, mut other_holders) = mpsc::unbounded_channel();
         let timing = *self.timing.borrow_and_update();
-        let mut run = self.begin(&timing, checks);
+        let mut run = self.begin(&timing, checks, holders);
         self.adopt(&mut run).await;
         let mut tick = ticker(&timing);
+        let mut net = self.watch_net();
         let stop = loop {
             let (actions, event) = tokio::select! {
                 _ = shutdown.cancelled() => break Stop::Shutdown,
@@ -125,6 +139,10 @@ impl Failover {
                     None => break Stop::Shutdown,
                 },
                 Some(holder) = check_results.recv() => (self.on_check(&mut run, holder), None),
+                Some(holder) = other_holders.recv() => {
+                    (run.policy.holder_seen(holder, run.now()), None)
+                }
+                Some(event) = next_event(&mut net) => (self.on_net(&mut run, event), None),
                 _ = tick.tick() => (run.policy.tick(run.now()), None),
                 Ok(()) = self.timing.changed() => {
                     tick = self.retime(&mut run);
@@ -139,7 +157,12 @@ impl Failover {
     }
 
     /// The loop's state at the start: the policy with our settings, nothing held yet.
-    fn begin(&self, timing: &Timing, checks: mpsc::UnboundedSender<Option<[u8; 6]>>) -> Run {
+    fn begin(
+        &self,
+        timing: &Timing,
+        checks: mpsc::UnboundedSender<Option<[u8; 6]>>,
+        holders: mpsc::UnboundedSender<[u8; 6]>,
+    ) -> Run {
         Run {
             policy: Policy::new(PolicyConfig {
                 failback: self.settings.failback,
@@ -150,7 +173,9 @@ impl Failover {
             start: Instant::now(),
             window: 0,
             announcer: None,
+            wire_guard: None,
             checks,
+            holders,
             claim_failure_reported: false,
             down: None,
         }
@@ -170,11 +195,22 @@ impl Failover {
             info!(vip = %self.vip.net(), iface = %self.site.iface, "VIP already on this interface: adopting it");
             run.policy.adopt(run.now());
             self.publish(|g| g.holding = true);
+            // One address of a dual-stack VIP may have gone while we were not running.
+            match self.vip.add().await {
+                Ok(Added::Now) => {
+                    warn!(vip = %self.vip.net(), "an address of the adopted VIP was missing: put it back")
+                }
+                Ok(Added::AlreadyPresent) => {}
+                Err(e) => {
+                    error!(vip = %self.vip.net(), error = %format!("{e:#}"), "completing the adopted VIP FAILED")
+                }
+            }
             run.announcer = self
                 .settings
                 .garp
                 .refresh
-                .map(|every| self.spawn_announcer(self.arp.mac(), 0, every));
+                .map(|every| self.spawn_announcer(self.wire.mac(), 0, every));
+            self.guard_wire(run);
         }
         if !self.quiet_start {
             self.notifier
@@ -201,14 +237,16 @@ impl Failover {
     fn retime(&mut self, run: &mut Run) -> tokio::time::Interval {
         let timing = *self.timing.borrow_and_update();
         run.policy.set_check_valid_for(check_valid_for(&timing));
+        if run.policy.holding() {
+            // The wire guard probes once a window: the new one.
+            self.guard_wire(run);
+        }
         ticker(&timing)
     }
 
     /// Stops announcing, and leaves the VIP as `on_exit` says (kept when handed over).
     async fn finish(&self, mut run: Run, stop: Stop) {
-        if let Some(announcer) = run.announcer.take() {
-            announcer.abort();
-        }
+        stop_holding_tasks(&mut run);
         let release = self.settings.on_exit == OnExit::Release;
         if stop == Stop::HandedOver || !release || !run.policy.holding() {
             return;
@@ -262,14 +300,14 @@ impl Failover {
     async fn act(&self, run: &mut Run, action: Action, event: Option<&HostEvent>) {
         match action {
             Action::CheckConflict => {
-                let (arp, vip, wait, results) = (
-                    Arc::clone(&self.arp),
-                    self.vip.net().addr(),
+                let (wire, vip, wait, results) = (
+                    Arc::clone(&self.wire),
+                    self.vip.addrs(),
                     self.settings.conflict_wait,
                     run.checks.clone(),
                 );
                 tokio::spawn(async move {
-                    let holder = arp.probe(vip, wait).await.unwrap_or_else(|error| {
+                    let holder = wire.probe(vip, wait).await.unwrap_or_else(|error| {
                         warn!(%error, "ARP conflict check failed; assuming no other holder");
                         None
                     });
@@ -278,6 +316,9 @@ impl Failover {
             }
             Action::Claim => self.claim(run, event).await,
             Action::Release => self.release(run).await,
+            Action::Yield { holder, keep } => self.yield_to(run, holder, keep).await,
+            Action::Restore { report } => self.restore(run, report).await,
+            Action::Reannounce => self.reannounce(run).await,
             Action::ReportIsolated => {
                 warn!(host = %self.watch, window = run.window, vip = %self.vip.net(), "watched host DOWN but every witness too: we are cut off; VIP not taken");
                 self.notifier.send(isolation_notice(
@@ -318,7 +359,7 @@ impl Failover {
         let outcome = match outcome {
             Ok(added) => {
                 // Tell the network at once; repeats and refreshes follow in the background.
-                if let Err(error) = self.arp.announce(self.vip.net().addr(), self.arp.mac()) {
+                if let Err(error) = self.wire.announce(self.vip.addrs(), self.wire.mac()) {
                     warn!(%error, "gratuitous ARP failed");
                 }
                 run.policy.claimed(true, run.now());
@@ -328,10 +369,11 @@ impl Failover {
                 });
                 run.claim_failure_reported = false;
                 run.announcer = Some(self.spawn_announcer(
-                    self.arp.mac(),
+                    self.wire.mac(),
                     self.settings.garp.count,
                     self.settings.garp.refresh.unwrap_or(Duration::ZERO),
                 ));
+                self.guard_wire(run);
                 info!(
                     host = %self.watch,
                     window = run.window,
@@ -365,11 +407,13 @@ impl Failover {
     }
 
     async fn release(&self, run: &mut Run) {
-        if let Some(announcer) = run.announcer.take() {
-            announcer.abort();
-        }
+        stop_holding_tasks(run);
         match self.vip.remove().await {
             Ok(removed) => {
+                self.publish(|g| {
+                    g.holding = false;
+                    g.releases += 1;
+                });
                 info!(host = %self.watch, window = run.window, vip = %self.vip.net(), removed, "released the VIP")
             }
             Err(e) => {
@@ -380,17 +424,18 @@ impl Failover {
         self.fire(HookEvent::Release, self.watch, State::Up, run.window);
         // Say so on the wire: find who answers for the VIP now (the primary) and announce it
         // for them, so neighbour caches move back without waiting for their timeouts.
-        let (arp, vip, garp, notifier, site, watch) = (
-            Arc::clone(&self.arp),
-            self.vip.net().addr(),
+        let (wire, vip, addrs, garp, notifier, site, watch) = (
+            Arc::clone(&self.wire),
+            self.vip.net().clone(),
+            self.vip.addrs(),
             self.settings.garp,
             self.notifier.clone(),
             self.site.clone(),
             self.watch,
         );
         tokio::spawn(async move {
-            let holder = arp
-                .probe(vip, RELEASE_PROBE_WAIT)
+            let holder = wire
+                .probe(addrs, RELEASE_PROBE_WAIT)
                 .await
                 .unwrap_or_else(|error| {
                     warn!(%error, "ARP probe after release failed");
@@ -408,21 +453,17 @@ impl Failover {
                 holder.map(mac_str),
             ));
             if let Some(mac) = holder {
-                announce_repeatedly(&arp, vip, mac, garp.count + 1, garp.interval).await;
+                announce_repeatedly(&wire, addrs, mac, garp.count + 1, garp.interval).await;
             }
         });
     }
 
     /// Repeats the announcement `repeats` times, then every `refresh` (if non-zero) until aborted.
     fn spawn_announcer(&self, mac: [u8; 6], repeats: u32, refresh: Duration) -> JoinHandle<()> {
-        let (arp, vip, garp) = (
-            Arc::clone(&self.arp),
-            self.vip.net().addr(),
-            self.settings.garp,
-        );
+        let (wire, vip, garp) = (Arc::clone(&self.wire), self.vip.addrs(), self.settings.garp);
         tokio::spawn(async move {
             tokio::time::sleep(garp.interval).await;
-            announce_repeatedly(&arp, vip, mac, repeats, garp.interval).await;
+            announce_repeatedly(&wire, vip, mac, repeats, garp.interval).await;
             if refresh.is_zero() {
                 return;
             }
@@ -430,7 +471,7 @@ impl Failover {
             every.tick().await;
             loop {
                 every.tick().await;
-                if let Err(error) = arp.announce(vip, mac) {
+                if let Err(error) = wire.announce(vip, mac) {
                     warn!(%error, "gratuitous ARP refresh failed");
                 }
             }
@@ -459,6 +500,16 @@ impl Failover {
     }
 }
 
+/// Stops what runs only while we hold the VIP: the announcer and the wire guard.
+fn stop_holding_tasks(run: &mut Run) {
+    for task in [run.announcer.take(), run.wire_guard.take()]
+        .into_iter()
+        .flatten()
+    {
+        task.abort();
+    }
+}
+
 /// How long ago the primary's last reply arrived, measured now: when it was declared DOWN,
 /// plus the time since. What the takeover bound is about, measured by the daemon itself.
 fn last_heard_ms(down: &HostEvent) -> Option<u64> {
@@ -471,8 +522,8 @@ fn last_heard_ms(down: &HostEvent) -> Option<u64> {
 
 /// Sends `count` announcements `interval` apart, the first at once.
 async fn announce_repeatedly(
-    arp: &ArpSocket,
-    vip: Ipv4Addr,
+    wire: &Wire,
+    vip: Addrs,
     mac: [u8; 6],
     count: u32,
     interval: Duration,
@@ -481,7 +532,7 @@ async fn announce_repeatedly(
         if i > 0 {
             tokio::time::sleep(interval).await;
         }
-        if let Err(error) = arp.announce(vip, mac) {
+        if let Err(error) = wire.announce(vip, mac) {
             warn!(%error, "gratuitous ARP failed");
         }
     }

@@ -1,13 +1,17 @@
 //! When to take the VIP and when to give it back: the decisions, without any I/O.
 //!
 //! The executor (`failover::Failover`) feeds facts in (the primary is suspect, DOWN or UP again,
-//! the witnesses' liveness, the result of an ARP conflict check, the outcome of a claim, the
+//! the witnesses' liveness, the result of an ARP conflict check, the outcome of a claim, another
+//! machine answering for the VIP we hold, the held VIP found gone, the link's state, the
 //! passing of time) and carries out the [`Action`]s that come back. Time is a `Duration` since
 //! start, so tests drive it with a fake clock.
 
 use std::time::Duration;
 
 use crate::config::flags::Failback;
+
+/// How long after a failed attempt to put the VIP back the next one is made.
+const RESTORE_RETRY: Duration = Duration::from_millis(100);
 
 /// What the executor must do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -18,6 +22,16 @@ pub enum Action {
     Claim,
     /// Remove the VIP, announce it for the primary, report.
     Release,
+    /// Another machine answers for the VIP we hold: two holders on the wire. Remove the VIP
+    /// at once (whatever the hold-down or failback), announce it for that MAC, report. With
+    /// `failback = keep` it is reported as a conflict.
+    Yield { holder: [u8; 6], keep: bool },
+    /// The VIP we hold is gone from the interface (removed by someone else, or flushed): add
+    /// it back, announce it if the link is up, count it; mail if `report` (once an episode).
+    /// Then call [`Policy::restored`].
+    Restore { report: bool },
+    /// The link is up again while we hold the VIP: make sure it is there, announce it again.
+    Reannounce,
     /// The primary is DOWN, but so is every witness: we are the one cut off. Once per episode.
     ReportIsolated,
     /// Another machine answers ARP for the VIP: not taken. Once per episode.
@@ -66,6 +80,19 @@ pub struct Policy {
     check: Check,
     isolation_reported: bool,
     conflict_reported: bool,
+    /// We yielded the VIP to this MAC and have no evidence since that it is gone.
+    yielded_to: Option<[u8; 6]>,
+    /// The held VIP is gone and not put back yet; an attempt is running; a failed one is
+    /// retried from this time; the episode was reported.
+    restore_due: bool,
+    restore_pending: bool,
+    restore_retry_at: Duration,
+    loss_reported: bool,
+    /// The link was last seen up and running.
+    link_running: bool,
+    /// After a yield, no claim before this (the hold-down since the last claim: at most one
+    /// claim per hold-down while a primary that answers for the VIP flaps).
+    reclaim_after: Duration,
 }
 
 impl Policy {
@@ -85,11 +112,23 @@ impl Policy {
             check: Check::None,
             isolation_reported: false,
             conflict_reported: false,
+            yielded_to: None,
+            reclaim_after: Duration::ZERO,
+            restore_due: false,
+            restore_pending: false,
+            restore_retry_at: Duration::ZERO,
+            loss_reported: false,
+            link_running: true,
         }
     }
 
     pub fn holding(&self) -> bool {
         self.holding
+    }
+
+    /// Whether the link was last seen up and running (frames sent now leave).
+    pub fn link_running(&self) -> bool {
+        self.link_running
     }
 
     /// The VIP was already on our interface at start-up (a restart while holding it): carry
@@ -123,6 +162,8 @@ impl Policy {
         self.primary = Primary::Up;
         self.isolation_reported = false;
         self.conflict_reported = false;
+        // The primary is back: whoever we yielded to, a later DOWN is a new episode.
+        self.yielded_to = None;
         let mut actions = Vec::new();
         let release_in = match (self.holding, self.cfg.failback) {
             (true, Failback::Release) => {
@@ -155,10 +196,34 @@ impl Policy {
             Some(holder) => Check::Found { holder, at: now },
             None => {
                 self.conflict_reported = false;
+                self.yielded_to = None;
                 Check::Clear { at: now }
             }
         };
         self.evaluate(now)
+    }
+
+    /// While we hold the VIP, another machine (`holder`) answers ARP for it or announces it:
+    /// two holders on the wire. We yield at once, whatever the hold-down or the failback: the
+    /// hold-down delays re-claiming, not yielding to a primary that already answers. We claim
+    /// again once the hold-down since our last claim has passed and a conflict check finds
+    /// nobody, or (checks off) after the primary came back and went DOWN anew. Ignored when
+    /// we do not hold the VIP (a late report).
+    pub fn holder_seen(&mut self, holder: [u8; 6], now: Duration) -> Vec<Action> {
+        if !self.holding {
+            return vec![];
+        }
+        self.holding = false;
+        self.restore_due = false;
+        self.yielded_to = Some(holder);
+        self.reclaim_after = self.claimed_at + self.cfg.hold_down;
+        self.check = Check::Found { holder, at: now };
+        // The yield is the report; the DOWN path must not report the same holder again.
+        self.conflict_reported = true;
+        vec![Action::Yield {
+            holder,
+            keep: self.cfg.failback == Failback::Keep,
+        }]
     }
 
     /// The outcome of a [`Action::Claim`]. A failed claim is tried again at the next tick.
@@ -170,6 +235,58 @@ impl Policy {
         }
     }
 
+    /// The VIP could not be removed after [`Action::Yield`]: we still hold it (and the next
+    /// answer from the other holder yields again).
+    pub fn yield_failed(&mut self) {
+        self.holding = true;
+        self.yielded_to = None;
+        self.reclaim_after = Duration::ZERO;
+    }
+
+    /// The VIP is no longer on the interface (an address event). Put back only while we hold
+    /// it: a VIP we released or yielded is never put back.
+    pub fn vip_gone(&mut self, now: Duration) -> Vec<Action> {
+        if !self.holding {
+            return vec![];
+        }
+        self.restore_due = true;
+        self.restore_retry_at = now;
+        self.restore_step(now)
+    }
+
+    /// The outcome of an [`Action::Restore`]: a failed one is tried again a little later.
+    pub fn restored(&mut self, ok: bool, now: Duration) {
+        self.restore_pending = false;
+        if ok {
+            self.restore_due = false;
+            self.loss_reported = false;
+        } else {
+            self.restore_retry_at = now + RESTORE_RETRY;
+        }
+    }
+
+    /// The link's state (an event); coming back up while we hold the VIP re-announces it.
+    pub fn link(&mut self, running: bool) -> Vec<Action> {
+        let came_up = running && !self.link_running;
+        self.link_running = running;
+        if came_up && self.holding {
+            vec![Action::Reannounce]
+        } else {
+            vec![]
+        }
+    }
+
+    fn restore_step(&mut self, now: Duration) -> Vec<Action> {
+        if !self.holding || !self.restore_due || self.restore_pending || now < self.restore_retry_at
+        {
+            return vec![];
+        }
+        self.restore_pending = true;
+        let report = !self.loss_reported;
+        self.loss_reported = true;
+        vec![Action::Restore { report }]
+    }
+
     /// Time passes: release once the hold-down is over, retry what is due.
     pub fn tick(&mut self, now: Duration) -> Vec<Action> {
         if self.holding
@@ -178,8 +295,13 @@ impl Policy {
             && now >= self.claimed_at + self.cfg.hold_down
         {
             self.holding = false;
+            self.restore_due = false;
             self.check = Check::None;
             return vec![Action::Release];
+        }
+        let restore = self.restore_step(now);
+        if !restore.is_empty() {
+            return restore;
         }
         self.evaluate(now)
     }
@@ -196,6 +318,14 @@ impl Policy {
     /// Should we take the VIP now?
     fn evaluate(&mut self, now: Duration) -> Vec<Action> {
         if self.primary != Primary::Down || self.holding || self.claim_pending {
+            return vec![];
+        }
+        // Yielded and nothing says the other holder left: without a conflict check, never
+        // claim (two holders); with one, only a clear check (below) claims.
+        if self.yielded_to.is_some() && !self.cfg.conflict_check {
+            return vec![];
+        }
+        if now < self.reclaim_after {
             return vec![];
         }
         if !self.witnesses_alive {
@@ -409,6 +539,191 @@ mod tests {
             "no report: it was never DOWN for us"
         );
         assert_eq!(q.tick(ms(1000)), vec![Action::Release]);
+    }
+
+    const PRIMARY_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+
+    /// Holding after a claim at 0 ms, hold-down 1000 ms.
+    fn holding(failback: Failback, conflict_check: bool) -> Policy {
+        let mut p = policy(failback, conflict_check);
+        p.primary_up(ms(0));
+        if conflict_check {
+            p.primary_suspect(ms(0));
+            p.conflict_checked(None, ms(0));
+        }
+        let a = p.primary_down(ms(0));
+        claim(&mut p, ms(0), a);
+        p
+    }
+
+    #[test]
+    fn a_primary_answering_for_the_vip_during_the_hold_down_is_yielded_to_at_once() {
+        let mut p = holding(Failback::Release, false);
+        // The primary's link comes back: it answers ARP for its VIP before any good window.
+        assert_eq!(
+            p.holder_seen(PRIMARY_MAC, ms(100)),
+            vec![Action::Yield {
+                holder: PRIMARY_MAC,
+                keep: false
+            }]
+        );
+        assert!(!p.holding());
+        // Still DOWN by its probes: no claim, no second report, however long it takes.
+        assert_eq!(p.primary_down(ms(150)), vec![]);
+        assert_eq!(p.tick(ms(5000)), vec![]);
+        // Then UP: reported as back, nothing to release.
+        assert_eq!(
+            p.primary_up(ms(5100)),
+            vec![Action::ReportPrimaryBack {
+                holding: false,
+                release_in: None
+            }]
+        );
+        assert_eq!(p.tick(ms(20_000)), vec![], "no release twice");
+    }
+
+    #[test]
+    fn a_yield_that_could_not_remove_the_vip_is_tried_again() {
+        let mut p = holding(Failback::Release, false);
+        assert_eq!(p.holder_seen(PRIMARY_MAC, ms(100)).len(), 1);
+        p.yield_failed();
+        assert!(p.holding());
+        assert_eq!(
+            p.holder_seen(PRIMARY_MAC, ms(150)),
+            vec![Action::Yield {
+                holder: PRIMARY_MAC,
+                keep: false
+            }]
+        );
+    }
+
+    #[test]
+    fn keep_yields_too_and_says_so() {
+        let mut p = holding(Failback::Keep, false);
+        p.primary_up(ms(100));
+        assert!(
+            p.holding(),
+            "keep: the primary's return alone changes nothing"
+        );
+        assert_eq!(
+            p.holder_seen(PRIMARY_MAC, ms(200)),
+            vec![Action::Yield {
+                holder: PRIMARY_MAC,
+                keep: true
+            }]
+        );
+        assert!(!p.holding());
+    }
+
+    #[test]
+    fn a_late_report_after_the_vip_is_gone_does_nothing() {
+        let mut p = holding(Failback::Release, false);
+        assert!(p.primary_up(ms(2000)).contains(&Action::Release));
+        assert_eq!(p.holder_seen(PRIMARY_MAC, ms(2010)), vec![]);
+        let mut never = policy(Failback::Release, false);
+        assert_eq!(never.holder_seen(PRIMARY_MAC, ms(0)), vec![]);
+    }
+
+    #[test]
+    fn after_a_yield_a_clear_check_is_needed_to_claim_again() {
+        let mut p = holding(Failback::Release, true);
+        p.holder_seen(PRIMARY_MAC, ms(100));
+        // The DOWN path does not re-report the holder it yielded to.
+        assert_eq!(p.primary_down(ms(150)), vec![]);
+        // The hold-down since our claim (at 0) over: checked again; the other holder still
+        // answers: nothing, no report.
+        assert_eq!(p.tick(ms(999)), vec![]);
+        assert_eq!(p.tick(ms(1000)), vec![Action::CheckConflict]);
+        assert_eq!(p.conflict_checked(Some(PRIMARY_MAC), ms(1010)), vec![]);
+        assert!(!p.holding());
+        // It went away: the next check is clear, and we claim.
+        assert_eq!(p.tick(ms(1300)), vec![Action::CheckConflict]);
+        let a = p.conflict_checked(None, ms(1310));
+        claim(&mut p, ms(1310), a);
+    }
+
+    #[test]
+    fn a_flapping_primary_that_answers_for_the_vip_is_claimed_from_once_per_hold_down() {
+        let mut p = holding(Failback::Release, true);
+        // Back (with its VIP) at 100, dead again at 400: yielded, then no claim until 1000.
+        p.holder_seen(PRIMARY_MAC, ms(100));
+        p.primary_up(ms(150));
+        assert_eq!(p.primary_down(ms(400)), vec![], "within the hold-down");
+        assert_eq!(p.tick(ms(999)), vec![]);
+        assert_eq!(p.tick(ms(1000)), vec![Action::CheckConflict]);
+        let a = p.conflict_checked(None, ms(1010));
+        claim(&mut p, ms(1010), a);
+        // A hold-down of zero claims again as soon as a check finds the other holder gone.
+        let mut q = Policy::new(PolicyConfig {
+            hold_down: Duration::ZERO,
+            ..p.cfg
+        });
+        assert_eq!(q.primary_down(ms(0)), vec![Action::CheckConflict]);
+        let a = q.conflict_checked(None, ms(0));
+        claim(&mut q, ms(0), a);
+        q.holder_seen(PRIMARY_MAC, ms(100));
+        assert_eq!(q.tick(ms(400)), vec![Action::CheckConflict]);
+        let a = q.conflict_checked(None, ms(410));
+        claim(&mut q, ms(410), a);
+    }
+
+    #[test]
+    fn without_checks_a_yield_is_not_undone_until_the_primary_returns_and_dies_again() {
+        let mut p = holding(Failback::Release, false);
+        p.holder_seen(PRIMARY_MAC, ms(100));
+        assert_eq!(p.primary_down(ms(150)), vec![]);
+        assert_eq!(p.tick(ms(10_000)), vec![]);
+        p.primary_up(ms(10_100));
+        let a = p.primary_down(ms(10_500));
+        claim(&mut p, ms(10_500), a);
+    }
+
+    #[test]
+    fn a_held_vip_removed_by_someone_else_is_put_back_and_reported_once_an_episode() {
+        let mut p = holding(Failback::Release, false);
+        assert_eq!(p.vip_gone(ms(100)), vec![Action::Restore { report: true }]);
+        assert_eq!(p.vip_gone(ms(101)), vec![], "one attempt at a time");
+        // It fails (say the interface is being replaced): retried later, not reported again.
+        p.restored(false, ms(102));
+        assert_eq!(p.tick(ms(150)), vec![]);
+        assert_eq!(p.tick(ms(202)), vec![Action::Restore { report: false }]);
+        p.restored(true, ms(203));
+        assert_eq!(p.tick(ms(300)), vec![]);
+        // A new removal is a new episode.
+        assert_eq!(p.vip_gone(ms(400)), vec![Action::Restore { report: true }]);
+        p.restored(true, ms(401));
+    }
+
+    #[test]
+    fn a_released_or_yielded_vip_is_never_put_back() {
+        let mut p = holding(Failback::Release, false);
+        assert!(p.primary_up(ms(2000)).contains(&Action::Release));
+        assert_eq!(p.vip_gone(ms(2001)), vec![], "our own removal");
+        assert_eq!(p.tick(ms(3000)), vec![]);
+        let mut q = holding(Failback::Release, false);
+        q.holder_seen(PRIMARY_MAC, ms(100));
+        assert_eq!(q.vip_gone(ms(101)), vec![]);
+        let mut never = policy(Failback::Release, false);
+        assert_eq!(never.vip_gone(ms(0)), vec![]);
+        // Lost, then given back before it was put back: the retry does not happen.
+        let mut r = holding(Failback::Release, false);
+        r.vip_gone(ms(100));
+        r.restored(false, ms(101));
+        assert!(r.primary_up(ms(2000)).contains(&Action::Release));
+        assert_eq!(r.tick(ms(2500)), vec![]);
+    }
+
+    #[test]
+    fn the_link_coming_back_up_while_holding_reannounces() {
+        let mut p = holding(Failback::Release, false);
+        assert_eq!(p.link(true), vec![], "no change");
+        assert_eq!(p.link(false), vec![]);
+        assert_eq!(p.link(false), vec![]);
+        assert_eq!(p.link(true), vec![Action::Reannounce]);
+        assert_eq!(p.link(true), vec![]);
+        let mut idle = policy(Failback::Release, false);
+        idle.link(false);
+        assert_eq!(idle.link(true), vec![], "nothing held");
     }
 
     #[test]

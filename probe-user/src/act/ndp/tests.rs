@@ -265,7 +265,13 @@ mod privileged {
             let source = link_local("eth0").expect("a link-local address on eth0");
             let router = forwarding("eth0");
             socket
-                .announce(source, HELD.parse().unwrap(), socket.mac(), router)
+                .send(&NdpPacket::unsolicited(
+                    socket.mac(),
+                    source,
+                    HELD.parse().unwrap(),
+                    socket.mac(),
+                    router,
+                ))
                 .expect("announce");
             (source, router)
         });
