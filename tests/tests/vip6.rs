@@ -1,9 +1,11 @@
-//! IPv6 VIPs (issue 11), watched over IPv4: an IPv6 VIP moves within two windows and clients
+//! IPv6 VIPs (issue 11), the primary watched over IPv6 (`--watch 2001:db8::1`; the
+//! dual-stack restart over IPv4): an IPv6 VIP moves within two windows and clients
 //! follow through our unsolicited Neighbour Advertisements; a machine answering the DAD-style
 //! probe keeps it from being claimed; a primary back with it is yielded to and announced for;
 //! a held IPv6 VIP removed by hand or flushed by a link flap is put back and announced; an
 //! IPv4 and an IPv6 VIP of one group move together. A client soliciting the VIP every 5 ms sees
-//! two machines answer for it for at most two windows when the primary comes back with it. Lab: a bridge with a primary (holding the
+//! two machines answer for it for at most two windows when the primary comes back with it; a
+//! standby cut off from the bridge, with an IPv6 witness, claims nothing. Lab: a bridge with a primary (holding the
 //! VIPs, `nodad`), a standby running xdprobe and a client; 2001:db8::/64 beside 192.0.2.0/24.
 
 /// Needs root: a lab of namespaces, XDP, raw sockets.
@@ -23,6 +25,7 @@ mod privileged {
     const VIP6: &str = "2001:db8::100";
     const VIP6_NET: &str = "2001:db8::100/64";
     const VIP4_NET: &str = "192.0.2.100/24";
+    const PRIMARY6: &str = "2001:db8::1";
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
@@ -74,7 +77,7 @@ mod privileged {
     fn start(lab: &Lab, vip: &str, extra: &[&str]) -> Daemon {
         let window = format!("{WINDOW_MS}ms");
         #[rustfmt::skip]
-        let mut args = vec!["run", "--iface", "eth0", "--watch", "192.0.2.1", "--vip", vip,
+        let mut args = vec!["run", "--iface", "eth0", "--watch", PRIMARY6, "--vip", vip,
                             "--window", &window];
         args.extend_from_slice(extra);
         let mut daemon = Daemon::start(&lab.ns("standby"), &args).expect("starting xdprobe");
@@ -173,7 +176,7 @@ mod privileged {
         // Restarted: ours (marked `proto 120` when added), so adopted, not refused.
         let window = format!("{WINDOW_MS}ms");
         #[rustfmt::skip]
-        let args = ["run", "--iface", "eth0", "--watch", "192.0.2.1", "--vip", VIP6_NET,
+        let args = ["run", "--iface", "eth0", "--watch", PRIMARY6, "--vip", VIP6_NET,
                     "--window", &window];
         let mut again = Daemon::start(&lab.ns("standby"), &args).expect("restarting xdprobe");
         again
@@ -183,7 +186,7 @@ mod privileged {
         assert!(status.success(), "{log}");
         // The standby's own IPv6 address as the VIP: refused, and left alone.
         #[rustfmt::skip]
-        let args = ["run", "--iface", "eth0", "--watch", "192.0.2.1", "--vip", "2001:db8::2/64",
+        let args = ["run", "--iface", "eth0", "--watch", PRIMARY6, "--vip", "2001:db8::2/64",
                     "--window", &window, "--on-exit", "release"];
         let refused = Daemon::start(&lab.ns("standby"), &args).expect("starting xdprobe");
         let (status, log) = refused.wait().expect("exits by itself");
@@ -417,5 +420,25 @@ mod privileged {
         let (status, log) = daemon.stop().expect("stop");
         assert!(status.success(), "{log}");
         assert!(log.contains(&format!("vip={VIP4_NET},{VIP6_NET}")), "{log}");
+    }
+
+    #[test]
+    fn a_standby_cut_off_from_the_bridge_with_an_ipv6_witness_does_not_claim() {
+        let lab = lab(&[("gw", "192.0.2.254/24", "2001:db8::fe/64")], &[VIP6_NET]);
+        let watch = lab.watch_addrs("standby").expect("ip monitor");
+        let mut daemon = start(&lab, VIP6_NET, &["--witness", "2001:db8::fe"]);
+        lab.ip("sw", &["link", "set", "p-standby", "down"])
+            .expect("cutting the standby off");
+        daemon
+            .wait_for_log("we are cut off", Duration::from_secs(3))
+            .expect("isolation reported");
+        sleep(ms(10 * WINDOW_MS));
+        let (_, log) = daemon.stop().expect("stop");
+        assert!(
+            watch.seen(VIP6).is_empty(),
+            "VIP touched on an isolated standby:\n{log}"
+        );
+        assert!(!addrs6(&lab, "standby").contains(VIP6), "{log}");
+        assert!(!log.contains("took over"), "{log}");
     }
 }
