@@ -9,16 +9,11 @@
 //! The frame layouts ([`ArpPacket`], [`claims`]) are pure and tested on their own;
 //! [`ArpSocket`] does the I/O.
 
-use std::{
-    io, mem,
-    net::Ipv4Addr,
-    os::fd::{AsRawFd, RawFd},
-    time::Duration,
-};
+use std::{io, net::Ipv4Addr, time::Duration};
 
 use anyhow::Context as _;
-use socket2::{Domain, Socket, Type};
-use tokio::io::{unix::AsyncFd, Interest};
+
+use super::link::PacketSocket;
 
 /// Length of an Ethernet/IPv4 ARP frame: 14 bytes of Ethernet header plus 28 of ARP.
 /// (On the wire the NIC pads it to 60; [`ArpPacket::parse`] accepts such padding.)
@@ -55,10 +50,6 @@ mod at {
 /// Receive buffer size: ARP frames are at most 60 bytes (padded) plus whatever trailer a
 /// driver leaves; a longer frame is truncated, which [`ArpPacket::parse`] treats as padding.
 const RECV_BUF_LEN: usize = 256;
-
-/// Upper bound on frames discarded by one drain, so an ARP flood cannot keep us draining
-/// forever; anything beyond it arrived during the drain and is fresh anyway.
-const MAX_DRAIN: usize = 1024;
 
 /// ARP operation (only the two that Ethernet/IPv4 ARP uses).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -230,9 +221,7 @@ pub fn answers_for(p: &ArpPacket, ip: Ipv4Addr, own_mac: [u8; 6]) -> Option<[u8;
 /// It lives in the network namespace of the thread that opened it, whatever thread uses it
 /// later.
 pub struct ArpSocket {
-    fd: AsyncFd<Socket>,
-    ifindex: libc::c_int,
-    mac: [u8; 6],
+    link: PacketSocket,
 }
 
 impl ArpSocket {
@@ -240,67 +229,20 @@ impl ArpSocket {
     /// interface's MAC. Needs `CAP_NET_RAW` and must be called inside a tokio runtime with
     /// I/O enabled.
     pub fn open(iface: &str) -> anyhow::Result<Self> {
-        tokio::runtime::Handle::try_current()
+        let link = PacketSocket::open(iface, ETHERTYPE_ARP, None)
             .with_context(|| format!("opening the ARP socket on {iface}"))?;
-        let ifindex = interface_index(iface)
-            .with_context(|| format!("looking up interface {iface} for ARP"))?;
-        // Protocol 0 receives nothing until `bind` names ETH_P_ARP and the interface, so no
-        // frames from other interfaces can be queued in between.
-        let socket = Socket::new(Domain::PACKET, Type::RAW, None)
-            .with_context(|| format!("opening an AF_PACKET socket for ARP on {iface}"))?;
-        let mac = hardware_address(iface)
-            .with_context(|| format!("reading the MAC address of {iface}"))?;
-        bind(&socket, ifindex).with_context(|| format!("binding the ARP socket to {iface}"))?;
-        socket
-            .set_nonblocking(true)
-            .with_context(|| format!("making the ARP socket on {iface} non-blocking"))?;
-        // SAFETY: the Socket owns its fd and keeps it open, unchanged, until it is dropped
-        // together with this AsyncFd; nothing else closes or replaces it.
-        let fd = unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) }
-            .with_context(|| format!("registering the ARP socket on {iface} with tokio"))?;
-        Ok(Self { fd, ifindex, mac })
+        Ok(Self { link })
     }
 
     /// The interface's own MAC address.
     pub fn mac(&self) -> [u8; 6] {
-        self.mac
+        self.link.mac()
     }
 
     /// Sends `packet` out of the interface as is (the Ethernet header is part of it).
     /// Does not wait: a full send buffer comes back as `WouldBlock`.
     pub fn send(&self, packet: &ArpPacket) -> io::Result<()> {
-        match self.send_once(packet) {
-            // A link that went down leaves ENETDOWN pending on the socket, and the kernel
-            // reports it on the next send, even once the link is up again: try once more.
-            Err(e) if e.raw_os_error() == Some(libc::ENETDOWN) => self.send_once(packet),
-            result => result,
-        }
-    }
-
-    fn send_once(&self, packet: &ArpPacket) -> io::Result<()> {
-        let frame = packet.to_frame();
-        let to = link_address(self.ifindex, packet.eth_dst);
-        let sent = retry_interrupted(|| {
-            // SAFETY: `frame` and `to` are live, initialised buffers of the lengths given, and
-            // the kernel only reads them during the call.
-            unsafe {
-                libc::sendto(
-                    self.raw_fd(),
-                    frame.as_ptr().cast(),
-                    frame.len(),
-                    0,
-                    (&raw const to).cast(),
-                    sockaddr_ll_len(),
-                )
-            }
-        })?;
-        if sent != frame.len() {
-            return Err(io::Error::new(
-                io::ErrorKind::WriteZero,
-                format!("sent {sent} of {} bytes of an ARP frame", frame.len()),
-            ));
-        }
-        Ok(())
+        self.link.send(&packet.to_frame(), packet.eth_dst)
     }
 
     /// Gratuitous ARP for `ip` at `mac`: the request form (RFC 5227 announcement), then the
@@ -310,7 +252,7 @@ impl ArpSocket {
     pub fn announce(&self, ip: Ipv4Addr, mac: [u8; 6]) -> io::Result<()> {
         for op in [Op::Request, Op::Reply] {
             let packet = ArpPacket {
-                eth_src: self.mac,
+                eth_src: self.mac(),
                 ..ArpPacket::gratuitous(op, ip, mac)
             };
             self.send(&packet)?;
@@ -327,64 +269,9 @@ impl ArpSocket {
         if wait.is_zero() {
             return Ok(None);
         }
-        self.drain()?;
-        self.send(&ArpPacket::probe(ip, self.mac))?;
+        self.link.drain()?;
+        self.send(&ArpPacket::probe(ip, self.mac()))?;
         self.listen(ip, wait).await
-    }
-
-    /// While we hold `ip`: sends an RFC 5227 probe for it every `every` (the first at once),
-    /// which whoever else has the address answers, and reads every ARP frame meanwhile, until
-    /// one shows another machine answering for or announcing `ip` (see [`answers_for`]);
-    /// returns its MAC. A failed send (the link is down) is skipped: the next one may work.
-    pub async fn guard(&self, ip: Ipv4Addr, every: Duration) -> io::Result<[u8; 6]> {
-        self.drain()?;
-        let mut probes = tokio::time::interval(every);
-        probes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut buf = [0u8; RECV_BUF_LEN];
-        loop {
-            tokio::select! {
-                _ = probes.tick() => {
-                    let _ = self.send(&ArpPacket::probe(ip, self.mac));
-                }
-                received = self.recv(&mut buf) => {
-                    let (len, pkttype) = match received {
-                        Ok(frame) => frame,
-                        // The link went down (reported once): frames come again once it is up.
-                        Err(e) if e.raw_os_error() == Some(libc::ENETDOWN) => continue,
-                        Err(e) => return Err(e),
-                    };
-                    if pkttype == libc::PACKET_OUTGOING {
-                        continue;
-                    }
-                    let holder = buf
-                        .get(..len)
-                        .and_then(ArpPacket::parse)
-                        .and_then(|p| answers_for(&p, ip, self.mac));
-                    if let Some(mac) = holder {
-                        return Ok(mac);
-                    }
-                }
-            }
-        }
-    }
-
-    fn raw_fd(&self) -> RawFd {
-        self.fd.get_ref().as_raw_fd()
-    }
-
-    /// Discards every frame already queued on the socket.
-    fn drain(&self) -> io::Result<()> {
-        let mut buf = [0u8; RECV_BUF_LEN];
-        for _ in 0..MAX_DRAIN {
-            match recv_frame(self.fd.get_ref(), &mut buf) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                // A link that went down is reported once on the socket; nothing to drain.
-                Err(e) if e.raw_os_error() == Some(libc::ENETDOWN) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
     }
 
     /// The first holder of `ip` seen within `wait`, if any.
@@ -395,136 +282,51 @@ impl ArpSocket {
         }
     }
 
-    /// Reads frames until one shows another machine claiming `ip`.
+    /// While we hold `ip`: sends an RFC 5227 probe for it every `every` (the first at once),
+    /// which whoever else has the address answers, and reads every ARP frame meanwhile, until
+    /// one shows another machine answering for or announcing `ip` (see [`answers_for`]);
+    /// returns its MAC. A failed send (the link is down) is skipped: the next one may work.
+    pub async fn guard(&self, ip: Ipv4Addr, every: Duration) -> io::Result<[u8; 6]> {
+        self.link.drain()?;
+        let mut probes = tokio::time::interval(every);
+        probes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut buf = [0u8; RECV_BUF_LEN];
+        loop {
+            tokio::select! {
+                _ = probes.tick() => {
+                    let _ = self.send(&ArpPacket::probe(ip, self.mac()));
+                }
+                received = self.link.recv(&mut buf) => {
+                    let len = match received {
+                        Ok(len) => len,
+                        // The link went down (reported once): frames come again once it is up.
+                        Err(e) if e.raw_os_error() == Some(libc::ENETDOWN) => continue,
+                        Err(e) => return Err(e),
+                    };
+                    let holder = buf
+                        .get(..len)
+                        .and_then(ArpPacket::parse)
+                        .and_then(|p| answers_for(&p, ip, self.mac()));
+                    if let Some(mac) = holder {
+                        return Ok(mac);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads frames until one shows another machine claiming `ip`. (Our host's own
+    /// transmissions never reach here: the link socket skips them.)
     async fn next_claim(&self, ip: Ipv4Addr) -> io::Result<[u8; 6]> {
         let mut buf = [0u8; RECV_BUF_LEN];
         loop {
-            let (len, pkttype) = self.recv(&mut buf).await?;
-            // Our host's own transmissions; never a conflict. (A socket bound to ETH_P_ARP
-            // is not shown outgoing frames today, only ETH_P_ALL ones are; belt and braces.)
-            if pkttype == libc::PACKET_OUTGOING {
-                continue;
-            }
+            let len = self.link.recv(&mut buf).await?;
             let holder = buf
                 .get(..len)
                 .and_then(ArpPacket::parse)
-                .and_then(|p| claims(&p, ip, self.mac));
+                .and_then(|p| claims(&p, ip, self.mac()));
             if let Some(mac) = holder {
                 return Ok(mac);
-            }
-        }
-    }
-
-    /// Waits for the next frame: its length in `buf` and the kernel's packet type for it.
-    async fn recv(&self, buf: &mut [u8]) -> io::Result<(usize, u8)> {
-        loop {
-            let mut guard = self.fd.readable().await?;
-            match guard.try_io(|fd| recv_frame(fd.get_ref(), buf)) {
-                Ok(result) => return result,
-                Err(_would_block) => continue,
-            }
-        }
-    }
-}
-
-/// The interface's index in the current network namespace.
-fn interface_index(iface: &str) -> io::Result<libc::c_int> {
-    let index = nix::net::if_::if_nametoindex(iface).map_err(io::Error::from)?;
-    libc::c_int::try_from(index)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "interface index out of range"))
-}
-
-/// The interface's MAC, from its link-layer address as the calling thread's network namespace
-/// lists it (`/sys/class/net` may show another namespace's view).
-fn hardware_address(iface: &str) -> io::Result<[u8; 6]> {
-    let link = nix::ifaddrs::getifaddrs()
-        .map_err(io::Error::from)?
-        .filter(|a| a.interface_name == iface)
-        .find_map(|a| a.address.and_then(|addr| addr.as_link_addr().copied()))
-        .ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::NotFound,
-                "no link-layer address (no such interface?)",
-            )
-        })?;
-    if link.hatype() != libc::ARPHRD_ETHER {
-        return Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            format!("not an Ethernet interface (ARPHRD {})", link.hatype()),
-        ));
-    }
-    link.addr()
-        .ok_or_else(|| io::Error::other("no MAC address"))
-}
-
-/// Link-layer address of `mac` on interface `ifindex`, for ARP frames.
-fn link_address(ifindex: libc::c_int, mac: [u8; 6]) -> libc::sockaddr_ll {
-    let mut sll_addr = [0u8; 8];
-    sll_addr[..6].copy_from_slice(&mac);
-    libc::sockaddr_ll {
-        sll_family: libc::AF_PACKET as libc::c_ushort,
-        sll_protocol: ETHERTYPE_ARP.to_be(),
-        sll_ifindex: ifindex,
-        sll_hatype: 0,
-        sll_pkttype: 0,
-        sll_halen: ETH_ALEN,
-        sll_addr,
-    }
-}
-
-fn sockaddr_ll_len() -> libc::socklen_t {
-    mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t
-}
-
-/// Starts receiving ARP frames from `ifindex` only.
-fn bind(socket: &Socket, ifindex: libc::c_int) -> io::Result<()> {
-    let addr = link_address(ifindex, ZERO_MAC);
-    // SAFETY: `addr` is an initialised sockaddr_ll, and we pass its exact size.
-    let rc = unsafe {
-        libc::bind(
-            socket.as_raw_fd(),
-            (&raw const addr).cast(),
-            sockaddr_ll_len(),
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// Reads one queued frame without waiting: its length in `buf` (truncated to `buf`) and
-/// the packet type the kernel tagged it with (`PACKET_HOST`, `PACKET_BROADCAST`, ...).
-fn recv_frame(socket: &Socket, buf: &mut [u8]) -> io::Result<(usize, u8)> {
-    let mut from = link_address(0, ZERO_MAC);
-    let mut from_len = sockaddr_ll_len();
-    let len = retry_interrupted(|| {
-        // SAFETY: `buf` is writable for `buf.len()` bytes, and `from`/`from_len` describe a
-        // writable sockaddr_ll of the size given; the kernel writes no more than that.
-        unsafe {
-            libc::recvfrom(
-                socket.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                0,
-                (&raw mut from).cast(),
-                &raw mut from_len,
-            )
-        }
-    })?;
-    Ok((len, from.sll_pkttype))
-}
-
-/// Runs a libc call returning a byte count or -1, retrying on EINTR.
-fn retry_interrupted(mut call: impl FnMut() -> isize) -> io::Result<usize> {
-    loop {
-        match usize::try_from(call()) {
-            Ok(n) => return Ok(n),
-            Err(_) => {
-                let err = io::Error::last_os_error();
-                if err.kind() != io::ErrorKind::Interrupted {
-                    return Err(err);
-                }
             }
         }
     }
@@ -547,7 +349,7 @@ mod tests {
             if wait.is_zero() {
                 return Ok(None);
             }
-            self.drain()?;
+            self.link.drain()?;
             self.listen(ip, wait).await
         }
     }

@@ -86,6 +86,15 @@ impl PacketSocket {
     /// Sends `frame` (Ethernet header included) to `dst` on the interface, without waiting:
     /// a full send buffer comes back as `WouldBlock`.
     pub fn send(&self, frame: &[u8], dst: [u8; 6]) -> io::Result<()> {
+        match self.send_once(frame, dst) {
+            // A link that went down leaves ENETDOWN pending on the socket, and the kernel
+            // reports it on the next send, even once the link is up again: try once more.
+            Err(e) if e.raw_os_error() == Some(libc::ENETDOWN) => self.send_once(frame, dst),
+            result => result,
+        }
+    }
+
+    fn send_once(&self, frame: &[u8], dst: [u8; 6]) -> io::Result<()> {
         let to = link_address(self.ifindex, self.ethertype, dst);
         let sent = retry_interrupted(|| {
             // SAFETY: `frame` and `to` are live, initialised buffers of the lengths given, and
@@ -117,6 +126,8 @@ impl PacketSocket {
             match recv_frame(self.fd.get_ref(), &mut buf) {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                // A link that went down is reported once on the socket; nothing to drain.
+                Err(e) if e.raw_os_error() == Some(libc::ENETDOWN) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -124,7 +135,7 @@ impl PacketSocket {
     }
 
     /// Waits for the next frame that is not our own host's transmission: its length in `buf`
-    /// (truncated to `buf`).
+    /// (truncated to `buf`). A link that went down is reported once, as `ENETDOWN`.
     pub async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             let mut guard = self.fd.readable().await?;
