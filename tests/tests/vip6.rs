@@ -87,6 +87,16 @@ mod privileged {
         daemon
     }
 
+    /// Kills the primary and waits until the standby took the VIP over and its announcements
+    /// (5, 200 ms apart) are done, so that what follows sees only the guard's traffic.
+    fn take_over(lab: &Lab, daemon: &mut Daemon) {
+        lab.kill("primary").unwrap();
+        daemon
+            .wait_for_log("took over the VIP", Duration::from_secs(3))
+            .expect("claim");
+        sleep(ms(1300));
+    }
+
     /// Waits up to `timeout` for `host`'s neighbour entry of `addr` to name `mac`; when it did.
     fn neighbour_becomes(
         lab: &Lab,
@@ -222,11 +232,7 @@ mod privileged {
     fn a_primary_back_with_its_ipv6_vip_is_yielded_to_and_announced_for() {
         let lab = lab(&[], &[VIP6_NET]);
         let mut daemon = start(&lab, VIP6_NET, &[]);
-        lab.kill("primary").unwrap();
-        daemon
-            .wait_for_log("took over the VIP", Duration::from_secs(3))
-            .expect("claim");
-        sleep(ms(1300));
+        take_over(&lab, &mut daemon);
         plant_stale(&lab);
         let back = Instant::now();
         lab.revive("primary").unwrap();
@@ -254,11 +260,7 @@ mod privileged {
     fn a_primary_back_with_its_ipv6_vip_shares_it_for_at_most_two_windows() {
         let lab = lab(&[], &[VIP6_NET]);
         let mut daemon = start(&lab, VIP6_NET, &[]);
-        lab.kill("primary").unwrap();
-        daemon
-            .wait_for_log("took over the VIP", Duration::from_secs(3))
-            .expect("claim");
-        sleep(ms(1300));
+        take_over(&lab, &mut daemon);
         // A client soliciting the VIP every 5 ms, recording whose advertisements answer.
         let asker = ArpAsker::start(&lab, "client", "2001:db8::3", VIP6, ms(5)).expect("NS asker");
         sleep(ms(300));
@@ -296,11 +298,7 @@ mod privileged {
     fn a_held_ipv6_vip_removed_or_flushed_is_put_back_and_announced() {
         let lab = lab(&[], &[VIP6_NET]);
         let mut daemon = start(&lab, VIP6_NET, &[]);
-        lab.kill("primary").unwrap();
-        daemon
-            .wait_for_log("took over the VIP", Duration::from_secs(3))
-            .expect("claim");
-        sleep(ms(1300));
+        take_over(&lab, &mut daemon);
         let standby = lab.mac("standby").unwrap();
         let bound = ms(WINDOW_MS + 20);
 
