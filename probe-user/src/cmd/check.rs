@@ -27,14 +27,13 @@ pub fn check(args: CheckArgs) -> Result<u8, Failure> {
     })?;
     // Monitored targets: syntax and target files only; names are not looked up here.
     if !settings.monitor.is_empty() {
-        targets::parse_args_in(&settings.monitor, settings.family, targets::open_file).map_err(
-            |e| {
+        targets::parse_config_list(&settings.monitor, settings.family, targets::open_file)
+            .map_err(|e| {
                 Failure::Usage(anyhow::anyhow!(
                     "{}: invalid `monitor`: {e}",
                     path.display()
                 ))
-            },
-        )?;
+            })?;
     }
     // Mail files: the credentials must parse, the CA must be readable.
     if let Some(mail) = &settings.mail {

@@ -67,7 +67,7 @@ pub async fn monitored_hosts(specs: &[String], family: Family) -> Result<Vec<IpA
     if specs.is_empty() {
         return Ok(Vec::new());
     }
-    let parsed = targets::parse_args_in(specs, family, targets::open_file)
+    let parsed = targets::parse_config_list(specs, family, targets::open_file)
         .map_err(|e| Failure::Usage(anyhow::Error::from(e).context("invalid `monitor`")))?;
     targets::resolve(parsed, probe_common::maps::MAX_HOSTS as usize)
         .await

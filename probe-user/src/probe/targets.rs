@@ -332,12 +332,33 @@ pub fn parse_args_in<R: BufRead>(
     family: Family,
     open: impl Fn(&Path) -> io::Result<R>,
 ) -> Result<Parsed, TargetError> {
+    parse_list(args, family, open, |index| {
+        format!("argument {}", index + 1)
+    })
+}
+
+/// [`parse_args_in`] for the config file's `monitor` list: origins are `monitor[N]`
+/// (0-based, as the list is written) instead of `argument N`.
+pub fn parse_config_list<R: BufRead>(
+    list: &[String],
+    family: Family,
+    open: impl Fn(&Path) -> io::Result<R>,
+) -> Result<Parsed, TargetError> {
+    parse_list(list, family, open, |index| format!("monitor[{index}]"))
+}
+
+fn parse_list<R: BufRead>(
+    args: &[String],
+    family: Family,
+    open: impl Fn(&Path) -> io::Result<R>,
+    name: impl Fn(usize) -> String,
+) -> Result<Parsed, TargetError> {
     let mut out = Parsed {
         family,
         ..Parsed::default()
     };
     for (index, arg) in args.iter().enumerate() {
-        let origin = format!("argument {}", index + 1);
+        let origin = name(index);
         let Some(path) = arg.trim().strip_prefix('@') else {
             let target = parse_target(arg)
                 .and_then(|t| in_family(t, family))
@@ -882,6 +903,17 @@ mod tests {
         .map(|s| ip(s))
         .collect();
         assert_eq!(hosts, want);
+    }
+
+    #[test]
+    fn targets_from_the_config_name_their_list_entry() {
+        let list = args(&["198.51.100.0/28", "2001:db8::/64"]);
+        let err = parse_config_list(&list, Family::Any, no_files).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("monitor[1]: \"2001:db8::/64\":"),
+            "{err}"
+        );
     }
 
     #[test]
