@@ -101,9 +101,9 @@ impl Member {
 pub struct EtcdCluster {
     members: Vec<Member>,
     client_ns: String,
-    /// The members' data directories and logs; declared after `members`, so it goes after
-    /// they are killed (by `Drop`, which runs before the fields drop).
-    dir: TempDir,
+    /// The members' data directories and logs, held only to be removed on drop: after the
+    /// members are killed (`Drop::drop` runs before the fields are dropped).
+    _dir: TempDir,
 }
 
 impl EtcdCluster {
@@ -157,7 +157,7 @@ impl EtcdCluster {
         let mut cluster = Self {
             members,
             client_ns: lab.ns(CLIENT_HOST),
-            dir,
+            _dir: dir,
         };
         // One after the other: a new member first asks its peers whether the cluster exists
         // already, and a peer that has bound its port but does not serve yet (it is asking
@@ -370,11 +370,6 @@ impl EtcdCluster {
             }
             thread::sleep(POLL);
         }
-    }
-
-    /// The directory holding the members' data and logs.
-    pub fn dir(&self) -> &Path {
-        self.dir.dir()
     }
 }
 
