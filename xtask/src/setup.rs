@@ -25,6 +25,14 @@ use crate::{cargo_cmd, cmd};
 ///   records with `dig` and `nsupdate`. The tests start their own `named`, on loopback inside
 ///   namespaces they make; the package's system service is not used (our machines run no
 ///   systemd, so installing it starts nothing).
+/// - `etcd-server`: the cluster tests run a real etcd (3.4) cluster, three members in
+///   namespaces they make; as with BIND, the package's system service is not used.
+/// - `etcd-client`: `etcdctl`, with which those tests check and disturb the cluster.
+/// - `protobuf-compiler`, `libprotobuf-dev`: `protoc`, which the `etcd-client` crate's build
+///   script needs to compile etcd's gRPC definitions, and the well-known types those import
+///   (`google/protobuf/descriptor.proto`...). `protoc` only recommends the package that has
+///   them, and we install without recommends: without it the build fails with
+///   "google/protobuf/descriptor.proto: File not found".
 /// - the rest is what bpf-linker links against. LLVM 22 is not in plain bookworm: on our
 ///   machines apt finds `llvm-22-dev` in the configured `bookworm-security` main component
 ///   (version 1:22.1.8-1~deb12u1). We add no apt sources; if apt cannot find it, the install
@@ -40,6 +48,10 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "fping",
     "bind9",
     "bind9-dnsutils",
+    "etcd-server",
+    "etcd-client",
+    "protobuf-compiler",
+    "libprotobuf-dev",
     "llvm-22-dev",
     "libpolly-22-dev",
     "zlib1g-dev",

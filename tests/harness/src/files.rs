@@ -1,5 +1,6 @@
 //! Scratch files and directories under the system's temp dir, each with a name of its own and
-//! removed on drop (also when a test fails); files with the mode a test asks for; scripts.
+//! removed on drop (also when a test fails), and the removal of those a killed run left; files
+//! with the mode a test asks for; scripts.
 
 use std::{
     fs::{self, OpenOptions},
@@ -18,6 +19,39 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 fn unique_path(tag: &str) -> PathBuf {
     let n = NEXT.fetch_add(1, Ordering::SeqCst);
     std::env::temp_dir().join(format!("xdprobe-{tag}-{}-{n}", std::process::id()))
+}
+
+/// The PID in the name `xdprobe-TAG-PID-N` of a scratch directory.
+fn owner_pid(name: &str, tag: &str) -> Option<u32> {
+    let rest = name
+        .strip_prefix("xdprobe-")?
+        .strip_prefix(tag)?
+        .strip_prefix('-')?;
+    let (pid, n) = rest.split_once('-')?;
+    n.parse::<u32>().ok()?;
+    pid.parse().ok()
+}
+
+/// Removes the scratch directories `xdprobe-TAG-PID-N` in `base` (the temp dir, for
+/// [`TempDir::new`]'s) whose process is gone: left behind by runs that were killed before they
+/// could drop them. Returns what it removed.
+pub fn remove_orphans(base: &Path, tag: &str) -> anyhow::Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    let entries = fs::read_dir(base).with_context(|| format!("listing {}", base.display()))?;
+    for entry in entries {
+        let entry = entry.with_context(|| format!("listing {}", base.display()))?;
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|name| owner_pid(name, tag)) else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let path = entry.path();
+        fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
+        removed.push(path);
+    }
+    Ok(removed)
 }
 
 /// A fresh, empty directory of our own, removed with what it holds on drop.
@@ -129,5 +163,30 @@ mod tests {
         drop((a, file));
         assert!(!dir.exists() && !path.exists());
         assert!(b.dir().is_dir());
+    }
+
+    #[test]
+    fn orphans_are_the_dirs_of_processes_that_are_gone() {
+        assert_eq!(owner_pid("xdprobe-etcd-123-4", "etcd"), Some(123));
+        assert_eq!(owner_pid("xdprobe-etcd-123", "etcd"), None);
+        assert_eq!(owner_pid("xdprobe-etcdx-123-4", "etcd"), None);
+        assert_eq!(owner_pid("xdprobe-named-123-4", "etcd"), None);
+
+        let base = TempDir::new("orphans");
+        let ours = base.path(&format!("xdprobe-etcd-{}-0", std::process::id()));
+        fs::create_dir(&ours).unwrap();
+        // A pid that was just reaped belongs to nobody.
+        let mut gone = std::process::Command::new("true").spawn().unwrap();
+        gone.wait().unwrap();
+        let orphan = base.path(&format!("xdprobe-etcd-{}-0", gone.id()));
+        fs::create_dir_all(orphan.join("member")).unwrap();
+        let other_tag = base.path(&format!("xdprobe-named-{}-0", gone.id()));
+        fs::create_dir(&other_tag).unwrap();
+
+        assert_eq!(
+            remove_orphans(base.dir(), "etcd").unwrap(),
+            vec![orphan.clone()]
+        );
+        assert!(!orphan.exists() && ours.is_dir() && other_tag.is_dir());
     }
 }

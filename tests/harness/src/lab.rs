@@ -66,12 +66,16 @@ impl Lab {
         Ok(lab)
     }
 
-    /// Adds the bridge `br0` in namespace [`SWITCH`] and plugs each host `(name,
-    /// address/prefix)` into it: a veth `p-NAME` on the bridge, its peer the host's `eth0`.
+    /// Plugs each host `(name, address/prefix)` into the bridge `br0` in namespace [`SWITCH`]
+    /// (made by the first call): a veth `p-NAME` on the bridge, its peer the host's `eth0`.
+    /// Later calls add hosts to the same bridge.
     pub fn add_bridged(&mut self, hosts: &[(&str, &str)]) -> anyhow::Result<()> {
-        let sw = self.add_host(SWITCH)?;
-        run(&["ip", "-n", &sw, "link", "add", "br0", "type", "bridge"])?;
-        run(&["ip", "-n", &sw, "link", "set", "br0", "up"])?;
+        let sw = self.ns(SWITCH);
+        if !self.namespaces().contains(&sw) {
+            self.add_host(SWITCH)?;
+            run(&["ip", "-n", &sw, "link", "add", "br0", "type", "bridge"])?;
+            run(&["ip", "-n", &sw, "link", "set", "br0", "up"])?;
+        }
         for (name, addr) in hosts {
             let ns = self.add_host(name)?;
             let port = format!("p-{name}");
@@ -286,7 +290,7 @@ mod tests {
         #[test]
         fn hosts_on_a_bridge_and_on_a_pair_reach_each_other_and_leave_nothing_behind() {
             let names = {
-                let lab = Lab::with_hosts(&[("a", "192.0.2.1/24"), ("b", "192.0.2.2/24")])
+                let mut lab = Lab::with_hosts(&[("a", "192.0.2.1/24"), ("b", "192.0.2.2/24")])
                     .expect("bridged lab");
                 let watch = lab.watch_addrs("b").expect("ip monitor");
                 lab.ip("b", &["addr", "add", "192.0.2.100/24", "dev", "eth0"])
@@ -301,9 +305,13 @@ mod tests {
                     Some(lab.mac("b").unwrap())
                 );
                 assert!(lab.addrs("b").unwrap().contains("192.0.2.100/24"));
+                // A later host joins the same bridge.
+                lab.add_bridged(&[("c", "192.0.2.3/24")]).expect("c");
+                lab.exec("c", &["ping", "-c", "1", "-W", "2", "192.0.2.100"])
+                    .expect("c reaches b");
                 lab.namespaces().to_vec()
             };
-            assert_eq!(names.len(), 3);
+            assert_eq!(names.len(), 4);
             let left = netns::list().unwrap();
             assert!(names.iter().all(|n| !left.contains(n)), "{left:?}");
 

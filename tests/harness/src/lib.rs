@@ -6,6 +6,8 @@
 //! - [`lab`]: hosts (one namespace each) on a bridge or on one veth pair, and `ip monitor`.
 //! - [`daemon`]: the real `xdprobe` (or any long-running program) with its output captured.
 //! - [`smtp`] and [`bind`]: real mail and DNS servers (aiosmtpd, BIND 9) inside a namespace.
+//! - [`etcd`]: a real etcd cluster, one member per namespace on a lab's bridge, with members
+//!   killed, restarted and cut off by nftables, and `etcdctl`.
 //! - [`traffic`]: ping, forged replies, packet loss, a flapping link; [`insider`]: a probed
 //!   host that turns the probes it receives into replies from the primary.
 //! - [`arpwatch`]: a client asking who has the VIP every few milliseconds, recording who
@@ -24,6 +26,7 @@ pub mod bind;
 pub mod cmd;
 pub mod daemon;
 pub mod enter;
+pub mod etcd;
 pub mod far;
 pub mod files;
 pub mod insider;
@@ -38,6 +41,7 @@ pub mod traffic;
 
 pub use cmd::run;
 pub use daemon::{log_number, logged_number, xdprobe_bin, Daemon};
+pub use etcd::EtcdCluster;
 pub use far::{far_hosts, FarHost, FarLab};
 pub use files::{write_script, TempDir, TempFile};
 pub use lab::{AddrWatch, Lab};
