@@ -45,6 +45,21 @@ mod privileged {
         (status.code(), log)
     }
 
+    /// xdprobe on the standby watching the primary at 50 ms windows with `extra` flags, once
+    /// it has seen the primary UP.
+    fn standby(lab: &Lab, extra: &[&str]) -> Daemon {
+        let window = format!("{WINDOW_MS}ms");
+        #[rustfmt::skip]
+        let mut args = vec!["run", "--iface", "eth0", "--watch", "192.0.2.1", "--vip", VIP_NET,
+                            "--window", &window];
+        args.extend_from_slice(extra);
+        let mut daemon = Daemon::start(&lab.ns("standby"), &args).expect("starting xdprobe");
+        daemon
+            .wait_for_log("host UP", Duration::from_secs(5))
+            .expect("primary up");
+        daemon
+    }
+
     fn assert_nothing_attached(lab: &Lab) {
         let link = lab
             .ip("standby", &["link", "show", "dev", "eth0"])
@@ -222,14 +237,7 @@ mod privileged {
     #[test]
     fn a_primary_back_with_its_vip_is_yielded_to_within_two_windows_whatever_the_hold_down() {
         let lab = lab();
-        let window = format!("{WINDOW_MS}ms");
-        #[rustfmt::skip]
-        let args = ["run", "--iface", "eth0", "--watch", "192.0.2.1", "--vip", VIP_NET,
-                    "--window", &window, "--hold-down", "10s"];
-        let mut daemon = Daemon::start(&lab.ns("standby"), &args).expect("starting xdprobe");
-        daemon
-            .wait_for_log("host UP", Duration::from_secs(5))
-            .expect("primary up");
+        let mut daemon = standby(&lab, &["--hold-down", "10s"]);
         let overlap = primary_returns_with_its_vip(&lab, &mut daemon);
         let bound = Duration::from_millis(2 * WINDOW_MS + 50);
         println!("two holders for {overlap:?} at {WINDOW_MS} ms windows (bound {bound:?})");
@@ -256,16 +264,10 @@ mod privileged {
     fn keep_yields_to_a_primary_answering_for_the_vip_and_reports_the_conflict() {
         let lab = lab();
         let smtp = Smtp::start(&lab.ns("standby"), 2529).expect("SMTP server");
-        let window = format!("{WINDOW_MS}ms");
         #[rustfmt::skip]
-        let args = ["run", "--iface", "eth0", "--watch", "192.0.2.1", "--vip", VIP_NET,
-                    "--window", &window, "--failback", "keep",
-                    "--notify", "ops@example.org", "--smtp", "127.0.0.1:2529",
-                    "--from", "xdprobe@example.org"];
-        let mut daemon = Daemon::start(&lab.ns("standby"), &args).expect("starting xdprobe");
-        daemon
-            .wait_for_log("host UP", Duration::from_secs(5))
-            .expect("primary up");
+        let mut daemon = standby(&lab, &["--failback", "keep", "--notify", "ops@example.org",
+                                         "--smtp", "127.0.0.1:2529",
+                                         "--from", "xdprobe@example.org"]);
         let overlap = primary_returns_with_its_vip(&lab, &mut daemon);
         let bound = Duration::from_millis(2 * WINDOW_MS + 50);
         println!("two holders for {overlap:?} with failback = keep (bound {bound:?})");
@@ -302,16 +304,10 @@ mod privileged {
     /// xdprobe on the standby at 50 ms windows with mail to `smtp_port`; the primary killed
     /// and the VIP taken, its gratuitous ARP repeats over.
     fn holding_standby(lab: &Lab, smtp_port: u16) -> Daemon {
-        let window = format!("{WINDOW_MS}ms");
         let smtp = format!("127.0.0.1:{smtp_port}");
         #[rustfmt::skip]
-        let args = ["run", "--iface", "eth0", "--watch", "192.0.2.1", "--vip", VIP_NET,
-                    "--window", &window, "--notify", "ops@example.org", "--smtp", &smtp,
-                    "--from", "xdprobe@example.org"];
-        let mut daemon = Daemon::start(&lab.ns("standby"), &args).expect("starting xdprobe");
-        daemon
-            .wait_for_log("host UP", Duration::from_secs(5))
-            .expect("primary up");
+        let mut daemon = standby(lab, &["--notify", "ops@example.org", "--smtp", &smtp,
+                                        "--from", "xdprobe@example.org"]);
         lab.kill("primary").unwrap();
         daemon
             .wait_for_log("took over the VIP", Duration::from_secs(3))
