@@ -13,6 +13,8 @@ use data_encoding::BASE64;
 use hickory_proto::rr::{rdata::tsig::TsigAlgorithm, Name};
 use serde::Deserialize;
 
+use crate::config::family::is_unicast_host;
+
 pub const DEFAULT_TTL: u32 = 60;
 pub const DEFAULT_TSIG_ALGORITHM: &str = "hmac-sha256";
 pub const DEFAULT_RESYNC: Duration = Duration::from_secs(30);
@@ -260,12 +262,7 @@ fn check_members(members: &[IpAddr]) -> Result<(), String> {
     }
     let mut seen = BTreeSet::new();
     for &addr in members {
-        let host = match addr {
-            IpAddr::V4(v4) => !(v4.is_unspecified() || v4.is_broadcast() || v4.is_multicast()),
-            // Not in ::/96 (unspecified, loopback, IPv4-compatible), where no host is probed.
-            IpAddr::V6(v6) => u128::from(v6) >> 32 != 0 && !v6.is_multicast(),
-        };
-        if !host {
+        if !is_unicast_host(addr) {
             return Err(format!("{addr} is not a host address"));
         }
         if !seen.insert(addr) {

@@ -1,7 +1,9 @@
 //! Which address families a target list may use: `-4`, `-6` or both (the default), as fping
 //! has them. Names resolve within the family; an address of the other one is an error.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
+
+use probe_common::host::HostKey;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Family {
@@ -40,6 +42,22 @@ impl Family {
     }
 }
 
+/// Whether `addr` lies in `::/96` (the unspecified and loopback addresses, the deprecated
+/// IPv4-compatible form), below every IPv6 host: where the prober keys IPv4 hosts, so no IPv6
+/// host is ever probed there.
+pub fn below_host_space(addr: Ipv6Addr) -> bool {
+    HostKey::v6(addr.octets()).is_ipv4_space()
+}
+
+/// Whether `addr` can be a probed host (a watched primary, a witness, a pool member): unicast,
+/// and for IPv6 not [`below_host_space`].
+pub fn is_unicast_host(addr: IpAddr) -> bool {
+    match addr {
+        IpAddr::V4(v4) => !(v4.is_unspecified() || v4.is_broadcast() || v4.is_multicast()),
+        IpAddr::V6(v6) => !below_host_space(v6) && !v6.is_multicast(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -54,5 +72,23 @@ mod tests {
         assert!(Family::Any.allows(v4) && Family::Any.allows(v6));
         assert!(Family::V4.allows(v4) && !Family::V4.allows(v6));
         assert!(!Family::V6.allows(v4) && Family::V6.allows(v6));
+    }
+
+    #[test]
+    fn hosts_are_unicast_and_above_the_ipv4_space() {
+        for host in ["192.0.2.1", "2001:db8::1", "fe80::1", "::1:0:0"] {
+            assert!(is_unicast_host(host.parse().unwrap()), "{host}");
+        }
+        for other in [
+            "0.0.0.0",
+            "255.255.255.255",
+            "224.0.0.1",
+            "::",
+            "::1",
+            "::192.0.2.1",
+            "ff02::1",
+        ] {
+            assert!(!is_unicast_host(other.parse().unwrap()), "{other}");
+        }
     }
 }

@@ -9,7 +9,7 @@ use std::{borrow::Cow, net::IpAddr, time::Duration};
 use crate::config::{
     dns::PoolConfig,
     error::{bounded, SettingsError},
-    family::Family,
+    family::{is_unicast_host, Family},
     file::{FileConfig, GroupFile},
     flags::{Failback, OnExit, RunArgs},
     hooks::Hooks,
@@ -295,15 +295,6 @@ fn resolve_witnesses(
         }
     }
     Ok(witnesses)
-}
-
-/// Whether `addr` can be a probed host: unicast, and for IPv6 outside `::/96` (unspecified,
-/// loopback, IPv4-compatible), where the prober keys IPv4 hosts.
-fn is_unicast_host(addr: IpAddr) -> bool {
-    match addr {
-        IpAddr::V4(v4) => !(v4.is_unspecified() || v4.is_broadcast() || v4.is_multicast()),
-        IpAddr::V6(v6) => u128::from(v6) >> 32 != 0 && !v6.is_multicast(),
-    }
 }
 
 impl Garp {

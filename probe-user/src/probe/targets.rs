@@ -25,6 +25,7 @@ use std::{
 
 use futures::stream::{self, StreamExt as _};
 
+use crate::config::family::below_host_space;
 pub use crate::config::family::Family;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
@@ -181,11 +182,6 @@ fn parse_ipv6(text: &str) -> Result<Target, String> {
         return Err(not_a_host(addr));
     }
     Ok(Target::Addr(IpAddr::V6(addr)))
-}
-
-/// Whether `addr` lies in `::/96`, below every IPv6 host (where the prober keys IPv4 hosts).
-fn below_host_space(addr: Ipv6Addr) -> bool {
-    u128::from(addr) >> 32 == 0
 }
 
 fn not_a_host(addr: Ipv6Addr) -> String {
