@@ -297,12 +297,7 @@ impl ArpSocket {
                     let _ = self.send(&ArpPacket::probe(ip, self.mac()));
                 }
                 received = self.link.recv(&mut buf) => {
-                    let len = match received {
-                        Ok(len) => len,
-                        // The link went down (reported once): frames come again once it is up.
-                        Err(e) if e.raw_os_error() == Some(libc::ENETDOWN) => continue,
-                        Err(e) => return Err(e),
-                    };
+                    let len = received?;
                     let holder = buf
                         .get(..len)
                         .and_then(ArpPacket::parse)

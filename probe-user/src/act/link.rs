@@ -86,12 +86,7 @@ impl PacketSocket {
     /// Sends `frame` (Ethernet header included) to `dst` on the interface, without waiting:
     /// a full send buffer comes back as `WouldBlock`.
     pub fn send(&self, frame: &[u8], dst: [u8; 6]) -> io::Result<()> {
-        match self.send_once(frame, dst) {
-            // A link that went down leaves ENETDOWN pending on the socket, and the kernel
-            // reports it on the next send, even once the link is up again: try once more.
-            Err(e) if e.raw_os_error() == Some(libc::ENETDOWN) => self.send_once(frame, dst),
-            result => result,
-        }
+        retry_once_if_down(|| self.send_once(frame, dst))
     }
 
     fn send_once(&self, frame: &[u8], dst: [u8; 6]) -> io::Result<()> {
@@ -135,12 +130,15 @@ impl PacketSocket {
     }
 
     /// Waits for the next frame that is not our own host's transmission: its length in `buf`
-    /// (truncated to `buf`). A link that went down is reported once, as `ENETDOWN`.
+    /// (truncated to `buf`). A link that went down is reported once on the socket, as
+    /// `ENETDOWN`: that is no frame and no failure (frames come again once it is up), so it
+    /// is skipped here for every caller.
     pub async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             let mut guard = self.fd.readable().await?;
             match guard.try_io(|fd| recv_frame(fd.get_ref(), buf)) {
                 Ok(Ok((_, pkttype))) if pkttype == libc::PACKET_OUTGOING => continue,
+                Ok(Err(e)) if e.raw_os_error() == Some(libc::ENETDOWN) => continue,
                 Ok(result) => return result.map(|(len, _)| len),
                 Err(_would_block) => continue,
             }
@@ -247,6 +245,15 @@ fn recv_frame(socket: &Socket, buf: &mut [u8]) -> io::Result<(usize, u8)> {
     Ok((len, from.sll_pkttype))
 }
 
+/// A link that went down leaves ENETDOWN pending on a packet socket, reported by the next
+/// send even once the link is up again: one more try.
+fn retry_once_if_down(mut send: impl FnMut() -> io::Result<()>) -> io::Result<()> {
+    match send() {
+        Err(e) if e.raw_os_error() == Some(libc::ENETDOWN) => send(),
+        result => result,
+    }
+}
+
 /// Runs a libc call returning a byte count or -1, retrying on EINTR.
 fn retry_interrupted(mut call: impl FnMut() -> isize) -> io::Result<usize> {
     loop {
@@ -259,5 +266,38 @@ fn retry_interrupted(mut call: impl FnMut() -> isize) -> io::Result<usize> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pending_enetdown_is_tried_once_more() {
+        let mut calls = 0;
+        let result = retry_once_if_down(|| {
+            calls += 1;
+            if calls == 1 {
+                Err(io::Error::from_raw_os_error(libc::ENETDOWN))
+            } else {
+                Ok(())
+            }
+        });
+        assert!(result.is_ok());
+        assert_eq!(calls, 2);
+        let mut calls = 0;
+        let result = retry_once_if_down(|| {
+            calls += 1;
+            Err(io::Error::from_raw_os_error(libc::ENETDOWN))
+        });
+        assert!(result.is_err());
+        assert_eq!(calls, 2, "tried twice, not forever");
+        let mut calls = 0;
+        let _ = retry_once_if_down(|| {
+            calls += 1;
+            Err(io::Error::from_raw_os_error(libc::EPERM))
+        });
+        assert_eq!(calls, 1, "other errors are not retried");
     }
 }

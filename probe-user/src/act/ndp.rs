@@ -9,12 +9,10 @@
 
 use std::{io, net::Ipv6Addr, time::Duration};
 
+use probe_common::wire::{ETH_HDR_LEN, ETH_P_IPV6 as ETHERTYPE_IPV6, IPPROTO_ICMPV6, IPV6_HDR_LEN};
+
 use super::link::PacketSocket;
 
-const ETHERTYPE_IPV6: u16 = 0x86dd;
-const ETH_HDR_LEN: usize = 14;
-const IPV6_HDR_LEN: usize = 40;
-const IPPROTO_ICMPV6: u8 = 58;
 /// Every ND message is sent, and must be received, with hop limit 255 (RFC 4861 7.1.1).
 const ND_HOP_LIMIT: u8 = 255;
 const NEIGHBOUR_SOLICITATION: u8 = 135;
@@ -226,20 +224,43 @@ fn link_option(mut options: &[u8], wanted: u8) -> Option<[u8; 6]> {
     None
 }
 
-/// Whether `p` shows another machine than `own_mac` holding or taking `ip`; its MAC if so:
-/// an advertisement for `ip` (an answer to our probe, or the holder announcing itself), a
-/// solicitation *from* `ip` (someone using it), or another machine's DAD probe for `ip` (it
-/// is about to take it).
+/// Before we claim `ip`: whether `p` shows another machine than `own_mac` holding or taking
+/// it; its MAC if so: what [`answers_for`] counts, or another machine's DAD probe for `ip`
+/// (it is about to take it).
 pub fn claims(p: &NdpPacket, ip: Ipv6Addr, own_mac: [u8; 6]) -> Option<[u8; 6]> {
+    let rival_probe = p.kind == Kind::Solicitation && p.ip_src.is_unspecified() && p.target == ip;
+    if rival_probe {
+        return foreign_mac(p, ip, own_mac);
+    }
+    answers_for(p, ip, own_mac)
+}
+
+/// While we hold `ip`: whether `p` shows another machine than `own_mac` answering for or
+/// using it; its MAC if so: an advertisement for `ip` (an answer to our guard's probe, or
+/// the holder announcing itself), or a solicitation *from* `ip`. Another machine's DAD probe
+/// does not count here (as `arp::answers_for` ignores ARP probes): our kernel answers it for
+/// us, so that machine will not take the address, and yielding to it would leave the VIP
+/// to nobody.
+pub fn answers_for(p: &NdpPacket, ip: Ipv6Addr, own_mac: [u8; 6]) -> Option<[u8; 6]> {
+    let answers = match p.kind {
+        Kind::Advertisement { .. } => p.target == ip,
+        Kind::Solicitation => p.ip_src == ip,
+    };
+    if answers {
+        foreign_mac(p, ip, own_mac)
+    } else {
+        None
+    }
+}
+
+/// The MAC `p` speaks for, unless it is ours (looped back or reflected, or our announcement
+/// for another machine) or `ip` is unspecified (every DAD probe would "use" it).
+fn foreign_mac(p: &NdpPacket, ip: Ipv6Addr, own_mac: [u8; 6]) -> Option<[u8; 6]> {
     let mac = p.link_addr.unwrap_or(p.eth_src);
     if p.eth_src == own_mac || mac == own_mac || ip.is_unspecified() {
         return None;
     }
-    let claimed = match p.kind {
-        Kind::Advertisement { .. } => p.target == ip,
-        Kind::Solicitation => p.ip_src == ip || (p.ip_src.is_unspecified() && p.target == ip),
-    };
-    claimed.then_some(mac)
+    Some(mac)
 }
 
 /// The solicited-node multicast group of `addr` (RFC 4291 2.7.1): ff02::1:ffXX:XXXX.
@@ -333,7 +354,7 @@ impl NdpSocket {
     }
 
     /// Reads messages until one shows another machine holding or taking `ip`.
-    pub async fn next_claim(&self, ip: Ipv6Addr) -> io::Result<[u8; 6]> {
+    async fn next_claim(&self, ip: Ipv6Addr) -> io::Result<[u8; 6]> {
         let mut buf = [0u8; RECV_BUF_LEN];
         loop {
             let len = self.link.recv(&mut buf).await?;
@@ -343,6 +364,34 @@ impl NdpSocket {
                 .and_then(|p| claims(&p, ip, self.mac()));
             if let Some(mac) = holder {
                 return Ok(mac);
+            }
+        }
+    }
+
+    /// While we hold `ip`: sends a DAD-style solicitation for it every `every` (the first at
+    /// once), which whoever else has the address answers, and reads every ND message
+    /// meanwhile, until one shows another machine answering for it (see [`answers_for`]);
+    /// returns its MAC. A failed send (the link is down) is skipped: the next one may work.
+    pub async fn guard(&self, ip: Ipv6Addr, every: Duration) -> io::Result<[u8; 6]> {
+        self.link.drain()?;
+        let mut probes = tokio::time::interval(every);
+        probes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut buf = [0u8; RECV_BUF_LEN];
+        loop {
+            tokio::select! {
+                _ = probes.tick() => {
+                    let _ = self.send(&NdpPacket::dad_probe(self.mac(), ip));
+                }
+                received = self.link.recv(&mut buf) => {
+                    let len = received?;
+                    let holder = buf
+                        .get(..len)
+                        .and_then(NdpPacket::parse)
+                        .and_then(|p| answers_for(&p, ip, self.mac()));
+                    if let Some(mac) = holder {
+                        return Ok(mac);
+                    }
+                }
             }
         }
     }

@@ -56,7 +56,7 @@ impl Wire {
             let source = na_source(target, mac == self.mac(), || ndp::link_local(&self.iface));
             let router = ndp::forwarding(&self.iface);
             let na = NdpPacket::unsolicited(self.mac(), source, target, mac, router);
-            retry_once_if_down(|| self.ndp.send(&na))
+            self.ndp.send(&na)
         });
         v4.into_iter().chain(v6).collect()
     }
@@ -97,8 +97,8 @@ fn na_source(
 }
 
 /// While we hold `addrs` on `iface`: probes for them once `every` and watches ARP and
-/// NDP, on sockets of its own, until another machine answers for (or, IPv6, is about to
-/// take: its DAD probe) one of them; returns its MAC.
+/// NDP, on sockets of its own, until another machine answers for one of them; returns its
+/// MAC.
 pub async fn guard(iface: &str, addrs: Addrs, every: Duration) -> anyhow::Result<[u8; 6]> {
     let v4 = async {
         match addrs.v4 {
@@ -111,42 +111,16 @@ pub async fn guard(iface: &str, addrs: Addrs, every: Duration) -> anyhow::Result
     };
     let v6 = async {
         match addrs.v6 {
-            Some(ip) => guard_v6(iface, ip, every).await,
+            Some(ip) => {
+                let socket = NdpSocket::open(iface)?;
+                Ok(socket.guard(ip, every).await?)
+            }
             None => std::future::pending().await,
         }
     };
     tokio::select! {
         found = v4 => found,
         found = v6 => found,
-    }
-}
-
-async fn guard_v6(iface: &str, ip: Ipv6Addr, every: Duration) -> anyhow::Result<[u8; 6]> {
-    let socket = NdpSocket::open(iface)?;
-    let mut probes = tokio::time::interval(every);
-    probes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = probes.tick() => {
-                // A failed send (the link is down) is skipped: the next one may work.
-                let _ = socket.send(&NdpPacket::dad_probe(socket.mac(), ip));
-            }
-            found = socket.next_claim(ip) => match found {
-                Ok(mac) => return Ok(mac),
-                // The link went down (reported once): frames come again once it is up.
-                Err(e) if e.raw_os_error() == Some(libc::ENETDOWN) => continue,
-                Err(e) => return Err(e.into()),
-            },
-        }
-    }
-}
-
-/// A link that went down leaves ENETDOWN pending on a packet socket, reported by the next
-/// send even once the link is up again: one more try.
-fn retry_once_if_down(mut send: impl FnMut() -> io::Result<()>) -> io::Result<()> {
-    match send() {
-        Err(e) if e.raw_os_error() == Some(libc::ENETDOWN) => send(),
-        result => result,
     }
 }
 
@@ -161,33 +135,5 @@ mod tests {
         assert_eq!(na_source(vip, true, || Some(ll)), vip);
         assert_eq!(na_source(vip, false, || Some(ll)), ll);
         assert_eq!(na_source(vip, false, || None), vip);
-    }
-
-    #[test]
-    fn a_pending_enetdown_is_tried_once_more() {
-        let mut calls = 0;
-        let result = retry_once_if_down(|| {
-            calls += 1;
-            if calls == 1 {
-                Err(io::Error::from_raw_os_error(libc::ENETDOWN))
-            } else {
-                Ok(())
-            }
-        });
-        assert!(result.is_ok());
-        assert_eq!(calls, 2);
-        let mut calls = 0;
-        let result = retry_once_if_down(|| {
-            calls += 1;
-            Err(io::Error::from_raw_os_error(libc::ENETDOWN))
-        });
-        assert!(result.is_err());
-        assert_eq!(calls, 2, "tried twice, not forever");
-        let mut calls = 0;
-        let _ = retry_once_if_down(|| {
-            calls += 1;
-            Err(io::Error::from_raw_os_error(libc::EPERM))
-        });
-        assert_eq!(calls, 1, "other errors are not retried");
     }
 }

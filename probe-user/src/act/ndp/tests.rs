@@ -131,12 +131,20 @@ fn claims_are_answers_announcements_uses_and_rival_probes_from_others_only() {
     // Our own announcement, looped back or reflected, never counts.
     let ours = NdpPacket::unsolicited(OURS, VIP, VIP, OURS, false);
     assert_eq!(claims(&ours, VIP, OURS), None);
-    // Announcing the VIP for another machine (giving it back): its MAC is in the option.
+    // Another machine announcing the VIP at its own MAC from its link-local address.
     let for_them = NdpPacket::unsolicited(THEIRS, "fe80::b".parse().unwrap(), VIP, THEIRS, false);
     assert_eq!(claims(&for_them, VIP, OURS), Some(THEIRS));
+    // Our own announcement of the VIP for another machine (giving it back): it leaves with
+    // our Ethernet source and names their MAC; it is no other holder.
+    let given_back = NdpPacket::unsolicited(OURS, "fe80::a".parse().unwrap(), VIP, THEIRS, false);
+    assert_eq!(claims(&given_back, VIP, OURS), None);
+    assert_eq!(answers_for(&given_back, VIP, OURS), None);
     // Another machine's DAD for the VIP: it is about to take it.
     let rival = NdpPacket::dad_probe(THEIRS, VIP);
     assert_eq!(claims(&rival, VIP, OURS), Some(THEIRS));
+    // While we hold the VIP the same probe is no other holder: our kernel answers it.
+    assert_eq!(answers_for(&rival, VIP, OURS), None);
+    assert_eq!(answers_for(&holder, VIP, OURS), Some(THEIRS));
     // Someone resolving a neighbour from the VIP: it uses the address.
     let using = NdpPacket {
         ip_src: VIP,
