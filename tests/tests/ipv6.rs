@@ -140,7 +140,7 @@ mod privileged {
     }
 
     #[test]
-    fn an_ipv6_host_that_stops_answering_goes_down_and_the_exit_code_says_so() {
+    fn silent_hosts_of_both_families_are_down_and_the_exit_code_says_so() {
         let lab = farm();
         let rule = "table inet bh { chain input { type filter hook input priority 0; \
                     ip6 daddr 2001:db8:1::3 drop; ip daddr 198.18.0.3 drop; }; }";

@@ -200,13 +200,18 @@ impl Drop for ArpAsker {
 
 /// How long two MACs answered at once, as a client sees it: from `newcomer`'s first reply at
 /// or after `since` to `holder`'s last reply (zero if `holder` stopped first). `None` when
-/// either did not answer in that time (the premise failed).
+/// either did not answer at or after `since` (the premise failed: a holder silent before the
+/// newcomer came back would make any overlap look like zero).
 pub fn two_holders(replies: &[Seen], since: f64, holder: &str, newcomer: &str) -> Option<Duration> {
     let first_new = replies
         .iter()
         .find(|s| s.at >= since && s.mac == newcomer)?
         .at;
-    let last_old = replies.iter().rev().find(|s| s.mac == holder)?.at;
+    let last_old = replies
+        .iter()
+        .rev()
+        .find(|s| s.at >= since && s.mac == holder)?
+        .at;
     Some(Duration::from_secs_f64((last_old - first_new).max(0.0)))
 }
 
@@ -244,6 +249,9 @@ mod tests {
         );
         assert_eq!(two_holders(&gone_first, 2.5, "old", "new"), None);
         assert_eq!(two_holders(&[r(2.0, "new")], 1.0, "old", "new"), None);
+        // The holder silent since before `since`: no evidence either way, not a zero overlap.
+        let silent_holder = [r(1.0, "old"), r(2.1, "new")];
+        assert_eq!(two_holders(&silent_holder, 1.5, "old", "new"), None);
         let garp = Seen {
             gratuitous: true,
             ..r(2.2, "old")

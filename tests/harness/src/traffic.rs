@@ -16,7 +16,7 @@ use std::{
 use anyhow::{bail, Context as _};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-use crate::{cmd::run, lab::Lab, smtp::PYTHON};
+use crate::{cmd::run, lab::Lab, responder::checksum, smtp::PYTHON};
 
 /// A client pinging a target every `interval`, whether or not it gets answers (iputils ping
 /// slows to one probe every 10 ms once replies stop, which would blur an outage by as much),
@@ -102,7 +102,7 @@ fn send_pings(
         packet[6..8].copy_from_slice(&seq.to_be_bytes());
         // The kernel computes an ICMPv6 checksum itself (over the pseudo-header).
         if target.is_ipv4() {
-            let sum = internet_checksum(&packet);
+            let sum = checksum(&packet);
             packet[2..4].copy_from_slice(&sum.to_be_bytes());
         }
         // A full queue or no route yet: the probe is lost, the pace goes on.
@@ -167,23 +167,6 @@ fn receive_replies(
         }
     }
     Ok(times)
-}
-
-/// The Internet checksum (RFC 1071) of `data`.
-fn internet_checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = data
-        .chunks(2)
-        .map(|pair| {
-            u32::from(u16::from_be_bytes([
-                pair[0],
-                pair.get(1).copied().unwrap_or(0),
-            ]))
-        })
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 /// The longest time without a reply, in seconds.
@@ -330,9 +313,9 @@ mod tests {
     #[test]
     fn checksums_verify() {
         let mut packet = [8u8, 0, 0, 0, 0x12, 0x34, 0, 1, 0xab];
-        let sum = internet_checksum(&packet);
+        let sum = checksum(&packet);
         packet[2..4].copy_from_slice(&sum.to_be_bytes());
-        assert_eq!(internet_checksum(&packet), 0);
+        assert_eq!(checksum(&packet), 0);
     }
 
     /// Needs root: a lab of namespaces and a raw socket.
