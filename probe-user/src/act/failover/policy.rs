@@ -80,8 +80,9 @@ pub struct Policy {
     check: Check,
     isolation_reported: bool,
     conflict_reported: bool,
-    /// We yielded the VIP to this MAC and have no evidence since that it is gone.
-    yielded_to: Option<[u8; 6]>,
+    /// We yielded the VIP to another machine and have no evidence since that it is gone
+    /// (its MAC is in `check`).
+    yielded: bool,
     /// The held VIP is gone and not put back yet; an attempt is running; a failed one is
     /// retried from this time; the episode was reported.
     restore_due: bool,
@@ -112,7 +113,7 @@ impl Policy {
             check: Check::None,
             isolation_reported: false,
             conflict_reported: false,
-            yielded_to: None,
+            yielded: false,
             reclaim_after: Duration::ZERO,
             restore_due: false,
             restore_pending: false,
@@ -163,7 +164,7 @@ impl Policy {
         self.isolation_reported = false;
         self.conflict_reported = false;
         // The primary is back: whoever we yielded to, a later DOWN is a new episode.
-        self.yielded_to = None;
+        self.yielded = false;
         let mut actions = Vec::new();
         let release_in = match (self.holding, self.cfg.failback) {
             (true, Failback::Release) => {
@@ -196,7 +197,7 @@ impl Policy {
             Some(holder) => Check::Found { holder, at: now },
             None => {
                 self.conflict_reported = false;
-                self.yielded_to = None;
+                self.yielded = false;
                 Check::Clear { at: now }
             }
         };
@@ -215,7 +216,7 @@ impl Policy {
         }
         self.holding = false;
         self.restore_due = false;
-        self.yielded_to = Some(holder);
+        self.yielded = true;
         self.reclaim_after = self.claimed_at + self.cfg.hold_down;
         self.check = Check::Found { holder, at: now };
         // The yield is the report; the DOWN path must not report the same holder again.
@@ -239,7 +240,7 @@ impl Policy {
     /// answer from the other holder yields again).
     pub fn yield_failed(&mut self) {
         self.holding = true;
-        self.yielded_to = None;
+        self.yielded = false;
         self.reclaim_after = Duration::ZERO;
     }
 
@@ -322,7 +323,7 @@ impl Policy {
         }
         // Yielded and nothing says the other holder left: without a conflict check, never
         // claim (two holders); with one, only a clear check (below) claims.
-        if self.yielded_to.is_some() && !self.cfg.conflict_check {
+        if self.yielded && !self.cfg.conflict_check {
             return vec![];
         }
         if now < self.reclaim_after {
