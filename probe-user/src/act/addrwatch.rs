@@ -11,7 +11,6 @@ use futures::StreamExt as _;
 use rtnetlink::{
     packet_core::NetlinkPayload,
     packet_route::{
-        address::{AddressAttribute, AddressMessage},
         link::{LinkFlags, LinkMessage},
         RouteNetlinkMessage,
     },
@@ -34,7 +33,7 @@ pub enum NetEvent {
 pub fn event(msg: &RouteNetlinkMessage, index: u32) -> Option<NetEvent> {
     match msg {
         RouteNetlinkMessage::DelAddress(a) if a.header.index == index => {
-            address_of(a).map(NetEvent::Removed)
+            super::vip::local_address(a).map(NetEvent::Removed)
         }
         RouteNetlinkMessage::NewLink(l) if l.header.index == index => Some(link_event(l)),
         _ => None,
@@ -46,21 +45,6 @@ fn link_event(l: &LinkMessage) -> NetEvent {
     NetEvent::Link {
         running: flags.contains(LinkFlags::Up) && flags.contains(LinkFlags::Running),
     }
-}
-
-/// The local address of an address message (IPv4 has both `IFA_LOCAL` and `IFA_ADDRESS`,
-/// which differ only on point-to-point links; IPv6 has `IFA_ADDRESS`).
-fn address_of(a: &AddressMessage) -> Option<IpAddr> {
-    let local = a.attributes.iter().find_map(|x| match x {
-        AddressAttribute::Local(ip) => Some(*ip),
-        _ => None,
-    });
-    local.or_else(|| {
-        a.attributes.iter().find_map(|x| match x {
-            AddressAttribute::Address(ip) => Some(*ip),
-            _ => None,
-        })
-    })
 }
 
 /// Subscribes to the address and link events of interface `index`; they arrive on the
@@ -104,6 +88,8 @@ pub fn watch(index: u32) -> anyhow::Result<mpsc::UnboundedReceiver<NetEvent>> {
 #[cfg(test)]
 mod tests {
     use std::net::Ipv4Addr;
+
+    use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 
     use super::*;
 

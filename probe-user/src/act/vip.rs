@@ -175,6 +175,21 @@ impl Vip {
     }
 }
 
+/// The local address of an address message (IPv4 has both `IFA_LOCAL` and `IFA_ADDRESS`,
+/// which differ only on point-to-point links; IPv6 has `IFA_ADDRESS`).
+pub fn local_address(a: &AddressMessage) -> Option<IpAddr> {
+    let local = a.attributes.iter().find_map(|x| match x {
+        AddressAttribute::Local(ip) => Some(*ip),
+        _ => None,
+    });
+    local.or_else(|| {
+        a.attributes.iter().find_map(|x| match x {
+            AddressAttribute::Address(ip) => Some(*ip),
+            _ => None,
+        })
+    })
+}
+
 fn has_address(msg: &AddressMessage, addr: IpAddr) -> bool {
     msg.attributes.iter().any(
         |a| matches!(a, AddressAttribute::Address(a) | AddressAttribute::Local(a) if *a == addr),
@@ -315,15 +330,7 @@ async fn list_all(handle: &Handle) -> anyhow::Result<Vec<Listed>> {
     let mut addrs = handle.address().get().execute();
     while let Some(msg) = addrs.try_next().await.context("listing addresses")? {
         let index = msg.header.index;
-        let local = msg.attributes.iter().find_map(|a| match a {
-            AddressAttribute::Local(ip) => Some(*ip),
-            _ => None,
-        });
-        let address = msg.attributes.iter().find_map(|a| match a {
-            AddressAttribute::Address(ip) => Some(*ip),
-            _ => None,
-        });
-        let Some(addr) = local.or(address) else {
+        let Some(addr) = local_address(&msg) else {
             continue;
         };
         let label = msg.attributes.iter().find_map(|a| match a {
