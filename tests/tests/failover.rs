@@ -27,24 +27,15 @@ mod privileged {
     }
 
     fn start(lab: &Lab, extra: &[&str]) -> Daemon {
-        let window = format!("{WINDOW_MS}ms");
-        let mut args = vec![
-            "run",
-            "--iface",
-            "eth0",
-            "--watch",
+        Daemon::standby(
+            &lab.ns("standby"),
             "192.0.2.1",
-            "--vip",
             VIP_NET,
-            "--window",
-            &window,
-        ];
-        args.extend_from_slice(extra);
-        let mut daemon = Daemon::start(&lab.ns("standby"), &args).expect("starting xdprobe");
-        daemon
-            .wait_for_log("host UP", Duration::from_secs(5))
-            .expect("xdprobe sees the primary up");
-        daemon
+            WINDOW_MS,
+            extra,
+            true,
+        )
+        .expect("xdprobe started and sees the primary up")
     }
 
     /// Kills the primary; returns how long the daemon says the primary had been silent when it

@@ -48,16 +48,15 @@ mod privileged {
     /// xdprobe on the standby watching the primary at 50 ms windows with `extra` flags, once
     /// it has seen the primary UP.
     fn standby(lab: &Lab, extra: &[&str]) -> Daemon {
-        let window = format!("{WINDOW_MS}ms");
-        #[rustfmt::skip]
-        let mut args = vec!["run", "--iface", "eth0", "--watch", "192.0.2.1", "--vip", VIP_NET,
-                            "--window", &window];
-        args.extend_from_slice(extra);
-        let mut daemon = Daemon::start(&lab.ns("standby"), &args).expect("starting xdprobe");
-        daemon
-            .wait_for_log("host UP", Duration::from_secs(5))
-            .expect("primary up");
-        daemon
+        Daemon::standby(
+            &lab.ns("standby"),
+            "192.0.2.1",
+            VIP_NET,
+            WINDOW_MS,
+            extra,
+            true,
+        )
+        .expect("xdprobe started and sees the primary up")
     }
 
     fn assert_nothing_attached(lab: &Lab) {

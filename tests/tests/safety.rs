@@ -57,28 +57,17 @@ mod privileged {
 
     /// The same at `window_ms` windows.
     fn start_at(lab: &Lab, window_ms: u64, extra: &[&str], wait_up: bool) -> Daemon {
-        let window = format!("{window_ms}ms");
-        let mut args = vec![
-            "run",
-            "--iface",
-            "eth0",
-            "--watch",
+        let mut flags = vec!["--witness", GATEWAY];
+        flags.extend_from_slice(extra);
+        Daemon::standby(
+            &lab.ns("standby"),
             PRIMARY,
-            "--vip",
             VIP_NET,
-            "--window",
-            &window,
-            "--witness",
-            GATEWAY,
-        ];
-        args.extend_from_slice(extra);
-        let mut daemon = Daemon::start(&lab.ns("standby"), &args).expect("starting xdprobe");
-        if wait_up {
-            daemon
-                .wait_for_log("host UP", Duration::from_secs(5))
-                .expect("primary seen up");
-        }
-        daemon
+            window_ms,
+            &flags,
+            wait_up,
+        )
+        .expect("xdprobe started (and sees the primary up)")
     }
 
     fn vip_on(lab: &Lab, host: &str) -> bool {

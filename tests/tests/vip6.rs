@@ -75,16 +75,8 @@ mod privileged {
     }
 
     fn start(lab: &Lab, vip: &str, extra: &[&str]) -> Daemon {
-        let window = format!("{WINDOW_MS}ms");
-        #[rustfmt::skip]
-        let mut args = vec!["run", "--iface", "eth0", "--watch", PRIMARY6, "--vip", vip,
-                            "--window", &window];
-        args.extend_from_slice(extra);
-        let mut daemon = Daemon::start(&lab.ns("standby"), &args).expect("starting xdprobe");
-        daemon
-            .wait_for_log("host UP", Duration::from_secs(5))
-            .expect("primary up");
-        daemon
+        Daemon::standby(&lab.ns("standby"), PRIMARY6, vip, WINDOW_MS, extra, true)
+            .expect("xdprobe started and sees the primary up")
     }
 
     /// Kills the primary and waits until the standby took the VIP over and its announcements

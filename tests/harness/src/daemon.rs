@@ -68,6 +68,29 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// `xdprobe run` as a failover lab's standby (namespace `ns`, interface `eth0`) watching
+    /// `watch` for `vip` at `window_ms` windows, plus `extra` flags; with `wait_up`, returns
+    /// once it logged a host UP (the primary, seen answering).
+    pub fn standby(
+        ns: &str,
+        watch: &str,
+        vip: &str,
+        window_ms: u64,
+        extra: &[&str],
+        wait_up: bool,
+    ) -> anyhow::Result<Self> {
+        let window = format!("{window_ms}ms");
+        let mut args = vec![
+            "run", "--iface", "eth0", "--watch", watch, "--vip", vip, "--window", &window,
+        ];
+        args.extend_from_slice(extra);
+        let mut daemon = Self::start(ns, &args)?;
+        if wait_up {
+            daemon.wait_for_log("host UP", Duration::from_secs(5))?;
+        }
+        Ok(daemon)
+    }
+
     /// Starts `xdprobe ARGS` in namespace `ns`, logging at `info`.
     pub fn start(ns: &str, args: &[&str]) -> anyhow::Result<Self> {
         Self::start_xdprobe(ns, args, Some("info"))
