@@ -377,6 +377,10 @@ mod tests {
             HookEvent::Up => hooks.on_up = Some(hook),
             HookEvent::Claim => hooks.on_claim = Some(hook),
             HookEvent::Release => hooks.on_release = Some(hook),
+            HookEvent::Elected
+            | HookEvent::LostLease
+            | HookEvent::Fenced
+            | HookEvent::HandedOver => hooks.on_cluster = Some(hook),
         }
         hooks
     }

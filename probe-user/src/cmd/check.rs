@@ -154,6 +154,7 @@ fn hooks_lines(hooks: &Hooks) -> String {
         ("on_up", &hooks.on_up),
         ("on_claim", &hooks.on_claim),
         ("on_release", &hooks.on_release),
+        ("on_cluster", &hooks.on_cluster),
     ];
     for (name, hook) in all {
         if let Some(hook) = hook {

@@ -6,6 +6,7 @@ use std::{net::IpAddr, path::Path, time::Duration};
 use serde::Deserialize;
 
 use crate::config::{
+    cluster::ClusterFile,
     dns::DnsFileConfig,
     error::SettingsError,
     flags::{Failback, OnExit},
@@ -53,6 +54,7 @@ pub struct FileConfig {
     pub on_up: Option<String>,
     pub on_claim: Option<String>,
     pub on_release: Option<String>,
+    pub on_cluster: Option<String>,
     #[serde(default, with = "humantime_serde")]
     pub hook_timeout: Option<Duration>,
     pub notify: Option<String>,
@@ -67,6 +69,8 @@ pub struct FileConfig {
     pub metrics: Option<String>,
     /// What to log: a level (`info`) or `RUST_LOG`-style directives; `RUST_LOG` wins if set.
     pub log_level: Option<String>,
+    /// Several nodes agreeing through etcd (`[cluster]`).
+    pub cluster: Option<ClusterFile>,
 }
 
 /// One `[[group]]` of the config file.
@@ -104,18 +108,20 @@ impl SettingsError {
     }
 }
 
-/// The 1-based line of the config `text` where `field` is set: a top-level key (`window`), or
-/// a key of the n-th `[[table]]` (`group[1].vip`, `dns[0].members`), as the TOML parser placed
-/// it. `None` if the file does not set it (the value came from a flag or a default).
+/// The 1-based line of the config `text` where `field` is set: a top-level key (`window`), a
+/// key of the n-th `[[table]]` (`group[1].vip`, `dns[0].members`) or of a `[table]`
+/// (`cluster.etcd`), as the TOML parser placed it. `None` if the file does not set it (the
+/// value came from a flag or a default).
 pub fn locate(text: &str, field: &str) -> Option<usize> {
     let doc = toml_edit::ImDocument::parse(text).ok()?;
-    let (table, key) = match field.split_once("].") {
-        Some((head, key)) => {
+    let (table, key) = match (field.split_once("]."), field.split_once('.')) {
+        (Some((head, key)), _) => {
             let (name, index) = head.split_once('[')?;
             let tables = doc.get(name)?.as_array_of_tables()?;
             (tables.get(index.parse().ok()?)?, key)
         }
-        None => (doc.as_table(), field),
+        (None, Some((name, key))) => (doc.get(name)?.as_table()?, key),
+        (None, None) => (doc.as_table(), field),
     };
     let start = table.key(key)?.span()?.start;
     Some(text[..start].matches('\n').count() + 1)
@@ -139,6 +145,9 @@ mod tests {
             "missing in that group"
         );
         assert_eq!(locate(text, "dns[0].members"), Some(12));
+        let text = "iface = \"eth0\"\n[cluster]\netcd = []\nnode = \"a\"\n";
+        assert_eq!(locate(text, "cluster.node"), Some(4));
+        assert_eq!(locate(text, "cluster.quorum"), None);
         assert_eq!(locate(text, "probes"), None, "from a flag or a default");
         // A top-level key after a table header belongs to the table, not the top level.
         assert_eq!(locate("[[group]]\nwindow = \"1s\"\n", "window"), None);

@@ -241,6 +241,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "CMD")]
     pub on_release: Option<String>,
 
+    /// Command run on cluster events: elected, lost_lease, fenced, handed_over.
+    #[arg(long, value_name = "CMD")]
+    pub on_cluster: Option<String>,
+
     /// Hooks still running after this are killed [default: 10s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub hook_timeout: Option<std::time::Duration>,

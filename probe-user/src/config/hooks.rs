@@ -1,4 +1,4 @@
-//! The operator's hooks (`on_down`, `on_up`, `on_claim`, `on_release`): which command runs for
+//! The operator's hooks (`on_down`, `on_up`, `on_claim`, `on_release`, `on_cluster`): which command runs for
 //! which event, split like a shell would split it but never run through one, and how long it
 //! may run. Running them is `act::hooks`.
 
@@ -24,6 +24,14 @@ pub enum HookEvent {
     Claim,
     /// This node released the virtual IP.
     Release,
+    /// Cluster (`on_cluster`): this node was elected a group's holder.
+    Elected,
+    /// Cluster: this node could not renew its etcd lease in time.
+    LostLease,
+    /// Cluster: this node removed a VIP it held because it may no longer hold it.
+    Fenced,
+    /// Cluster: another node is now the group's holder.
+    HandedOver,
 }
 
 impl HookEvent {
@@ -34,6 +42,10 @@ impl HookEvent {
             HookEvent::Up => "up",
             HookEvent::Claim => "claim",
             HookEvent::Release => "release",
+            HookEvent::Elected => "elected",
+            HookEvent::LostLease => "lost_lease",
+            HookEvent::Fenced => "fenced",
+            HookEvent::HandedOver => "handed_over",
         }
     }
 }
@@ -88,6 +100,8 @@ pub struct Hooks {
     pub on_up: Option<Hook>,
     pub on_claim: Option<Hook>,
     pub on_release: Option<Hook>,
+    /// The cluster's events, all four.
+    pub on_cluster: Option<Hook>,
     /// How long a hook may run before it is killed with everything it started. A zero timeout
     /// kills a hook as soon as it has been started.
     pub timeout: Duration,
@@ -102,6 +116,7 @@ impl Default for Hooks {
             on_up: None,
             on_claim: None,
             on_release: None,
+            on_cluster: None,
             timeout: DEFAULT_TIMEOUT,
         }
     }
@@ -115,6 +130,10 @@ impl Hooks {
             HookEvent::Up => self.on_up.as_ref(),
             HookEvent::Claim => self.on_claim.as_ref(),
             HookEvent::Release => self.on_release.as_ref(),
+            HookEvent::Elected
+            | HookEvent::LostLease
+            | HookEvent::Fenced
+            | HookEvent::HandedOver => self.on_cluster.as_ref(),
         }
     }
 
@@ -133,6 +152,7 @@ impl Hooks {
             on_up: hook("on_up", &args.on_up, &file.on_up)?,
             on_claim: hook("on_claim", &args.on_claim, &file.on_claim)?,
             on_release: hook("on_release", &args.on_release, &file.on_release)?,
+            on_cluster: hook("on_cluster", &args.on_cluster, &file.on_cluster)?,
             timeout: bounded(
                 "hook_timeout",
                 args.hook_timeout.or(file.hook_timeout),
@@ -189,11 +209,27 @@ mod tests {
             HookEvent::Up,
             HookEvent::Claim,
             HookEvent::Release,
+            HookEvent::Elected,
+            HookEvent::LostLease,
+            HookEvent::Fenced,
+            HookEvent::HandedOver,
         ]
         .iter()
         .map(|e| e.to_string())
         .collect();
-        assert_eq!(names, ["down", "up", "claim", "release"]);
+        assert_eq!(
+            names,
+            [
+                "down",
+                "up",
+                "claim",
+                "release",
+                "elected",
+                "lost_lease",
+                "fenced",
+                "handed_over"
+            ]
+        );
     }
 
     #[test]

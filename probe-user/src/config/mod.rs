@@ -2,6 +2,7 @@
 //! settings resolved from both (each part by its own resolver). Pure but for reading the files
 //! the config names.
 
+pub mod cluster;
 pub mod dns;
 pub mod error;
 pub mod family;

@@ -7,6 +7,7 @@
 use std::{borrow::Cow, net::IpAddr, time::Duration};
 
 use crate::config::{
+    cluster::{host_name, ClusterSettings},
     dns::PoolConfig,
     error::{bounded, SettingsError},
     family::{is_unicast_host, Family},
@@ -82,6 +83,8 @@ pub struct Settings {
     pub metrics: Option<std::net::SocketAddr>,
     /// Log filter directives (checked), e.g. `info` or `warn,xdprobe::hooks=debug`.
     pub log_level: String,
+    /// Several nodes agreeing through etcd; `None`: this node alone decides.
+    pub cluster: Option<ClusterSettings>,
 }
 
 impl Settings {
@@ -111,6 +114,11 @@ impl Settings {
             debug: args.debug || file.debug.unwrap_or(false),
             metrics: resolve_metrics(args.metrics.clone().or(file.metrics))?,
             log_level: resolve_log_level(file.log_level)?,
+            cluster: file
+                .cluster
+                .as_ref()
+                .map(|c| ClusterSettings::resolve(c, &host_name().unwrap_or_default()))
+                .transpose()?,
         })
     }
 }
@@ -494,6 +502,18 @@ mod tests {
         let s = Settings::resolve(&RunArgs::default(), f).unwrap();
         assert_eq!(s.timing.window, Duration::from_millis(100));
         assert!(s.mail.is_some());
+        assert_eq!(s.cluster, None, "commented out");
+        // The cluster section, uncommented but for the TLS files (https only), is valid.
+        let cluster: String = text
+            .lines()
+            .skip_while(|l| *l != "# [cluster]")
+            .take_while(|l| !l.starts_with("# ca = "))
+            .map(|l| format!("{}\n", l.trim_start_matches("# ")))
+            .collect();
+        let s =
+            Settings::resolve(&RunArgs::default(), file(&format!("{text}\n{cluster}"))).unwrap();
+        let c = s.cluster.expect("the [cluster] table");
+        assert_eq!((c.etcd.len(), c.node.as_str()), (3, "standby-1"));
         // Every key the file format knows is shown in the example (some commented out).
         for key in [
             "iface",
@@ -518,6 +538,7 @@ mod tests {
             "on_up",
             "on_claim",
             "on_release",
+            "on_cluster",
             "hook_timeout",
             "notify",
             "smtp",
@@ -530,6 +551,16 @@ mod tests {
             "monitor",
             "metrics",
             "log_level",
+            "etcd",
+            "node",
+            "prefix",
+            "lease_ttl",
+            "quorum",
+            "on_quorum_loss",
+            "replicas",
+            "ca",
+            "cert",
+            "key",
         ] {
             let shown = |l: &str| l.trim_start_matches("# ").starts_with(&format!("{key} = "));
             assert!(text.lines().any(shown), "{key} missing");

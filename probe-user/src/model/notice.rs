@@ -106,6 +106,26 @@ pub fn release_notice(
     }
 }
 
+/// A cluster event about one group (`elected`, `lost_lease`, `fenced`, `handed_over`), with
+/// what it means in a sentence.
+pub fn cluster_notice(
+    event: &str,
+    watch: IpAddr,
+    site: &Site,
+    at: SystemTime,
+    detail: &str,
+) -> Notice {
+    Notice {
+        subject: format!("xdprobe: {} {} for {} ({watch})", site.node, event.replace('_', " "), site.vip),
+        body: format!(
+            "Cluster event on {node} at {when}, for the virtual IP {vip} (primary {watch}):\n{detail}\n",
+            node = site.node,
+            when = humantime::format_rfc3339_millis(at),
+            vip = site.vip,
+        ),
+    }
+}
+
 pub fn conflict_notice(watch: IpAddr, site: &Site, at: SystemTime, holder: &str) -> Notice {
     Notice {
         subject: format!("xdprobe: {watch} is DOWN but {} is in use by {holder}: not taken", site.vip),

@@ -2,7 +2,7 @@
 //! primaries, the witnesses, the monitored targets), one failover task per group, and a
 //! dispatcher between them that also runs the down/up hooks.
 
-use std::{net::IpAddr, path::Path, sync::Arc};
+use std::{net::IpAddr, sync::Arc};
 
 use anyhow::Context as _;
 use tokio::{
@@ -15,11 +15,13 @@ use tracing::{error, info};
 
 use crate::{
     act::{
+        cluster::{session, Cluster},
         dns::{DnsPool, Start},
         mail::Notifier,
         wire::Wire,
     },
     config::{
+        cluster::host_name,
         dns::PoolConfig,
         flags::RunArgs,
         load::load_settings,
@@ -44,12 +46,12 @@ use crate::{
     },
 };
 
-fn node_name() -> String {
-    std::fs::read_to_string(Path::new("/proc/sys/kernel/hostname"))
-        .map(|s| s.trim().to_string())
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "this host".into())
+/// What the notices call this machine: its cluster node name, else its host name.
+fn node_name(settings: &Settings) -> String {
+    match &settings.cluster {
+        Some(cluster) => cluster.node.clone(),
+        None => host_name().unwrap_or_else(|| "this host".into()),
+    }
 }
 
 /// What `run` prepares before touching the system: the settings, and the hosts they name.
@@ -78,6 +80,7 @@ struct Tasks {
 }
 
 pub async fn run(args: RunArgs, log: LogLevel) -> Result<(), Failure> {
+    let started = tokio::time::Instant::now();
     let shutdown = CancellationToken::new();
     let plan = prepare(&args, &log, &shutdown).await?;
     // Installed before we say we are ready: SIGHUP's default action would end the process.
@@ -91,7 +94,19 @@ pub async fn run(args: RunArgs, log: LogLevel) -> Result<(), Failure> {
         sender: Sender::open(&s.iface).system()?,
         wire: Arc::new(Wire::open(&s.iface).system()?),
     };
-    let tasks = start_tasks(plan, link, args, log, hangup, &shutdown).await?;
+    // The cluster session outlives the groups: its lease is revoked only after they left
+    // their VIPs, so that no other node claims one we still hold.
+    let leave = CancellationToken::new();
+    let session = match &s.cluster {
+        Some(settings) => Some(
+            session::start(settings.clone(), started, leave.clone())
+                .await
+                .map_err(Failure::Usage)?,
+        ),
+        None => None,
+    };
+    let (cluster, session) = session.unzip();
+    let tasks = start_tasks(plan, link, cluster, args, log, hangup, &shutdown).await?;
     // systemd (Type=notify): we are up; the dispatcher pings the watchdog once per window.
     if let Err(error) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
         tracing::warn!(%error, "cannot notify systemd of readiness");
@@ -99,6 +114,10 @@ pub async fn run(args: RunArgs, log: LogLevel) -> Result<(), Failure> {
     let result = wait_for_stop(tasks.prober, &shutdown).await?;
     let _ = tasks.dispatcher.await;
     let _ = tasks.reloader.await;
+    leave.cancel();
+    if let Some(session) = session {
+        let _ = session.await;
+    }
     outcome(result)
 }
 
@@ -107,6 +126,7 @@ pub async fn run(args: RunArgs, log: LogLevel) -> Result<(), Failure> {
 async fn start_tasks(
     plan: Plan,
     link: Link,
+    cluster: Option<Cluster>,
     args: RunArgs,
     log: LogLevel,
     hangup: Signal,
@@ -120,13 +140,14 @@ async fn start_tasks(
     let common = Common {
         iface: s.iface.clone(),
         index: plan.index,
-        node: node_name(),
+        node: node_name(s),
         wire: link.wire,
         notifier: plan.notifier.clone(),
         hooks: hooks_rx.clone(),
         timing: timing_rx,
         settings: s.failover.clone(),
         observed: observed.clone(),
+        cluster: cluster.clone(),
     };
     let (groups, routes) = start_groups(common, &s.groups, shutdown)?;
     let (pools, pool_handles) = start_pools(&plan.notifier, &observed, &s.dns, shutdown);

@@ -14,6 +14,10 @@ use tracing::info;
 
 use crate::{
     act::{
+        cluster::{
+            seat::{self, SeatFor},
+            Cluster,
+        },
         failover::Failover,
         mail::Notifier,
         vip::{self, Vip},
@@ -49,6 +53,8 @@ pub struct Common {
     pub timing: watch::Receiver<Timing>,
     pub settings: FailoverSettings,
     pub observed: Observed,
+    /// The cluster this node belongs to, if any: each group gets a seat in it.
+    pub cluster: Option<Cluster>,
 }
 
 struct Running {
@@ -154,14 +160,28 @@ impl Groups {
             }
         });
         let (tx, rx) = mpsc::unbounded_channel();
+        let stop = self.shutdown.child_token();
+        let site = Site {
+            vip: group.vip.to_string(),
+            iface: c.iface.clone(),
+            label: group.label.clone(),
+            node: c.node.clone(),
+        };
+        // The seat lives as long as this task: a hand-over starts a new one with the task.
+        let seat_stop = stop.child_token();
+        let cluster = c.cluster.as_ref().map(|cluster| {
+            let seat = SeatFor {
+                group: group_name(group),
+                watch: group.watch,
+                site: site.clone(),
+                notifier: c.notifier.clone(),
+                hooks: c.hooks.clone(),
+            };
+            seat::spawn(cluster, seat, seat_stop.clone())
+        });
         let failover = Failover {
             watch: group.watch,
-            site: Site {
-                vip: group.vip.to_string(),
-                iface: c.iface.clone(),
-                label: group.label.clone(),
-                node: c.node.clone(),
-            },
+            site,
             vip,
             wire: Arc::clone(&c.wire),
             notifier: c.notifier.clone(),
@@ -171,10 +191,14 @@ impl Groups {
             observed: c.observed.clone(),
             handover: CancellationToken::new(),
             quiet_start: handed_over,
+            cluster,
         };
         let handover = failover.handover.clone();
-        let stop = self.shutdown.child_token();
-        let task = tokio::spawn(failover.run(rx, stop.clone()));
+        let run = failover.run(rx, stop.clone());
+        let task = tokio::spawn(async move {
+            run.await;
+            seat_stop.cancel();
+        });
         if !handed_over {
             info!(watch = %group.watch, vip = %group.vip, label = %group.label, "failover group");
         }
@@ -219,6 +243,15 @@ impl Groups {
         let routes = self.running.iter().map(|r| r.route.clone()).collect();
         self.routes.send_replace(routes);
     }
+}
+
+/// A group's name in the cluster's keys: its VIP's first address (unique among groups).
+pub fn group_name(group: &Group) -> String {
+    group
+        .vip
+        .addrs()
+        .next()
+        .map_or_else(|| group.vip.to_string(), |a| a.to_string())
 }
 
 /// Refuses `groups` whose VIP is one of the host's own addresses (on another interface, or

@@ -46,6 +46,7 @@ pub fn needs_restart(running: &Settings, new: &Settings) -> Vec<&'static str> {
     let fixed = [
         ("iface", running.iface == new.iface),
         ("debug", running.debug == new.debug),
+        ("cluster", running.cluster == new.cluster),
     ];
     fixed
         .into_iter()

@@ -28,6 +28,7 @@ use self::{
 };
 use crate::{
     act::{
+        cluster::seat::SeatHandle,
         hooks::{fire, HookFacts},
         mail::Notifier,
         vip::{Added, Vip},
@@ -40,11 +41,12 @@ use crate::{
         timing::Timing,
     },
     model::{
+        cluster::{GroupView, Verdict},
         events::{HostEvent, HostReport, Site},
         health::State,
         notice::{
-            conflict_notice, isolation_notice, recovery_notice, release_notice, start_notice,
-            takeover_notice,
+            cluster_notice, conflict_notice, isolation_notice, recovery_notice, release_notice,
+            start_notice, takeover_notice,
         },
         snapshot::{GroupStatus, Observed},
     },
@@ -82,6 +84,9 @@ pub struct Failover {
     pub handover: CancellationToken,
     /// Taking over from such a task: no start notice.
     pub quiet_start: bool,
+    /// One node of a cluster: the group's seat, which publishes our verdicts and says what
+    /// we may do. `None`: this node decides alone.
+    pub cluster: Option<SeatHandle>,
 }
 
 /// What the loop keeps between events besides the policy.
@@ -100,6 +105,8 @@ struct Run {
     /// The primary's last DOWN, for the takeover notice when the claim comes later (after an
     /// ARP conflict check that was not done yet when the DOWN arrived).
     down: Option<HostEvent>,
+    /// Cluster: our last verdict's event, for the notices of what the quorum decides later.
+    last: Option<HostEvent>,
 }
 
 impl Run {
@@ -130,6 +137,16 @@ impl Failover {
         self.adopt(&mut run).await;
         let mut tick = ticker(&timing);
         let mut net = self.watch_net();
+        if let Some(view) = self
+            .cluster
+            .as_mut()
+            .map(|c| c.view.borrow_and_update().clone())
+        {
+            let actions = run.policy.cluster(&view, run.now());
+            for action in actions {
+                self.act(&mut run, action, None).await;
+            }
+        }
         let stop = loop {
             let (actions, event) = tokio::select! {
                 _ = shutdown.cancelled() => break Stop::Shutdown,
@@ -143,6 +160,7 @@ impl Failover {
                     (run.policy.holder_seen(holder, run.now()), None)
                 }
                 Some(event) = next_event(&mut net) => (self.on_net(&mut run, event), None),
+                Some(view) = next_view(&mut self.cluster) => (self.on_view(&mut run, &view), None),
                 _ = tick.tick() => (run.policy.tick(run.now()), None),
                 Ok(()) = self.timing.changed() => {
                     tick = self.retime(&mut run);
@@ -169,6 +187,7 @@ impl Failover {
                 hold_down: self.settings.hold_down,
                 conflict_check: !self.settings.conflict_wait.is_zero(),
                 check_valid_for: check_valid_for(timing),
+                clustered: self.cluster.is_some(),
             }),
             start: Instant::now(),
             window: 0,
@@ -178,6 +197,7 @@ impl Failover {
             holders,
             claim_failure_reported: false,
             down: None,
+            last: None,
         }
     }
 
@@ -284,6 +304,22 @@ impl Failover {
                 if event.host != self.watch {
                     return (vec![], None);
                 }
+                if let Some(cluster) = &self.cluster {
+                    // Our verdict goes to the cluster; what a quorum agrees comes back as a
+                    // view (`on_view`).
+                    if event.change.to != State::Unknown {
+                        let down = event.change.to == State::Down;
+                        if down {
+                            run.down = Some(event);
+                        }
+                        let _ = cluster.verdicts.send(Verdict {
+                            down,
+                            window: event.window,
+                        });
+                    }
+                    run.last = Some(event);
+                    return (vec![], Some(event));
+                }
                 let actions = match event.change.to {
                     State::Down => {
                         run.down = Some(event);
@@ -315,6 +351,7 @@ impl Failover {
                 });
             }
             Action::Claim => self.claim(run, event).await,
+            Action::Fence => self.fence(run).await,
             Action::Release => self.release(run).await,
             Action::Yield { holder, keep } => self.yield_to(run, holder, keep).await,
             Action::Restore { report } => self.restore(run, report).await,
@@ -342,7 +379,7 @@ impl Failover {
                 release_in,
             } => {
                 info!(host = %self.watch, window = run.window, holding, release_in = ?release_in, "watched host is back");
-                if let Some(event) = event {
+                if let Some(event) = event.or(run.last.as_ref()) {
                     self.notifier
                         .send(recovery_notice(event, &self.site, holding, release_in));
                 }
@@ -404,6 +441,51 @@ impl Failover {
             self.notifier
                 .send(takeover_notice(event, &self.site, &outcome));
         }
+    }
+
+    /// The cluster's view of our group changed: what we may do, and what a quorum says.
+    fn on_view(&self, run: &mut Run, view: &GroupView) -> Vec<Action> {
+        run.policy.cluster(view, run.now())
+    }
+
+    /// We may no longer hold the VIP (cluster): remove it now. The node that holds the group
+    /// now announces it; we do not.
+    async fn fence(&self, run: &mut Run) {
+        stop_holding_tasks(run);
+        let reason = match self
+            .cluster
+            .as_ref()
+            .map(|c| c.view.borrow().holder.clone())
+        {
+            Some(Some(holder)) if holder != self.site.node => {
+                format!("{holder} is the group's holder")
+            }
+            _ => "our etcd lease could not be renewed in time".to_string(),
+        };
+        match self.vip.remove().await {
+            Ok(_) => {
+                self.publish(|g| {
+                    g.holding = false;
+                    g.releases += 1;
+                });
+                warn!(vip = %self.vip.net(), %reason, "cluster: fenced: removed the VIP");
+            }
+            Err(e) => {
+                error!(vip = %self.vip.net(), error = %format!("{e:#}"), "cluster: fencing: removing the VIP FAILED");
+                return;
+            }
+        }
+        self.fire(HookEvent::Fenced, self.watch, State::Unknown, run.window);
+        self.notifier.send(cluster_notice(
+            HookEvent::Fenced.as_str(),
+            self.watch,
+            &self.site,
+            SystemTime::now(),
+            &format!(
+                "{} removed the virtual IP because it may no longer hold it: {reason}.",
+                self.site.node
+            ),
+        ));
     }
 
     async fn release(&self, run: &mut Run) {
@@ -497,6 +579,18 @@ impl Failover {
                 window,
             },
         );
+    }
+}
+
+/// The next view of the group's seat; pending forever when not in a cluster (or the seat
+/// stopped).
+async fn next_view(cluster: &mut Option<SeatHandle>) -> Option<GroupView> {
+    match cluster {
+        Some(seat) => match seat.view.changed().await {
+            Ok(()) => Some(seat.view.borrow_and_update().clone()),
+            Err(_) => std::future::pending().await,
+        },
+        None => std::future::pending().await,
     }
 }
 

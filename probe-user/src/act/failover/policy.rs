@@ -8,7 +8,10 @@
 
 use std::time::Duration;
 
-use crate::config::flags::Failback;
+use crate::{
+    config::flags::Failback,
+    model::cluster::{Agreed, GroupView, Mandate},
+};
 
 /// How long after a failed attempt to put the VIP back the next one is made.
 const RESTORE_RETRY: Duration = Duration::from_millis(100);
@@ -32,6 +35,9 @@ pub enum Action {
     Restore { report: bool },
     /// The link is up again while we hold the VIP: make sure it is there, announce it again.
     Reannounce,
+    /// Cluster: we may no longer hold the VIP (our lease lapsed, or another node is the
+    /// holder): remove it at once, whatever the hold-down, and report.
+    Fence,
     /// The primary is DOWN, but so is every witness: we are the one cut off. Once per episode.
     ReportIsolated,
     /// Another machine answers ARP for the VIP: not taken. Once per episode.
@@ -52,6 +58,9 @@ pub struct PolicyConfig {
     pub conflict_check: bool,
     /// How long a conflict check's answer stays good.
     pub check_valid_for: Duration,
+    /// One node of a cluster: the primary's state is what a quorum agrees
+    /// ([`Policy::cluster`]), and claims need the cluster's mandate. Alone: our own verdicts.
+    pub clustered: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,6 +103,8 @@ pub struct Policy {
     /// After a yield, no claim before this (the hold-down since the last claim: at most one
     /// claim per hold-down while a primary that answers for the VIP flaps).
     reclaim_after: Duration,
+    /// What the cluster lets us do (alone: always lead).
+    mandate: Mandate,
 }
 
 impl Policy {
@@ -120,7 +131,33 @@ impl Policy {
             restore_retry_at: Duration::ZERO,
             loss_reported: false,
             link_running: true,
+            // A cluster node keeps what it holds until the cluster has spoken.
+            mandate: if cfg.clustered {
+                Mandate::Keep
+            } else {
+                Mandate::Lead
+            },
         }
+    }
+
+    /// What the cluster says of our group: our mandate, and the primary's state as a quorum
+    /// of nodes agrees on it. Losing the mandate while holding fences the VIP at once.
+    pub fn cluster(&mut self, view: &GroupView, now: Duration) -> Vec<Action> {
+        self.mandate = view.mandate;
+        let mut actions = match view.primary {
+            Agreed::Down if self.primary != Primary::Down => self.primary_down(now),
+            Agreed::Up if self.primary != Primary::Up => self.primary_up(now),
+            _ => vec![],
+        };
+        if self.mandate == Mandate::Drop && self.holding {
+            self.holding = false;
+            self.restore_due = false;
+            self.check = Check::None;
+            actions.push(Action::Fence);
+            return actions;
+        }
+        actions.extend(self.evaluate(now));
+        actions
     }
 
     pub fn holding(&self) -> bool {
@@ -143,6 +180,7 @@ impl Policy {
     /// now, so the answer is ready when the DOWN comes and the claim does not wait for it.
     pub fn primary_suspect(&mut self, now: Duration) -> Vec<Action> {
         if !self.cfg.conflict_check
+            || self.mandate != Mandate::Lead
             || self.holding
             || self.check == Check::Pending
             || self.fresh(now)
@@ -318,7 +356,11 @@ impl Policy {
 
     /// Should we take the VIP now?
     fn evaluate(&mut self, now: Duration) -> Vec<Action> {
-        if self.primary != Primary::Down || self.holding || self.claim_pending {
+        if self.primary != Primary::Down
+            || self.holding
+            || self.claim_pending
+            || self.mandate != Mandate::Lead
+        {
             return vec![];
         }
         // Yielded and nothing says the other holder left: without a conflict check, never
@@ -373,6 +415,7 @@ mod tests {
             hold_down: ms(1000),
             conflict_check,
             check_valid_for: ms(200),
+            clustered: false,
         })
     }
 
@@ -731,5 +774,109 @@ mod tests {
     fn the_first_up_at_start_is_not_reported_as_a_return() {
         let mut p = policy(Failback::Release, false);
         assert_eq!(p.primary_up(ms(0)), vec![]);
+    }
+
+    fn clustered(conflict_check: bool) -> Policy {
+        Policy::new(PolicyConfig {
+            failback: Failback::Release,
+            hold_down: ms(1000),
+            conflict_check,
+            check_valid_for: ms(200),
+            clustered: true,
+        })
+    }
+
+    fn view(mandate: Mandate, primary: Agreed) -> GroupView {
+        GroupView {
+            mandate,
+            primary,
+            down: 0,
+            up: 0,
+            needed: 2,
+            holder: None,
+        }
+    }
+
+    #[test]
+    fn a_cluster_node_claims_only_as_holder_and_only_on_a_quorums_down() {
+        let mut p = clustered(false);
+        // Our own DOWN is not the cluster's: nothing before a view.
+        assert_eq!(p.tick(ms(0)), vec![]);
+        assert_eq!(
+            p.cluster(&view(Mandate::Lead, Agreed::Undecided), ms(5)),
+            vec![]
+        );
+        assert_eq!(
+            p.cluster(&view(Mandate::Drop, Agreed::Down), ms(10)),
+            vec![]
+        );
+        assert_eq!(
+            p.cluster(&view(Mandate::Keep, Agreed::Down), ms(20)),
+            vec![]
+        );
+        // Elected while the quorum's DOWN stands (undecided since: nothing new): claim.
+        let a = p.cluster(&view(Mandate::Lead, Agreed::Undecided), ms(30));
+        claim(&mut p, ms(30), a);
+        // The same view again changes nothing.
+        assert_eq!(
+            p.cluster(&view(Mandate::Lead, Agreed::Down), ms(40)),
+            vec![]
+        );
+    }
+
+    #[test]
+    fn a_holder_that_loses_its_mandate_fences_at_once_whatever_the_hold_down() {
+        let mut p = clustered(false);
+        let a = p.cluster(&view(Mandate::Lead, Agreed::Down), ms(0));
+        claim(&mut p, ms(0), a);
+        // Keep (lapsed with on_quorum_loss = keep) holds on.
+        assert_eq!(p.cluster(&view(Mandate::Keep, Agreed::Down), ms(5)), vec![]);
+        assert!(p.holding());
+        assert_eq!(
+            p.cluster(&view(Mandate::Drop, Agreed::Down), ms(10)),
+            vec![Action::Fence]
+        );
+        assert!(!p.holding());
+        assert_eq!(p.tick(ms(20)), vec![], "no claim without the mandate");
+        // Elected again (lease back, still our key): claim again.
+        let a = p.cluster(&view(Mandate::Lead, Agreed::Down), ms(30));
+        claim(&mut p, ms(30), a);
+    }
+
+    #[test]
+    fn a_cluster_node_keeps_an_adopted_vip_until_the_cluster_speaks() {
+        let mut p = clustered(true);
+        p.adopt(ms(0));
+        assert_eq!(p.tick(ms(100)), vec![]);
+        assert!(p.holding(), "Keep until the first view");
+        // Another node is the holder: drop it.
+        assert_eq!(
+            p.cluster(&view(Mandate::Drop, Agreed::Undecided), ms(200)),
+            vec![Action::Fence]
+        );
+    }
+
+    #[test]
+    fn a_cluster_holder_gives_the_vip_back_when_a_quorum_says_up() {
+        let mut p = clustered(false);
+        let a = p.cluster(&view(Mandate::Lead, Agreed::Down), ms(0));
+        claim(&mut p, ms(0), a);
+        let back = p.cluster(&view(Mandate::Lead, Agreed::Up), ms(500));
+        assert_eq!(
+            back,
+            vec![Action::ReportPrimaryBack {
+                holding: true,
+                release_in: Some(ms(500))
+            }]
+        );
+        assert_eq!(p.tick(ms(1000)), vec![Action::Release]);
+    }
+
+    #[test]
+    fn only_the_holder_runs_conflict_checks() {
+        let mut p = clustered(true);
+        assert_eq!(p.primary_suspect(ms(0)), vec![], "not the holder");
+        p.cluster(&view(Mandate::Lead, Agreed::Undecided), ms(5));
+        assert_eq!(p.primary_suspect(ms(10)), vec![Action::CheckConflict]);
     }
 }

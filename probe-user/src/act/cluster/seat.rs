@@ -1,0 +1,305 @@
+//! A failover group's seat in the cluster, one task per group: it publishes this node's
+//! verdict on the primary (under our lease), campaigns to be the group's holder (a key under
+//! our lease, created only if absent: etcd's transactions make the election), and judges the
+//! group from the session's mirror — what the group's failover task may do ([`GroupView`]).
+//!
+//! Judging never waits on etcd: writes run one at a time in their own tasks, and their
+//! outcome shows in the mirror. Cluster events (elected, lost lease, handed over) are logged,
+//! mailed and given to the `on_cluster` hook here; `fenced` by the failover task, which acts.
+
+use std::{net::IpAddr, time::Duration};
+
+use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
+use tokio::{
+    sync::{mpsc, watch},
+    time::{timeout, Instant},
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::{request_timeout, sleep_or_never, Cluster, ClusterState};
+use crate::{
+    act::{
+        hooks::{fire, HookFacts},
+        mail::Notifier,
+    },
+    config::hooks::{HookEvent, Hooks},
+    model::{
+        cluster::{campaign, Campaign, GroupView, Judge, Mandate, Slot, Standing, Verdict},
+        events::Site,
+        health::State,
+        notice::cluster_notice,
+    },
+};
+
+/// How soon a failed write or campaign is tried again.
+const RETRY: Duration = Duration::from_millis(100);
+
+/// What a group's failover task holds of its seat.
+pub struct SeatHandle {
+    /// What this node may do with the VIP, and what the cluster says of the primary.
+    pub view: watch::Receiver<GroupView>,
+    /// This node's own verdicts on the primary, to publish.
+    pub verdicts: mpsc::UnboundedSender<Verdict>,
+}
+
+/// The group a seat is for.
+pub struct SeatFor {
+    /// The group's name in etcd (its VIP's first address).
+    pub group: String,
+    pub watch: IpAddr,
+    pub site: Site,
+    pub notifier: Notifier,
+    pub hooks: watch::Receiver<Hooks>,
+}
+
+/// Starts the seat's task, until `stop`.
+pub fn spawn(cluster: &Cluster, seat: SeatFor, stop: CancellationToken) -> SeatHandle {
+    let state = cluster.state();
+    let first = judge(cluster, &state.borrow(), &seat.group);
+    let (view_tx, view) = watch::channel(first);
+    let (verdicts, verdicts_rx) = mpsc::unbounded_channel();
+    let task = Seat {
+        cluster: cluster.clone(),
+        seat,
+        state,
+        view: view_tx,
+        local: None,
+        published: None,
+        writing: false,
+        campaigning: false,
+        retry_at: None,
+    };
+    tokio::spawn(task.run(verdicts_rx, stop));
+    SeatHandle { view, verdicts }
+}
+
+/// The group as this node sees it now.
+fn judge(cluster: &Cluster, state: &ClusterState, group: &str) -> GroupView {
+    let settings = &cluster.settings;
+    let judge = Judge {
+        node: &settings.node,
+        standing: state.standing,
+        quorum: settings.quorum,
+        on_quorum_loss: settings.on_quorum_loss,
+    };
+    judge.view(&state.mirror.group(group), &state.mirror.live())
+}
+
+struct Seat {
+    cluster: Cluster,
+    seat: SeatFor,
+    state: watch::Receiver<ClusterState>,
+    view: watch::Sender<GroupView>,
+    /// Our latest verdict, and the one etcd has (with the lease it is under).
+    local: Option<Verdict>,
+    published: Option<(Verdict, i64)>,
+    writing: bool,
+    campaigning: bool,
+    /// A failed write or campaign is tried again then.
+    retry_at: Option<Instant>,
+}
+
+/// A write's outcome.
+enum Done {
+    Verdict {
+        verdict: Verdict,
+        lease: i64,
+        ok: bool,
+    },
+    Campaign {
+        ok: bool,
+    },
+}
+
+impl Seat {
+    async fn run(
+        mut self,
+        mut verdicts: mpsc::UnboundedReceiver<Verdict>,
+        stop: CancellationToken,
+    ) {
+        let (done_tx, mut done) = mpsc::unbounded_channel();
+        loop {
+            let retry = self.retry_at;
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                Some(verdict) = verdicts.recv() => self.local = Some(verdict),
+                changed = self.state.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                }
+                Some(outcome) = done.recv() => self.finished(outcome),
+                _ = sleep_or_never(retry) => self.retry_at = None,
+            }
+            self.judge();
+            self.write(&done_tx);
+        }
+    }
+
+    /// Publishes the group's view if it changed, with the events the change makes.
+    fn judge(&mut self) {
+        let state = self.state.borrow().clone();
+        let view = judge(&self.cluster, &state, &self.seat.group);
+        let before = self.view.borrow().clone();
+        if view == before {
+            return;
+        }
+        self.events(&before, &view, state.standing);
+        self.view.send_replace(view);
+    }
+
+    /// Logs, mails and hooks the cluster events between two views.
+    fn events(&self, before: &GroupView, after: &GroupView, standing: Standing) {
+        let node = &self.cluster.settings.node;
+        if after.mandate == Mandate::Lead && before.mandate != Mandate::Lead {
+            info!(group = %self.seat.group, vip = %self.seat.site.vip, "cluster: elected holder of the group");
+            self.event(HookEvent::Elected, format!(
+                "{node} was elected the holder of this group: it takes the virtual IP when a quorum of nodes ({} of {} live) says the primary is DOWN.",
+                after.needed, after.down + after.up
+            ));
+        }
+        if before.mandate == Mandate::Lead && standing == Standing::Lapsed {
+            warn!(group = %self.seat.group, vip = %self.seat.site.vip, "cluster: lost the lease while holder of the group");
+            self.event(HookEvent::LostLease, format!(
+                "{node} could not renew its etcd lease in time (etcd out of reach, or without a majority): it no longer holds this group (on_quorum_loss = {:?}).",
+                self.cluster.settings.on_quorum_loss
+            ));
+        }
+        if let Some(holder) = after.holder.as_deref() {
+            let changed = before.holder.as_deref() != Some(holder);
+            if changed && holder != node.as_str() {
+                info!(group = %self.seat.group, vip = %self.seat.site.vip, %holder, "cluster: the group's holder is another node");
+                if before.holder.is_some() {
+                    self.event(
+                        HookEvent::HandedOver,
+                        format!("The group was handed over: {holder} is its holder now."),
+                    );
+                }
+            }
+        }
+    }
+
+    fn event(&self, event: HookEvent, detail: String) {
+        let (state, window) = match self.local {
+            Some(v) if v.down => (State::Down, v.window),
+            Some(v) => (State::Up, v.window),
+            None => (State::Unknown, 0),
+        };
+        fire(
+            &self.seat.hooks.borrow(),
+            HookFacts {
+                event,
+                host: self.seat.watch,
+                vip: self.seat.site.vip.clone(),
+                state,
+                window,
+            },
+        );
+        self.seat.notifier.send(cluster_notice(
+            event.as_str(),
+            self.seat.watch,
+            &self.seat.site,
+            std::time::SystemTime::now(),
+            &detail,
+        ));
+    }
+
+    fn finished(&mut self, outcome: Done) {
+        match outcome {
+            Done::Verdict { verdict, lease, ok } => {
+                self.writing = false;
+                if ok {
+                    self.published = Some((verdict, lease));
+                } else {
+                    self.retry_at = Some(Instant::now() + RETRY);
+                }
+            }
+            Done::Campaign { ok } => {
+                self.campaigning = false;
+                if !ok {
+                    // Someone else was faster, or etcd did not answer: the mirror will show
+                    // the holder; try again a little later if it does not.
+                    self.retry_at = Some(Instant::now() + RETRY);
+                }
+            }
+        }
+    }
+
+    /// Starts what etcd should be told: our verdict under our current lease, and a campaign
+    /// when the group has no holder. One write of each kind at a time.
+    fn write(&mut self, done: &mpsc::UnboundedSender<Done>) {
+        let state = self.state.borrow().clone();
+        let (Standing::Live, Some(lease)) = (state.standing, state.lease) else {
+            return;
+        };
+        if self.retry_at.is_some() {
+            return;
+        }
+        let node = self.cluster.settings.node.clone();
+        let limit = request_timeout(self.cluster.settings.lease_ttl);
+        if let Some(verdict) = self.local {
+            if !self.writing && self.published != Some((verdict, lease)) {
+                self.writing = true;
+                let key = self.cluster.key(&Slot::GroupVerdict {
+                    group: self.seat.group.clone(),
+                    node: node.clone(),
+                });
+                let (mut client, done) = (self.cluster.client(), done.clone());
+                tokio::spawn(async move {
+                    let options = PutOptions::new().with_lease(lease);
+                    let put = client.put(key, verdict.encode(), Some(options));
+                    let ok = matches!(timeout(limit, put).await, Ok(Ok(_)));
+                    let _ = done.send(Done::Verdict { verdict, lease, ok });
+                });
+            }
+        }
+        let holder = state
+            .mirror
+            .groups
+            .get(&self.seat.group)
+            .and_then(|g| g.holder.clone());
+        let how = campaign(holder.as_ref(), &node, lease);
+        if self.campaigning || how == Campaign::Wait || !state.synced {
+            return;
+        }
+        self.campaigning = true;
+        let key = self.cluster.key(&Slot::Holder(self.seat.group.clone()));
+        let (client, done) = (self.cluster.client(), done.clone());
+        tokio::spawn(async move {
+            let ok = matches!(
+                timeout(limit, run_campaign(client, key, node, lease, how)).await,
+                Ok(Ok(true))
+            );
+            let _ = done.send(Done::Campaign { ok });
+        });
+    }
+}
+
+/// One attempt at the holder key: create it if absent, or move it from our old lease to the
+/// new one. True if we hold it now.
+async fn run_campaign(
+    mut client: Client,
+    key: String,
+    node: String,
+    lease: i64,
+    how: Campaign,
+) -> Result<bool, etcd_client::Error> {
+    let when = match how {
+        Campaign::Create => vec![Compare::create_revision(key.as_str(), CompareOp::Equal, 0)],
+        Campaign::Inherit { old_lease } => vec![
+            Compare::value(key.as_str(), CompareOp::Equal, node.as_str()),
+            Compare::lease(key.as_str(), CompareOp::Equal, old_lease),
+        ],
+        Campaign::Wait => return Ok(false),
+    };
+    let put = TxnOp::put(
+        key.as_str(),
+        node,
+        Some(PutOptions::new().with_lease(lease)),
+    );
+    let response = client
+        .txn(Txn::new().when(when).and_then(vec![put]))
+        .await?;
+    Ok(response.succeeded())
+}
