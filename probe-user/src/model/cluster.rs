@@ -303,7 +303,7 @@ pub fn campaign(holder: Option<&(String, i64)>, node: &str, lease: i64) -> Campa
 }
 
 /// The lease's clock: when it was last confirmed renewed, and what that makes our standing.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LeaseClock {
     ttl: Duration,
     /// When we started: until `trusted_until(start)`, a lease of our previous run may live.

@@ -263,6 +263,11 @@ impl AddrWatch {
         }
     }
 
+    /// Every line not read yet, with when it was read from `ip monitor`.
+    pub fn drain(&self) -> Vec<(Instant, String)> {
+        self.lines.try_iter().collect()
+    }
+
     /// Every line seen so far that contains `needle`.
     pub fn seen(&self, needle: &str) -> Vec<String> {
         self.lines

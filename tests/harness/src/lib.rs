@@ -23,6 +23,7 @@
 
 pub mod arpwatch;
 pub mod bind;
+pub mod cluster;
 pub mod cmd;
 pub mod daemon;
 pub mod enter;

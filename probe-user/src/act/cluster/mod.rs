@@ -11,22 +11,40 @@ use std::{sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
-use tokio::sync::watch;
+use tokio::{sync::watch, time::Instant};
 
 use crate::{
     config::cluster::ClusterSettings,
-    model::cluster::{Mirror, Slot, Standing},
+    model::cluster::{LeaseClock, Mirror, Slot, Standing},
 };
 
-/// What the session publishes: this node's standing, its lease, and the mirrored keys.
+/// What the session publishes: this node's lease clock (its standing is read from it at the
+/// reader's time, so that fencing never waits for the session task), its lease, and the
+/// mirrored keys.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterState {
-    pub standing: Standing,
+    pub clock: LeaseClock,
+    /// Time zero of `clock`.
+    pub origin: Instant,
     /// The lease our keys are bound to, while we have one.
     pub lease: Option<i64>,
     pub mirror: Arc<Mirror>,
     /// Whether the mirror was read from etcd at least once.
     pub synced: bool,
+}
+
+impl ClusterState {
+    /// Our standing now.
+    pub fn standing(&self) -> Standing {
+        self.clock.standing(self.origin.elapsed())
+    }
+
+    /// When the standing changes next unless the lease is renewed.
+    pub fn next_change(&self) -> Option<Instant> {
+        self.clock
+            .next_change(self.origin.elapsed())
+            .map(|at| self.origin + at)
+    }
 }
 
 /// A node's way to the cluster: its settings, a client, and the session's state.

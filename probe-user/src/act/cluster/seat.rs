@@ -79,7 +79,7 @@ fn judge(cluster: &Cluster, state: &ClusterState, group: &str) -> GroupView {
     let settings = &cluster.settings;
     let judge = Judge {
         node: &settings.node,
-        standing: state.standing,
+        standing: state.standing(),
         quorum: settings.quorum,
         on_quorum_loss: settings.on_quorum_loss,
     };
@@ -121,7 +121,10 @@ impl Seat {
         let (done_tx, mut done) = mpsc::unbounded_channel();
         loop {
             let retry = self.retry_at;
+            // The standing turns on a timer: judge again then, whatever the session does.
+            let change = self.state.borrow().next_change();
             tokio::select! {
+                _ = sleep_or_never(change) => {}
                 _ = stop.cancelled() => break,
                 Some(verdict) = verdicts.recv() => self.local = Some(verdict),
                 changed = self.state.changed() => {
@@ -145,7 +148,7 @@ impl Seat {
         if view == before {
             return;
         }
-        self.events(&before, &view, state.standing);
+        self.events(&before, &view, state.standing());
         self.view.send_replace(view);
     }
 
@@ -230,7 +233,7 @@ impl Seat {
     /// when the group has no holder. One write of each kind at a time.
     fn write(&mut self, done: &mpsc::UnboundedSender<Done>) {
         let state = self.state.borrow().clone();
-        let (Standing::Live, Some(lease)) = (state.standing, state.lease) else {
+        let (Standing::Live, Some(lease)) = (state.standing(), state.lease) else {
             return;
         };
         if self.retry_at.is_some() {

@@ -44,15 +44,18 @@ pub async fn start(
     leave: CancellationToken,
 ) -> anyhow::Result<(Cluster, tokio::task::JoinHandle<()>)> {
     let client = connect(&settings).await?;
+    let clock = LeaseClock::new(settings.lease_ttl, Duration::ZERO);
     let (tx, rx) = watch::channel(ClusterState {
-        standing: Standing::Starting,
+        clock,
+        origin: start,
         lease: None,
         mirror: Arc::new(Mirror::default()),
         synced: false,
     });
     let settings = Arc::new(settings);
     let session = Session {
-        clock: LeaseClock::new(settings.lease_ttl, Duration::ZERO),
+        clock,
+        standing: Standing::Starting,
         origin: start,
         settings: Arc::clone(&settings),
         client: client.clone(),
@@ -73,6 +76,8 @@ pub async fn start(
 
 struct Session {
     clock: LeaseClock,
+    /// The standing last logged.
+    standing: Standing,
     /// Time zero of `clock`.
     origin: Instant,
     settings: Arc<ClusterSettings>,
@@ -114,17 +119,19 @@ impl Session {
         format!("{}{}", self.settings.prefix, slot.key())
     }
 
-    /// Publishes the standing, lease and mirror if anything changed; logs standing changes.
+    /// Publishes the lease clock, lease and mirror if anything changed; logs standing changes.
     fn publish(&mut self) {
         let state = ClusterState {
-            standing: self.clock.standing(self.now()),
+            clock: self.clock,
+            origin: self.origin,
             lease: self.lease,
             mirror: Arc::new(self.mirror.clone()),
             synced: self.synced,
         };
-        let before = self.tx.borrow().standing;
-        if before != state.standing {
-            match state.standing {
+        let standing = state.standing();
+        if standing != self.standing {
+            self.standing = standing;
+            match standing {
                 Standing::Live => info!(lease = ?self.lease, "cluster: lease live"),
                 Standing::Lapsed => warn!(
                     ttl = ?self.ttl(),
