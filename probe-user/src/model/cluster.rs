@@ -19,6 +19,8 @@ pub struct Mirror {
     pub members: BTreeMap<String, i64>,
     pub groups: BTreeMap<String, GroupKeys>,
     pub targets: BTreeMap<IpAddr, BTreeMap<String, Verdict>>,
+    /// Holder → observer → the holder's lease the observer suspects.
+    pub suspects: BTreeMap<String, BTreeMap<String, i64>>,
 }
 
 /// Where a key sits, below the prefix.
@@ -32,6 +34,8 @@ pub enum Slot {
     GroupVerdict { group: String, node: String },
     /// `targets/ADDR/NODE`
     Target { target: IpAddr, node: String },
+    /// `suspects/HOLDER/OBSERVER`, its value the holder's lease
+    Suspect { holder: String, observer: String },
 }
 
 impl Slot {
@@ -42,6 +46,7 @@ impl Slot {
             Slot::Holder(group) => format!("groups/{group}/holder"),
             Slot::GroupVerdict { group, node } => format!("groups/{group}/verdicts/{node}"),
             Slot::Target { target, node } => format!("targets/{target}/{node}"),
+            Slot::Suspect { holder, observer } => format!("suspects/{holder}/{observer}"),
         }
     }
 
@@ -61,6 +66,10 @@ impl Slot {
             ["targets", target, node] if ok(node) => Some(Slot::Target {
                 target: target.parse().ok()?,
                 node: node.to_string(),
+            }),
+            ["suspects", holder, observer] if ok(holder) && ok(observer) => Some(Slot::Suspect {
+                holder: holder.to_string(),
+                observer: observer.to_string(),
             }),
             _ => None,
         }
@@ -91,6 +100,14 @@ impl Mirror {
                     self.targets.entry(target).or_default().insert(node, v);
                 }
             }
+            Some(Slot::Suspect { holder, observer }) => {
+                if let Ok(lease) = value.parse() {
+                    self.suspects
+                        .entry(holder)
+                        .or_default()
+                        .insert(observer, lease);
+                }
+            }
             None => {}
         }
     }
@@ -119,6 +136,11 @@ impl Mirror {
                     }
                 }
             }
+            Some(Slot::Suspect { holder, observer }) => {
+                if let Some(s) = self.suspects.get_mut(&holder) {
+                    s.remove(&observer);
+                }
+            }
             None => {}
         }
     }
@@ -134,10 +156,66 @@ impl Mirror {
     }
 }
 
-/// How long before the lease could expire in etcd a node stops trusting it: the time to
-/// remove its VIPs, with room for a slow scheduler. A quarter of the lease.
+/// How long before the lease could expire in etcd a node stops trusting it: half the lease,
+/// so that after a revocation the others need not wait for the whole lease (see
+/// [`hold_off`]).
 pub fn fence_margin(ttl: Duration) -> Duration {
-    ttl / 4
+    ttl / 2
+}
+
+/// How long a new holder waits before claiming after the old holder's lease was revoked by
+/// the others (rather than expired): the old holder may trust its lease until a margin
+/// before `ttl` after its last renewal, which was sent before the revocation; it then has an
+/// eighth of the lease to remove its VIPs (it takes milliseconds). Five eighths of the lease.
+pub fn hold_off(ttl: Duration) -> Duration {
+    ttl - fence_margin(ttl) + ttl / 8
+}
+
+/// A member whose heartbeat (its member key, rewritten every [`renew_every`]) was last seen
+/// this many periods ago is suspected of being dead or cut off from etcd.
+pub const STALE_PERIODS: u32 = 3;
+/// We suspect others only while our own heartbeat came back within this many periods: a node
+/// whose own view of etcd lags suspects nobody.
+pub const FRESH_PERIODS: u32 = 2;
+
+/// The holders (of any group) that `me` suspects at `now`: their heartbeat is older than
+/// [`STALE_PERIODS`], while ours is fresh. `beats` are when each member's heartbeat was last
+/// seen here.
+pub fn stale_holders(
+    mirror: &Mirror,
+    beats: &BTreeMap<String, Duration>,
+    me: &str,
+    now: Duration,
+    period: Duration,
+) -> Vec<String> {
+    let age = |node: &str| beats.get(node).map(|at| now.saturating_sub(*at));
+    if !age(me).is_some_and(|a| a < period * FRESH_PERIODS) {
+        return vec![];
+    }
+    let mut holders: Vec<String> = mirror
+        .groups
+        .values()
+        .filter_map(|g| g.holder.as_ref().map(|(node, _)| node.clone()))
+        .filter(|node| node != me && mirror.members.contains_key(node))
+        .collect();
+    holders.sort();
+    holders.dedup();
+    holders.retain(|node| age(node).is_none_or(|a| a > period * STALE_PERIODS));
+    holders
+}
+
+/// Whether a quorum of the live members other than `holder` suspect its lease `lease`: then
+/// it may be revoked, and a new holder must hold off (see [`hold_off`]).
+pub fn suspected_by_quorum(mirror: &Mirror, holder: &str, lease: i64, quorum: Quorum) -> bool {
+    let others: Vec<&String> = mirror.members.keys().filter(|n| *n != holder).collect();
+    let Some(observers) = mirror.suspects.get(holder) else {
+        return false;
+    };
+    let agreeing = others
+        .iter()
+        .filter(|n| observers.get(n.as_str()) == Some(&lease))
+        .count();
+    agreeing >= quorum.needed(others.len())
 }
 
 /// How often the lease is renewed: ten times a lease, so that several renewals may be lost
@@ -238,6 +316,9 @@ pub struct GroupView {
 pub struct Judge<'a> {
     pub node: &'a str,
     pub standing: Standing,
+    /// The group's last holder had its lease revoked a short while ago and may still hold
+    /// the VIP: claim nothing yet.
+    pub held_off: bool,
     pub quorum: Quorum,
     pub on_quorum_loss: OnQuorumLoss,
 }
@@ -270,6 +351,7 @@ impl Judge<'_> {
 
     fn mandate(&self, holder: Option<&str>) -> Mandate {
         match self.standing {
+            Standing::Live if holder == Some(self.node) && self.held_off => Mandate::Keep,
             Standing::Live if holder == Some(self.node) => Mandate::Lead,
             Standing::Live => Mandate::Drop,
             Standing::Starting => Mandate::Keep,
@@ -394,6 +476,7 @@ mod tests {
         Judge {
             node: "n1",
             standing,
+            held_off: false,
             quorum: Quorum::Majority,
             on_quorum_loss: OnQuorumLoss::Release,
         }
@@ -461,6 +544,91 @@ mod tests {
             ..judge(Standing::Lapsed)
         };
         assert_eq!(keep.view(&mine, &live).mandate, Mandate::Keep);
+        let held_off = Judge {
+            held_off: true,
+            ..judge(Standing::Live)
+        };
+        assert_eq!(held_off.view(&mine, &live).mandate, Mandate::Keep);
+    }
+
+    #[test]
+    fn a_new_holder_holds_off_until_a_revoked_holder_has_surely_fenced() {
+        for secs in [1, 2, 10] {
+            let ttl = Duration::from_secs(secs);
+            // The old holder's last renewal was sent at the latest when the lease was revoked
+            // (0): it trusts its lease until `trusted_until(0)`, then removes its VIPs.
+            let old_trust_ends = trusted_until(Duration::ZERO, ttl);
+            assert!(hold_off(ttl) > old_trust_ends, "{ttl:?}");
+            assert!(
+                hold_off(ttl) - old_trust_ends >= ttl / 8,
+                "room to remove the VIPs"
+            );
+            assert!(hold_off(ttl) < ttl, "faster than waiting for expiry");
+        }
+    }
+
+    #[test]
+    fn only_holders_with_a_stale_heartbeat_are_suspected_and_only_by_a_fresh_observer() {
+        let period = ms(100);
+        let mut m = Mirror::default();
+        for (n, lease) in [("n1", 1), ("n2", 2), ("n3", 3)] {
+            m.put(&format!("members/{n}"), "", lease);
+        }
+        m.put("groups/192.0.2.100/holder", "n2", 2);
+        let beats = |n2: u64, n1: u64| -> BTreeMap<String, Duration> {
+            [("n1", n1), ("n2", n2), ("n3", 990)]
+                .into_iter()
+                .map(|(n, at)| (n.to_string(), ms(at)))
+                .collect()
+        };
+        let now = ms(1000);
+        assert_eq!(
+            stale_holders(&m, &beats(990, 990), "n1", now, period),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            stale_holders(&m, &beats(650, 990), "n1", now, period),
+            ["n2"]
+        );
+        // n3's heartbeat is as old, but n3 holds nothing.
+        assert_eq!(
+            stale_holders(&m, &beats(990, 990), "n2", now, period),
+            Vec::<String>::new()
+        );
+        // Our own view is stale: suspect nobody.
+        assert_eq!(
+            stale_holders(&m, &beats(650, 700), "n1", now, period),
+            Vec::<String>::new()
+        );
+        // Never ourselves.
+        assert_eq!(
+            stale_holders(&m, &beats(650, 990), "n2", now, period),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn a_holder_is_revocable_only_when_a_quorum_of_the_others_suspect_its_lease() {
+        let mut m = Mirror::default();
+        for (n, lease) in [("n1", 1), ("n2", 2), ("n3", 3)] {
+            m.put(&format!("members/{n}"), "", lease);
+        }
+        assert!(!suspected_by_quorum(&m, "n2", 2, Quorum::Majority));
+        m.put("suspects/n2/n1", "2", 1);
+        assert!(
+            !suspected_by_quorum(&m, "n2", 2, Quorum::Majority),
+            "one of two"
+        );
+        m.put("suspects/n2/n3", "7", 3);
+        assert!(
+            !suspected_by_quorum(&m, "n2", 2, Quorum::Majority),
+            "another lease"
+        );
+        m.put("suspects/n2/n3", "2", 3);
+        assert!(suspected_by_quorum(&m, "n2", 2, Quorum::Majority));
+        // The suspect's own word does not count, nor does a node that left.
+        m.delete("members/n3");
+        assert!(!suspected_by_quorum(&m, "n2", 2, Quorum::Count(2)));
     }
 
     #[test]
@@ -482,21 +650,21 @@ mod tests {
         let ttl = Duration::from_secs(1);
         let mut clock = LeaseClock::new(ttl, ms(100));
         assert_eq!(clock.standing(ms(100)), Standing::Starting);
-        assert_eq!(clock.next_change(ms(100)), Some(ms(850)));
-        assert_eq!(clock.standing(ms(849)), Standing::Starting);
+        assert_eq!(clock.next_change(ms(100)), Some(ms(600)));
+        assert_eq!(clock.standing(ms(599)), Standing::Starting);
         assert_eq!(
-            clock.standing(ms(850)),
+            clock.standing(ms(600)),
             Standing::Lapsed,
             "never reached etcd"
         );
         clock.renewed(ms(300));
         assert_eq!(clock.standing(ms(400)), Standing::Live);
-        assert_eq!(clock.next_change(ms(400)), Some(ms(1050)));
+        assert_eq!(clock.next_change(ms(400)), Some(ms(800)));
         // A late confirmation of an older renewal does not move the deadline back.
         clock.renewed(ms(200));
-        assert_eq!(clock.standing(ms(1049)), Standing::Live);
-        assert_eq!(clock.standing(ms(1050)), Standing::Lapsed);
-        assert_eq!(clock.next_change(ms(1050)), None);
+        assert_eq!(clock.standing(ms(799)), Standing::Live);
+        assert_eq!(clock.standing(ms(800)), Standing::Lapsed);
+        assert_eq!(clock.next_change(ms(800)), None);
         clock.renewed(ms(1100));
         assert_eq!(clock.standing(ms(1200)), Standing::Live);
         clock.lost();
@@ -541,6 +709,10 @@ mod tests {
             Slot::Target {
                 target: "2001:db8::7".parse().unwrap(),
                 node: "n3".into(),
+            },
+            Slot::Suspect {
+                holder: "n2".into(),
+                observer: "n1".into(),
             },
         ] {
             assert_eq!(Slot::parse(&slot.key()), Some(slot));

@@ -25,7 +25,10 @@ use crate::{
     },
     config::hooks::{HookEvent, Hooks},
     model::{
-        cluster::{campaign, Campaign, GroupView, Judge, Mandate, Slot, Standing, Verdict},
+        cluster::{
+            campaign, hold_off, suspected_by_quorum, Campaign, GroupView, Judge, Mandate, Slot,
+            Standing, Verdict,
+        },
         events::Site,
         health::State,
         notice::cluster_notice,
@@ -56,7 +59,7 @@ pub struct SeatFor {
 /// Starts the seat's task, until `stop`.
 pub fn spawn(cluster: &Cluster, seat: SeatFor, stop: CancellationToken) -> SeatHandle {
     let state = cluster.state();
-    let first = judge(cluster, &state.borrow(), &seat.group);
+    let first = judge(cluster, &state.borrow(), &seat.group, false);
     let (view_tx, view) = watch::channel(first);
     let (verdicts, verdicts_rx) = mpsc::unbounded_channel();
     let task = Seat {
@@ -69,17 +72,20 @@ pub fn spawn(cluster: &Cluster, seat: SeatFor, stop: CancellationToken) -> SeatH
         writing: false,
         campaigning: false,
         retry_at: None,
+        last_holder: None,
+        held_off_until: None,
     };
     tokio::spawn(task.run(verdicts_rx, stop));
     SeatHandle { view, verdicts }
 }
 
 /// The group as this node sees it now.
-fn judge(cluster: &Cluster, state: &ClusterState, group: &str) -> GroupView {
+fn judge(cluster: &Cluster, state: &ClusterState, group: &str, held_off: bool) -> GroupView {
     let settings = &cluster.settings;
     let judge = Judge {
         node: &settings.node,
         standing: state.standing(),
+        held_off,
         quorum: settings.quorum,
         on_quorum_loss: settings.on_quorum_loss,
     };
@@ -98,6 +104,10 @@ struct Seat {
     campaigning: bool,
     /// A failed write or campaign is tried again then.
     retry_at: Option<Instant>,
+    /// The holder (name, lease) at the last judgement.
+    last_holder: Option<(String, i64)>,
+    /// A revoked holder may still hold the VIP until then: claim nothing before.
+    held_off_until: Option<Instant>,
 }
 
 /// A write's outcome.
@@ -125,6 +135,7 @@ impl Seat {
             let change = self.state.borrow().next_change();
             tokio::select! {
                 _ = sleep_or_never(change) => {}
+                _ = sleep_or_never(self.held_off_until) => self.held_off_until = None,
                 _ = stop.cancelled() => break,
                 Some(verdict) = verdicts.recv() => self.local = Some(verdict),
                 changed = self.state.changed() => {
@@ -143,13 +154,41 @@ impl Seat {
     /// Publishes the group's view if it changed, with the events the change makes.
     fn judge(&mut self) {
         let state = self.state.borrow().clone();
-        let view = judge(&self.cluster, &state, &self.seat.group);
+        self.note_revocation(&state);
+        let held_off = self.held_off_until.is_some_and(|t| Instant::now() < t);
+        let view = judge(&self.cluster, &state, &self.seat.group, held_off);
         let before = self.view.borrow().clone();
         if view == before {
             return;
         }
         self.events(&before, &view, state.standing());
         self.view.send_replace(view);
+    }
+
+    /// When the group's holder went because a quorum suspected and revoked its lease, the
+    /// old holder may still hold the VIP until its own trust in the lease ends: hold off.
+    fn note_revocation(&mut self, state: &ClusterState) {
+        let holder = state
+            .mirror
+            .groups
+            .get(&self.seat.group)
+            .and_then(|g| g.holder.clone());
+        let gone = match (&self.last_holder, &holder) {
+            (Some(last), now) if now.as_ref() != Some(last) => Some(last.clone()),
+            _ => None,
+        };
+        self.last_holder = holder;
+        let Some((old, lease)) = gone else {
+            return;
+        };
+        let settings = &self.cluster.settings;
+        if old != settings.node && suspected_by_quorum(&state.mirror, &old, lease, settings.quorum)
+        {
+            let wait = hold_off(settings.lease_ttl);
+            info!(group = %self.seat.group, holder = %old, wait_ms = wait.as_millis() as u64,
+                "cluster: the holder's lease was revoked; no claim until it has surely fenced");
+            self.held_off_until = Some(Instant::now() + wait);
+        }
     }
 
     /// Logs, mails and hooks the cluster events between two views.

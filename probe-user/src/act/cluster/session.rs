@@ -9,7 +9,11 @@
 //! a hung connection fences as surely as a refused one. etcd unreachable at start-up is logged
 //! and retried; never fatal.
 
-use std::{collections::VecDeque, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet, VecDeque},
+    sync::Arc,
+    time::Duration,
+};
 
 use etcd_client::{
     Client, EventType, GetOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions, WatchOptions,
@@ -26,7 +30,9 @@ use super::{connect, request_timeout, sleep_or_never, Cluster, ClusterState};
 use crate::{
     act::backoff::Backoff,
     config::cluster::ClusterSettings,
-    model::cluster::{renew_every, LeaseClock, Mirror, Slot, Standing},
+    model::cluster::{
+        renew_every, stale_holders, suspected_by_quorum, LeaseClock, Mirror, Slot, Standing,
+    },
 };
 
 /// Waits between failed attempts at a lease: short, so a node rejoins soon after etcd is back.
@@ -64,6 +70,11 @@ pub async fn start(
         synced: false,
         lease: None,
         failures: 0,
+        beats: BTreeMap::new(),
+        beat: 0,
+        beating: None,
+        suspected: BTreeSet::new(),
+        revoked: BTreeSet::new(),
     };
     let task = tokio::spawn(session.run(leave));
     let cluster = Cluster {
@@ -88,6 +99,14 @@ struct Session {
     lease: Option<i64>,
     /// Failed attempts in a row at granting a lease (for the backoff and the log).
     failures: u32,
+    /// When each member's heartbeat (a write of its member key) was last seen here.
+    beats: BTreeMap<String, Duration>,
+    /// Our heartbeat count, and the write of it in flight.
+    beat: u64,
+    beating: Option<tokio::task::JoinHandle<()>>,
+    /// The holder leases we said we suspect, and those we revoked.
+    suspected: BTreeSet<i64>,
+    revoked: BTreeSet<i64>,
 }
 
 /// The streams that live as long as a lease: its renewals, and the mirror's watch.
@@ -255,9 +274,11 @@ impl Session {
                     if let Some(ended) = self.renew(lease, &mut streams).await {
                         return ended;
                     }
+                    self.heartbeat(lease);
                     if streams.watch.is_none() {
                         self.open_watch(&mut streams).await;
                     }
+                    self.watch_holders(lease);
                 }
                 answer = next_renewal(&mut streams.keepalive) => {
                     match answer {
@@ -278,7 +299,11 @@ impl Session {
                     }
                 }
                 event = next_watch(&mut streams.watch) => {
-                    if !self.apply(event) {
+                    if self.apply(event) {
+                        // Heartbeats arrive with the events: a stopped one is seen within
+                        // one other node's beat, not one of our ticks.
+                        self.watch_holders(lease);
+                    } else {
                         streams.watch = None;
                     }
                 }
@@ -322,6 +347,63 @@ impl Session {
         None
     }
 
+    /// Rewrites our member key (one write at a time, in its own task): the heartbeat by which
+    /// the others see that we still reach etcd.
+    fn heartbeat(&mut self, lease: i64) {
+        if self.beating.as_ref().is_some_and(|b| !b.is_finished()) {
+            return;
+        }
+        self.beat += 1;
+        let key = self.key(&Slot::Member(self.settings.node.clone()));
+        let (mut client, beat) = (self.client.clone(), self.beat.to_string());
+        let limit = request_timeout(self.ttl());
+        self.beating = Some(tokio::spawn(async move {
+            let put = client.put(key, beat, Some(PutOptions::new().with_lease(lease)));
+            let _ = timeout(limit, put).await;
+        }));
+    }
+
+    /// Suspects the holders whose heartbeat stopped (a key that says so, under our lease), and
+    /// revokes the lease of one a quorum suspects: the new holder then holds off until the
+    /// old one has surely fenced (see `model::cluster::hold_off`), instead of waiting for the
+    /// lease to expire (up to half a second late, etcd checks expiries twice a second).
+    fn watch_holders(&mut self, lease: i64) {
+        let me = self.settings.node.clone();
+        let now = self.now();
+        let period = renew_every(self.ttl());
+        for holder in stale_holders(&self.mirror, &self.beats, &me, now, period) {
+            let Some(&theirs) = self.mirror.members.get(&holder) else {
+                continue;
+            };
+            if self.suspected.insert(theirs) {
+                warn!(%holder, lease = theirs, "cluster: a holder's heartbeat stopped; suspecting it");
+                let slot = Slot::Suspect {
+                    holder: holder.clone(),
+                    observer: me.clone(),
+                };
+                self.spawn_put(self.key(&slot), theirs.to_string(), lease);
+            }
+            let quorum = self.settings.quorum;
+            if suspected_by_quorum(&self.mirror, &holder, theirs, quorum)
+                && self.revoked.insert(theirs)
+            {
+                warn!(%holder, lease = theirs, "cluster: a quorum suspects the holder: revoking its lease");
+                let (mut client, limit) = (self.client.clone(), request_timeout(self.ttl()));
+                tokio::spawn(async move {
+                    let _ = timeout(limit, client.lease_revoke(theirs)).await;
+                });
+            }
+        }
+    }
+
+    fn spawn_put(&self, key: String, value: String, lease: i64) {
+        let (mut client, limit) = (self.client.clone(), request_timeout(self.ttl()));
+        tokio::spawn(async move {
+            let put = client.put(key, value, Some(PutOptions::new().with_lease(lease)));
+            let _ = timeout(limit, put).await;
+        });
+    }
+
     /// Reads every key under the prefix and watches from there on.
     async fn open_watch(&mut self, streams: &mut Streams) {
         let limit = request_timeout(self.ttl());
@@ -354,6 +436,10 @@ impl Session {
         .await;
         match result {
             Ok((mirror, watch)) => {
+                // Every member starts with a heartbeat now: a node just synced suspects nobody
+                // before it could have seen them beat.
+                let now = self.now();
+                self.beats = mirror.members.keys().map(|m| (m.clone(), now)).collect();
                 self.mirror = mirror;
                 self.synced = true;
                 streams.watch = Some(watch);
@@ -385,7 +471,12 @@ impl Session {
                 continue;
             };
             match event.event_type() {
-                EventType::Put => self.mirror.put(rest, value, kv.lease()),
+                EventType::Put => {
+                    if let Some(Slot::Member(node)) = Slot::parse(rest) {
+                        self.beats.insert(node, self.origin.elapsed());
+                    }
+                    self.mirror.put(rest, value, kv.lease())
+                }
                 EventType::Delete => self.mirror.delete(rest),
             }
         }
