@@ -189,7 +189,7 @@ pub fn stale_holders(
     period: Duration,
 ) -> Vec<String> {
     let age = |node: &str| beats.get(node).map(|at| now.saturating_sub(*at));
-    if !age(me).is_some_and(|a| a < period * FRESH_PERIODS) {
+    if age(me).is_none_or(|a| a >= period * FRESH_PERIODS) {
         return vec![];
     }
     let mut holders: Vec<String> = mirror
