@@ -267,3 +267,151 @@ mod privileged {
         assert!(logged_number(&lab.log(2), "cluster: joined", "ttl_s=") == Some(1));
     }
 }
+
+/// Sharded monitoring: a /24 split among the nodes by rendezvous hashing, written to etcd.
+mod sharding {
+    use std::{
+        collections::{BTreeMap, BTreeSet},
+        time::{Duration, Instant},
+    };
+
+    use xdprobe_harness::cluster::ClusterLab;
+
+    const WINDOW: Duration = Duration::from_millis(100);
+    const LEASE: Duration = Duration::from_secs(1);
+    const TARGETS: usize = 254;
+
+    fn lab(cluster: &str) -> ClusterLab {
+        let mut lab = ClusterLab::new(3, WINDOW, "monitor = [\"198.51.100.0/24\"]", cluster)
+            .expect("building the cluster lab");
+        lab.add_farm().expect("the farm");
+        lab
+    }
+
+    /// Target → the nodes whose key says UP.
+    fn up_by(lab: &ClusterLab) -> BTreeMap<String, BTreeSet<String>> {
+        let mut by: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for (target, node, state) in lab.target_keys().expect("etcdctl get") {
+            if state == "up" {
+                by.entry(target).or_default().insert(node);
+            }
+        }
+        by
+    }
+
+    /// Waits until every target has exactly `replicas` UP keys from nodes other than `not`
+    /// (whose keys, if it died, stay until its lease expires).
+    fn wait_covered(
+        lab: &ClusterLab,
+        replicas: usize,
+        not: &str,
+        timeout: Duration,
+    ) -> BTreeMap<String, BTreeSet<String>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let by = up_by(lab);
+            let covered = by
+                .values()
+                .filter(|nodes| nodes.iter().filter(|n| *n != not).count() == replicas)
+                .count();
+            if covered == TARGETS {
+                return by;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{covered} of {TARGETS} targets covered by {replicas} live nodes after {timeout:?}\n{}",
+                lab.logs()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn no_target_down(lab: &ClusterLab) {
+        for i in 0..lab.nodes.len() {
+            let log = lab.log(i);
+            let downs: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("host DOWN") && l.contains("198.51.100."))
+                .collect();
+            assert!(downs.is_empty(), "{}: {downs:#?}", lab.nodes[i].name);
+        }
+    }
+
+    #[test]
+    fn a_24_is_split_among_the_nodes_and_a_dead_nodes_share_moves_without_a_false_down() {
+        let mut lab = lab("");
+        lab.start_all().expect("three nodes up");
+        let by = wait_covered(&lab, 1, "-", Duration::from_secs(10));
+        let mut shares: BTreeMap<String, usize> = BTreeMap::new();
+        for nodes in by.values() {
+            for n in nodes {
+                *shares.entry(n.clone()).or_default() += 1;
+            }
+        }
+        println!("shares of the /24: {shares:?}");
+        assert_eq!(shares.len(), 3, "{shares:?}");
+        assert!(shares.values().all(|&n| n >= 50), "uneven: {shares:?}");
+        // The merged view is what `xdprobe status --cluster` shows (refreshed four times a
+        // second).
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let ups = |text: &str| {
+            text.lines()
+                .filter(|l| l.starts_with("198.51.100.") && l.contains(" UP "))
+                .count()
+        };
+        let text = loop {
+            let out = lab.lab.xdprobe("n1", &["status", "--cluster"]);
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{text}{err}");
+            if ups(&text) == TARGETS || Instant::now() > deadline {
+                break text;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let header = format!("probing {} of {TARGETS} monitored targets", shares["n1"]);
+        assert!(text.contains(&header), "{text}");
+        assert!(text.contains("members n1, n2, n3"), "{text}");
+        assert_eq!(ups(&text), TARGETS, "{text}");
+
+        // n3's machine dies: its share moves to n1 and n2.
+        let dead = 2;
+        let moved = shares["n3"];
+        let died = Instant::now();
+        lab.kill_machine(dead).unwrap();
+        wait_covered(&lab, 1, "n3", Duration::from_secs(5));
+        let took = died.elapsed();
+        println!("n3 died: its {moved} targets were probed UP by n1 and n2 {took:?} later");
+        assert!(took <= LEASE + WINDOW, "took {took:?}\n{}", lab.logs());
+        no_target_down(&lab);
+
+        // It comes back: it takes its share back, still without a DOWN anywhere.
+        lab.nodes[dead].daemon.take();
+        lab.lab.revive("n3").unwrap();
+        lab.start(dead).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let by = up_by(&lab);
+            let n3 = by.values().filter(|n| n.contains("n3")).count();
+            if n3 == moved && by.values().all(|n| n.len() == 1) && by.len() == TARGETS {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "n3 has {n3} of its {moved} back\n{}",
+                lab.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        no_target_down(&lab);
+    }
+
+    #[test]
+    fn with_two_replicas_every_target_is_probed_from_two_nodes() {
+        let mut lab = lab("replicas = 2");
+        lab.start_all().expect("three nodes up");
+        let by = wait_covered(&lab, 2, "-", Duration::from_secs(10));
+        assert_eq!(by.len(), TARGETS);
+        no_target_down(&lab);
+    }
+}

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use crate::{
     config::flags::{ReloadArgs, StatusArgs},
     failure::Failure,
-    model::snapshot::Snapshot,
+    model::snapshot::{ClusterStatus, Snapshot},
     service::endpoint::ReloadOutcome,
 };
 
@@ -27,8 +27,49 @@ pub fn status(args: StatusArgs) -> Result<u8, Failure> {
     let snapshot: Snapshot = serde_json::from_str(&body)
         .with_context(|| format!("{url} did not answer with a status"))
         .map_err(Failure::System)?;
+    if args.cluster {
+        let Some(cluster) = &snapshot.cluster else {
+            return Err(Failure::Usage(anyhow::anyhow!(
+                "the daemon at {} is not in a cluster (no [cluster] in its config)",
+                args.address
+            )));
+        };
+        print!("{}", cluster_table(cluster));
+        return Ok(0);
+    }
     print!("{}", table(&snapshot));
     Ok(0)
+}
+
+/// The cluster's merged view for people: this node, the members, the groups, the targets.
+pub fn cluster_table(c: &ClusterStatus) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "node {} ({}), members {}: probing {} of {} monitored targets",
+        c.node,
+        c.standing,
+        c.members.join(", "),
+        c.share,
+        c.targets
+    );
+    for g in &c.groups {
+        let _ = writeln!(
+            out,
+            "group {}: holder {}, {} DOWN and {} UP of {} needed",
+            g.group,
+            g.holder.as_deref().unwrap_or("none"),
+            g.down,
+            g.up,
+            g.needed
+        );
+    }
+    let _ = writeln!(out, "{:<40} {:<8} BY", "TARGET", "STATE");
+    for t in &c.merged {
+        let state = t.state.to_string();
+        let _ = writeln!(out, "{:<40} {state:<8} {}", t.target, t.by.join(" "));
+    }
+    out
 }
 
 /// `xdprobe reload`: 0 if the daemon applied its config, 2 if it rejected it.
@@ -168,6 +209,7 @@ mod tests {
             reloads: 1,
             reload_failures: 0,
             window_seconds: 0.05,
+            cluster: None,
         };
         let t = table(&s);
         assert!(
@@ -184,6 +226,43 @@ mod tests {
             t.contains(
                 "dns pool www.example.test. at 192.0.2.53:53: OUT OF SYNC (2 failures), 3 records"
             ),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn the_cluster_table_shows_members_holders_and_merged_targets() {
+        use crate::model::snapshot::{ClusterGroupStatus, MergedTarget};
+        let c = ClusterStatus {
+            node: "n1".into(),
+            standing: "live".into(),
+            members: vec!["n1".into(), "n2".into()],
+            targets: 254,
+            share: 130,
+            groups: vec![ClusterGroupStatus {
+                group: "192.0.2.100".into(),
+                holder: Some("n2".into()),
+                down: 1,
+                up: 1,
+                needed: 2,
+            }],
+            merged: vec![MergedTarget {
+                target: "198.51.100.7".parse().unwrap(),
+                state: State::Up,
+                by: vec!["n2:up:4".into()],
+            }],
+        };
+        let t = cluster_table(&c);
+        assert!(
+            t.starts_with("node n1 (live), members n1, n2: probing 130 of 254 monitored targets\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("group 192.0.2.100: holder n2, 1 DOWN and 1 UP of 2 needed"),
+            "{t}"
+        );
+        assert!(
+            t.contains("198.51.100.7") && t.contains("UP") && t.contains("n2:up:4"),
             "{t}"
         );
     }

@@ -54,6 +54,11 @@ pub struct StatusArgs {
     /// Print the raw Prometheus metrics instead.
     #[arg(long)]
     pub metrics: bool,
+
+    /// Print the cluster's merged view (members, holders, every monitored target as the nodes
+    /// probing it report it) as this node sees it in etcd.
+    #[arg(long, conflicts_with_all = ["metrics", "json"])]
+    pub cluster: bool,
 }
 
 #[derive(Debug, Args)]

@@ -204,6 +204,25 @@ pub fn stale_holders(
     holders
 }
 
+/// The members whose heartbeat was seen within [`STALE_PERIODS`] at `now` (sorted).
+pub fn beating(
+    mirror: &Mirror,
+    beats: &BTreeMap<String, Duration>,
+    now: Duration,
+    period: Duration,
+) -> Vec<String> {
+    mirror
+        .members
+        .keys()
+        .filter(|m| {
+            beats
+                .get(m.as_str())
+                .is_some_and(|at| now.saturating_sub(*at) <= period * STALE_PERIODS)
+        })
+        .cloned()
+        .collect()
+}
+
 /// Whether a quorum of the live members other than `holder` suspect its lease `lease`: then
 /// it may be revoked, and a new holder must hold off (see [`hold_off`]).
 pub fn suspected_by_quorum(mirror: &Mirror, holder: &str, lease: i64, quorum: Quorum) -> bool {

@@ -5,4 +5,5 @@ pub mod cluster;
 pub mod events;
 pub mod health;
 pub mod notice;
+pub mod shard;
 pub mod snapshot;

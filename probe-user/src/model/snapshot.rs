@@ -29,6 +29,44 @@ pub struct Snapshot {
     /// The probe window now in use.
     #[serde(default)]
     pub window_seconds: f64,
+    /// Cluster mode: this node, the members, the groups' holders and the merged view of the
+    /// monitored targets.
+    #[serde(default)]
+    pub cluster: Option<ClusterStatus>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub node: String,
+    /// `starting`, `live` or `lapsed`.
+    pub standing: String,
+    /// Members whose heartbeat is fresh here: the ones the targets are shared among.
+    pub members: Vec<String>,
+    /// Monitored targets in all, and those this node probes.
+    pub targets: u64,
+    pub share: u64,
+    pub groups: Vec<ClusterGroupStatus>,
+    /// Each monitored target as the nodes probing it last wrote it to etcd.
+    pub merged: Vec<MergedTarget>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClusterGroupStatus {
+    pub group: String,
+    pub holder: Option<String>,
+    /// Live nodes' verdicts on the primary, and how many DOWN move the VIP.
+    pub down: u64,
+    pub up: u64,
+    pub needed: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MergedTarget {
+    pub target: IpAddr,
+    /// UP if any node probing it says UP, DOWN if all do.
+    pub state: State,
+    /// `node:up:window` or `node:down:window`, one per node probing it.
+    pub by: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -15,7 +15,7 @@ use tracing::{error, info};
 
 use crate::{
     act::{
-        cluster::{session, Cluster},
+        cluster::{report, session, Cluster},
         dns::{DnsPool, Start},
         mail::Notifier,
         wire::Wire,
@@ -42,6 +42,7 @@ use crate::{
         logging::LogLevel,
         pools::Pools,
         reload::Reloader,
+        sharding::Sharding,
         startup::{attach_xdp, interface_index, require_capabilities},
     },
 };
@@ -59,7 +60,8 @@ struct Plan {
     settings: Settings,
     index: u32,
     notifier: Notifier,
-    monitored: usize,
+    /// The monitored targets, resolved (a cluster node probes only its share of them).
+    monitored: Vec<IpAddr>,
     hosts: Vec<IpAddr>,
     roles: Roles,
     capacity: usize,
@@ -151,8 +153,24 @@ async fn start_tasks(
     };
     let (groups, routes) = start_groups(common, &s.groups, shutdown)?;
     let (pools, pool_handles) = start_pools(&plan.notifier, &observed, &s.dns, shutdown);
+    let (sharding, cluster_events) = match (&cluster, &s.cluster) {
+        (Some(cluster), Some(settings)) => {
+            let (sharding, share) =
+                Sharding::new(settings.node.clone(), settings.replicas, cluster.state());
+            let (events_tx, events) = mpsc::unbounded_channel();
+            report::spawn(cluster, share, events, observed.clone(), shutdown.clone());
+            (Some(sharding), Some(events_tx))
+        }
+        _ => (None, None),
+    };
     let (reports_tx, reports_rx) = mpsc::unbounded_channel();
-    let dispatcher = tokio::spawn(dispatch(reports_rx, routes, pool_handles, hooks_rx));
+    let dispatcher = tokio::spawn(dispatch(
+        reports_rx,
+        routes,
+        pool_handles,
+        hooks_rx,
+        cluster_events,
+    ));
     let (reloads_tx, reloads_rx) = mpsc::unbounded_channel();
     let prober = Prober::new(
         plan.hosts.clone(),
@@ -168,7 +186,7 @@ async fn start_tasks(
     info!(
         groups = s.groups.len(),
         witnesses = ?s.failover.witnesses,
-        monitored = plan.monitored,
+        monitored = plan.monitored.len(),
         dns_pools = s.dns.len(),
         capacity = plan.capacity,
         "xdprobe running"
@@ -187,6 +205,8 @@ async fn start_tasks(
         pools,
         observed,
         log,
+        monitored: plan.monitored,
+        sharding,
     };
     // The reloader owns the failover groups: at shutdown it waits for them to leave their
     // VIPs as `on_exit` says.
@@ -234,13 +254,19 @@ async fn prepare(
     let notifier =
         Notifier::start(settings.mail.clone(), shutdown.clone()).map_err(Failure::Usage)?;
     let monitored = monitored_hosts(&settings.monitor, settings.family).await?;
-    let (hosts, roles) = probed_hosts(&settings, &monitored);
-    let capacity = reload_capacity(hosts.len());
+    // Room for every host: a cluster node may be left alone with all the targets.
+    let capacity = reload_capacity(probed_hosts(&settings, &monitored).0.len());
+    // A cluster node starts with none of the monitored targets: it probes its share once it
+    // knows the members.
+    let (hosts, roles) = match settings.cluster {
+        Some(_) => probed_hosts(&settings, &[]),
+        None => probed_hosts(&settings, &monitored),
+    };
     Ok(Plan {
         settings,
         index,
         notifier,
-        monitored: monitored.len(),
+        monitored,
         hosts,
         roles,
         capacity,

@@ -21,12 +21,14 @@ use crate::{
 };
 
 /// Delivers every report until the prober stops, following `routes`, `pools` and `hooks` as
-/// reloads change them.
+/// reloads change them; in a cluster, every state change also goes to the reporter (which
+/// writes those of its monitored targets to etcd).
 pub async fn dispatch(
     mut reports: mpsc::UnboundedReceiver<Report>,
     routes: watch::Receiver<Vec<Route>>,
     pools: watch::Receiver<Vec<Arc<DnsPool>>>,
     hooks: watch::Receiver<Hooks>,
+    cluster: Option<mpsc::UnboundedSender<HostEvent>>,
 ) {
     while let Some(report) = reports.recv().await {
         match report {
@@ -36,6 +38,9 @@ pub async fn dispatch(
             }
             // Borrowed, not copied, per report: nothing below waits.
             Report::Host(report) => {
+                if let (Some(cluster), HostReport::Changed(event)) = (&cluster, &report) {
+                    let _ = cluster.send(*event);
+                }
                 deliver(&report, &routes.borrow(), &pools.borrow(), &hooks.borrow())
             }
         }

@@ -173,6 +173,35 @@ fn register_process(registry: &mut Registry, s: &Snapshot) {
         gauge.set(value);
         registry.register(name, help, gauge);
     }
+    if let Some(c) = &s.cluster {
+        let gauges = [
+            (
+                "cluster_members",
+                "Cluster members with a fresh heartbeat",
+                c.members.len() as i64,
+            ),
+            (
+                "cluster_targets",
+                "Monitored targets shared among the members",
+                c.targets as i64,
+            ),
+            (
+                "cluster_share_targets",
+                "Monitored targets this node probes",
+                c.share as i64,
+            ),
+            (
+                "cluster_lease_live",
+                "1 if this node's etcd lease is live",
+                i64::from(c.standing == "live"),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let gauge = Gauge::<i64>::default();
+            gauge.set(value);
+            registry.register(name, help, gauge);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -213,6 +242,14 @@ mod tests {
             reloads: 2,
             reload_failures: 1,
             window_seconds: 0.1,
+            cluster: Some(crate::model::snapshot::ClusterStatus {
+                node: "n1".into(),
+                standing: "live".into(),
+                members: vec!["n1".into(), "n2".into(), "n3".into()],
+                targets: 254,
+                share: 80,
+                ..Default::default()
+            }),
         };
         let text = render_metrics(&s);
         for line in [
@@ -231,6 +268,10 @@ mod tests {
             "xdprobe_window_seconds 0.1",
             "xdprobe_dns_pool_in_sync{pool=\"www.example.test.\",server=\"192.0.2.53:53\"} 0",
             "xdprobe_dns_pool_failures_total{pool=\"www.example.test.\",server=\"192.0.2.53:53\"} 3",
+            "xdprobe_cluster_members 3",
+            "xdprobe_cluster_targets 254",
+            "xdprobe_cluster_share_targets 80",
+            "xdprobe_cluster_lease_live 1",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

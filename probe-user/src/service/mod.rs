@@ -10,4 +10,5 @@ pub mod logging;
 pub mod metrics;
 pub mod pools;
 pub mod reload;
+pub mod sharding;
 pub mod startup;

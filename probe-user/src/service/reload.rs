@@ -37,6 +37,7 @@ use crate::{
         groups::{self, Groups},
         logging::LogLevel,
         pools::{self, PoolChanges, Pools},
+        sharding::Sharding,
     },
 };
 
@@ -82,6 +83,10 @@ pub struct Reloader {
     pub pools: Pools,
     pub observed: Observed,
     pub log: LogLevel,
+    /// The monitored targets, resolved (all of them; a cluster node probes its share).
+    pub monitored: Vec<IpAddr>,
+    /// Cluster mode: this node's share of the monitored targets, as members come and go.
+    pub sharding: Option<Sharding>,
 }
 
 impl Reloader {
@@ -94,6 +99,10 @@ impl Reloader {
         loop {
             let reply = tokio::select! {
                 _ = shutdown.cancelled() => break,
+                _ = sharding_changed(&mut self.sharding) => {
+                    self.reshard().await;
+                    continue;
+                }
                 Some(()) = hangup.recv() => {
                     info!("SIGHUP: reloading the config");
                     None
@@ -144,36 +153,84 @@ impl Reloader {
         // that keep running hold their VIPs already).
         let (starting, _) = groups::changes(&self.groups.groups(), &new.groups);
         self.groups.refuse_own_addresses(&starting).await?;
-        let (hosts, roles) = self.hosts_of(&new).await?;
+        let (hosts, roles, monitored) = self.hosts_of(&new).await?;
         let mut undo = Undo::default();
+        let share = self.sharding.as_ref().map(|s| s.publish(&monitored));
         match self.apply(&new, &hosts, roles, &mut undo, shutdown).await {
             Ok(message) => {
                 self.hosts = hosts;
                 self.running = new;
+                self.monitored = monitored;
                 Ok(message)
             }
             Err(e) => {
                 self.undo(undo, shutdown).await;
+                if let (Some(sharding), Some(share)) = (&self.sharding, share) {
+                    sharding.restore(share);
+                }
                 Err(e)
             }
         }
     }
 
-    /// The hosts `new` probes, if they fit the maps.
-    async fn hosts_of(&self, new: &Settings) -> Result<(Vec<IpAddr>, Roles), String> {
+    /// The hosts `new` probes (a cluster node: its share of the monitored targets), if all
+    /// of them fit the maps (a cluster node may be left alone with them all); and the
+    /// monitored targets.
+    async fn hosts_of(&self, new: &Settings) -> Result<(Vec<IpAddr>, Roles, Vec<IpAddr>), String> {
         let monitored = monitored_hosts(&new.monitor, new.family)
             .await
             .map_err(reason)?;
-        let (hosts, roles) = probed_hosts(new, &monitored);
-        if hosts.len() > self.capacity {
+        let all = probed_hosts(new, &monitored).0.len();
+        if all > self.capacity {
             return Err(format!(
-                "{} hosts do not fit the {} the XDP maps were sized for at start-up; restart \
+                "{all} hosts do not fit the {} the XDP maps were sized for at start-up; restart \
                  xdprobe to probe them all",
-                hosts.len(),
                 self.capacity
             ));
         }
-        Ok((hosts, roles))
+        let (hosts, roles) = match &self.sharding {
+            Some(sharding) => probed_hosts(new, &sharding.mine(&monitored)),
+            None => probed_hosts(new, &monitored),
+        };
+        Ok((hosts, roles, monitored))
+    }
+
+    /// The cluster's members changed: probe our new share of the monitored targets from the
+    /// next window (the hosts that stay keep their state: a target that moves to us starts
+    /// UNKNOWN and comes UP at its first reply, never DOWN).
+    async fn reshard(&mut self) {
+        let Some(sharding) = &self.sharding else {
+            return;
+        };
+        let members = sharding.members().join(",");
+        let mine = sharding.mine(&self.monitored);
+        let (hosts, roles) = probed_hosts(&self.running, &mine);
+        let before = sharding.publish(&self.monitored);
+        if hosts != self.hosts {
+            let running = self.running.clone();
+            let unchanged = Changes {
+                start: vec![],
+                stop: vec![],
+                resettled: false,
+                repool: PoolChanges::default(),
+            };
+            match self
+                .switch(&running, &unchanged, hosts.clone(), roles)
+                .await
+            {
+                Ok(window) => {
+                    self.hosts = hosts;
+                    info!(window, %members, share = mine.len(), targets = self.monitored.len(),
+                        "cluster: probing our share of the monitored targets");
+                }
+                Err(e) => {
+                    error!(reason = %e, "cluster: probing our new share failed; probing the old one");
+                    if let Some(sharding) = &self.sharding {
+                        sharding.restore(before);
+                    }
+                }
+            }
+        }
     }
 
     /// Applies `new`, noting in `undo` what [`Reloader::undo`] must restore if a later step
@@ -330,6 +387,14 @@ impl Changes {
             ));
         }
         out
+    }
+}
+
+/// Waits for the cluster's members to change; never without a cluster.
+async fn sharding_changed(sharding: &mut Option<Sharding>) {
+    match sharding {
+        Some(sharding) => sharding.changed().await,
+        None => std::future::pending().await,
     }
 }
 

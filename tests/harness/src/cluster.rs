@@ -19,6 +19,9 @@ use crate::{cmd, files::TempDir, lab::IFACE, AddrWatch, Daemon, EtcdCluster, Lab
 pub const PRIMARY: &str = "192.0.2.1";
 pub const VIP: &str = "192.0.2.100";
 pub const VIP_NET: &str = "192.0.2.100/24";
+/// The farm's host on the bridge, which answers for every address of [`FARM`].
+pub const FARM_HOST: &str = "192.0.2.60";
+pub const FARM: &str = "198.51.100.0/24";
 /// nftables table that cuts a node off from etcd (see [`ClusterLab::cut_off_from_etcd`]).
 const CUT_TABLE: &str = "xdprobe_cut_etcd";
 
@@ -71,7 +74,7 @@ impl ClusterLab {
         for (name, addr) in hosts.iter().skip(1) {
             let text = format!(
                 "iface = \"eth0\"\nwatch = \"{PRIMARY}\"\nvip = \"{VIP_NET}\"\n\
-                 window = \"{}ms\"\nmetrics = \"off\"\n{top}\n\
+                 window = \"{}ms\"\n{top}\n\
                  [cluster]\netcd = [{endpoints}]\nnode = \"{name}\"\nlease_ttl = \"1s\"\n{cluster}\n",
                 window.as_millis()
             );
@@ -91,6 +94,39 @@ impl ClusterLab {
             window,
             _dir: dir,
         })
+    }
+
+    /// Adds a farm host that answers pings for all of [`FARM`] (a local route on its
+    /// loopback), and a route to it on every node.
+    pub fn add_farm(&mut self) -> anyhow::Result<()> {
+        self.lab
+            .add_bridged(&[("farm", &format!("{FARM_HOST}/24"))])?;
+        self.lab
+            .ip("farm", &["route", "add", "local", FARM, "dev", "lo"])?;
+        for node in &self.nodes {
+            self.lab
+                .ip(&node.name, &["route", "add", FARM, "via", FARM_HOST])?;
+        }
+        Ok(())
+    }
+
+    /// The monitored targets' keys in etcd: (target, node, `up`/`down`).
+    pub fn target_keys(&self) -> anyhow::Result<Vec<(String, String, String)>> {
+        let out = self
+            .etcd
+            .etcdctl(&["get", "--prefix", "/xdprobe/targets/"])?;
+        let lines: Vec<&str> = out.lines().collect();
+        let mut keys = Vec::new();
+        for pair in lines.chunks(2) {
+            let [key, value] = pair else { continue };
+            let rest = key.trim_start_matches("/xdprobe/targets/");
+            let Some((target, node)) = rest.split_once('/') else {
+                continue;
+            };
+            let state = value.split(' ').next().unwrap_or_default();
+            keys.push((target.to_string(), node.to_string(), state.to_string()));
+        }
+        Ok(keys)
     }
 
     /// Starts node `i`'s daemon.

@@ -4,6 +4,7 @@
 //! primary, campaigns to be its holder, and tells the group's failover task what it may do.
 //! The judgement itself (standing, quorum, mandate) is pure: `model::cluster`.
 
+pub mod report;
 pub mod seat;
 pub mod session;
 
@@ -31,6 +32,9 @@ pub struct ClusterState {
     pub mirror: Arc<Mirror>,
     /// Whether the mirror was read from etcd at least once.
     pub synced: bool,
+    /// The members whose heartbeat is fresh here (sorted): the monitored targets are shared
+    /// among them, so a dead node's targets move within a few heartbeats.
+    pub beating: Vec<String>,
 }
 
 impl ClusterState {

@@ -31,7 +31,8 @@ use crate::{
     act::backoff::Backoff,
     config::cluster::ClusterSettings,
     model::cluster::{
-        renew_every, stale_holders, suspected_by_quorum, LeaseClock, Mirror, Slot, Standing,
+        beating, renew_every, stale_holders, suspected_by_quorum, LeaseClock, Mirror, Slot,
+        Standing,
     },
 };
 
@@ -57,6 +58,7 @@ pub async fn start(
         lease: None,
         mirror: Arc::new(Mirror::default()),
         synced: false,
+        beating: Vec::new(),
     });
     let settings = Arc::new(settings);
     let session = Session {
@@ -146,6 +148,12 @@ impl Session {
             lease: self.lease,
             mirror: Arc::new(self.mirror.clone()),
             synced: self.synced,
+            beating: beating(
+                &self.mirror,
+                &self.beats,
+                self.now(),
+                renew_every(self.ttl()),
+            ),
         };
         let standing = state.standing();
         if standing != self.standing {
