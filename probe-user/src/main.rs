@@ -40,7 +40,10 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run(args) => service::daemon::run(*args, log).await.map(|()| 0),
-            Command::Monitor(args) => cmd::monitor::monitor(args).await,
+            Command::Monitor(mut args) => match args.cluster.take() {
+                Some(config) => cmd::monitor::cluster(config, log).await,
+                None => cmd::monitor::monitor(args).await,
+            },
             Command::Check(args) => cmd::check::check(args),
             Command::Status(args) => cmd::status::status(args),
             Command::Reload(args) => cmd::status::reload(args),

@@ -9,7 +9,7 @@ mod privileged {
     use std::time::{Duration, Instant};
 
     use xdprobe_harness::cluster::{at_most_one_holder, ClusterLab, VIP_NET};
-    use xdprobe_harness::logged_number;
+    use xdprobe_harness::{logged_number, write_script};
 
     const WINDOW: Duration = Duration::from_millis(100);
     /// The single-standby bound, which the cluster keeps: 2 windows + 50 ms.
@@ -104,7 +104,9 @@ mod privileged {
 
     #[test]
     fn a_holder_cut_off_from_etcd_fences_before_another_node_claims() {
-        let mut lab = lab(3, "", "");
+        let mut lab = lab(3, "on_cluster = \"{dir}/hook.sh {dir}/{node}.events\"", "");
+        let hook = lab.dir().join("hook.sh");
+        write_script(&hook, "#!/bin/sh\nf=$1; shift; echo \"$@\" >> \"$f\"\n");
         lab.start_all().expect("three nodes up");
         let (holder, _) = kill_primary_and_wait(&mut lab);
         std::thread::sleep(Duration::from_millis(300));
@@ -154,6 +156,27 @@ mod privileged {
             .unwrap_or_else(|two| panic!("{two}\n{events:?}\n{}", lab.logs()));
         assert!(samples >= 100, "{samples} samples");
         assert_eq!(lab.holders().unwrap(), vec![successor]);
+        // The on_cluster hook heard it all: EVENT HOST VIP STATE WINDOW.
+        let events = |i: usize| {
+            let file = lab.dir().join(format!("{}.events", lab.nodes[i].name));
+            std::fs::read_to_string(file).unwrap_or_default()
+        };
+        let (old, new) = (events(holder), events(successor));
+        for event in [
+            "elected 192.0.2.1 192.0.2.100/24",
+            "lost_lease 192.0.2.1",
+            "fenced 192.0.2.1",
+        ] {
+            assert!(
+                old.contains(event),
+                "{event} not in the old holder's hook calls:\n{old}"
+            );
+        }
+        assert!(new.contains("elected 192.0.2.1"), "{new}");
+        assert!(
+            new.contains("handed_over 192.0.2.1") || !new.is_empty(),
+            "{new}"
+        );
     }
 
     #[test]
@@ -243,6 +266,34 @@ mod privileged {
         std::thread::sleep(Duration::from_secs(1));
         assert_eq!(lab.holders().unwrap(), vec![holder], "{}", lab.logs());
         assert!(!lab.log(holder).contains("fenced"), "{}", lab.log(holder));
+    }
+
+    #[test]
+    fn etcd_out_of_reach_at_start_up_is_logged_and_retried_until_it_answers() {
+        let mut lab = lab(3, "", "");
+        for i in 0..3 {
+            lab.etcd.kill(i).unwrap();
+        }
+        lab.start(0).unwrap();
+        let daemon = lab.daemon(0).unwrap();
+        daemon
+            .wait_for_log(
+                "cluster: etcd unreachable; retrying",
+                Duration::from_secs(5),
+            )
+            .expect("the failure is logged");
+        daemon
+            .watch_for(Duration::from_secs(2))
+            .expect("still running, no crash");
+        assert!(!daemon.log().contains("joined"), "{}", daemon.log());
+        lab.etcd.restart_stopped().unwrap();
+        let daemon = lab.daemon(0).unwrap();
+        daemon
+            .wait_for_log("cluster: joined", Duration::from_secs(10))
+            .expect("joins once etcd answers");
+        daemon
+            .wait_for_log("elected holder", Duration::from_secs(5))
+            .expect("and is elected, alone");
     }
 
     #[test]
@@ -407,9 +458,14 @@ mod sharding {
     }
 
     #[test]
-    fn with_two_replicas_every_target_is_probed_from_two_nodes() {
-        let mut lab = lab("replicas = 2");
-        lab.start_all().expect("three nodes up");
+    fn monitor_cluster_with_two_replicas_probes_every_target_from_two_nodes() {
+        let mut lab =
+            ClusterLab::monitoring(3, WINDOW, "monitor = [\"198.51.100.0/24\"]", "replicas = 2")
+                .expect("building the cluster lab");
+        lab.add_farm().expect("the farm");
+        for i in 0..3 {
+            lab.start_monitor(i).unwrap();
+        }
         let by = wait_covered(&lab, 2, "-", Duration::from_secs(10));
         assert_eq!(by.len(), TARGETS);
         no_target_down(&lab);

@@ -244,6 +244,16 @@ fn check_validates_a_config_and_points_at_the_bad_line() {
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let clustered = format!(
+        "{good}[cluster]\netcd = [\"http://192.0.2.51:2379\", \"http://192.0.2.52:2379\"]\nnode = \"n1\"\n"
+    );
+    let (out, _) = check("cluster-good.toml", &clustered);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("cluster: node n1 in etcd http://192.0.2.51:2379, http://192.0.2.52:2379"),
+        "{text}"
+    );
     for needle in [
         format!("{path}: valid"),
         "group 1: watch 192.0.2.1 -> take 192.0.2.100/24 as eth0:1".to_string(),
@@ -258,6 +268,10 @@ fn check_validates_a_config_and_points_at_the_bad_line() {
         ("label.toml", "iface = \"eth0\"\nwatch = \"192.0.2.1\"\nvip = \"192.0.2.100/24\"\nlabel = \"eth1:1\"\n", ":4: invalid `label`"),
         ("unknown.toml", "iface = \"eth0\"\nwatchh = \"192.0.2.1\"\n", "line 2"),
         ("target.toml", "iface = \"eth0\"\nmonitor = [\"198.51.100.0/33\"]\n", "invalid `monitor`"),
+        ("lease.toml", "iface = \"eth0\"\nmonitor = [\"198.51.100.1\"]\n[cluster]\netcd = [\"http://192.0.2.51:2379\"]\n\nlease_ttl = \"1500ms\"\n", ":6: invalid `cluster.lease_ttl`"),
+        ("etcd.toml", "iface = \"eth0\"\nmonitor = [\"198.51.100.1\"]\n[cluster]\netcd = [\"192.0.2.51:2379\"]\n", ":4: invalid `cluster.etcd`"),
+        ("quorum.toml", "iface = \"eth0\"\nmonitor = [\"198.51.100.1\"]\n[cluster]\netcd = [\"http://192.0.2.51:2379\"]\nquorum = \"most\"\n", ":5: invalid `cluster.quorum`"),
+        ("cluster.toml", "iface = \"eth0\"\nmonitor = [\"198.51.100.1\"]\n[cluster]\netcd = [\"http://192.0.2.51:2379\"]\nnodes = 3\n", "unknown field `nodes`"),
     ];
     for (name, text, needle) in broken {
         let (out, path) = check(name, text);
@@ -378,4 +392,38 @@ fn the_systemd_unit_passes_systemd_analyze_verify() {
         stderr.trim().is_empty(),
         "systemd-analyze verify warned: {stderr}"
     );
+}
+
+/// `monitor --cluster` takes a config that shares monitored targets, nothing else: without
+/// `[cluster]`, without targets or with failover groups it is a usage error naming why.
+#[test]
+fn monitor_cluster_refuses_configs_it_cannot_share() {
+    let dir = std::env::temp_dir().join(format!("xdprobe-mcluster-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cluster = "[cluster]\netcd = [\"http://192.0.2.51:2379\"]\n";
+    let cases = [
+        ("alone.toml", "iface = \"eth0\"\nmonitor = [\"198.51.100.1\"]\n".to_string(), "no [cluster] table"),
+        ("groups.toml", format!("iface = \"eth0\"\nwatch = \"192.0.2.1\"\nvip = \"192.0.2.100/24\"\nmonitor = [\"198.51.100.1\"]\n{cluster}"), "failover groups"),
+        ("empty.toml", format!("iface = \"eth0\"\nwatch = \"192.0.2.1\"\nvip = \"192.0.2.100/24\"\n{cluster}"), "no `monitor` targets"),
+    ];
+    for (name, text, needle) in cases {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new(xdprobe_bin())
+            .args(["monitor", "--cluster", path.to_str().unwrap()])
+            .output()
+            .expect("running xdprobe monitor");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}: {stderr}");
+        assert!(
+            stderr.contains(needle),
+            "{name}: want {needle:?} in {stderr}"
+        );
+    }
+    let out = Command::new(xdprobe_bin())
+        .args(["monitor", "--cluster", "x.toml", "198.51.100.1"])
+        .output()
+        .expect("running xdprobe monitor");
+    assert_eq!(out.status.code(), Some(2), "targets and --cluster together");
+    let _ = std::fs::remove_dir_all(&dir);
 }

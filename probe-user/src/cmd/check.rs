@@ -6,6 +6,7 @@ use std::{fmt::Write as _, path::PathBuf};
 use crate::{
     act::mail::load_credentials,
     config::{
+        cluster::{ClusterSettings, OnQuorumLoss, Quorum},
         dns::PoolConfig,
         file::DEFAULT_CONFIG,
         flags::{CheckArgs, RunArgs},
@@ -62,6 +63,7 @@ pub fn plan(s: &Settings, source: &str) -> String {
         out.push_str(&format!("monitor: {}\n", s.monitor.join(", ")));
     }
     out.push_str(&pools_lines(&s.dns));
+    out.push_str(&cluster_line(s.cluster.as_ref()));
     out.push_str(&hooks_lines(&s.hooks));
     out.push_str(&mail_line(s.mail.as_ref()));
     let metrics = s
@@ -73,6 +75,30 @@ pub fn plan(s: &Settings, source: &str) -> String {
         s.log_level
     ));
     out
+}
+
+fn cluster_line(c: Option<&ClusterSettings>) -> String {
+    let Some(c) = c else {
+        return String::new();
+    };
+    let quorum = match c.quorum {
+        Quorum::Majority => "a majority of the live nodes".to_string(),
+        Quorum::Count(n) => format!("{n} nodes"),
+    };
+    let loss = match c.on_quorum_loss {
+        OnQuorumLoss::Release => "release the VIPs",
+        OnQuorumLoss::Keep => "keep the VIPs",
+    };
+    format!(
+        "cluster: node {} in etcd {} (keys under {}, TLS {}), lease {}, VIPs move when {quorum} say DOWN, on quorum loss {loss}, {} node{} probe each monitored target\n",
+        c.node,
+        c.etcd.join(", "),
+        c.prefix,
+        if c.tls.is_some() { "on" } else { "off" },
+        humantime::format_duration(c.lease_ttl),
+        c.replicas,
+        if c.replicas == 1 { "" } else { "s" },
+    )
 }
 
 fn timing_line(t: &Timing) -> String {
@@ -215,5 +241,26 @@ mod tests {
         ] {
             assert!(plan.contains(needle), "missing {needle:?} in:\n{plan}");
         }
+    }
+
+    #[test]
+    fn the_plan_shows_the_cluster() {
+        let c = ClusterSettings {
+            etcd: vec!["http://192.0.2.51:2379".into()],
+            node: "n1".into(),
+            prefix: "/xdprobe/".into(),
+            lease_ttl: std::time::Duration::from_secs(1),
+            quorum: Quorum::Count(2),
+            on_quorum_loss: OnQuorumLoss::Keep,
+            replicas: 2,
+            tls: None,
+        };
+        assert_eq!(
+            cluster_line(Some(&c)),
+            "cluster: node n1 in etcd http://192.0.2.51:2379 (keys under /xdprobe/, TLS off), \
+             lease 1s, VIPs move when 2 nodes say DOWN, on quorum loss keep the VIPs, 2 nodes probe \
+             each monitored target\n"
+        );
+        assert_eq!(cluster_line(None), "");
     }
 }

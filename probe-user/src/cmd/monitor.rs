@@ -1,7 +1,7 @@
 //! `xdprobe monitor`: probe many hosts, print their state changes as they happen and a summary
 //! at the end (after `--count` windows, or on Ctrl-C / SIGTERM). Exit codes like fping.
 
-use std::io::Write as _;
+use std::{io::Write as _, path::PathBuf};
 
 use anyhow::Context as _;
 use tokio::{
@@ -14,7 +14,8 @@ use crate::{
     cmd::report::{self, Format, StateLine},
     config::{
         family::Family,
-        flags::{MonitorArgs, Receive},
+        flags::{MonitorArgs, Receive, RunArgs},
+        load::load_settings,
         timing::Timing,
     },
     failure::{Failure, OrSystem as _},
@@ -27,17 +28,53 @@ use crate::{
         stats::Summary,
         targets,
     },
-    service::startup::{attach_xdp, interface_index, require_capabilities},
+    service::{
+        daemon,
+        logging::LogLevel,
+        startup::{attach_xdp, interface_index, require_capabilities},
+    },
 };
 
+/// `xdprobe monitor --cluster CONFIG`: this node's share of the config's monitored targets,
+/// as a cluster node without failover groups (the daemon, with that config).
+pub async fn cluster(config: PathBuf, log: LogLevel) -> Result<u8, Failure> {
+    let args = RunArgs {
+        config: Some(config.clone()),
+        ..RunArgs::default()
+    };
+    let settings = load_settings(&args)?;
+    let refuse = |why: &str| {
+        Err(Failure::Usage(anyhow::anyhow!(
+            "{}: {why}",
+            config.display()
+        )))
+    };
+    if settings.cluster.is_none() {
+        return refuse(
+            "no [cluster] table: monitor --cluster shares the targets among the nodes of a cluster",
+        );
+    }
+    if settings.monitor.is_empty() {
+        return refuse("no `monitor` targets to share");
+    }
+    if !settings.groups.is_empty() {
+        return refuse("it has failover groups: run it with `xdprobe run --config`, which also shares the monitored targets");
+    }
+    daemon::run(args, log).await.map(|()| 0)
+}
+
 pub async fn monitor(args: MonitorArgs) -> Result<u8, Failure> {
+    let iface = args
+        .iface
+        .clone()
+        .ok_or_else(|| Failure::Usage(anyhow::anyhow!("--iface is needed")))?;
     let timing = Timing::for_monitor(&args).map_err(|e| Failure::Usage(e.into()))?;
     // The targets are read (not resolved) before the system is asked anything, so a bad target
     // file is a usage error for anyone, as in `check`.
     let family = Family::from_flags(args.ipv4, args.ipv6);
     let parsed = targets::parse_args_in(&args.targets, family, targets::open_file)
         .map_err(|e| Failure::Usage(e.into()))?;
-    interface_index(&args.iface)?;
+    interface_index(&iface)?;
     require_capabilities()?;
     let hosts = targets::resolve(parsed, probe_common::maps::MAX_HOSTS as usize)
         .await
@@ -50,18 +87,12 @@ pub async fn monitor(args: MonitorArgs) -> Result<u8, Failure> {
     };
 
     let counters: Box<dyn Counters> = match args.receive {
-        Receive::Xdp => Box::new(attach_xdp(
-            &hosts,
-            hosts.len(),
-            false,
-            &args.iface,
-            args.debug,
-        )?),
-        Receive::Socket => Box::new(SocketCounters::start(&args.iface, &hosts).system()?),
+        Receive::Xdp => Box::new(attach_xdp(&hosts, hosts.len(), false, &iface, args.debug)?),
+        Receive::Socket => Box::new(SocketCounters::start(&iface, &hosts).system()?),
     };
     // The maps' kernel memory is fixed once they exist (and gone once the prober ends).
     let map_kib = bpf_map_kib();
-    let sender = Sender::open(&args.iface).system()?;
+    let sender = Sender::open(&iface).system()?;
     let (reports_tx, reports_rx) = mpsc::unbounded_channel();
     let prober = Prober::new(
         hosts,

@@ -78,8 +78,14 @@ pub struct CheckArgs {
 #[derive(Debug, Args)]
 pub struct MonitorArgs {
     /// Interface that reaches the targets (the XDP program attaches here).
-    #[arg(long, value_name = "IFACE")]
-    pub iface: String,
+    #[arg(long, value_name = "IFACE", required_unless_present = "cluster")]
+    pub iface: Option<String>,
+
+    /// Probe this node's share of the config's `monitor` targets as one node of its
+    /// `[cluster]`, states written to etcd (`xdprobe status --cluster` shows them all). The
+    /// config must have no failover group; everything else comes from it.
+    #[arg(long, value_name = "CONFIG", conflicts_with_all = ["iface", "targets", "count", "json", "receive"])]
+    pub cluster: Option<PathBuf>,
 
     #[command(flatten)]
     pub timing: TimingArgs,
@@ -112,7 +118,7 @@ pub struct MonitorArgs {
     /// Addresses and CIDRs of either family (198.18.0.0/15, 2001:db8:1::/111: at most 131,072
     /// addresses an IPv6 network), hostnames (all their addresses), or @FILE (one target a
     /// line, # comments).
-    #[arg(required = true, value_name = "TARGET")]
+    #[arg(required_unless_present = "cluster", value_name = "TARGET")]
     pub targets: Vec<String>,
 }
 

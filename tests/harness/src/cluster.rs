@@ -47,8 +47,26 @@ pub type HoldEvent = (Instant, usize, bool);
 
 impl ClusterLab {
     /// The lab with `nodes` xdprobe nodes (not started), probing every `window`; each node's
-    /// config is the cluster's plus `top` (top-level keys) and `cluster` (keys of `[cluster]`).
+    /// config is the cluster's (watching the primary for the VIP) plus `top` (top-level keys)
+    /// and `cluster` (keys of `[cluster]`). In both, `{node}` is the node's name and `{dir}`
+    /// a scratch directory the lab removes.
     pub fn new(nodes: usize, window: Duration, top: &str, cluster: &str) -> anyhow::Result<Self> {
+        let group = format!("watch = \"{PRIMARY}\"\nvip = \"{VIP_NET}\"\n");
+        Self::build(nodes, window, &format!("{group}{top}"), cluster)
+    }
+
+    /// The lab without failover groups: every node's config has only `top` (which should
+    /// name `monitor` targets) and the cluster; for `xdprobe monitor --cluster`.
+    pub fn monitoring(
+        nodes: usize,
+        window: Duration,
+        top: &str,
+        cluster: &str,
+    ) -> anyhow::Result<Self> {
+        Self::build(nodes, window, top, cluster)
+    }
+
+    fn build(nodes: usize, window: Duration, top: &str, cluster: &str) -> anyhow::Result<Self> {
         let mut hosts = vec![("primary".to_string(), format!("{PRIMARY}/24"))];
         for i in 0..nodes {
             hosts.push((format!("n{}", i + 1), format!("192.0.2.{}/24", 11 + i)));
@@ -73,11 +91,12 @@ impl ClusterLab {
         let mut list = Vec::new();
         for (name, addr) in hosts.iter().skip(1) {
             let text = format!(
-                "iface = \"eth0\"\nwatch = \"{PRIMARY}\"\nvip = \"{VIP_NET}\"\n\
-                 window = \"{}ms\"\n{top}\n\
+                "iface = \"eth0\"\nwindow = \"{}ms\"\n{top}\n\
                  [cluster]\netcd = [{endpoints}]\nnode = \"{name}\"\nlease_ttl = \"1s\"\n{cluster}\n",
                 window.as_millis()
-            );
+            )
+            .replace("{node}", name)
+            .replace("{dir}", &dir.dir().display().to_string());
             let config = dir.write(&format!("{name}.toml"), &text, 0o644);
             list.push(Node {
                 name: name.clone(),
@@ -136,6 +155,20 @@ impl ClusterLab {
         let ns = self.lab.ns(&node.name);
         node.daemon = Some(Daemon::start(&ns, &["run", "--config", &config])?);
         Ok(())
+    }
+
+    /// Starts node `i` as `xdprobe monitor --cluster CONFIG`.
+    pub fn start_monitor(&mut self, i: usize) -> anyhow::Result<()> {
+        let node = &mut self.nodes[i];
+        let config = node.config.to_str().context("config path")?.to_string();
+        let ns = self.lab.ns(&node.name);
+        node.daemon = Some(Daemon::start(&ns, &["monitor", "--cluster", &config])?);
+        Ok(())
+    }
+
+    /// The lab's scratch directory (`{dir}` in the configs).
+    pub fn dir(&self) -> &std::path::Path {
+        self._dir.dir()
     }
 
     /// Starts every node, and waits until each sees the primary UP and one was elected.

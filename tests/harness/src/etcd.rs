@@ -306,6 +306,18 @@ impl EtcdCluster {
         self.wait_healthy_members(&[i], Duration::from_secs(10))
     }
 
+    /// Starts every member that is not running (all killed, or some), without waiting for
+    /// each: a member alone waits for its peers before it is healthy. Then waits until all
+    /// are healthy (at most 10 s).
+    pub fn restart_stopped(&mut self) -> anyhow::Result<()> {
+        for i in 0..self.members.len() {
+            if !self.is_running(i)? {
+                self.spawn(i)?;
+            }
+        }
+        self.wait_healthy(Duration::from_secs(10))
+    }
+
     /// Whether member `i`'s process is still running (it has not exited or been killed).
     pub fn is_running(&mut self, i: usize) -> anyhow::Result<bool> {
         let member = self.member_mut(i)?;
