@@ -14,7 +14,13 @@ use std::{
 
 use anyhow::{bail, Context as _};
 
-use crate::{cmd, files::TempDir, lab::IFACE, AddrWatch, Daemon, EtcdCluster, Lab};
+use crate::{
+    cmd,
+    etcd::{DEFAULT_TIMING, LAB_TIMING},
+    files::TempDir,
+    lab::IFACE,
+    AddrWatch, Daemon, EtcdCluster, Lab,
+};
 
 pub const PRIMARY: &str = "192.0.2.1";
 pub const VIP: &str = "192.0.2.100";
@@ -52,7 +58,24 @@ impl ClusterLab {
     /// a scratch directory the lab removes.
     pub fn new(nodes: usize, window: Duration, top: &str, cluster: &str) -> anyhow::Result<Self> {
         let group = format!("watch = \"{PRIMARY}\"\nvip = \"{VIP_NET}\"\n");
-        Self::build(nodes, window, &format!("{group}{top}"), cluster)
+        Self::build(nodes, window, &format!("{group}{top}"), cluster, LAB_TIMING)
+    }
+
+    /// [`ClusterLab::new`] with etcd run at its default raft timing (as in production).
+    pub fn with_etcd_defaults(
+        nodes: usize,
+        window: Duration,
+        top: &str,
+        cluster: &str,
+    ) -> anyhow::Result<Self> {
+        let group = format!("watch = \"{PRIMARY}\"\nvip = \"{VIP_NET}\"\n");
+        Self::build(
+            nodes,
+            window,
+            &format!("{group}{top}"),
+            cluster,
+            DEFAULT_TIMING,
+        )
     }
 
     /// The lab without failover groups: every node's config has only `top` (which should
@@ -63,10 +86,16 @@ impl ClusterLab {
         top: &str,
         cluster: &str,
     ) -> anyhow::Result<Self> {
-        Self::build(nodes, window, top, cluster)
+        Self::build(nodes, window, top, cluster, LAB_TIMING)
     }
 
-    fn build(nodes: usize, window: Duration, top: &str, cluster: &str) -> anyhow::Result<Self> {
+    fn build(
+        nodes: usize,
+        window: Duration,
+        top: &str,
+        cluster: &str,
+        timing: (u32, u32),
+    ) -> anyhow::Result<Self> {
         let mut hosts = vec![("primary".to_string(), format!("{PRIMARY}/24"))];
         for i in 0..nodes {
             hosts.push((format!("n{}", i + 1), format!("192.0.2.{}/24", 11 + i)));
@@ -80,7 +109,13 @@ impl ClusterLab {
             "primary",
             &["addr", "add", VIP_NET, "dev", IFACE, "label", "eth0:1"],
         )?;
-        let etcd = EtcdCluster::start(&mut lab, 3)?;
+        let etcd = EtcdCluster::start_with(&mut lab, 3, timing)?;
+        // A 1 s lease unless the test names its own.
+        let lease = if cluster.contains("lease_ttl") {
+            ""
+        } else {
+            "lease_ttl = \"1s\"\n"
+        };
         let endpoints = etcd
             .endpoints()
             .iter()
@@ -92,7 +127,7 @@ impl ClusterLab {
         for (name, addr) in hosts.iter().skip(1) {
             let text = format!(
                 "iface = \"eth0\"\nwindow = \"{}ms\"\n{top}\n\
-                 [cluster]\netcd = [{endpoints}]\nnode = \"{name}\"\nlease_ttl = \"1s\"\n{cluster}\n",
+                 [cluster]\netcd = [{endpoints}]\nnode = \"{name}\"\n{lease}{cluster}\n",
                 window.as_millis()
             )
             .replace("{node}", name)

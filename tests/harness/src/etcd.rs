@@ -8,6 +8,8 @@
 //! peers on 2380 of that address; the client host `etcdctl` is 192.0.2.50. The members run
 //! with `--heartbeat-interval 10 --election-timeout 100` (milliseconds): a namespace LAN has
 //! no latency to speak of, and the tests want elections over in a fraction of a second.
+//! [`EtcdCluster::start_with`] runs them with etcd's defaults instead (100 and 1000), to
+//! measure what production settings give.
 //!
 //! The members are killed (SIGKILL) and their data directory removed when the cluster is
 //! dropped; their namespaces belong to the lab, so they go with it (and with the lab's janitor
@@ -37,6 +39,10 @@ use crate::{
 pub const ETCD: &str = "/usr/bin/etcd";
 pub const ETCDCTL: &str = "/usr/bin/etcdctl";
 pub const CLIENT_PORT: u16 = 2379;
+/// The lab's raft timing (heartbeat, election timeout; ms): elections in a fraction of a second.
+pub const LAB_TIMING: (u32, u32) = (10, 100);
+/// etcd's own defaults, as in production.
+pub const DEFAULT_TIMING: (u32, u32) = (100, 1000);
 pub const PEER_PORT: u16 = 2380;
 /// The lab host `etcdctl` runs on.
 pub const CLIENT_HOST: &str = "etcdctl";
@@ -100,6 +106,8 @@ impl Member {
 /// Three (or more) etcd members in a lab; see the module documentation.
 pub struct EtcdCluster {
     members: Vec<Member>,
+    /// `--heartbeat-interval` and `--election-timeout`, milliseconds.
+    timing: (u32, u32),
     client_ns: String,
     /// The members' data directories and logs, held only to be removed on drop: after the
     /// members are killed (`Drop::drop` runs before the fields are dropped).
@@ -111,6 +119,12 @@ impl EtcdCluster {
     /// the lab has none yet), starts a member on each, and returns once every member reports
     /// healthy (at most 10 s). Needs root.
     pub fn start(lab: &mut Lab, members: usize) -> anyhow::Result<Self> {
+        Self::start_with(lab, members, LAB_TIMING)
+    }
+
+    /// [`start`](Self::start) with `timing`: `--heartbeat-interval` and `--election-timeout`
+    /// in milliseconds ([`LAB_TIMING`], or etcd's defaults [`DEFAULT_TIMING`]).
+    pub fn start_with(lab: &mut Lab, members: usize, timing: (u32, u32)) -> anyhow::Result<Self> {
         ensure!(
             (1..=MAX_MEMBERS).contains(&members),
             "an etcd lab has 1 to {MAX_MEMBERS} members, not {members}"
@@ -156,6 +170,7 @@ impl EtcdCluster {
             .collect();
         let mut cluster = Self {
             members,
+            timing,
             client_ns: lab.ns(CLIENT_HOST),
             _dir: dir,
         };
@@ -208,7 +223,8 @@ impl EtcdCluster {
             .args(["--initial-cluster", &initial_cluster])
             .args(["--initial-cluster-state", "new"])
             .args(["--initial-cluster-token", "xdprobe-lab"])
-            .args(["--heartbeat-interval", "10", "--election-timeout", "100"])
+            .args(["--heartbeat-interval", &self.timing.0.to_string()])
+            .args(["--election-timeout", &self.timing.1.to_string()])
             .args(["--logger", "zap", "--log-outputs", "stderr"])
             .stdin(Stdio::null())
             .stdout(log.try_clone().context("duplicating the log file")?)
