@@ -5,6 +5,7 @@ mod bench;
 mod cargo_cmd;
 mod cmd;
 mod demo;
+mod demo_cluster;
 mod dist;
 mod lab;
 mod layers;
@@ -54,8 +55,12 @@ enum Task {
         #[arg(long, default_value = "100ms")]
         window: String,
         /// The same in IPv6: the primary, the standby, the client and the VIP in 2001:db8::/64.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "cluster")]
         ipv6: bool,
+        /// Three xdprobe nodes agreeing through a three-member etcd cluster: the elected node
+        /// takes over when the primary dies, then another when that node's machine dies.
+        #[arg(long)]
+        cluster: bool,
     },
     /// Measure xdprobe against fping (and against itself receiving on a socket) over up to
     /// 131,072 IPv4 and 131,072 IPv6 hosts in a namespace farm; prints the tables and writes
@@ -95,7 +100,12 @@ fn execute(task: Task) -> anyhow::Result<()> {
         Task::Run { release, args } => run::run(release, &args),
         Task::Test => testsuite::test(),
         Task::Layers => layers::layers(),
-        Task::Demo { window, ipv6 } => demo::demo(&window, ipv6),
+        Task::Demo {
+            window,
+            cluster: true,
+            ..
+        } => demo_cluster::demo(&window),
+        Task::Demo { window, ipv6, .. } => demo::demo(&window, ipv6),
         Task::Bench(args) => bench::bench(args),
         Task::Dist { debug } => dist::dist(debug).map(drop),
     }
