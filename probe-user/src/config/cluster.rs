@@ -9,9 +9,11 @@ use serde::Deserialize;
 use crate::config::error::SettingsError;
 
 pub const DEFAULT_PREFIX: &str = "/xdprobe/";
-/// etcd leases are whole seconds; 2 s lets a lost holder be replaced in about 2.5 s (see the
-/// README's cluster section) while riding out a 1.5 s stall of the etcd leader.
-pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(2);
+/// etcd leases are whole seconds. A holder trusts its lease for half of it after a renewal,
+/// so 5 s rides out an etcd leader election at etcd's default timing (a 1 s election timeout,
+/// randomised up to 2 s) without dropping the VIP; a dead holder is then replaced in about
+/// 4 s (see the README's cluster section).
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(5);
 const MAX_LEASE_TTL: Duration = Duration::from_secs(3600);
 const MAX_NODE_LEN: usize = 64;
 const MAX_REPLICAS: u32 = 2;

@@ -237,10 +237,11 @@ pub fn suspected_by_quorum(mirror: &Mirror, holder: &str, lease: i64, quorum: Qu
     agreeing >= quorum.needed(others.len())
 }
 
-/// How often the lease is renewed: ten times a lease, so that several renewals may be lost
-/// before the margin is reached.
+/// How often the lease is renewed and the heartbeat written: ten times a lease, so that
+/// several renewals may be lost before the margin is reached, and at least four times a
+/// second, so that a long lease does not make a dead holder slow to notice.
 pub fn renew_every(ttl: Duration) -> Duration {
-    ttl / 10
+    (ttl / 10).min(Duration::from_millis(250))
 }
 
 /// The last moment our lease is surely alive in etcd, given when the last renewal that etcd
@@ -568,6 +569,14 @@ mod tests {
             ..judge(Standing::Live)
         };
         assert_eq!(held_off.view(&mine, &live).mandate, Mandate::Keep);
+    }
+
+    #[test]
+    fn renewals_and_heartbeats_go_out_ten_times_a_lease_and_at_least_four_times_a_second() {
+        assert_eq!(renew_every(Duration::from_secs(1)), ms(100));
+        assert_eq!(renew_every(Duration::from_secs(2)), ms(200));
+        assert_eq!(renew_every(Duration::from_secs(5)), ms(250));
+        assert_eq!(renew_every(Duration::from_secs(60)), ms(250));
     }
 
     #[test]

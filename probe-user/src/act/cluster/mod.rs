@@ -4,6 +4,7 @@
 //! primary, campaigns to be its holder, and tells the group's failover task what it may do.
 //! The judgement itself (standing, quorum, mandate) is pure: `model::cluster`.
 
+mod lease;
 pub mod report;
 pub mod seat;
 pub mod session;
@@ -90,9 +91,9 @@ pub fn request_timeout(ttl: Duration) -> Duration {
     (ttl / 3).max(Duration::from_millis(100))
 }
 
-/// A client for `settings.etcd`. It connects lazily: an unreachable etcd shows in the first
-/// requests, which the session retries.
-pub async fn connect(settings: &ClusterSettings) -> anyhow::Result<Client> {
+/// A client for `endpoints` (some of `settings.etcd`). It connects lazily: an unreachable etcd
+/// shows in the first requests, which the session retries.
+pub async fn connect(settings: &ClusterSettings, endpoints: &[String]) -> anyhow::Result<Client> {
     let ttl = settings.lease_ttl;
     let mut options = ConnectOptions::new()
         .with_connect_timeout(request_timeout(ttl))
@@ -108,7 +109,7 @@ pub async fn connect(settings: &ClusterSettings) -> anyhow::Result<Client> {
         }
         options = options.with_tls(config);
     }
-    Client::connect(&settings.etcd, Some(options))
+    Client::connect(endpoints, Some(options))
         .await
-        .with_context(|| format!("connecting to etcd at {}", settings.etcd.join(", ")))
+        .with_context(|| format!("connecting to etcd at {}", endpoints.join(", ")))
 }

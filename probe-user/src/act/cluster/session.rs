@@ -1,7 +1,8 @@
 //! The node's session with etcd: a lease (`lease_ttl`) that every key of ours is bound to,
-//! renewed ten times a lease; the member key that makes us live; and a mirror of every key
-//! under the prefix (read once, then followed by a watch). What it publishes
-//! ([`ClusterState`]) is what the seats judge by.
+//! kept alive through every member (`lease`); the member key that makes us live; a mirror of
+//! every key under the prefix (read once, then followed by a watch); and the suspicion and
+//! revocation of holders whose heartbeat stopped. What it publishes ([`ClusterState`]) is what
+//! the seats judge by.
 //!
 //! Fencing starts here: the standing is `Live` only until a margin before the lease could
 //! have expired in etcd, counted from the *send* time of the last renewal etcd confirmed
@@ -10,23 +11,24 @@
 //! and retried; never fatal.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, VecDeque},
+    collections::{BTreeMap, BTreeSet},
     sync::Arc,
     time::Duration,
 };
 
-use etcd_client::{
-    Client, EventType, GetOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions, WatchOptions,
-    WatchStream,
-};
+use etcd_client::{Client, EventType, GetOptions, PutOptions, WatchOptions, WatchStream};
 use tokio::{
-    sync::watch,
+    sync::{mpsc, watch},
     time::{sleep_until, timeout, Instant},
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{connect, request_timeout, sleep_or_never, Cluster, ClusterState};
+use super::{
+    connect,
+    lease::{self, Renewal},
+    request_timeout, sleep_or_never, Cluster, ClusterState,
+};
 use crate::{
     act::backoff::Backoff,
     config::cluster::ClusterSettings,
@@ -50,7 +52,12 @@ pub async fn start(
     start: Instant,
     leave: CancellationToken,
 ) -> anyhow::Result<(Cluster, tokio::task::JoinHandle<()>)> {
-    let client = connect(&settings).await?;
+    let client = connect(&settings, &settings.etcd).await?;
+    // One client per member too, for the renewals and heartbeats (see `lease`).
+    let mut members = Vec::new();
+    for endpoint in &settings.etcd {
+        members.push(connect(&settings, std::slice::from_ref(endpoint)).await?);
+    }
     let clock = LeaseClock::new(settings.lease_ttl, Duration::ZERO);
     let (tx, rx) = watch::channel(ClusterState {
         clock,
@@ -67,14 +74,13 @@ pub async fn start(
         origin: start,
         settings: Arc::clone(&settings),
         client: client.clone(),
+        members,
         tx,
         mirror: Mirror::default(),
         synced: false,
         lease: None,
         failures: 0,
         beats: BTreeMap::new(),
-        beat: 0,
-        beating: None,
         suspected: BTreeSet::new(),
         revoked: BTreeSet::new(),
     };
@@ -95,6 +101,8 @@ struct Session {
     origin: Instant,
     settings: Arc<ClusterSettings>,
     client: Client,
+    /// A client for each member alone.
+    members: Vec<Client>,
     tx: watch::Sender<ClusterState>,
     mirror: Mirror,
     synced: bool,
@@ -103,20 +111,14 @@ struct Session {
     failures: u32,
     /// When each member's heartbeat (a write of its member key) was last seen here.
     beats: BTreeMap<String, Duration>,
-    /// Our heartbeat count, and the write of it in flight.
-    beat: u64,
-    beating: Option<tokio::task::JoinHandle<()>>,
     /// The holder leases we said we suspect, and those we revoked.
     suspected: BTreeSet<i64>,
     revoked: BTreeSet<i64>,
 }
 
-/// The streams that live as long as a lease: its renewals, and the mirror's watch.
+/// The stream that lives as long as a lease: the mirror's watch.
 #[derive(Default)]
 struct Streams {
-    keepalive: Option<(LeaseKeeper, LeaseKeepAliveStream)>,
-    /// Send times of renewals not answered yet, oldest first.
-    outstanding: VecDeque<Duration>,
     watch: Option<WatchStream>,
 }
 
@@ -270,41 +272,30 @@ impl Session {
     }
 
     /// Renews `lease` and follows the keys until etcd says the lease is gone, or shutdown.
+    /// Renews `lease` (through every member, in tasks of their own) and follows the keys until
+    /// etcd says the lease is gone, or shutdown.
     async fn hold(&mut self, lease: i64, shutdown: &CancellationToken) -> Ended {
+        let (renewals_tx, mut renewals) = mpsc::unbounded_channel();
+        let key = self.key(&Slot::Member(self.settings.node.clone()));
+        let _keepers = lease::keep(&self.members, lease, self.ttl(), key, renewals_tx);
         let mut streams = Streams::default();
-        let mut renew = tokio::time::interval(renew_every(self.ttl()));
-        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut tick = tokio::time::interval(renew_every(self.ttl()));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let change = self.next_change();
             tokio::select! {
                 _ = shutdown.cancelled() => return Ended::Shutdown,
-                _ = renew.tick() => {
-                    if let Some(ended) = self.renew(lease, &mut streams).await {
-                        return ended;
+                Some(renewal) = renewals.recv() => match renewal {
+                    Renewal::Confirmed { sent } => {
+                        self.clock.renewed(sent.saturating_duration_since(self.origin));
                     }
-                    self.heartbeat(lease);
+                    Renewal::Gone => return Ended::Lost,
+                },
+                _ = tick.tick() => {
                     if streams.watch.is_none() {
                         self.open_watch(&mut streams).await;
                     }
                     self.watch_holders(lease);
-                }
-                answer = next_renewal(&mut streams.keepalive) => {
-                    match answer {
-                        Ok(Some(ttl)) => {
-                            let sent = streams.outstanding.pop_front();
-                            if ttl <= 0 {
-                                return Ended::Lost;
-                            }
-                            if let Some(sent) = sent {
-                                self.clock.renewed(sent);
-                            }
-                        }
-                        Ok(None) | Err(_) => {
-                            debug!("cluster: the lease renewal stream broke; reopening it");
-                            streams.keepalive = None;
-                            streams.outstanding.clear();
-                        }
-                    }
                 }
                 event = next_watch(&mut streams.watch) => {
                     if self.apply(event) {
@@ -319,56 +310,6 @@ impl Session {
             }
             self.publish();
         }
-    }
-
-    /// Sends one renewal (opening the stream if needed); a stream with renewals unanswered
-    /// for three periods is presumed stuck on a dead member and reopened.
-    async fn renew(&mut self, lease: i64, streams: &mut Streams) -> Option<Ended> {
-        let period = renew_every(self.ttl());
-        let now = self.now();
-        if streams
-            .outstanding
-            .front()
-            .is_some_and(|sent| now.saturating_sub(*sent) > period * 3)
-        {
-            debug!("cluster: lease renewals unanswered; reopening the stream");
-            streams.keepalive = None;
-            streams.outstanding.clear();
-        }
-        if streams.keepalive.is_none() {
-            let limit = request_timeout(self.ttl());
-            match timeout(limit, self.client.lease_keep_alive(lease)).await {
-                Ok(Ok(pair)) => streams.keepalive = Some(pair),
-                Ok(Err(e)) if is_lease_gone(&e) => return Some(Ended::Lost),
-                Ok(Err(_)) | Err(_) => return None,
-            }
-        }
-        let (keeper, _) = streams.keepalive.as_mut()?;
-        let sent = self.now();
-        match keeper.keep_alive().await {
-            Ok(()) => streams.outstanding.push_back(sent),
-            Err(_) => {
-                streams.keepalive = None;
-                streams.outstanding.clear();
-            }
-        }
-        None
-    }
-
-    /// Rewrites our member key (one write at a time, in its own task): the heartbeat by which
-    /// the others see that we still reach etcd.
-    fn heartbeat(&mut self, lease: i64) {
-        if self.beating.as_ref().is_some_and(|b| !b.is_finished()) {
-            return;
-        }
-        self.beat += 1;
-        let key = self.key(&Slot::Member(self.settings.node.clone()));
-        let (mut client, beat) = (self.client.clone(), self.beat.to_string());
-        let limit = request_timeout(self.ttl());
-        self.beating = Some(tokio::spawn(async move {
-            let put = client.put(key, beat, Some(PutOptions::new().with_lease(lease)));
-            let _ = timeout(limit, put).await;
-        }));
     }
 
     /// Suspects the holders whose heartbeat stopped (a key that says so, under our lease), and
@@ -508,21 +449,6 @@ impl Session {
                 "cluster: revoking the lease timed out; it expires on its own"
             ),
         }
-    }
-}
-
-/// Whether etcd refused because the lease does not exist (expired, or revoked).
-fn is_lease_gone(e: &etcd_client::Error) -> bool {
-    e.to_string().contains("requested lease not found")
-}
-
-/// The next renewal answer's TTL; pending forever without a stream.
-async fn next_renewal(
-    keepalive: &mut Option<(LeaseKeeper, LeaseKeepAliveStream)>,
-) -> Result<Option<i64>, etcd_client::Error> {
-    match keepalive {
-        Some((_, stream)) => stream.message().await.map(|m| m.map(|r| r.ttl())),
-        None => std::future::pending().await,
     }
 }
 
