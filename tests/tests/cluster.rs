@@ -113,19 +113,9 @@ mod privileged {
         lab.holders_timeline(); // only what follows the cut counts
         let cut = Instant::now();
         lab.cut_off_from_etcd(holder).expect("nftables");
-        let deadline = cut + Duration::from_secs(6);
-        let successor = loop {
-            let holders = lab.holders().unwrap();
-            if let Some(&other) = holders.iter().find(|&&h| h != holder) {
-                break other;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "nobody took over\n{}",
-                lab.logs()
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        };
+        let successor = lab
+            .wait_holder(Some(holder), Duration::from_secs(6))
+            .expect("another node takes over");
         let handed = cut.elapsed();
         std::thread::sleep(Duration::from_millis(300));
         let end = Instant::now();
@@ -188,19 +178,9 @@ mod privileged {
         let died = Instant::now();
         lab.kill_machine(holder)
             .expect("killing the holder's machine");
-        let deadline = died + Duration::from_secs(8);
-        let successor = loop {
-            let holders = lab.holders().unwrap();
-            if let Some(&other) = holders.iter().find(|&&h| h != holder) {
-                break other;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "nobody took over\n{}",
-                lab.logs()
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        };
+        let successor = lab
+            .wait_holder(Some(holder), Duration::from_secs(8))
+            .expect("another node takes over");
         let handover = died.elapsed();
         println!(
             "holder {} died; {} holds the VIP {handover:?} later",
@@ -306,7 +286,7 @@ mod privileged {
         // The majority comes back: a holder is elected again and takes the VIP.
         lab.etcd.restart(0).unwrap();
         lab.etcd.restart(1).unwrap();
-        lab.wait_holder(Duration::from_secs(10))
+        lab.wait_holder(None, Duration::from_secs(10))
             .expect("a holder again once etcd has its majority");
     }
 

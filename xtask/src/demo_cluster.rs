@@ -2,10 +2,7 @@
 //! throwaway namespace lab (the integration tests' cluster lab): the elected node takes the VIP
 //! when the primary dies, then another node when the holder's machine dies.
 
-use std::{
-    thread,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use xdprobe_harness::cluster::{ClusterLab, VIP};
@@ -37,7 +34,7 @@ pub fn demo(window: &str) -> Result<()> {
     say("killing the primary: its eth0 goes down");
     let killed = Instant::now();
     lab.lab.kill("primary")?;
-    let holder = wait_holder(&lab, None, killed)?;
+    let holder = lab.wait_holder(None, TIMEOUT)?;
     say(&format!(
         "a quorum said DOWN: {} took the VIP {} ms after the primary died",
         lab.nodes[holder].name,
@@ -50,7 +47,7 @@ pub fn demo(window: &str) -> Result<()> {
     ));
     let died = Instant::now();
     lab.kill_machine(holder)?;
-    let next = wait_holder(&lab, Some(holder), died)?;
+    let next = lab.wait_holder(Some(holder), TIMEOUT)?;
     say(&format!(
         "its heartbeat stopped; the others revoked its lease and {} took the VIP {} ms later",
         lab.nodes[next].name,
@@ -58,19 +55,6 @@ pub fn demo(window: &str) -> Result<()> {
     ));
     say("stopping the nodes and removing the lab");
     Ok(())
-}
-
-/// Waits until a node other than `not` holds the VIP.
-fn wait_holder(lab: &ClusterLab, not: Option<usize>, since: Instant) -> Result<usize> {
-    loop {
-        if let Some(&h) = lab.holders()?.iter().find(|&&h| Some(h) != not) {
-            return Ok(h);
-        }
-        if since.elapsed() > TIMEOUT {
-            bail!("no node took the VIP within {TIMEOUT:?}\n{}", lab.logs());
-        }
-        thread::sleep(Duration::from_millis(5));
-    }
 }
 
 fn say(line: &str) {

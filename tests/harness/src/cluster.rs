@@ -276,13 +276,13 @@ impl ClusterLab {
         Ok(out)
     }
 
-    /// Waits until some node holds the VIP; which one, and when its address event came.
-    pub fn wait_holder(&self, timeout: Duration) -> anyhow::Result<(usize, Instant)> {
+    /// Waits until a node other than `not` holds the VIP (polling `ip addr` every 5 ms);
+    /// which one.
+    pub fn wait_holder(&self, not: Option<usize>, timeout: Duration) -> anyhow::Result<usize> {
         let deadline = Instant::now() + timeout;
         loop {
-            let holders = self.holders()?;
-            if let Some(&i) = holders.first() {
-                return Ok((i, Instant::now()));
+            if let Some(&i) = self.holders()?.iter().find(|&&h| Some(h) != not) {
+                return Ok(i);
             }
             if Instant::now() > deadline {
                 bail!("no node took the VIP within {timeout:?}\n{}", self.logs());
