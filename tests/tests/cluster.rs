@@ -263,11 +263,8 @@ mod privileged {
         std::thread::sleep(Duration::from_millis(300));
         lab.holders_timeline();
         let lost = Instant::now();
-        lab.etcd.kill(0).unwrap();
-        lab.etcd.kill(1).unwrap();
-        lab.nodes[holder]
-            .daemon
-            .as_mut()
+        kill_etcd_majority(&mut lab);
+        lab.daemon(holder)
             .unwrap()
             .wait_for_log("fenced: removed the VIP", Duration::from_secs(3))
             .expect("the holder releases");
@@ -290,16 +287,19 @@ mod privileged {
             .expect("a holder again once etcd has its majority");
     }
 
+    /// Kills two of the three etcd members: no majority left.
+    fn kill_etcd_majority(lab: &mut ClusterLab) {
+        lab.etcd.kill(0).unwrap();
+        lab.etcd.kill(1).unwrap();
+    }
+
     #[test]
     fn with_on_quorum_loss_keep_the_holder_keeps_the_vip() {
         let mut lab = lab(3, "", "on_quorum_loss = \"keep\"");
         lab.start_all().expect("three nodes up");
         let (holder, _) = kill_primary_and_wait(&mut lab);
-        lab.etcd.kill(0).unwrap();
-        lab.etcd.kill(1).unwrap();
-        lab.nodes[holder]
-            .daemon
-            .as_mut()
+        kill_etcd_majority(&mut lab);
+        lab.daemon(holder)
             .unwrap()
             .wait_for_log("could not be renewed in time", Duration::from_secs(3))
             .expect("premise: the lease lapsed");
