@@ -270,6 +270,39 @@ mod tests {
     }
 
     #[test]
+    fn a_cluster_notice_names_the_event_the_node_the_vip_and_what_it_means() {
+        let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        let n = cluster_notice(
+            "lost_lease",
+            "192.0.2.1".parse().unwrap(),
+            &site(),
+            at,
+            "standby could not renew its etcd lease in time.",
+        );
+        assert_eq!(
+            n.subject,
+            "xdprobe: standby lost lease for 192.0.2.100/24 (192.0.2.1)"
+        );
+        assert!(
+            n.body
+                .starts_with("Cluster event on standby at 2023-11-14T22:13:20.000Z"),
+            "{}",
+            n.body
+        );
+        assert!(
+            n.body.contains("192.0.2.100/24 (primary 192.0.2.1)"),
+            "{}",
+            n.body
+        );
+        assert!(
+            n.body
+                .ends_with("could not renew its etcd lease in time.\n"),
+            "{}",
+            n.body
+        );
+    }
+
+    #[test]
     fn takeover_notice_says_who_when_how_long_and_what_was_taken() {
         let n = takeover_notice(&down_event(), &site(), &Ok(()));
         assert_eq!(
