@@ -72,6 +72,41 @@ mod privileged {
     }
 
     #[test]
+    fn over_tls_with_client_certificates_the_elected_node_takes_over() {
+        let mut lab = ClusterLab::with_tls(3, WINDOW, "", "").expect("building the cluster lab");
+        let endpoints = lab.etcd.endpoints();
+        assert!(
+            endpoints.iter().all(|e| e.starts_with("https://")),
+            "premise: etcd serves its clients over TLS only: {endpoints:?}"
+        );
+        let elected = lab
+            .start_all()
+            .expect("three nodes up over TLS, one elected");
+        let (holder, took) = kill_primary_and_wait(&mut lab);
+        println!("over TLS: VIP up on the elected node {took:?} after the primary died");
+        assert_eq!(holder, elected, "{}", lab.logs());
+        assert!(took <= TAKEOVER_BOUND, "took {took:?}\n{}", lab.logs());
+    }
+
+    #[test]
+    fn over_tls_a_node_without_a_client_certificate_is_refused_and_keeps_trying() {
+        let mut lab =
+            ClusterLab::with_tls(1, WINDOW, "", "ca = \"{ca}\"").expect("building the cluster lab");
+        lab.start(0).unwrap();
+        let daemon = lab.daemon(0).unwrap();
+        daemon
+            .wait_for_log(
+                "cluster: etcd unreachable; retrying",
+                Duration::from_secs(5),
+            )
+            .expect("the refusal is logged");
+        daemon
+            .watch_for(Duration::from_secs(2))
+            .expect("still running");
+        assert!(!daemon.log().contains("joined"), "{}", daemon.log());
+    }
+
+    #[test]
     fn one_nodes_false_down_does_not_move_the_vip() {
         let mut lab = lab(3, "", "");
         let elected = lab.start_all().expect("three nodes up, one elected");

@@ -54,11 +54,37 @@ pub type HoldEvent = (Instant, usize, bool);
 impl ClusterLab {
     /// The lab with `nodes` xdprobe nodes (not started), probing every `window`; each node's
     /// config is the cluster's (watching the primary for the VIP) plus `top` (top-level keys)
-    /// and `cluster` (keys of `[cluster]`). In both, `{node}` is the node's name and `{dir}`
-    /// a scratch directory the lab removes.
+    /// and `cluster` (keys of `[cluster]`). In both, `{node}` is the node's name, `{dir}` a
+    /// scratch directory the lab removes and `{ca}` the lab's CA (with TLS).
     pub fn new(nodes: usize, window: Duration, top: &str, cluster: &str) -> anyhow::Result<Self> {
         let group = format!("watch = \"{PRIMARY}\"\nvip = \"{VIP_NET}\"\n");
-        Self::build(nodes, window, &format!("{group}{top}"), cluster, LAB_TIMING)
+        Self::build(
+            nodes,
+            window,
+            &format!("{group}{top}"),
+            cluster,
+            LAB_TIMING,
+            false,
+        )
+    }
+
+    /// [`ClusterLab::new`] with etcd's clients on TLS with client certificates; the nodes'
+    /// `[cluster]` names the lab's CA and client certificate.
+    pub fn with_tls(
+        nodes: usize,
+        window: Duration,
+        top: &str,
+        cluster: &str,
+    ) -> anyhow::Result<Self> {
+        let group = format!("watch = \"{PRIMARY}\"\nvip = \"{VIP_NET}\"\n");
+        Self::build(
+            nodes,
+            window,
+            &format!("{group}{top}"),
+            cluster,
+            LAB_TIMING,
+            true,
+        )
     }
 
     /// [`ClusterLab::new`] with etcd run at its default raft timing (as in production).
@@ -75,6 +101,7 @@ impl ClusterLab {
             &format!("{group}{top}"),
             cluster,
             DEFAULT_TIMING,
+            false,
         )
     }
 
@@ -86,7 +113,7 @@ impl ClusterLab {
         top: &str,
         cluster: &str,
     ) -> anyhow::Result<Self> {
-        Self::build(nodes, window, top, cluster, LAB_TIMING)
+        Self::build(nodes, window, top, cluster, LAB_TIMING, false)
     }
 
     fn build(
@@ -95,6 +122,7 @@ impl ClusterLab {
         top: &str,
         cluster: &str,
         timing: (u32, u32),
+        tls: bool,
     ) -> anyhow::Result<Self> {
         let mut hosts = vec![("primary".to_string(), format!("{PRIMARY}/24"))];
         for i in 0..nodes {
@@ -109,7 +137,15 @@ impl ClusterLab {
             "primary",
             &["addr", "add", VIP_NET, "dev", IFACE, "label", "eth0:1"],
         )?;
-        let etcd = EtcdCluster::start_with(&mut lab, 3, timing)?;
+        let etcd = EtcdCluster::start_with(&mut lab, 3, timing, tls)?;
+        // The TLS files, unless the test names its own.
+        let tls_keys = match etcd.tls() {
+            Some(t) if !cluster.contains("ca =") => format!(
+                "ca = {:?}\ncert = {:?}\nkey = {:?}\n",
+                t.ca, t.client.0, t.client.1
+            ),
+            _ => String::new(),
+        };
         // A 1 s lease unless the test names its own.
         let lease = if cluster.contains("lease_ttl") {
             ""
@@ -127,11 +163,18 @@ impl ClusterLab {
         for (name, addr) in hosts.iter().skip(1) {
             let text = format!(
                 "iface = \"eth0\"\nwindow = \"{}ms\"\n{top}\n\
-                 [cluster]\netcd = [{endpoints}]\nnode = \"{name}\"\n{lease}{cluster}\n",
+                 [cluster]\netcd = [{endpoints}]\nnode = \"{name}\"\n{lease}{tls_keys}{cluster}\n",
                 window.as_millis()
             )
             .replace("{node}", name)
-            .replace("{dir}", &dir.dir().display().to_string());
+            .replace("{dir}", &dir.dir().display().to_string())
+            .replace(
+                "{ca}",
+                &etcd
+                    .tls()
+                    .map(|t| t.ca.display().to_string())
+                    .unwrap_or_default(),
+            );
             let config = dir.write(&format!("{name}.toml"), &text, 0o644);
             list.push(Node {
                 name: name.clone(),

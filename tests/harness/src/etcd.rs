@@ -18,6 +18,7 @@
 
 pub mod etcdctl;
 pub mod partition;
+pub mod tls;
 
 use std::{
     fs,
@@ -68,11 +69,14 @@ struct Member {
     child: Option<Child>,
     /// Its raft member ID, as `etcdctl member list` shows it (known once the cluster formed).
     id: u64,
+    /// Its certificate and key, when clients must use TLS.
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Member {
     fn client_url(&self) -> String {
-        format!("http://{}:{CLIENT_PORT}", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}:{CLIENT_PORT}", self.addr)
     }
 
     fn peer_url(&self) -> String {
@@ -108,6 +112,8 @@ pub struct EtcdCluster {
     members: Vec<Member>,
     /// `--heartbeat-interval` and `--election-timeout`, milliseconds.
     timing: (u32, u32),
+    /// The CA and certificates, when clients must use TLS.
+    tls: Option<tls::EtcdTls>,
     client_ns: String,
     /// The members' data directories and logs, held only to be removed on drop: after the
     /// members are killed (`Drop::drop` runs before the fields are dropped).
@@ -119,12 +125,18 @@ impl EtcdCluster {
     /// the lab has none yet), starts a member on each, and returns once every member reports
     /// healthy (at most 10 s). Needs root.
     pub fn start(lab: &mut Lab, members: usize) -> anyhow::Result<Self> {
-        Self::start_with(lab, members, LAB_TIMING)
+        Self::start_with(lab, members, LAB_TIMING, false)
     }
 
     /// [`start`](Self::start) with `timing`: `--heartbeat-interval` and `--election-timeout`
-    /// in milliseconds ([`LAB_TIMING`], or etcd's defaults [`DEFAULT_TIMING`]).
-    pub fn start_with(lab: &mut Lab, members: usize, timing: (u32, u32)) -> anyhow::Result<Self> {
+    /// in milliseconds ([`LAB_TIMING`], or etcd's defaults [`DEFAULT_TIMING`]); with `tls`,
+    /// clients must come over TLS with a client certificate of the lab's CA ([`tls`]).
+    pub fn start_with(
+        lab: &mut Lab,
+        members: usize,
+        timing: (u32, u32),
+        tls: bool,
+    ) -> anyhow::Result<Self> {
         ensure!(
             (1..=MAX_MEMBERS).contains(&members),
             "an etcd lab has 1 to {MAX_MEMBERS} members, not {members}"
@@ -155,10 +167,15 @@ impl EtcdCluster {
             )
         })?;
         let dir = TempDir::new(DIR_TAG);
+        let tls = match tls {
+            true => Some(tls::EtcdTls::make(dir.dir(), &addrs).context("making the lab's TLS")?),
+            false => None,
+        };
         let members = names
             .iter()
             .zip(&addrs)
-            .map(|(name, &addr)| Member {
+            .enumerate()
+            .map(|(i, (name, &addr))| Member {
                 name: name.clone(),
                 ns: lab.ns(name),
                 addr,
@@ -166,11 +183,13 @@ impl EtcdCluster {
                 log: dir.path(&format!("{name}.log")),
                 child: None,
                 id: 0,
+                tls: tls.as_ref().map(|t| t.members[i].clone()),
             })
             .collect();
         let mut cluster = Self {
             members,
             timing,
+            tls,
             client_ns: lab.ns(CLIENT_HOST),
             _dir: dir,
         };
@@ -211,8 +230,9 @@ impl EtcdCluster {
             .with_context(|| format!("opening {}", member.log.display()))?;
         // `ip netns exec` execs etcd in place: the child's pid is etcd's, so kill reaches it.
         // On a restart the data directory exists and etcd ignores the --initial-* flags.
+        let mut command = Command::new("ip");
         #[rustfmt::skip]
-        let child = Command::new("ip")
+        command
             .args(["netns", "exec", &member.ns, ETCD])
             .args(["--name", &member.name])
             .arg("--data-dir").arg(&member.data)
@@ -225,7 +245,16 @@ impl EtcdCluster {
             .args(["--initial-cluster-token", "xdprobe-lab"])
             .args(["--heartbeat-interval", &self.timing.0.to_string()])
             .args(["--election-timeout", &self.timing.1.to_string()])
-            .args(["--logger", "zap", "--log-outputs", "stderr"])
+            .args(["--logger", "zap", "--log-outputs", "stderr"]);
+        if let (Some((cert, key)), Some(tls)) = (&member.tls, &self.tls) {
+            #[rustfmt::skip]
+            command
+                .arg("--cert-file").arg(cert)
+                .arg("--key-file").arg(key)
+                .arg("--trusted-ca-file").arg(&tls.ca)
+                .arg("--client-cert-auth");
+        }
+        let child = command
             .stdin(Stdio::null())
             .stdout(log.try_clone().context("duplicating the log file")?)
             .stderr(log)
@@ -272,6 +301,11 @@ impl EtcdCluster {
     /// The client URLs of every member, `http://192.0.2.51:2379`...
     pub fn endpoints(&self) -> Vec<String> {
         self.members.iter().map(Member::client_url).collect()
+    }
+
+    /// The CA and certificates, if clients must use TLS.
+    pub fn tls(&self) -> Option<&tls::EtcdTls> {
+        self.tls.as_ref()
     }
 
     /// Member `i`'s client URL.

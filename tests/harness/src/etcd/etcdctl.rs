@@ -23,7 +23,21 @@ impl EtcdCluster {
             .args(["netns", "exec", &self.client_ns, ETCDCTL])
             .arg(format!("--endpoints={endpoints}"))
             .args(["--dial-timeout=1s", "--command-timeout=3s"]);
+        self.tls_args(&mut command);
         Ok(command)
+    }
+
+    /// etcdctl's TLS flags (the lab's CA and client certificate), if clients must use TLS.
+    fn tls_args(&self, command: &mut Command) {
+        if let Some(tls) = self.tls() {
+            command
+                .arg("--cacert")
+                .arg(&tls.ca)
+                .arg("--cert")
+                .arg(&tls.client.0)
+                .arg("--key")
+                .arg(&tls.client.1);
+        }
     }
 
     /// Runs `etcdctl ARGS` against every member from the client host; its stdout, or an error
@@ -47,8 +61,9 @@ impl EtcdCluster {
         command
             .args(["netns", "exec", self.ns(i)?, ETCDCTL])
             .arg(format!("--endpoints={}", self.endpoint(i)?))
-            .args(["--dial-timeout=1s", "--command-timeout=3s"])
-            .args(args);
+            .args(["--dial-timeout=1s", "--command-timeout=3s"]);
+        self.tls_args(&mut command);
+        command.args(args);
         let out = cmd::output(&mut command)?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
