@@ -8,7 +8,7 @@
 mod privileged {
     use std::time::{Duration, Instant};
 
-    use xdprobe_harness::cluster::{at_most_one_holder, ClusterLab, VIP_NET};
+    use xdprobe_harness::cluster::{at_most_one_holder, ClusterLab, HoldEvent, VIP_NET};
     use xdprobe_harness::{logged_number, write_script};
 
     const WINDOW: Duration = Duration::from_millis(100);
@@ -214,7 +214,7 @@ mod privileged {
         lab.kill_machine(holder)
             .expect("killing the holder's machine");
         let successor = lab
-            .wait_holder(Some(holder), Duration::from_secs(8))
+            .wait_holder(Some(holder), Duration::from_secs(12))
             .expect("another node takes over");
         let handover = died.elapsed();
         println!(
@@ -240,16 +240,16 @@ mod privileged {
     }
 
     /// The figure the README gives for production: etcd at its default raft timing (100 ms
-    /// heartbeats, 1 s elections) and xdprobe's default lease (5 s).
+    /// heartbeats, 1 s elections) and xdprobe's default lease (8 s).
     #[test]
     fn with_production_etcd_timing_and_the_default_lease_a_dead_holder_is_replaced_in_time() {
-        let mut lab = ClusterLab::with_etcd_defaults(3, WINDOW, "", "lease_ttl = \"5s\"")
+        let mut lab = ClusterLab::with_etcd_defaults(3, WINDOW, "", "lease_ttl = \"8s\"")
             .expect("building the cluster lab");
         let handover = dead_holder_handover(&mut lab);
         println!("production settings: handover {handover:?}");
         let ttl = logged_number(&lab.log(0), "cluster: joined", "ttl_s=");
-        assert_eq!(ttl, Some(5), "premise: the default lease\n{}", lab.log(0));
-        let lease = Duration::from_secs(5);
+        assert_eq!(ttl, Some(8), "premise: the default lease\n{}", lab.log(0));
+        let lease = Duration::from_secs(8);
         assert!(
             handover <= lease + 2 * WINDOW,
             "handover took {handover:?}\n{}",
@@ -257,14 +257,16 @@ mod privileged {
         );
     }
 
-    /// Kills the etcd leader while a node holds the VIP; returns whether the holder kept it
-    /// throughout, after checking that a new leader was elected.
-    fn etcd_leader_dies_under_the_holder(lab: &mut ClusterLab) -> bool {
+    /// Kills the etcd leader while a node holds the VIP, and waits 4 s; returns the holder
+    /// and the address events meanwhile, after checking that a new leader was elected and
+    /// that at most one node held the VIP at every moment.
+    fn etcd_leader_dies_under_the_holder(lab: &mut ClusterLab) -> (usize, Vec<HoldEvent>) {
         lab.start_all().expect("three nodes up");
         let (holder, _) = kill_primary_and_wait(lab);
         std::thread::sleep(Duration::from_millis(300));
         lab.holders_timeline();
         let leader = lab.etcd.leader().expect("the etcd leader");
+        let killed = Instant::now();
         lab.etcd.kill(leader).unwrap();
         std::thread::sleep(Duration::from_secs(4));
         let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
@@ -272,22 +274,35 @@ mod privileged {
         assert_ne!(new_leader, leader);
         let events = lab.holders_timeline();
         println!("etcd leader {leader} killed under holder {holder}: address events {events:?}");
-        events.is_empty() && lab.holders().unwrap() == vec![holder]
+        at_most_one_holder(&events, 3, killed, Instant::now())
+            .unwrap_or_else(|two| panic!("{two}\n{}", lab.logs()));
+        (holder, events)
     }
 
     #[test]
     fn an_etcd_leader_crash_moves_nothing() {
         let mut lab = lab(3, "", "");
-        let kept = etcd_leader_dies_under_the_holder(&mut lab);
-        assert!(kept, "{}", lab.logs());
+        let (holder, events) = etcd_leader_dies_under_the_holder(&mut lab);
+        assert!(events.is_empty(), "{events:?}\n{}", lab.logs());
+        assert_eq!(lab.holders().unwrap(), vec![holder]);
     }
 
+    /// At etcd's production timing an election takes 1 to 3 s here, and now and then more:
+    /// the holder keeps the VIP unless its lease lapsed (half the default 8 s lease without
+    /// a renewal), and then takes it back once etcd answers; never two holders.
     #[test]
-    fn with_production_etcd_timing_an_etcd_leader_crash_moves_nothing() {
-        let mut lab = ClusterLab::with_etcd_defaults(3, WINDOW, "", "lease_ttl = \"5s\"")
+    fn with_production_etcd_timing_an_etcd_leader_crash_keeps_or_returns_the_vip() {
+        let mut lab = ClusterLab::with_etcd_defaults(3, WINDOW, "", "lease_ttl = \"8s\"")
             .expect("building the cluster lab");
-        let kept = etcd_leader_dies_under_the_holder(&mut lab);
-        assert!(kept, "{}", lab.logs());
+        let (holder, events) = etcd_leader_dies_under_the_holder(&mut lab);
+        let lapsed = lab.log(holder).contains("could not be renewed in time");
+        if !lapsed {
+            assert!(events.is_empty(), "{events:?}\n{}", lab.logs());
+        }
+        let back = lab
+            .wait_holder(None, Duration::from_secs(10))
+            .expect("a holder once etcd answers again");
+        println!("production timing: lease lapsed: {lapsed}; holder afterwards {back}");
     }
 
     #[test]

@@ -10,10 +10,10 @@ use crate::config::error::SettingsError;
 
 pub const DEFAULT_PREFIX: &str = "/xdprobe/";
 /// etcd leases are whole seconds. A holder trusts its lease for half of it after a renewal,
-/// so 5 s rides out an etcd leader election at etcd's default timing (a 1 s election timeout,
-/// randomised up to 2 s) without dropping the VIP; a dead holder is then replaced in about
-/// 4 s (see the README's cluster section).
-pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(5);
+/// so 8 s rides out an etcd leader election at etcd's default timing (a 1 s election timeout,
+/// randomised up to 2 s; renewals stalled up to 2.7 s here) without dropping the VIP; a dead
+/// holder is then replaced in about 6 s (see the README's cluster section).
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(8);
 const MAX_LEASE_TTL: Duration = Duration::from_secs(3600);
 const MAX_NODE_LEN: usize = 64;
 const MAX_REPLICAS: u32 = 2;

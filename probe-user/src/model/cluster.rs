@@ -4,7 +4,11 @@
 //!
 //! Time is a `Duration` since start, so tests drive it with a fake clock.
 
-use std::{collections::BTreeMap, net::IpAddr, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    time::Duration,
+};
 
 use serde::Serialize;
 
@@ -87,12 +91,17 @@ impl Mirror {
                 self.groups.entry(group).or_default().holder = Some((value.to_string(), lease));
             }
             Some(Slot::GroupVerdict { group, node }) => {
-                if let Some(v) = Verdict::decode(value) {
-                    self.groups
-                        .entry(group)
-                        .or_default()
-                        .verdicts
-                        .insert(node, v);
+                let keys = self.groups.entry(group).or_default();
+                match Verdict::decode(value) {
+                    Some(v) => {
+                        keys.participants.insert(node.clone());
+                        keys.verdicts.insert(node, v);
+                    }
+                    None if value.starts_with("unknown") => {
+                        keys.participants.insert(node.clone());
+                        keys.verdicts.remove(&node);
+                    }
+                    None => {}
                 }
             }
             Some(Slot::Target { target, node }) => {
@@ -126,6 +135,7 @@ impl Mirror {
             Some(Slot::GroupVerdict { group, node }) => {
                 if let Some(g) = self.groups.get_mut(&group) {
                     g.verdicts.remove(&node);
+                    g.participants.remove(&node);
                 }
             }
             Some(Slot::Target { target, node }) => {
@@ -202,6 +212,18 @@ pub fn stale_holders(
     holders.dedup();
     holders.retain(|node| age(node).is_none_or(|a| a > period * STALE_PERIODS));
     holders
+}
+
+/// Whether some node's lease was revoked by a quorum and the node has not come back: its
+/// suspicions stay (under the observers' leases) until it rejoins. A seat that starts then
+/// cannot tell whether that node held its group a moment ago, so it holds off once.
+pub fn revoked_and_gone(mirror: &Mirror, quorum: Quorum) -> bool {
+    mirror.suspects.iter().any(|(node, observers)| {
+        !mirror.members.contains_key(node)
+            && observers
+                .values()
+                .any(|lease| suspected_by_quorum(mirror, node, *lease, quorum))
+    })
 }
 
 /// The members whose heartbeat was seen within [`STALE_PERIODS`] at `now` (sorted).
@@ -303,12 +325,19 @@ impl Verdict {
     }
 }
 
-/// What etcd says of one group: its holder (node name and lease) and each node's verdict.
+/// What etcd says of one group: its holder (node name and lease), the nodes that serve it
+/// (each publishes a verdict key as soon as its seat starts: `unknown` until it knows), and
+/// each node's verdict.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GroupKeys {
     pub holder: Option<(String, i64)>,
+    pub participants: BTreeSet<String>,
     pub verdicts: BTreeMap<String, Verdict>,
 }
+
+/// A verdict key's value before the node knows the primary's state: it counts the node among
+/// the group's participants, for neither side.
+pub const UNKNOWN_VERDICT: &str = "unknown 0";
 
 /// What the cluster says of the primary: a quorum agrees it is DOWN, or UP, or neither yet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -336,6 +365,10 @@ pub struct GroupView {
 pub struct Judge<'a> {
     pub node: &'a str,
     pub standing: Standing,
+    /// Our live lease: we lead only through a holder key under it.
+    pub lease: Option<i64>,
+    /// The keys were read at least once (before, an empty mirror says nothing).
+    pub synced: bool,
     /// The group's last holder had its lease revoked a short while ago and may still hold
     /// the VIP: claim nothing yet.
     pub held_off: bool,
@@ -345,12 +378,18 @@ pub struct Judge<'a> {
 
 impl Judge<'_> {
     /// The group as this node sees it: `keys` from etcd, `live` the nodes with a live lease.
-    /// Only live nodes' verdicts count.
+    /// Only the verdicts of live nodes that serve the group count, and the quorum is of those
+    /// (a node that only monitors, or serves other groups, is not asked).
     pub fn view(&self, keys: &GroupKeys, live: &[String]) -> GroupView {
         let counted = keys.verdicts.iter().filter(|(node, _)| live.contains(node));
         let down = counted.clone().filter(|(_, v)| v.down).count();
         let up = counted.count() - down;
-        let needed = self.quorum.needed(live.len());
+        let serving = keys
+            .participants
+            .iter()
+            .filter(|n| live.contains(n))
+            .count();
+        let needed = self.quorum.needed(serving);
         let primary = if down >= needed {
             Agreed::Down
         } else if up >= needed {
@@ -360,7 +399,7 @@ impl Judge<'_> {
         };
         let holder = keys.holder.as_ref().map(|(node, _)| node.clone());
         GroupView {
-            mandate: self.mandate(holder.as_deref()),
+            mandate: self.mandate(keys.holder.as_ref()),
             primary,
             down,
             up,
@@ -369,10 +408,16 @@ impl Judge<'_> {
         }
     }
 
-    fn mandate(&self, holder: Option<&str>) -> Mandate {
+    fn mandate(&self, holder: Option<&(String, i64)>) -> Mandate {
+        let ours = holder.is_some_and(|(name, _)| name == self.node);
+        let under_our_lease = ours && holder.map(|(_, l)| Some(*l)) == Some(self.lease);
         match self.standing {
-            Standing::Live if holder == Some(self.node) && self.held_off => Mandate::Keep,
-            Standing::Live if holder == Some(self.node) => Mandate::Lead,
+            // An empty mirror, or our key still under a lease of an earlier run (inheriting
+            // it is under way): keep what we hold, claim nothing.
+            Standing::Live if !self.synced => Mandate::Keep,
+            Standing::Live if ours && !under_our_lease => Mandate::Keep,
+            Standing::Live if under_our_lease && self.held_off => Mandate::Keep,
+            Standing::Live if under_our_lease => Mandate::Lead,
             Standing::Live => Mandate::Drop,
             Standing::Starting => Mandate::Keep,
             Standing::Lapsed => match self.on_quorum_loss {
@@ -477,6 +522,7 @@ mod tests {
     fn keys(holder: Option<&str>, verdicts: &[(&str, bool)]) -> GroupKeys {
         GroupKeys {
             holder: holder.map(|h| (h.to_string(), 7)),
+            participants: ["n1", "n2", "n3"].iter().map(|n| n.to_string()).collect(),
             verdicts: verdicts
                 .iter()
                 .map(|(n, down)| {
@@ -496,6 +542,8 @@ mod tests {
         Judge {
             node: "n1",
             standing,
+            lease: Some(7),
+            synced: true,
             held_off: false,
             quorum: Quorum::Majority,
             on_quorum_loss: OnQuorumLoss::Release,
@@ -569,6 +617,44 @@ mod tests {
             ..judge(Standing::Live)
         };
         assert_eq!(held_off.view(&mine, &live).mandate, Mandate::Keep);
+        // Our name on the key, but under a lease of an earlier run: inheriting is under way.
+        let new_lease = Judge {
+            lease: Some(8),
+            ..judge(Standing::Live)
+        };
+        assert_eq!(new_lease.view(&mine, &live).mandate, Mandate::Keep);
+        // Nothing read from etcd yet: an empty mirror is no reason to drop what we hold.
+        let unsynced = Judge {
+            synced: false,
+            ..judge(Standing::Live)
+        };
+        assert_eq!(unsynced.view(&nobody, &live).mandate, Mandate::Keep);
+    }
+
+    #[test]
+    fn only_nodes_that_serve_the_group_make_its_quorum() {
+        // Two group nodes and two that only monitor: both group nodes' DOWN is a quorum.
+        let live = nodes(&["m1", "m2", "n1", "n2"]);
+        let mut k = keys(Some("n1"), &[("n1", true), ("n2", true)]);
+        k.participants = ["n1", "n2"].iter().map(|n| n.to_string()).collect();
+        let v = judge(Standing::Live).view(&k, &live);
+        assert_eq!((v.primary, v.needed), (Agreed::Down, 2));
+        // A participant that does not know yet still counts: one DOWN of two is no quorum.
+        let mut m = Mirror::default();
+        for n in ["n1", "n2"] {
+            m.put(&format!("members/{n}"), "", 1);
+        }
+        m.put("groups/g/verdicts/n1", "down 3", 1);
+        m.put("groups/g/verdicts/n2", UNKNOWN_VERDICT, 1);
+        let v = judge(Standing::Live).view(&m.group("g"), &m.live());
+        assert_eq!((v.primary, v.down, v.needed), (Agreed::Undecided, 1, 2));
+        m.put("groups/g/verdicts/n2", "down 3", 1);
+        assert_eq!(
+            judge(Standing::Live).view(&m.group("g"), &m.live()).primary,
+            Agreed::Down
+        );
+        m.delete("groups/g/verdicts/n2");
+        assert!(!m.group("g").participants.contains("n2"));
     }
 
     #[test]

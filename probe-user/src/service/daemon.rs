@@ -79,6 +79,8 @@ struct Tasks {
     prober: JoinHandle<anyhow::Result<Outcome>>,
     dispatcher: JoinHandle<()>,
     reloader: JoinHandle<()>,
+    /// Whether a group still holds its VIP at the end (then a cluster lease is kept).
+    observed: Observed,
 }
 
 pub async fn run(args: RunArgs, log: LogLevel) -> Result<(), Failure> {
@@ -108,7 +110,7 @@ pub async fn run(args: RunArgs, log: LogLevel) -> Result<(), Failure> {
         None => None,
     };
     let (cluster, session) = session.unzip();
-    let tasks = start_tasks(plan, link, cluster, args, log, hangup, &shutdown).await?;
+    let tasks = start_tasks(plan, link, cluster.clone(), args, log, hangup, &shutdown).await?;
     // systemd (Type=notify): we are up; the dispatcher pings the watchdog once per window.
     if let Err(error) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
         tracing::warn!(%error, "cannot notify systemd of readiness");
@@ -116,6 +118,11 @@ pub async fn run(args: RunArgs, log: LogLevel) -> Result<(), Failure> {
     let result = wait_for_stop(tasks.prober, &shutdown).await?;
     let _ = tasks.dispatcher.await;
     let _ = tasks.reloader.await;
+    if let Some(cluster) = &cluster {
+        if tasks.observed.snapshot().groups.iter().any(|g| g.holding) {
+            cluster.keep_lease();
+        }
+    }
     leave.cancel();
     if let Some(session) = session {
         let _ = session.await;
@@ -191,6 +198,7 @@ async fn start_tasks(
         capacity = plan.capacity,
         "xdprobe running"
     );
+    let observed_for_tasks = observed.clone();
     let reloader = Reloader {
         args,
         running: plan.settings,
@@ -215,6 +223,7 @@ async fn start_tasks(
         prober,
         dispatcher,
         reloader,
+        observed: observed_for_tasks,
     })
 }
 

@@ -167,8 +167,9 @@ impl Groups {
             label: group.label.clone(),
             node: c.node.clone(),
         };
-        // The seat lives as long as this task: a hand-over starts a new one with the task.
-        let seat_stop = stop.child_token();
+        // The seat lives as long as this task, and stops only after it (a failover task that
+        // sees its seat gone fences): a hand-over starts a new one with the new task.
+        let seat_stop = CancellationToken::new();
         let cluster = c.cluster.as_ref().map(|cluster| {
             let seat = SeatFor {
                 group: group_name(group),
@@ -225,6 +226,9 @@ impl Groups {
         self.publish_routes();
         running.stop.cancel();
         let _ = running.task.await;
+        if let Some(cluster) = &self.common.cluster {
+            seat::retire(cluster, &group_name(group)).await;
+        }
         let vip = group.vip.to_string();
         self.common
             .observed

@@ -224,9 +224,10 @@ impl Reloader {
                         "cluster: probing our share of the monitored targets");
                 }
                 Err(e) => {
-                    error!(reason = %e, "cluster: probing our new share failed; probing the old one");
-                    if let Some(sharding) = &self.sharding {
+                    error!(reason = %e, "cluster: probing our new share failed; probing the old one, trying again");
+                    if let Some(sharding) = &mut self.sharding {
                         sharding.restore(before);
+                        sharding.forget();
                     }
                 }
             }

@@ -79,4 +79,10 @@ impl Sharding {
     pub fn members(&self) -> &[String] {
         &self.members
     }
+
+    /// The prober could not switch to the share: forget the members, so that the next
+    /// state the session publishes (at least every renewal period) tries again.
+    pub fn forget(&mut self) {
+        self.members.clear();
+    }
 }

@@ -4,13 +4,13 @@
 //! rewritten every period), its writes going to each member in turn. Both run in tasks of
 //! their own, so nothing the session waits for can delay them.
 
-use std::time::Duration;
+use std::{collections::VecDeque, time::Duration};
 
 use etcd_client::{Client, PutOptions};
 use tokio::{
     sync::mpsc,
     task::JoinHandle,
-    time::{sleep, sleep_until, timeout, Instant},
+    time::{sleep, timeout, Instant},
 };
 
 use super::request_timeout;
@@ -53,8 +53,11 @@ pub fn keep(
     Keepers(tasks)
 }
 
-/// Renews `lease` through one member every period: send, wait for its answer (up to three
-/// periods), report it. A stream that breaks or stalls is reopened a period later.
+/// Renews `lease` through one member every period, without waiting for earlier answers
+/// (etcd answers a stream's renewals in order), reporting each confirmation with its send
+/// time. A stream that breaks, or leaves a renewal unanswered for three periods (its member
+/// is dead, or cut off), is reopened: once the cluster answers again, the next period's
+/// renewal gets through.
 async fn renew(
     mut client: Client,
     lease: i64,
@@ -63,30 +66,52 @@ async fn renew(
 ) {
     let period = renew_every(ttl);
     loop {
-        if let Ok(Ok((mut keeper, mut stream))) =
-            timeout(period * 2, client.lease_keep_alive(lease)).await
-        {
-            loop {
-                let sent = Instant::now();
-                if keeper.keep_alive().await.is_err() {
-                    break;
+        let opened = timeout(period * 2, client.lease_keep_alive(lease)).await;
+        let (mut keeper, mut stream) = match opened {
+            Ok(Ok(pair)) => pair,
+            // etcd-client says so when etcd answers for a lease it does not know (expired,
+            // or revoked by the others): a new lease is needed.
+            Ok(Err(e)) if e.to_string().contains("lease not found") => {
+                let _ = renewals.send(Renewal::Gone);
+                return;
+            }
+            Ok(Err(_)) | Err(_) => {
+                sleep(period).await;
+                continue;
+            }
+        };
+        let mut outstanding: VecDeque<Instant> = VecDeque::new();
+        let mut every = tokio::time::interval(period);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = every.tick() => {
+                    if outstanding.front().is_some_and(|sent| sent.elapsed() > period * 3) {
+                        break;
+                    }
+                    let sent = Instant::now();
+                    if keeper.keep_alive().await.is_err() {
+                        break;
+                    }
+                    outstanding.push_back(sent);
                 }
-                match timeout(period * 3, stream.message()).await {
-                    Ok(Ok(Some(answer))) if answer.ttl() > 0 => {
-                        if renewals.send(Renewal::Confirmed { sent }).is_err() {
+                answer = stream.message() => match answer {
+                    Ok(Some(answer)) => {
+                        let sent = outstanding.pop_front();
+                        if answer.ttl() <= 0 {
+                            let _ = renewals.send(Renewal::Gone);
                             return;
                         }
+                        if let Some(sent) = sent {
+                            if renewals.send(Renewal::Confirmed { sent }).is_err() {
+                                return;
+                            }
+                        }
                     }
-                    Ok(Ok(Some(_))) => {
-                        let _ = renewals.send(Renewal::Gone);
-                        return;
-                    }
-                    _ => break,
-                }
-                sleep_until(sent + period).await;
+                    Ok(None) | Err(_) => break,
+                },
             }
         }
-        sleep(period).await;
     }
 }
 

@@ -58,6 +58,9 @@ pub struct Cluster {
     pub settings: Arc<ClusterSettings>,
     client: Client,
     state: watch::Receiver<ClusterState>,
+    /// Set when a VIP stays on the interface at shutdown (`on_exit = keep`): the session
+    /// then leaves its lease to expire instead of revoking it (see [`Cluster::keep_lease`]).
+    keep_lease: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Cluster {
@@ -69,6 +72,13 @@ impl Cluster {
     /// The full etcd key of `slot`.
     pub fn key(&self, slot: &Slot) -> String {
         format!("{}{}", self.settings.prefix, slot.key())
+    }
+
+    /// At shutdown, a VIP of ours stays on the interface: do not revoke the lease (the next
+    /// holder would claim at once, beside it); let it expire, or be inherited by our restart.
+    pub fn keep_lease(&self) {
+        self.keep_lease
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// A client for a task of its own (clients share their connections).

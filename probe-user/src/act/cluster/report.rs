@@ -53,6 +53,8 @@ pub fn spawn(
         observed,
         pending: Pending::new(),
         writing: None,
+        known: BTreeMap::new(),
+        lease: None,
     };
     tokio::spawn(reporter.run(events, stop));
 }
@@ -65,6 +67,11 @@ struct Reporter {
     pending: Pending,
     /// The batch being written; what failed of it comes back.
     writing: Option<JoinHandle<Pending>>,
+    /// The last verdict on each target of our share, to write again under a new lease (the
+    /// keys went with the old one).
+    known: BTreeMap<IpAddr, Verdict>,
+    /// The lease the keys were last written under.
+    lease: Option<i64>,
 }
 
 impl Reporter {
@@ -82,12 +89,14 @@ impl Reporter {
                     let known = matches!(event.change.to, State::Up | State::Down);
                     if known && mine.binary_search(&event.host).is_ok() {
                         let verdict = Verdict { down: event.change.to == State::Down, window: event.window };
+                        self.known.insert(event.host, verdict);
                         self.pending.insert(event.host, Some(verdict));
                     }
                 }
                 Ok(()) = self.share.changed() => {
                     let new = self.share.borrow_and_update().mine.clone();
                     for gone in mine.iter().filter(|t| new.binary_search(t).is_err()) {
+                        self.known.remove(gone);
                         self.pending.insert(*gone, None);
                     }
                     mine = new;
@@ -111,6 +120,13 @@ impl Reporter {
         let (Standing::Live, Some(lease)) = (state.standing(), state.lease) else {
             return;
         };
+        if self.lease != Some(lease) {
+            // A new lease: our keys went with the old one. Write every state again.
+            self.lease = Some(lease);
+            for (target, verdict) in &self.known {
+                self.pending.entry(*target).or_insert(Some(*verdict));
+            }
+        }
         if self.writing.is_some() || self.pending.is_empty() {
             return;
         }

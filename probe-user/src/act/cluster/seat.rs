@@ -26,8 +26,8 @@ use crate::{
     config::hooks::{HookEvent, Hooks},
     model::{
         cluster::{
-            campaign, hold_off, suspected_by_quorum, Campaign, GroupView, Judge, Mandate, Slot,
-            Standing, Verdict,
+            campaign, hold_off, revoked_and_gone, suspected_by_quorum, Campaign, GroupView, Judge,
+            Mandate, Slot, Standing, Verdict, UNKNOWN_VERDICT,
         },
         events::Site,
         health::State,
@@ -44,6 +44,8 @@ pub struct SeatHandle {
     pub view: watch::Receiver<GroupView>,
     /// This node's own verdicts on the primary, to publish.
     pub verdicts: mpsc::UnboundedSender<Verdict>,
+    /// The seat's task ended (it should not before the failover task): nothing it said holds.
+    pub closed: bool,
 }
 
 /// The group a seat is for.
@@ -74,9 +76,43 @@ pub fn spawn(cluster: &Cluster, seat: SeatFor, stop: CancellationToken) -> SeatH
         retry_at: None,
         last_holder: None,
         held_off_until: None,
+        looked_back: false,
     };
     tokio::spawn(task.run(verdicts_rx, stop));
-    SeatHandle { view, verdicts }
+    SeatHandle {
+        view,
+        verdicts,
+        closed: false,
+    }
+}
+
+/// Takes a removed group's keys out of etcd (our verdict, and the holder key if it is ours
+/// under our lease), once its task has left the VIP: otherwise our live lease would keep
+/// the group held, for nobody, on every other node.
+pub async fn retire(cluster: &Cluster, group: &str) {
+    let state = cluster.state().borrow().clone();
+    let Some(lease) = state.lease else {
+        return;
+    };
+    let node = cluster.settings.node.clone();
+    let verdict = cluster.key(&Slot::GroupVerdict {
+        group: group.to_string(),
+        node: node.clone(),
+    });
+    let holder = cluster.key(&Slot::Holder(group.to_string()));
+    let txn = Txn::new()
+        .when(vec![
+            Compare::value(holder.as_str(), CompareOp::Equal, node.as_str()),
+            Compare::lease(holder.as_str(), CompareOp::Equal, lease),
+        ])
+        .and_then(vec![TxnOp::delete(holder.as_str(), None)]);
+    let mut client = cluster.client();
+    let limit = request_timeout(cluster.settings.lease_ttl);
+    let deleted = timeout(limit, client.delete(verdict, None)).await;
+    let released = timeout(limit, client.txn(txn)).await;
+    if !matches!((deleted, released), (Ok(Ok(_)), Ok(Ok(_)))) {
+        warn!(%group, "cluster: could not remove a removed group's keys; they go with our lease");
+    }
 }
 
 /// The group as this node sees it now.
@@ -85,6 +121,8 @@ fn judge(cluster: &Cluster, state: &ClusterState, group: &str, held_off: bool) -
     let judge = Judge {
         node: &settings.node,
         standing: state.standing(),
+        lease: state.lease,
+        synced: state.synced,
         held_off,
         quorum: settings.quorum,
         on_quorum_loss: settings.on_quorum_loss,
@@ -99,7 +137,7 @@ struct Seat {
     view: watch::Sender<GroupView>,
     /// Our latest verdict, and the one etcd has (with the lease it is under).
     local: Option<Verdict>,
-    published: Option<(Verdict, i64)>,
+    published: Option<(String, i64)>,
     writing: bool,
     campaigning: bool,
     /// A failed write or campaign is tried again then.
@@ -108,12 +146,15 @@ struct Seat {
     last_holder: Option<(String, i64)>,
     /// A revoked holder may still hold the VIP until then: claim nothing before.
     held_off_until: Option<Instant>,
+    /// Whether the first keys read were checked for a recent revocation.
+    looked_back: bool,
 }
 
 /// A write's outcome.
 enum Done {
+    /// A verdict key written as `value` (a verdict, or `unknown`).
     Verdict {
-        verdict: Verdict,
+        value: String,
         lease: i64,
         ok: bool,
     },
@@ -168,6 +209,19 @@ impl Seat {
     /// When the group's holder went because a quorum suspected and revoked its lease, the
     /// old holder may still hold the VIP until its own trust in the lease ends: hold off.
     fn note_revocation(&mut self, state: &ClusterState) {
+        let settings = &self.cluster.settings;
+        if !self.looked_back && state.synced {
+            // A new seat (start-up, or a reload's new group or hand-over) did not see the
+            // holders come and go: if any node was revoked and has not come back, it may
+            // have held this group a moment ago.
+            self.looked_back = true;
+            if revoked_and_gone(&state.mirror, settings.quorum) {
+                let wait = hold_off(settings.lease_ttl);
+                info!(group = %self.seat.group, wait_ms = wait.as_millis() as u64,
+                    "cluster: a node's lease was revoked lately; no claim until it has surely fenced");
+                self.held_off_until = Some(Instant::now() + wait);
+            }
+        }
         let holder = state
             .mirror
             .groups
@@ -181,7 +235,6 @@ impl Seat {
         let Some((old, lease)) = gone else {
             return;
         };
-        let settings = &self.cluster.settings;
         if old != settings.node && suspected_by_quorum(&state.mirror, &old, lease, settings.quorum)
         {
             let wait = hold_off(settings.lease_ttl);
@@ -249,10 +302,10 @@ impl Seat {
 
     fn finished(&mut self, outcome: Done) {
         match outcome {
-            Done::Verdict { verdict, lease, ok } => {
+            Done::Verdict { value, lease, ok } => {
                 self.writing = false;
                 if ok {
-                    self.published = Some((verdict, lease));
+                    self.published = Some((value, lease));
                 } else {
                     self.retry_at = Some(Instant::now() + RETRY);
                 }
@@ -280,21 +333,24 @@ impl Seat {
         }
         let node = self.cluster.settings.node.clone();
         let limit = request_timeout(self.cluster.settings.lease_ttl);
-        if let Some(verdict) = self.local {
-            if !self.writing && self.published != Some((verdict, lease)) {
-                self.writing = true;
-                let key = self.cluster.key(&Slot::GroupVerdict {
-                    group: self.seat.group.clone(),
-                    node: node.clone(),
-                });
-                let (mut client, done) = (self.cluster.client(), done.clone());
-                tokio::spawn(async move {
-                    let options = PutOptions::new().with_lease(lease);
-                    let put = client.put(key, verdict.encode(), Some(options));
-                    let ok = matches!(timeout(limit, put).await, Ok(Ok(_)));
-                    let _ = done.send(Done::Verdict { verdict, lease, ok });
-                });
-            }
+        // Until we know the primary's state, `unknown`: it makes us one of the group's
+        // participants, whose quorum decides.
+        let value = self
+            .local
+            .map_or_else(|| UNKNOWN_VERDICT.to_string(), Verdict::encode);
+        if !self.writing && self.published.as_ref() != Some(&(value.clone(), lease)) {
+            self.writing = true;
+            let key = self.cluster.key(&Slot::GroupVerdict {
+                group: self.seat.group.clone(),
+                node: node.clone(),
+            });
+            let (mut client, done) = (self.cluster.client(), done.clone());
+            tokio::spawn(async move {
+                let options = PutOptions::new().with_lease(lease);
+                let put = client.put(key, value.clone(), Some(options));
+                let ok = matches!(timeout(limit, put).await, Ok(Ok(_)));
+                let _ = done.send(Done::Verdict { value, lease, ok });
+            });
         }
         let holder = state
             .mirror

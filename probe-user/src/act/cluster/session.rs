@@ -19,6 +19,7 @@ use std::{
 use etcd_client::{Client, EventType, GetOptions, PutOptions, WatchOptions, WatchStream};
 use tokio::{
     sync::{mpsc, watch},
+    task::JoinHandle,
     time::{sleep_until, timeout, Instant},
 };
 use tokio_util::sync::CancellationToken;
@@ -68,7 +69,9 @@ pub async fn start(
         beating: Vec::new(),
     });
     let settings = Arc::new(settings);
+    let keep_lease = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let session = Session {
+        keep_lease: Arc::clone(&keep_lease),
         clock,
         standing: Standing::Starting,
         origin: start,
@@ -81,19 +84,22 @@ pub async fn start(
         lease: None,
         failures: 0,
         beats: BTreeMap::new(),
-        suspected: BTreeSet::new(),
-        revoked: BTreeSet::new(),
+        suspected: BTreeMap::new(),
+        revoked: BTreeMap::new(),
     };
     let task = tokio::spawn(session.run(leave));
     let cluster = Cluster {
         settings,
         client,
         state: rx,
+        keep_lease,
     };
     Ok((cluster, task))
 }
 
 struct Session {
+    /// Set by the daemon when a VIP stays at shutdown: leave the lease to expire.
+    keep_lease: Arc<std::sync::atomic::AtomicBool>,
     clock: LeaseClock,
     /// The standing last logged.
     standing: Standing,
@@ -111,15 +117,17 @@ struct Session {
     failures: u32,
     /// When each member's heartbeat (a write of its member key) was last seen here.
     beats: BTreeMap<String, Duration>,
-    /// The holder leases we said we suspect, and those we revoked.
-    suspected: BTreeSet<i64>,
-    revoked: BTreeSet<i64>,
+    /// The holders we said we suspect (their lease, and when we last said so), and the
+    /// leases we revoked (when we last tried).
+    suspected: BTreeMap<String, (i64, Duration)>,
+    revoked: BTreeMap<i64, Duration>,
 }
 
-/// The stream that lives as long as a lease: the mirror's watch.
+/// The stream that lives as long as a lease: the mirror's watch, or its opening.
 #[derive(Default)]
 struct Streams {
     watch: Option<WatchStream>,
+    opening: Option<JoinHandle<anyhow::Result<(Mirror, WatchStream)>>>,
 }
 
 /// Why holding a lease ended.
@@ -292,10 +300,18 @@ impl Session {
                     Renewal::Gone => return Ended::Lost,
                 },
                 _ = tick.tick() => {
-                    if streams.watch.is_none() {
-                        self.open_watch(&mut streams).await;
+                    if streams.watch.is_none() && streams.opening.is_none() {
+                        streams.opening = Some(self.open_watch());
                     }
                     self.watch_holders(lease);
+                }
+                opened = next_opening(&mut streams.opening) => {
+                    streams.opening = None;
+                    match opened {
+                        Ok(Ok((mirror, watch))) => self.watching(mirror, watch, &mut streams),
+                        Ok(Err(e)) => debug!(error = %format!("{e:#}"), "cluster: cannot read the keys yet"),
+                        Err(_) => {}
+                    }
                 }
                 event = next_watch(&mut streams.watch) => {
                     if self.apply(event) {
@@ -307,6 +323,16 @@ impl Session {
                     }
                 }
                 _ = sleep_or_never(change) => {}
+            }
+            // Every renewal already confirmed counts before the clock is published.
+            while let Ok(renewal) = renewals.try_recv() {
+                match renewal {
+                    Renewal::Confirmed { sent } => {
+                        self.clock
+                            .renewed(sent.saturating_duration_since(self.origin));
+                    }
+                    Renewal::Gone => return Ended::Lost,
+                }
             }
             self.publish();
         }
@@ -320,12 +346,23 @@ impl Session {
         let me = self.settings.node.clone();
         let now = self.now();
         let period = renew_every(self.ttl());
-        for holder in stale_holders(&self.mirror, &self.beats, &me, now, period) {
+        let stale = stale_holders(&self.mirror, &self.beats, &me, now, period);
+        self.withdraw_suspicions(&stale);
+        for holder in stale {
             let Some(&theirs) = self.mirror.members.get(&holder) else {
                 continue;
             };
-            if self.suspected.insert(theirs) {
-                warn!(%holder, lease = theirs, "cluster: a holder's heartbeat stopped; suspecting it");
+            // Said once, and again each period until the mirror shows it (a lost write).
+            let shown = self.mirror.suspects.get(&holder).and_then(|o| o.get(&me)) == Some(&theirs);
+            let due = self
+                .suspected
+                .get(&holder)
+                .is_none_or(|&(l, at)| l != theirs || (!shown && now >= at + period));
+            if due {
+                if !self.suspected.contains_key(&holder) {
+                    warn!(%holder, lease = theirs, "cluster: a holder's heartbeat stopped; suspecting it");
+                }
+                self.suspected.insert(holder.clone(), (theirs, now));
                 let slot = Slot::Suspect {
                     holder: holder.clone(),
                     observer: me.clone(),
@@ -333,15 +370,55 @@ impl Session {
                 self.spawn_put(self.key(&slot), theirs.to_string(), lease);
             }
             let quorum = self.settings.quorum;
-            if suspected_by_quorum(&self.mirror, &holder, theirs, quorum)
-                && self.revoked.insert(theirs)
-            {
-                warn!(%holder, lease = theirs, "cluster: a quorum suspects the holder: revoking its lease");
+            let revoke_due = self
+                .revoked
+                .get(&theirs)
+                .is_none_or(|&at| now >= at + period);
+            if suspected_by_quorum(&self.mirror, &holder, theirs, quorum) && revoke_due {
+                if !self.revoked.contains_key(&theirs) {
+                    warn!(%holder, lease = theirs, "cluster: a quorum suspects the holder: revoking its lease");
+                }
+                // Again each period while its member key is there (a lost revocation).
+                self.revoked.insert(theirs, now);
                 let (mut client, limit) = (self.client.clone(), request_timeout(self.ttl()));
                 tokio::spawn(async move {
                     let _ = timeout(limit, client.lease_revoke(theirs)).await;
                 });
             }
+        }
+        // Forget revocations of leases that are gone.
+        let leases: BTreeSet<i64> = self.mirror.members.values().copied().collect();
+        self.revoked.retain(|l, _| leases.contains(l));
+    }
+
+    /// Takes back our suspicion of a holder whose heartbeat is fresh again (under the same or
+    /// a new lease): an old suspicion must never add up with a later one to revoke a healthy
+    /// node. A node that is gone keeps it: it marks a recent revocation for new seats.
+    fn withdraw_suspicions(&mut self, stale: &[String]) {
+        let me = self.settings.node.clone();
+        let back: Vec<String> = self
+            .mirror
+            .suspects
+            .iter()
+            .filter(|(holder, observers)| {
+                observers.contains_key(&me)
+                    && self.mirror.members.contains_key(*holder)
+                    && !stale.contains(holder)
+            })
+            .map(|(holder, _)| holder.clone())
+            .collect();
+        for holder in back {
+            if self.suspected.remove(&holder).is_some() {
+                info!(%holder, "cluster: the holder's heartbeat is back; withdrawing our suspicion");
+            }
+            let key = self.key(&Slot::Suspect {
+                holder,
+                observer: me.clone(),
+            });
+            let (mut client, limit) = (self.client.clone(), request_timeout(self.ttl()));
+            tokio::spawn(async move {
+                let _ = timeout(limit, client.delete(key, None)).await;
+            });
         }
     }
 
@@ -353,15 +430,16 @@ impl Session {
         });
     }
 
-    /// Reads every key under the prefix and watches from there on.
-    async fn open_watch(&mut self, streams: &mut Streams) {
+    /// Starts reading every key under the prefix and opening a watch from there, in a task
+    /// of its own: this loop must go on applying renewals meanwhile.
+    fn open_watch(&self) -> JoinHandle<anyhow::Result<(Mirror, WatchStream)>> {
         let limit = request_timeout(self.ttl());
         let prefix = self.settings.prefix.clone();
-        let result = async {
+        let mut client = self.client.clone();
+        tokio::spawn(async move {
             let got = timeout(
                 limit,
-                self.client
-                    .get(prefix.as_str(), Some(GetOptions::new().with_prefix())),
+                client.get(prefix.as_str(), Some(GetOptions::new().with_prefix())),
             )
             .await
             .map_err(|_| anyhow::anyhow!("no answer in {limit:?}"))??;
@@ -377,24 +455,22 @@ impl Session {
             let options = WatchOptions::new()
                 .with_prefix()
                 .with_start_revision(revision + 1);
-            let watch = timeout(limit, self.client.watch(prefix.as_str(), Some(options)))
+            let watch = timeout(limit, client.watch(prefix.as_str(), Some(options)))
                 .await
                 .map_err(|_| anyhow::anyhow!("no answer in {limit:?}"))??;
             anyhow::Ok((mirror, watch))
-        }
-        .await;
-        match result {
-            Ok((mirror, watch)) => {
-                // Every member starts with a heartbeat now: a node just synced suspects nobody
-                // before it could have seen them beat.
-                let now = self.now();
-                self.beats = mirror.members.keys().map(|m| (m.clone(), now)).collect();
-                self.mirror = mirror;
-                self.synced = true;
-                streams.watch = Some(watch);
-            }
-            Err(e) => debug!(error = %format!("{e:#}"), "cluster: cannot read the keys yet"),
-        }
+        })
+    }
+
+    /// The keys were read and a watch opened: the mirror starts afresh.
+    fn watching(&mut self, mirror: Mirror, watch: WatchStream, streams: &mut Streams) {
+        // Every member starts with a heartbeat now: a node just synced suspects nobody
+        // before it could have seen them beat.
+        let now = self.now();
+        self.beats = mirror.members.keys().map(|m| (m.clone(), now)).collect();
+        self.mirror = mirror;
+        self.synced = true;
+        streams.watch = Some(watch);
     }
 
     /// Applies a watch message to the mirror; false if the watch must be reopened.
@@ -438,6 +514,10 @@ impl Session {
         let Some(lease) = self.lease.take() else {
             return;
         };
+        if self.keep_lease.load(std::sync::atomic::Ordering::SeqCst) {
+            info!(lease, "cluster: left; a VIP stays here, so the lease is left to expire (or to our restart)");
+            return;
+        }
         let limit = request_timeout(self.ttl());
         match timeout(limit, self.client.lease_revoke(lease)).await {
             Ok(Ok(_)) => info!(lease, "cluster: left (lease revoked)"),
@@ -449,6 +529,16 @@ impl Session {
                 "cluster: revoking the lease timed out; it expires on its own"
             ),
         }
+    }
+}
+
+/// The watch being opened, once it is; pending forever when none is.
+async fn next_opening(
+    opening: &mut Option<JoinHandle<anyhow::Result<(Mirror, WatchStream)>>>,
+) -> Result<anyhow::Result<(Mirror, WatchStream)>, tokio::task::JoinError> {
+    match opening {
+        Some(task) => task.await,
+        None => std::future::pending().await,
     }
 }
 

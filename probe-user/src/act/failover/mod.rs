@@ -41,7 +41,7 @@ use crate::{
         timing::Timing,
     },
     model::{
-        cluster::{GroupView, Verdict},
+        cluster::{GroupView, Mandate, Verdict},
         events::{HostEvent, HostReport, Site},
         health::State,
         notice::{
@@ -462,7 +462,9 @@ impl Failover {
             }
             _ => "our etcd lease could not be renewed in time".to_string(),
         };
-        match self.vip.remove().await {
+        let removed = self.vip.remove().await;
+        run.policy.fenced(removed.is_ok(), run.now());
+        match removed {
             Ok(_) => {
                 self.publish(|g| {
                     g.holding = false;
@@ -471,7 +473,7 @@ impl Failover {
                 warn!(vip = %self.vip.net(), %reason, "cluster: fenced: removed the VIP");
             }
             Err(e) => {
-                error!(vip = %self.vip.net(), error = %format!("{e:#}"), "cluster: fencing: removing the VIP FAILED");
+                error!(vip = %self.vip.net(), error = %format!("{e:#}"), "cluster: fencing: removing the VIP FAILED; trying again");
                 return;
             }
         }
@@ -582,15 +584,21 @@ impl Failover {
     }
 }
 
-/// The next view of the group's seat; pending forever when not in a cluster (or the seat
-/// stopped).
+/// The next view of the group's seat; pending forever when not in a cluster. A seat whose
+/// task ended (the session died with it) gives one last view that drops the VIP: without
+/// the cluster's word, a node must not hold it.
 async fn next_view(cluster: &mut Option<SeatHandle>) -> Option<GroupView> {
     match cluster {
-        Some(seat) => match seat.view.changed().await {
+        Some(seat) if !seat.closed => match seat.view.changed().await {
             Ok(()) => Some(seat.view.borrow_and_update().clone()),
-            Err(_) => std::future::pending().await,
+            Err(_) => {
+                seat.closed = true;
+                let mut last = seat.view.borrow().clone();
+                last.mandate = Mandate::Drop;
+                Some(last)
+            }
         },
-        None => std::future::pending().await,
+        _ => std::future::pending().await,
     }
 }
 

@@ -105,6 +105,8 @@ pub struct Policy {
     reclaim_after: Duration,
     /// What the cluster lets us do (alone: always lead).
     mandate: Mandate,
+    /// A fence failed (the VIP may still be on the interface): tried again from this time.
+    fence_retry_at: Option<Duration>,
 }
 
 impl Policy {
@@ -137,7 +139,14 @@ impl Policy {
             } else {
                 Mandate::Lead
             },
+            fence_retry_at: None,
         }
+    }
+
+    /// The outcome of an [`Action::Fence`]: a failed one is tried again a little later (the
+    /// VIP may still be there), for as long as we may not hold it.
+    pub fn fenced(&mut self, ok: bool, now: Duration) {
+        self.fence_retry_at = (!ok).then_some(now + RESTORE_RETRY);
     }
 
     /// What the cluster says of our group: our mandate, and the primary's state as a quorum
@@ -328,6 +337,15 @@ impl Policy {
 
     /// Time passes: release once the hold-down is over, retry what is due.
     pub fn tick(&mut self, now: Duration) -> Vec<Action> {
+        if let Some(at) = self.fence_retry_at {
+            if self.mandate == Mandate::Lead || self.holding {
+                // Claimed again meanwhile: nothing to fence any more.
+                self.fence_retry_at = None;
+            } else if now >= at {
+                self.fence_retry_at = None;
+                return vec![Action::Fence];
+            }
+        }
         if self.holding
             && self.primary == Primary::Up
             && self.cfg.failback == Failback::Release
@@ -841,6 +859,22 @@ mod tests {
         // Elected again (lease back, still our key): claim again.
         let a = p.cluster(&view(Mandate::Lead, Agreed::Down), ms(30));
         claim(&mut p, ms(30), a);
+    }
+
+    #[test]
+    fn a_failed_fence_is_tried_again_until_it_succeeds() {
+        let mut p = clustered(false);
+        let a = p.cluster(&view(Mandate::Lead, Agreed::Down), ms(0));
+        claim(&mut p, ms(0), a);
+        assert_eq!(
+            p.cluster(&view(Mandate::Drop, Agreed::Down), ms(10)),
+            vec![Action::Fence]
+        );
+        p.fenced(false, ms(11));
+        assert_eq!(p.tick(ms(50)), vec![], "not yet");
+        assert_eq!(p.tick(ms(111)), vec![Action::Fence]);
+        p.fenced(true, ms(112));
+        assert_eq!(p.tick(ms(300)), vec![]);
     }
 
     #[test]
