@@ -77,6 +77,7 @@ pub fn spawn(cluster: &Cluster, seat: SeatFor, stop: CancellationToken) -> SeatH
         last_holder: None,
         held_off_until: None,
         looked_back: false,
+        last_named: None,
     };
     tokio::spawn(task.run(verdicts_rx, stop));
     SeatHandle {
@@ -148,6 +149,8 @@ struct Seat {
     held_off_until: Option<Instant>,
     /// Whether the first keys read were checked for a recent revocation.
     looked_back: bool,
+    /// The last holder the group had (for `handed_over`).
+    last_named: Option<String>,
 }
 
 /// A write's outcome.
@@ -245,7 +248,7 @@ impl Seat {
     }
 
     /// Logs, mails and hooks the cluster events between two views.
-    fn events(&self, before: &GroupView, after: &GroupView, standing: Standing) {
+    fn events(&mut self, before: &GroupView, after: &GroupView, standing: Standing) {
         let node = &self.cluster.settings.node;
         if after.mandate == Mandate::Lead && before.mandate != Mandate::Lead {
             info!(group = %self.seat.group, vip = %self.seat.site.vip, "cluster: elected holder of the group");
@@ -262,10 +265,12 @@ impl Seat {
             ));
         }
         if let Some(holder) = after.holder.as_deref() {
-            let changed = before.holder.as_deref() != Some(holder);
-            if changed && holder != node.as_str() {
+            // Against the last holder named, not the last view: a revoked holder's key goes
+            // before the next one's comes.
+            let last = self.last_named.replace(holder.to_string());
+            if last.as_deref() != Some(holder) && holder != node.as_str() {
                 info!(group = %self.seat.group, vip = %self.seat.site.vip, %holder, "cluster: the group's holder is another node");
-                if before.holder.is_some() {
+                if last.is_some() {
                     self.event(
                         HookEvent::HandedOver,
                         format!("The group was handed over: {holder} is its holder now."),
