@@ -292,9 +292,12 @@ mod tests {
         use crate::{netns, require_root};
 
         const DELAYS_MS: [u64; 9] = [0, 5, 20, 50, 100, 150, 250, 400, 1500];
-        const TOLERANCE: Duration = Duration::from_millis(1);
+        /// The responder on time to a few milliseconds, even on a busy 2-core VM: the
+        /// integration tests allow for its measured lateness (its tally), so this only
+        /// checks that it is roughly right.
+        const TOLERANCE: Duration = Duration::from_millis(5);
 
-        /// Every far host answers ping after its own delay, to within a millisecond, with
+        /// Every far host answers ping after its own delay, to within a few milliseconds, with
         /// several requests to each in flight at once and every host pinged at the same time;
         /// the farm's kernel and the addresses without a delay stay silent; all of it goes on
         /// drop.
