@@ -28,6 +28,9 @@ use crate::{cargo_cmd, cmd};
 /// - `etcd-server`: the cluster tests run a real etcd (3.4) cluster, three members in
 ///   namespaces they make; as with BIND, the package's system service is not used.
 /// - `etcd-client`: `etcdctl`, with which those tests check and disturb the cluster.
+/// - `prometheus`, `curl`: the metrics tests check `/metrics` with `promtool check metrics`
+///   and have Debian's Prometheus (2.42) scrape the daemon in a namespace (its system service
+///   is not used); curl asks for each content type.
 /// - `protobuf-compiler`, `libprotobuf-dev`: `protoc`, which the `etcd-client` crate's build
 ///   script needs to compile etcd's gRPC definitions, and the well-known types those import
 ///   (`google/protobuf/descriptor.proto`...). `protoc` only recommends the package that has
@@ -50,6 +53,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "bind9-dnsutils",
     "etcd-server",
     "etcd-client",
+    "prometheus",
+    "curl",
     "protobuf-compiler",
     "libprotobuf-dev",
     "llvm-22-dev",

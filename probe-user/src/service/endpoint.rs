@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use anyhow::Context as _;
 use axum::{
     extract::ConnectInfo,
-    http::{header, StatusCode},
+    http::{header, HeaderMap, StatusCode},
     response::IntoResponse,
     routing::{get, post},
     Json, Router,
@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-use crate::{model::snapshot::Observed, service::metrics::render_metrics};
+use crate::{model::snapshot::Observed, service::metrics::Exposition};
 
 /// A reload asked for over HTTP; the outcome goes back on `reply`.
 pub struct ReloadRequest {
@@ -102,36 +102,34 @@ async fn serve(
         .local_addr()
         .context("the metrics socket's address")?;
     let metrics = observed.clone();
-    let app = Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let body = render_metrics(&metrics.snapshot());
-                async move {
-                    (
-                        [(
-                            header::CONTENT_TYPE,
-                            "text/plain; version=0.0.4; charset=utf-8",
-                        )],
-                        body,
-                    )
-                        .into_response()
-                }
-            }),
-        )
-        .route(
-            "/status",
-            get(move || {
-                let snapshot = observed.snapshot();
-                async move { Json(snapshot) }
-            }),
-        )
-        .route(
-            "/reload",
-            post(move |ConnectInfo(peer): ConnectInfo<SocketAddr>| {
-                reload_request(peer, reloads.clone())
-            }),
-        );
+    let app =
+        Router::new()
+            .route(
+                "/metrics",
+                get(move |headers: HeaderMap| {
+                    // The body matches the content type: OpenMetrics to who asks for it (as
+                    // Prometheus does), the classic text format to everyone else.
+                    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+                    let format = Exposition::negotiate(accept);
+                    let body = format.render(&metrics.snapshot());
+                    async move {
+                        ([(header::CONTENT_TYPE, format.content_type())], body).into_response()
+                    }
+                }),
+            )
+            .route(
+                "/status",
+                get(move || {
+                    let snapshot = observed.snapshot();
+                    async move { Json(snapshot) }
+                }),
+            )
+            .route(
+                "/reload",
+                post(move |ConnectInfo(peer): ConnectInfo<SocketAddr>| {
+                    reload_request(peer, reloads.clone())
+                }),
+            );
     info!(%addr, "serving /metrics, /status and /reload");
     axum::serve(
         listener,

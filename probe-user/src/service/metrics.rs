@@ -1,4 +1,5 @@
-//! The status snapshot in the Prometheus text format (pure).
+//! The status snapshot as metrics (pure): OpenMetrics text, as prometheus-client writes it,
+//! or the classic Prometheus text format (0.0.4) for clients that do not ask for OpenMetrics.
 
 use prometheus_client::{
     encoding::{text::encode, EncodeLabelSet},
@@ -30,7 +31,69 @@ struct PoolLabels {
     server: String,
 }
 
-/// The snapshot in the Prometheus text format.
+/// How `/metrics` answers: the body format a client asked for in `Accept`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exposition {
+    OpenMetrics,
+    /// The classic text format, version 0.0.4 (the default).
+    Text,
+}
+
+impl Exposition {
+    /// From an `Accept` header: OpenMetrics when it is accepted at all (Prometheus 2 asks for
+    /// it first), the classic text format otherwise.
+    pub fn negotiate(accept: Option<&str>) -> Self {
+        match accept {
+            Some(a) if a.contains("application/openmetrics-text") => Exposition::OpenMetrics,
+            _ => Exposition::Text,
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Exposition::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Exposition::Text => "text/plain; version=0.0.4; charset=utf-8",
+        }
+    }
+
+    /// The snapshot in this format.
+    pub fn render(self, s: &Snapshot) -> String {
+        let open = render_metrics(s);
+        match self {
+            Exposition::OpenMetrics => open,
+            Exposition::Text => to_classic_text(&open),
+        }
+    }
+}
+
+/// OpenMetrics text as the classic Prometheus text format: a counter's `# HELP` and `# TYPE`
+/// name its sample (`..._total`, where OpenMetrics names the family), and there is no `# EOF`
+/// or `# UNIT`. The samples are the same.
+pub fn to_classic_text(open: &str) -> String {
+    let counters: Vec<&str> = open
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(open.len());
+    for line in open.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let rewritten = ["# HELP ", "# TYPE "].iter().find_map(|tag| {
+            let rest = line.strip_prefix(tag)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(&name)
+                .then(|| format!("{tag}{name}_total {tail}"))
+        });
+        out.push_str(rewritten.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+/// The snapshot as OpenMetrics text.
 pub fn render_metrics(s: &Snapshot) -> String {
     let mut registry = Registry::with_prefix("xdprobe");
     register_hosts(&mut registry, &s.hosts);
@@ -278,5 +341,40 @@ mod tests {
                 "missing {line:?} in:\n{text}"
             );
         }
+    }
+
+    #[test]
+    fn the_classic_text_names_counters_by_their_samples_and_has_no_eof() {
+        let open = "# HELP xdprobe_windows Probe windows run.\n# TYPE xdprobe_windows counter\n\
+                    xdprobe_windows_total 42\n# HELP xdprobe_host_up 1 if the host is UP.\n\
+                    # TYPE xdprobe_host_up gauge\nxdprobe_host_up{host=\"192.0.2.1\"} 1\n# EOF\n";
+        assert_eq!(
+            to_classic_text(open),
+            "# HELP xdprobe_windows_total Probe windows run.\n\
+             # TYPE xdprobe_windows_total counter\nxdprobe_windows_total 42\n\
+             # HELP xdprobe_host_up 1 if the host is UP.\n# TYPE xdprobe_host_up gauge\n\
+             xdprobe_host_up{host=\"192.0.2.1\"} 1\n"
+        );
+    }
+
+    #[test]
+    fn openmetrics_is_served_only_to_who_asks_for_it() {
+        let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert_eq!(
+            Exposition::negotiate(Some(prometheus)),
+            Exposition::OpenMetrics
+        );
+        assert_eq!(Exposition::negotiate(Some("text/plain")), Exposition::Text);
+        assert_eq!(Exposition::negotiate(Some("*/*")), Exposition::Text);
+        assert_eq!(Exposition::negotiate(None), Exposition::Text);
+        let s = Snapshot::default();
+        assert!(Exposition::OpenMetrics.render(&s).ends_with("# EOF\n"));
+        assert!(!Exposition::Text.render(&s).contains("# EOF"));
+        assert!(Exposition::Text
+            .content_type()
+            .starts_with("text/plain; version=0.0.4"));
+        assert!(Exposition::OpenMetrics
+            .content_type()
+            .starts_with("application/openmetrics-text"));
     }
 }
