@@ -22,8 +22,10 @@ use crate::{
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Man = cli.command {
-        return man();
+    match cli.command {
+        Command::Man => return man(),
+        Command::Completions { shell } => return completions(shell),
+        _ => {}
     }
     let log = service::logging::init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -47,7 +49,7 @@ fn main() -> ExitCode {
             Command::Check(args) => cmd::check::check(args),
             Command::Status(args) => cmd::status::status(args),
             Command::Reload(args) => cmd::status::reload(args),
-            Command::Man => Ok(0),
+            Command::Man | Command::Completions { .. } => Ok(0),
         }
     });
     match result {
@@ -74,6 +76,18 @@ fn man() -> ExitCode {
             ExitCode::from(3)
         }
     }
+}
+
+/// Writes `shell`'s completion script to stdout.
+fn completions(shell: clap_complete::Shell) -> ExitCode {
+    use clap::CommandFactory as _;
+    clap_complete::generate(
+        shell,
+        &mut Cli::command(),
+        "xdprobe",
+        &mut std::io::stdout(),
+    );
+    ExitCode::SUCCESS
 }
 
 fn permission_hint(e: &anyhow::Error) -> &'static str {

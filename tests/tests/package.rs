@@ -33,6 +33,9 @@ mod privileged {
             "./lib/systemd/system/xdprobe.service",
             "./etc/xdprobe/xdprobe.toml",
             "./usr/share/man/man8/xdprobe.8.gz",
+            "./usr/share/bash-completion/completions/xdprobe",
+            "./usr/share/zsh/vendor-completions/_xdprobe",
+            "./usr/share/fish/vendor_completions.d/xdprobe.fish",
         ] {
             assert!(
                 listing.contains(path),
@@ -112,6 +115,47 @@ mod privileged {
         assert!(
             man.contains(".TH xdprobe 8") && man.contains("monitor") && man.contains("check"),
             "{man}"
+        );
+
+        // The completions know the subcommands; bash's parses.
+        for (file, needle) in [
+            ("usr/share/bash-completion/completions/xdprobe", "monitor"),
+            (
+                "usr/share/zsh/vendor-completions/_xdprobe",
+                "#compdef xdprobe",
+            ),
+            (
+                "usr/share/fish/vendor_completions.d/xdprobe.fish",
+                "complete -c xdprobe",
+            ),
+        ] {
+            let text = std::fs::read_to_string(root.join(file)).unwrap();
+            assert!(
+                text.contains(needle) && text.contains("status"),
+                "{file}:\n{text}"
+            );
+        }
+        let bash = Command::new("bash")
+            .arg("-n")
+            .arg(root.join("usr/share/bash-completion/completions/xdprobe"))
+            .output()
+            .unwrap();
+        assert!(
+            bash.status.success(),
+            "{}",
+            String::from_utf8_lossy(&bash.stderr)
+        );
+        // --version names the commit it was built from.
+        let version = Command::new(&bin).arg("--version").output().unwrap();
+        let version = String::from_utf8_lossy(&version.stdout);
+        let head = run(&["git", "rev-parse", "--short=12", "HEAD"])
+            .unwrap()
+            .stdout;
+        let head = String::from_utf8_lossy(&head);
+        let want = format!("(commit {})", head.trim());
+        assert!(
+            version.starts_with("xdprobe ") && version.trim().ends_with(&want),
+            "{version:?}, want the commit {want}"
         );
 
         // The installed binary as the unit runs it: nobody, the unit's capabilities, ambient.

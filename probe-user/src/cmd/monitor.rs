@@ -31,7 +31,7 @@ use crate::{
     service::{
         daemon,
         logging::LogLevel,
-        startup::{attach_xdp, interface_index, require_capabilities},
+        startup::{attach_xdp, interface_index, require_capabilities, require_kernel},
     },
 };
 
@@ -75,6 +75,7 @@ pub async fn monitor(args: MonitorArgs) -> Result<u8, Failure> {
     let parsed = targets::parse_args_in(&args.targets, family, targets::open_file)
         .map_err(|e| Failure::Usage(e.into()))?;
     interface_index(&iface)?;
+    require_kernel()?;
     require_capabilities()?;
     let hosts = targets::resolve(parsed, probe_common::maps::MAX_HOSTS as usize)
         .await

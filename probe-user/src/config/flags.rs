@@ -10,7 +10,7 @@ use crate::config::vips::Vips;
 #[derive(Debug, Parser)]
 #[command(
     name = "xdprobe",
-    version,
+    version = VERSION,
     about = "eBPF-accelerated ICMP health prober and virtual-IP failover daemon",
     long_about = "Probes hosts with ICMP echo, counts the replies in an XDP program, and takes \
                   over a virtual IP when the watched host misses two consecutive windows."
@@ -39,7 +39,21 @@ pub enum Command {
     /// Print the man page (roff), generated from these definitions; used for packaging.
     #[command(hide = true)]
     Man,
+    /// Print a shell's completion script, generated from these definitions; used for packaging.
+    #[command(hide = true)]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
+
+/// `xdprobe --version`: the package version and the commit it was built from.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("XDPROBE_COMMIT"),
+    ")"
+);
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {

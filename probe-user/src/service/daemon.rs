@@ -43,7 +43,7 @@ use crate::{
         pools::Pools,
         reload::Reloader,
         sharding::Sharding,
-        startup::{attach_xdp, interface_index, require_capabilities},
+        startup::{attach_xdp, interface_index, require_capabilities, require_kernel},
     },
 };
 
@@ -252,6 +252,7 @@ async fn prepare(
     let settings = load_settings(args)?;
     log.apply(&settings.log_level).map_err(Failure::Usage)?;
     let index = interface_index(&settings.iface)?;
+    require_kernel()?;
     require_capabilities()?;
     // Before anything is set up: a refused VIP leaves nothing behind.
     refuse_own_addresses(&settings.iface, index, &settings.groups)
