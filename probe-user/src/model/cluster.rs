@@ -25,6 +25,8 @@ pub struct Mirror {
     pub targets: BTreeMap<IpAddr, BTreeMap<String, Verdict>>,
     /// Holder → observer → the holder's lease the observer suspects.
     pub suspects: BTreeMap<String, BTreeMap<String, i64>>,
+    /// Members without failover groups (they say so in their member key).
+    pub monitor_only: BTreeSet<String>,
 }
 
 /// Where a key sits, below the prefix.
@@ -85,6 +87,11 @@ impl Mirror {
     pub fn put(&mut self, key: &str, value: &str, lease: i64) {
         match Slot::parse(key) {
             Some(Slot::Member(node)) => {
+                if value.starts_with(MONITOR_ONLY) {
+                    self.monitor_only.insert(node.clone());
+                } else {
+                    self.monitor_only.remove(&node);
+                }
                 self.members.insert(node, lease);
             }
             Some(Slot::Holder(group)) => {
@@ -94,14 +101,11 @@ impl Mirror {
                 let keys = self.groups.entry(group).or_default();
                 match Verdict::decode(value) {
                     Some(v) => {
-                        keys.participants.insert(node.clone());
                         keys.verdicts.insert(node, v);
                     }
-                    None if value.starts_with("unknown") => {
-                        keys.participants.insert(node.clone());
+                    None => {
                         keys.verdicts.remove(&node);
                     }
-                    None => {}
                 }
             }
             Some(Slot::Target { target, node }) => {
@@ -126,6 +130,7 @@ impl Mirror {
         match Slot::parse(key) {
             Some(Slot::Member(node)) => {
                 self.members.remove(&node);
+                self.monitor_only.remove(&node);
             }
             Some(Slot::Holder(group)) => {
                 if let Some(g) = self.groups.get_mut(&group) {
@@ -135,7 +140,6 @@ impl Mirror {
             Some(Slot::GroupVerdict { group, node }) => {
                 if let Some(g) = self.groups.get_mut(&group) {
                     g.verdicts.remove(&node);
-                    g.participants.remove(&node);
                 }
             }
             Some(Slot::Target { target, node }) => {
@@ -155,9 +159,23 @@ impl Mirror {
         }
     }
 
-    /// The live members' names, sorted.
-    pub fn live(&self) -> Vec<String> {
-        self.members.keys().cloned().collect()
+    /// A lease is gone: its member and holder keys with it.
+    pub fn forget_lease(&mut self, lease: i64) {
+        self.members.retain(|_, l| *l != lease);
+        for g in self.groups.values_mut() {
+            if g.holder.as_ref().is_some_and(|(_, l)| *l == lease) {
+                g.holder = None;
+            }
+        }
+    }
+
+    /// The live members that serve failover groups: the ones a group's quorum is of.
+    pub fn voters(&self) -> Vec<String> {
+        self.members
+            .keys()
+            .filter(|m| !self.monitor_only.contains(*m))
+            .cloned()
+            .collect()
     }
 
     /// One group's keys (none yet: empty).
@@ -325,19 +343,19 @@ impl Verdict {
     }
 }
 
-/// What etcd says of one group: its holder (node name and lease), the nodes that serve it
-/// (each publishes a verdict key as soon as its seat starts: `unknown` until it knows), and
-/// each node's verdict.
+/// What etcd says of one group: its holder (node name and lease) and each node's verdict.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GroupKeys {
     pub holder: Option<(String, i64)>,
-    pub participants: BTreeSet<String>,
     pub verdicts: BTreeMap<String, Verdict>,
 }
 
-/// A verdict key's value before the node knows the primary's state: it counts the node among
-/// the group's participants, for neither side.
+/// A verdict key's value before the node knows the primary's state (for neither side).
 pub const UNKNOWN_VERDICT: &str = "unknown 0";
+
+/// A member key's value (the heartbeat count) starts with this on a node without failover
+/// groups (`monitor --cluster`): it is not asked for verdicts.
+pub const MONITOR_ONLY: char = 'm';
 
 /// What the cluster says of the primary: a quorum agrees it is DOWN, or UP, or neither yet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -377,19 +395,18 @@ pub struct Judge<'a> {
 }
 
 impl Judge<'_> {
-    /// The group as this node sees it: `keys` from etcd, `live` the nodes with a live lease.
-    /// Only the verdicts of live nodes that serve the group count, and the quorum is of those
-    /// (a node that only monitors, or serves other groups, is not asked).
-    pub fn view(&self, keys: &GroupKeys, live: &[String]) -> GroupView {
-        let counted = keys.verdicts.iter().filter(|(node, _)| live.contains(node));
+    /// The group as this node sees it: `keys` from etcd, `voters` the live nodes that serve
+    /// failover groups ([`Mirror::voters`]: nodes that only monitor are not asked). Only
+    /// their verdicts count, and the quorum is of them all, whether they said anything yet
+    /// or not: one node's word is never a quorum of several.
+    pub fn view(&self, keys: &GroupKeys, voters: &[String]) -> GroupView {
+        let counted = keys
+            .verdicts
+            .iter()
+            .filter(|(node, _)| voters.contains(node));
         let down = counted.clone().filter(|(_, v)| v.down).count();
         let up = counted.count() - down;
-        let serving = keys
-            .participants
-            .iter()
-            .filter(|n| live.contains(n))
-            .count();
-        let needed = self.quorum.needed(serving);
+        let needed = self.quorum.needed(voters.len());
         let primary = if down >= needed {
             Agreed::Down
         } else if up >= needed {
@@ -522,7 +539,6 @@ mod tests {
     fn keys(holder: Option<&str>, verdicts: &[(&str, bool)]) -> GroupKeys {
         GroupKeys {
             holder: holder.map(|h| (h.to_string(), 7)),
-            participants: ["n1", "n2", "n3"].iter().map(|n| n.to_string()).collect(),
             verdicts: verdicts
                 .iter()
                 .map(|(n, down)| {
@@ -632,29 +648,31 @@ mod tests {
     }
 
     #[test]
-    fn only_nodes_that_serve_the_group_make_its_quorum() {
+    fn only_nodes_that_serve_groups_make_a_groups_quorum() {
         // Two group nodes and two that only monitor: both group nodes' DOWN is a quorum.
-        let live = nodes(&["m1", "m2", "n1", "n2"]);
-        let mut k = keys(Some("n1"), &[("n1", true), ("n2", true)]);
-        k.participants = ["n1", "n2"].iter().map(|n| n.to_string()).collect();
-        let v = judge(Standing::Live).view(&k, &live);
-        assert_eq!((v.primary, v.needed), (Agreed::Down, 2));
-        // A participant that does not know yet still counts: one DOWN of two is no quorum.
         let mut m = Mirror::default();
-        for n in ["n1", "n2"] {
-            m.put(&format!("members/{n}"), "", 1);
+        for (n, value) in [("m1", "m7"), ("m2", "m1"), ("n1", "3"), ("n2", "")] {
+            m.put(&format!("members/{n}"), value, 1);
         }
+        assert_eq!(m.voters(), ["n1", "n2"]);
         m.put("groups/g/verdicts/n1", "down 3", 1);
+        let v = judge(Standing::Live).view(&m.group("g"), &m.voters());
+        assert_eq!(
+            (v.primary, v.down, v.needed),
+            (Agreed::Undecided, 1, 2),
+            "one of two"
+        );
         m.put("groups/g/verdicts/n2", UNKNOWN_VERDICT, 1);
-        let v = judge(Standing::Live).view(&m.group("g"), &m.live());
+        let v = judge(Standing::Live).view(&m.group("g"), &m.voters());
         assert_eq!((v.primary, v.down, v.needed), (Agreed::Undecided, 1, 2));
         m.put("groups/g/verdicts/n2", "down 3", 1);
-        assert_eq!(
-            judge(Standing::Live).view(&m.group("g"), &m.live()).primary,
-            Agreed::Down
-        );
-        m.delete("groups/g/verdicts/n2");
-        assert!(!m.group("g").participants.contains("n2"));
+        let v = judge(Standing::Live).view(&m.group("g"), &m.voters());
+        assert_eq!((v.primary, v.needed), (Agreed::Down, 2));
+        // A node that starts serving groups says so in its next heartbeat.
+        m.put("members/m1", "8", 1);
+        assert_eq!(m.voters(), ["m1", "n1", "n2"]);
+        m.delete("members/m2");
+        assert!(!m.monitor_only.contains("m2"));
     }
 
     #[test]
@@ -800,7 +818,7 @@ mod tests {
         m.put("targets/198.51.100.7/n1", "up 9", 11);
         m.put("something/else", "x", 0);
         m.put("targets/not-an-ip/n1", "up 9", 11);
-        assert_eq!(m.live(), ["n1", "n2"]);
+        assert_eq!(m.voters(), ["n1", "n2"]);
         let g = m.group("192.0.2.100");
         assert_eq!(g.holder, Some(("n2".into(), 12)));
         assert_eq!(g.verdicts.len(), 1, "the garbage verdict is ignored");
@@ -808,7 +826,7 @@ mod tests {
         m.delete("members/n2");
         m.delete("groups/192.0.2.100/holder");
         m.delete("targets/198.51.100.7/n1");
-        assert_eq!(m.live(), ["n1"]);
+        assert_eq!(m.voters(), ["n1"]);
         assert_eq!(m.group("192.0.2.100").holder, None);
         assert!(m.targets.is_empty());
         assert_eq!(m.group("192.0.2.200"), GroupKeys::default());

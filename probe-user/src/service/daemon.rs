@@ -103,9 +103,14 @@ pub async fn run(args: RunArgs, log: LogLevel) -> Result<(), Failure> {
     let leave = CancellationToken::new();
     let session = match &s.cluster {
         Some(settings) => Some(
-            session::start(settings.clone(), started, leave.clone())
-                .await
-                .map_err(Failure::Usage)?,
+            session::start(
+                settings.clone(),
+                started,
+                leave.clone(),
+                s.groups.is_empty(),
+            )
+            .await
+            .map_err(Failure::Usage)?,
         ),
         None => None,
     };

@@ -180,6 +180,10 @@ impl Groups {
             };
             seat::spawn(cluster, seat, seat_stop.clone())
         });
+        let (cluster, seat_task) = match cluster {
+            Some((handle, task)) => (Some(handle), Some(task)),
+            None => (None, None),
+        };
         let failover = Failover {
             watch: group.watch,
             site,
@@ -199,6 +203,10 @@ impl Groups {
         let task = tokio::spawn(async move {
             run.await;
             seat_stop.cancel();
+            // The group's task ends with its seat's.
+            if let Some(seat) = seat_task {
+                let _ = seat.await;
+            }
         });
         if !handed_over {
             info!(watch = %group.watch, vip = %group.vip, label = %group.label, "failover group");
@@ -226,10 +234,17 @@ impl Groups {
         self.publish_routes();
         running.stop.cancel();
         let _ = running.task.await;
-        if let Some(cluster) = &self.common.cluster {
-            seat::retire(cluster, &group_name(group)).await;
-        }
         let vip = group.vip.to_string();
+        if let Some(cluster) = &self.common.cluster {
+            let held = self
+                .common
+                .observed
+                .snapshot()
+                .groups
+                .iter()
+                .any(|g| g.vip == vip && g.holding);
+            seat::retire(cluster, &group_name(group), !held).await;
+        }
         self.common
             .observed
             .update(|s| s.groups.retain(|g| g.vip != vip));

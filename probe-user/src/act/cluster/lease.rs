@@ -37,19 +37,26 @@ impl Drop for Keepers {
 }
 
 /// Starts renewing `lease` through each of `members` (one client each), reporting on
-/// `renewals`, and writing the heartbeat to `key`.
+/// `renewals`, and writing the heartbeat to `key` (its count after `prefix`).
 pub fn keep(
     members: &[Client],
     lease: i64,
     ttl: Duration,
     key: String,
+    prefix: String,
     renewals: mpsc::UnboundedSender<Renewal>,
 ) -> Keepers {
     let mut tasks: Vec<JoinHandle<()>> = members
         .iter()
         .map(|client| tokio::spawn(renew(client.clone(), lease, ttl, renewals.clone())))
         .collect();
-    tasks.push(tokio::spawn(heartbeat(members.to_vec(), key, lease, ttl)));
+    tasks.push(tokio::spawn(heartbeat(
+        members.to_vec(),
+        key,
+        prefix,
+        lease,
+        ttl,
+    )));
     Keepers(tasks)
 }
 
@@ -119,16 +126,20 @@ async fn renew(
 /// task of its own (a slow one never holds back the next): the heartbeat by which the others
 /// see that we still reach etcd. One dead member loses one write in as many as there are
 /// members, never the several in a row that make us suspect.
-async fn heartbeat(members: Vec<Client>, key: String, lease: i64, ttl: Duration) {
+async fn heartbeat(members: Vec<Client>, key: String, prefix: String, lease: i64, ttl: Duration) {
     let mut every = tokio::time::interval(renew_every(ttl));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     for beat in 1u64.. {
         every.tick().await;
         let mut client = members[beat as usize % members.len()].clone();
-        let (key, limit) = (key.clone(), request_timeout(ttl));
+        let (key, prefix, limit) = (key.clone(), prefix.clone(), request_timeout(ttl));
         tokio::spawn(async move {
             let options = PutOptions::new().with_lease(lease);
-            let _ = timeout(limit, client.put(key, beat.to_string(), Some(options))).await;
+            let _ = timeout(
+                limit,
+                client.put(key, format!("{prefix}{beat}"), Some(options)),
+            )
+            .await;
         });
     }
 }

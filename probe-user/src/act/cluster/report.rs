@@ -138,7 +138,7 @@ impl Reporter {
     fn publish_status(&self, share: usize) {
         let state = self.state.borrow().clone();
         let settings = &self.cluster.settings;
-        let live = state.mirror.live();
+        let live = state.mirror.voters();
         let needed = settings.quorum.needed(live.len()) as u64;
         let groups = state
             .mirror

@@ -58,10 +58,30 @@ pub struct SeatFor {
     pub hooks: watch::Receiver<Hooks>,
 }
 
-/// Starts the seat's task, until `stop`.
-pub fn spawn(cluster: &Cluster, seat: SeatFor, stop: CancellationToken) -> SeatHandle {
+/// Starts the seat's task, until `stop`; the handle, and the task (which ends once its
+/// writes are done).
+pub fn spawn(
+    cluster: &Cluster,
+    seat: SeatFor,
+    stop: CancellationToken,
+) -> (SeatHandle, tokio::task::JoinHandle<()>) {
     let state = cluster.state();
-    let first = judge(cluster, &state.borrow(), &seat.group, false);
+    // A seat started while a revoked node has not come back holds off from its first view
+    // (a hand-over's new seat, too: the old one may have been holding off).
+    let (looked_back, held_off_until) = {
+        let s = state.borrow();
+        let held = s.synced && revoked_and_gone(&s.mirror, cluster.settings.quorum);
+        (
+            s.synced,
+            held.then(|| Instant::now() + hold_off(cluster.settings.lease_ttl)),
+        )
+    };
+    let first = judge(
+        cluster,
+        &state.borrow(),
+        &seat.group,
+        held_off_until.is_some(),
+    );
     let (view_tx, view) = watch::channel(first);
     let (verdicts, verdicts_rx) = mpsc::unbounded_channel();
     let task = Seat {
@@ -75,22 +95,31 @@ pub fn spawn(cluster: &Cluster, seat: SeatFor, stop: CancellationToken) -> SeatH
         campaigning: false,
         retry_at: None,
         last_holder: None,
-        held_off_until: None,
-        looked_back: false,
+        held_off_until,
+        looked_back,
         last_named: None,
     };
-    tokio::spawn(task.run(verdicts_rx, stop));
-    SeatHandle {
+    let task = tokio::spawn(task.run(verdicts_rx, stop));
+    let handle = SeatHandle {
         view,
         verdicts,
         closed: false,
-    }
+    };
+    (handle, task)
 }
 
-/// Takes a removed group's keys out of etcd (our verdict, and the holder key if it is ours
-/// under our lease), once its task has left the VIP: otherwise our live lease would keep
-/// the group held, for nobody, on every other node.
-pub async fn retire(cluster: &Cluster, group: &str) {
+/// Takes a removed group's keys out of etcd once its task and seat have ended: our verdict,
+/// and the holder key if it is ours under our lease and `vip_left` (otherwise our live lease
+/// would keep the group held, for nobody, on every other node). A VIP that stays here
+/// (`on_exit = keep`) keeps the holder key: another node elected now would claim beside it.
+/// Run twice, a request's time apart, for writes the seat had in flight.
+pub async fn retire(cluster: &Cluster, group: &str, vip_left: bool) {
+    retire_once(cluster, group, vip_left).await;
+    tokio::time::sleep(request_timeout(cluster.settings.lease_ttl)).await;
+    retire_once(cluster, group, vip_left).await;
+}
+
+async fn retire_once(cluster: &Cluster, group: &str, vip_left: bool) {
     let state = cluster.state().borrow().clone();
     let Some(lease) = state.lease else {
         return;
@@ -110,7 +139,10 @@ pub async fn retire(cluster: &Cluster, group: &str) {
     let mut client = cluster.client();
     let limit = request_timeout(cluster.settings.lease_ttl);
     let deleted = timeout(limit, client.delete(verdict, None)).await;
-    let released = timeout(limit, client.txn(txn)).await;
+    let released = match vip_left {
+        true => timeout(limit, client.txn(txn)).await.map(|r| r.map(drop)),
+        false => Ok(Ok(())),
+    };
     if !matches!((deleted, released), (Ok(Ok(_)), Ok(Ok(_)))) {
         warn!(%group, "cluster: could not remove a removed group's keys; they go with our lease");
     }
@@ -128,7 +160,7 @@ fn judge(cluster: &Cluster, state: &ClusterState, group: &str, held_off: bool) -
         quorum: settings.quorum,
         on_quorum_loss: settings.on_quorum_loss,
     };
-    judge.view(&state.mirror.group(group), &state.mirror.live())
+    judge.view(&state.mirror.group(group), &state.mirror.voters())
 }
 
 struct Seat {
@@ -338,8 +370,7 @@ impl Seat {
         }
         let node = self.cluster.settings.node.clone();
         let limit = request_timeout(self.cluster.settings.lease_ttl);
-        // Until we know the primary's state, `unknown`: it makes us one of the group's
-        // participants, whose quorum decides.
+        // Until we know the primary's state, `unknown` (for neither side).
         let value = self
             .local
             .map_or_else(|| UNKNOWN_VERDICT.to_string(), Verdict::encode);

@@ -35,7 +35,7 @@ use crate::{
     config::cluster::ClusterSettings,
     model::cluster::{
         beating, renew_every, stale_holders, suspected_by_quorum, LeaseClock, Mirror, Slot,
-        Standing,
+        Standing, MONITOR_ONLY,
     },
 };
 
@@ -48,10 +48,13 @@ const GRANT_RETRY: Backoff = Backoff {
 /// Starts the session task; `start` is when the daemon started (the lease of an earlier run
 /// of ours may live until a lease after it). `leave` ends the session and revokes the lease:
 /// cancel it only after the groups have left their VIPs.
+/// `monitor_only`: this node has no failover group (it says so in its member key, and is
+/// not asked for verdicts).
 pub async fn start(
     settings: ClusterSettings,
     start: Instant,
     leave: CancellationToken,
+    monitor_only: bool,
 ) -> anyhow::Result<(Cluster, tokio::task::JoinHandle<()>)> {
     let client = connect(&settings, &settings.etcd).await?;
     // One client per member too, for the renewals and heartbeats (see `lease`).
@@ -72,6 +75,7 @@ pub async fn start(
     let keep_lease = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let session = Session {
         keep_lease: Arc::clone(&keep_lease),
+        monitor_only,
         clock,
         standing: Standing::Starting,
         origin: start,
@@ -98,6 +102,8 @@ pub async fn start(
 }
 
 struct Session {
+    /// This node has no failover group: its member key says so.
+    monitor_only: bool,
     /// Set by the daemon when a VIP stays at shutdown: leave the lease to expire.
     keep_lease: Arc<std::sync::atomic::AtomicBool>,
     clock: LeaseClock,
@@ -205,6 +211,9 @@ impl Session {
                         lease,
                         "cluster: etcd says our lease is gone; asking for a new one"
                     );
+                    // Its keys are gone in etcd: forget them here too, so that our name on a
+                    // holder key under it never looks like something to inherit.
+                    self.mirror.forget_lease(lease);
                     self.lease = None;
                     self.clock.lost();
                     self.publish();
@@ -249,7 +258,12 @@ impl Session {
                 .id();
             let member = self.key(&Slot::Member(self.settings.node.clone()));
             let options = PutOptions::new().with_lease(lease);
-            timeout(limit, self.client.put(member, "", Some(options)))
+            let value = if self.monitor_only {
+                MONITOR_ONLY.to_string()
+            } else {
+                String::new()
+            };
+            timeout(limit, self.client.put(member, value, Some(options)))
                 .await
                 .map_err(|_| anyhow::anyhow!("no answer in {limit:?}"))??;
             anyhow::Ok(lease)
@@ -285,7 +299,12 @@ impl Session {
     async fn hold(&mut self, lease: i64, shutdown: &CancellationToken) -> Ended {
         let (renewals_tx, mut renewals) = mpsc::unbounded_channel();
         let key = self.key(&Slot::Member(self.settings.node.clone()));
-        let _keepers = lease::keep(&self.members, lease, self.ttl(), key, renewals_tx);
+        let prefix = if self.monitor_only {
+            MONITOR_ONLY.to_string()
+        } else {
+            String::new()
+        };
+        let _keepers = lease::keep(&self.members, lease, self.ttl(), key, prefix, renewals_tx);
         let mut streams = Streams::default();
         let mut tick = tokio::time::interval(renew_every(self.ttl()));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -401,8 +420,13 @@ impl Session {
             .suspects
             .iter()
             .filter(|(holder, observers)| {
-                observers.contains_key(&me)
-                    && self.mirror.members.contains_key(*holder)
+                // Never one we revoked, or one a quorum suspects: a new holder's hold-off
+                // depends on it when the holder key goes.
+                let lease = observers.get(&me).copied();
+                lease.is_some_and(|l| {
+                    !self.revoked.contains_key(&l)
+                        && !suspected_by_quorum(&self.mirror, holder, l, self.settings.quorum)
+                }) && self.mirror.members.contains_key(*holder)
                     && !stale.contains(holder)
             })
             .map(|(holder, _)| holder.clone())
@@ -515,7 +539,7 @@ impl Session {
             return;
         };
         if self.keep_lease.load(std::sync::atomic::Ordering::SeqCst) {
-            info!(lease, "cluster: left; a VIP stays here, so the lease is left to expire (or to our restart)");
+            info!(lease, "cluster: left; a VIP stays here, so the lease is not revoked (the others revoke it once our heartbeat is stale)");
             return;
         }
         let limit = request_timeout(self.ttl());

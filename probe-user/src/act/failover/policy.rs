@@ -339,8 +339,13 @@ impl Policy {
     pub fn tick(&mut self, now: Duration) -> Vec<Action> {
         if let Some(at) = self.fence_retry_at {
             if self.mandate == Mandate::Lead || self.holding {
-                // Claimed again meanwhile: nothing to fence any more.
+                // We may hold it again: the VIP the fence could not remove is ours again,
+                // held (so a failback or a later fence takes it away).
                 self.fence_retry_at = None;
+                if !self.holding {
+                    self.holding = true;
+                    self.claimed_at = now;
+                }
             } else if now >= at {
                 self.fence_retry_at = None;
                 return vec![Action::Fence];
@@ -875,6 +880,27 @@ mod tests {
         assert_eq!(p.tick(ms(111)), vec![Action::Fence]);
         p.fenced(true, ms(112));
         assert_eq!(p.tick(ms(300)), vec![]);
+        // A fence that failed, then the mandate back: the VIP left behind is held again, so
+        // a failback takes it away later.
+        let a = p.cluster(&view(Mandate::Lead, Agreed::Down), ms(400));
+        claim(&mut p, ms(400), a);
+        assert_eq!(
+            p.cluster(&view(Mandate::Drop, Agreed::Down), ms(500)),
+            vec![Action::Fence]
+        );
+        p.fenced(false, ms(501));
+        let back = p.cluster(&view(Mandate::Lead, Agreed::Up), ms(510));
+        assert!(
+            matches!(back[..], [Action::ReportPrimaryBack { .. }]),
+            "{back:?}"
+        );
+        assert_eq!(p.tick(ms(520)), vec![]);
+        assert!(p.holding(), "the VIP that stayed is held");
+        assert_eq!(
+            p.tick(ms(1520)),
+            vec![Action::Release],
+            "and given back after the hold-down"
+        );
     }
 
     #[test]
