@@ -49,6 +49,24 @@ mod privileged {
         )
         .unwrap();
         assert_eq!(conffiles.trim(), "/etc/xdprobe/xdprobe.toml");
+        // Debian's lintian has nothing to say: no error, no warning.
+        let lintian = Command::new("lintian")
+            .args(["--tag-display-limit", "0"])
+            .arg(&deb)
+            .output()
+            .expect("lintian (Debian's lintian package)");
+        let said = String::from_utf8_lossy(&lintian.stdout);
+        assert!(
+            lintian.status.success() && said.trim().is_empty(),
+            "lintian said:\n{said}{}",
+            String::from_utf8_lossy(&lintian.stderr)
+        );
+        // Its dependencies are the binary's shared libraries, as dpkg-shlibdeps finds them.
+        let depends = run(&["dpkg-deb", "-f", deb.to_str().unwrap(), "Depends"])
+            .unwrap()
+            .stdout;
+        let depends = String::from_utf8_lossy(&depends);
+        assert!(depends.starts_with("libc6 (>= "), "Depends: {depends}");
 
         let scratch = std::env::temp_dir().join(format!("xdprobe-dpkg-{}", std::process::id()));
         let (root, admin) = (scratch.join("root"), scratch.join("admin"));

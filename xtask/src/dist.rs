@@ -40,6 +40,16 @@ pub fn dist(debug: bool) -> Result<PathBuf> {
     let _ = fs::remove_dir_all(&stage);
 
     install(&bin, &stage.join("usr/bin/xdprobe"), 0o755)?;
+    // Debian ships stripped binaries (the XDP object is data inside, untouched).
+    cmd::run(
+        Command::new("strip")
+            .args([
+                "--strip-unneeded",
+                "--remove-section=.comment",
+                "--remove-section=.note",
+            ])
+            .arg(stage.join("usr/bin/xdprobe")),
+    )?;
     install(
         &root.join("probe-user/dist/xdprobe.service"),
         &stage.join("lib/systemd/system/xdprobe.service"),
@@ -55,6 +65,22 @@ pub fn dist(debug: bool) -> Result<PathBuf> {
         &stage.join("usr/share/doc/xdprobe/README.md"),
         0o644,
     )?;
+    write(
+        &stage.join("usr/share/doc/xdprobe/copyright"),
+        COPYRIGHT.as_bytes(),
+        0o644,
+    )?;
+    let changelog = stage.join("usr/share/doc/xdprobe/changelog.gz");
+    write(
+        &changelog.with_extension(""),
+        changelog_entry(&version).as_bytes(),
+        0o644,
+    )?;
+    cmd::run(
+        Command::new("gzip")
+            .args(["-9n"])
+            .arg(changelog.with_extension("")),
+    )?;
     let man = stage.join("usr/share/man/man8/xdprobe.8");
     write(
         &man,
@@ -68,11 +94,15 @@ pub fn dist(debug: bool) -> Result<PathBuf> {
     }
 
     let size_kib = du_kib(&stage)?;
+    let depends = shlib_depends(&stage)?;
     write(
         &stage.join("DEBIAN/control"),
-        control(&version, &arch, size_kib).as_bytes(),
+        control(&version, &arch, size_kib, &depends).as_bytes(),
         0o644,
     )?;
+    for (script, body) in MAINTAINER_SCRIPTS {
+        write(&stage.join("DEBIAN").join(script), body.as_bytes(), 0o755)?;
+    }
     write(
         &stage.join("DEBIAN/conffiles"),
         format!("/{CONFIG}\n").as_bytes(),
@@ -104,21 +134,97 @@ fn version(line: &str) -> Result<String> {
 }
 
 /// The package's control file.
-fn control(version: &str, arch: &str, size_kib: u64) -> String {
+fn control(version: &str, arch: &str, size_kib: u64, depends: &str) -> String {
     format!(
         "Package: xdprobe\n\
          Version: {version}\n\
          Architecture: {arch}\n\
          Maintainer: xdprobe developers <xdprobe@example.org>\n\
          Installed-Size: {size_kib}\n\
-         Depends: libc6\n\
+         Depends: {depends}\n\
          Section: net\n\
          Priority: optional\n\
          Description: eBPF-accelerated ICMP health prober and virtual-IP failover daemon\n \
-         xdprobe probes hosts with ICMP echo, counts the replies in an XDP program and takes\n \
-         over a virtual IP when the watched host misses two consecutive windows.\n"
+         xdprobe probes hosts with ICMP echo, counts the replies in an XDP\n \
+         program and takes over a virtual IP when the watched host misses two\n \
+         consecutive windows.\n"
     )
 }
+
+/// The shared libraries the binary links, as Debian dependencies: what `dpkg-shlibdeps`
+/// finds (e.g. `libc6 (>= 2.34), libgcc-s1 (>= 4.2)`). It wants a source package's
+/// `debian/control` in its working directory: a minimal one in a scratch directory.
+fn shlib_depends(stage: &Path) -> Result<String> {
+    let scratch = stage.with_extension("shlibs");
+    let _ = fs::remove_dir_all(&scratch);
+    write(
+        &scratch.join("debian/control"),
+        b"Source: xdprobe\n\nPackage: xdprobe\nArchitecture: any\n",
+        0o644,
+    )?;
+    let out = cmd::output(
+        Command::new("dpkg-shlibdeps")
+            .current_dir(&scratch)
+            .arg("-O")
+            .arg(stage.join("usr/bin/xdprobe").canonicalize()?),
+    )?;
+    let _ = fs::remove_dir_all(&scratch);
+    parse_shlibs(&out).with_context(|| format!("no shlibs:Depends in {out:?}"))
+}
+
+/// `shlibs:Depends=libc6 (>= 2.34), ...` as printed by `dpkg-shlibdeps -O`.
+fn parse_shlibs(out: &str) -> Option<String> {
+    out.lines()
+        .find_map(|l| l.strip_prefix("shlibs:Depends="))
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .map(str::to_string)
+}
+
+/// `/usr/share/doc/xdprobe/copyright`, machine-readable (DEP-5).
+const COPYRIGHT: &str =
+    "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n\
+Upstream-Name: xdprobe\n\
+\n\
+Files: *\n\
+Copyright: 2026 xdprobe developers\n\
+License: MIT or Apache-2.0\n\
+ Licensed under either of the MIT license or the Apache License, Version 2.0, at\n\
+ your option. On Debian systems the Apache License 2.0 is in\n\
+ /usr/share/common-licenses/Apache-2.0.\n";
+
+/// The package's one changelog entry (a native package).
+fn changelog_entry(version: &str) -> String {
+    format!(
+        "xdprobe ({version}) unstable; urgency=medium\n\n  * Built by cargo xtask dist.\n\n \
+         -- xdprobe developers <xdprobe@example.org>  Tue, 01 Dec 2026 00:00:00 +0000\n"
+    )
+}
+
+/// What dpkg runs around installing and removing the package, as dh_installsystemd would
+/// write them for a unit that is neither enabled nor started on install (the config must be
+/// edited first): systemd is told of the unit, `remove` stops it, `purge` forgets it
+/// (dpkg removes the conffile itself on purge).
+const MAINTAINER_SCRIPTS: [(&str, &str); 3] = [
+    (
+        "postinst",
+        "#!/bin/sh\nset -e\nif [ \"$1\" = configure ] && [ -d /run/systemd/system ]; then\n\
+         \tsystemctl --system daemon-reload >/dev/null || true\n\
+         \tif [ -n \"$2\" ]; then\n\t\tdeb-systemd-invoke try-restart xdprobe.service >/dev/null || true\n\tfi\nfi\n",
+    ),
+    (
+        "prerm",
+        "#!/bin/sh\nset -e\nif [ \"$1\" = remove ] && [ -d /run/systemd/system ]; then\n\
+         \tdeb-systemd-invoke stop xdprobe.service >/dev/null || true\nfi\n",
+    ),
+    (
+        "postrm",
+        "#!/bin/sh\nset -e\nif [ -d /run/systemd/system ]; then\n\
+         \tsystemctl --system daemon-reload >/dev/null || true\nfi\n\
+         if [ \"$1\" = purge ] && command -v deb-systemd-helper >/dev/null; then\n\
+         \tdeb-systemd-helper purge xdprobe.service >/dev/null || true\nfi\n",
+    ),
+];
 
 fn install(from: &Path, to: &Path, mode: u32) -> Result<()> {
     let bytes = fs::read(from).with_context(|| format!("reading {}", from.display()))?;
@@ -161,12 +267,13 @@ mod tests {
 
     #[test]
     fn control_file_has_the_fields_dpkg_needs() {
-        let control = control("0.1.0", "amd64", 4321);
+        let control = control("0.1.0", "amd64", 4321, "libc6 (>= 2.34)");
         for field in [
             "Package: xdprobe\n",
             "Version: 0.1.0\n",
             "Architecture: amd64\n",
             "Installed-Size: 4321\n",
+            "Depends: libc6 (>= 2.34)\n",
             "Maintainer: ",
         ] {
             assert!(control.contains(field), "{field:?} missing:\n{control}");
@@ -177,5 +284,16 @@ mod tests {
             .skip_while(|l| !l.starts_with("Description:"))
             .skip(1)
             .all(|l| l.starts_with(' ')));
+    }
+
+    #[test]
+    fn dependencies_come_from_dpkg_shlibdeps_output() {
+        let out = "shlibs:Depends=libc6 (>= 2.34), libgcc-s1 (>= 4.2)\n";
+        assert_eq!(
+            parse_shlibs(out).as_deref(),
+            Some("libc6 (>= 2.34), libgcc-s1 (>= 4.2)")
+        );
+        assert_eq!(parse_shlibs("shlibs:Depends=\n"), None);
+        assert_eq!(parse_shlibs("dpkg-shlibdeps: warning\n"), None);
     }
 }

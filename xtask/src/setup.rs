@@ -28,6 +28,9 @@ use crate::{cargo_cmd, cmd};
 /// - `etcd-server`: the cluster tests run a real etcd (3.4) cluster, three members in
 ///   namespaces they make; as with BIND, the package's system service is not used.
 /// - `etcd-client`: `etcdctl`, with which those tests check and disturb the cluster.
+/// - `mmdebstrap`, `systemd-container`, `lintian`: the service tests build a Debian bookworm
+///   root with systemd (cached under `target/`), boot it with `systemd-nspawn` in a lab
+///   namespace, install the package there with apt, and check the package with lintian.
 /// - `prometheus`, `curl`: the metrics tests check `/metrics` with `promtool check metrics`
 ///   and have Debian's Prometheus (2.42) scrape the daemon in a namespace (its system service
 ///   is not used); curl asks for each content type.
@@ -55,6 +58,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "etcd-client",
     "prometheus",
     "curl",
+    "mmdebstrap",
+    "systemd-container",
+    "lintian",
     "protobuf-compiler",
     "libprotobuf-dev",
     "llvm-22-dev",

@@ -25,6 +25,7 @@ pub mod arpwatch;
 pub mod bind;
 pub mod cluster;
 pub mod cmd;
+pub mod container;
 pub mod daemon;
 pub mod enter;
 pub mod etcd;
