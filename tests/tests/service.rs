@@ -11,7 +11,11 @@ mod privileged {
         time::{Duration, Instant},
     };
 
-    use xdprobe_harness::{container::Container, AddrWatch, Lab};
+    use xdprobe_harness::{
+        container::Container,
+        traffic::{longest_gap, Pinger},
+        AddrWatch, Lab,
+    };
 
     const VIP: &str = "192.0.2.100";
     const VIP_NET: &str = "192.0.2.100/24";
@@ -194,6 +198,9 @@ mod privileged {
         watch
             .wait_for(VIP, Duration::from_secs(5))
             .expect("takeover");
+        // The client pings the VIP every 10 ms across the freeze and the restart.
+        let ping = Pinger::start(&lab, "client", VIP, Duration::from_millis(10)).expect("ping");
+        std::thread::sleep(Duration::from_millis(300));
         let stuck = main_pid(&c);
         let frozen = Instant::now();
         c.run(&["kill", "-STOP", &stuck.to_string()]).unwrap();
@@ -209,6 +216,23 @@ mod privileged {
         println!("stuck daemon restarted by the watchdog {restarted:?} after SIGSTOP");
         assert!(restarted <= Duration::from_secs(4), "{restarted:?}");
         let j = wait_journal(&c, "adopting it", Duration::from_secs(5));
+        std::thread::sleep(Duration::from_millis(500));
+        let replies = ping.stop().expect("ping");
+        let span = frozen.elapsed().as_secs_f64() + 0.3;
+        println!(
+            "client: {} replies over {span:.1} s, longest gap {:.0} ms",
+            replies.len(),
+            longest_gap(&replies) * 1000.0
+        );
+        assert!(
+            replies.len() as f64 > span * 100.0 * 0.8,
+            "premise: the client pinged"
+        );
+        assert!(
+            longest_gap(&replies) < 0.1,
+            "an outage: {:.3} s",
+            longest_gap(&replies)
+        );
         assert!(j.contains("Watchdog timeout"), "{j}");
         assert!(
             watch
