@@ -48,6 +48,11 @@ pub struct ClusterLab {
     _dir: TempDir,
 }
 
+/// A node config's top-level keys: the lab's group (the primary and its VIP), then `top`.
+fn with_group(top: &str) -> String {
+    format!("watch = \"{PRIMARY}\"\nvip = \"{VIP_NET}\"\n{top}")
+}
+
 /// A change of who holds the VIP: when, which node, and whether it now holds it.
 pub type HoldEvent = (Instant, usize, bool);
 
@@ -57,15 +62,7 @@ impl ClusterLab {
     /// and `cluster` (keys of `[cluster]`). In both, `{node}` is the node's name, `{dir}` a
     /// scratch directory the lab removes and `{ca}` the lab's CA (with TLS).
     pub fn new(nodes: usize, window: Duration, top: &str, cluster: &str) -> anyhow::Result<Self> {
-        let group = format!("watch = \"{PRIMARY}\"\nvip = \"{VIP_NET}\"\n");
-        Self::build(
-            nodes,
-            window,
-            &format!("{group}{top}"),
-            cluster,
-            LAB_TIMING,
-            false,
-        )
+        Self::build(nodes, window, &with_group(top), cluster, LAB_TIMING, false)
     }
 
     /// [`ClusterLab::new`] with etcd's clients on TLS with client certificates; the nodes'
@@ -76,15 +73,7 @@ impl ClusterLab {
         top: &str,
         cluster: &str,
     ) -> anyhow::Result<Self> {
-        let group = format!("watch = \"{PRIMARY}\"\nvip = \"{VIP_NET}\"\n");
-        Self::build(
-            nodes,
-            window,
-            &format!("{group}{top}"),
-            cluster,
-            LAB_TIMING,
-            true,
-        )
+        Self::build(nodes, window, &with_group(top), cluster, LAB_TIMING, true)
     }
 
     /// [`ClusterLab::new`] with etcd run at its default raft timing (as in production).
@@ -94,11 +83,10 @@ impl ClusterLab {
         top: &str,
         cluster: &str,
     ) -> anyhow::Result<Self> {
-        let group = format!("watch = \"{PRIMARY}\"\nvip = \"{VIP_NET}\"\n");
         Self::build(
             nodes,
             window,
-            &format!("{group}{top}"),
+            &with_group(top),
             cluster,
             DEFAULT_TIMING,
             false,
