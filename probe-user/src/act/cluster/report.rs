@@ -102,6 +102,14 @@ impl Reporter {
                     mine = new;
                 }
                 _ = refresh.tick() => self.publish_status(mine.len()),
+                // A batch is done: what failed is pending again, and the next one starts now
+                // (not at the next event or tick).
+                failed = batch_done(&mut self.writing) => {
+                    self.writing = None;
+                    for (target, what) in failed {
+                        self.pending.entry(target).or_insert(what);
+                    }
+                }
             }
             self.write().await;
         }
@@ -109,13 +117,6 @@ impl Reporter {
 
     /// Starts writing what is pending, if the last batch is done and our lease is live.
     async fn write(&mut self) {
-        if let Some(batch) = self.writing.take_if(|w| w.is_finished()) {
-            if let Ok(failed) = batch.await {
-                for (target, what) in failed {
-                    self.pending.entry(target).or_insert(what);
-                }
-            }
-        }
         let state = self.state.borrow().clone();
         let (Standing::Live, Some(lease)) = (state.standing(), state.lease) else {
             return;
@@ -185,6 +186,14 @@ impl Reporter {
             merged,
         };
         self.observed.update(|s| s.cluster = Some(status));
+    }
+}
+
+/// What failed of the batch being written, once it is done; pending forever when none is.
+async fn batch_done(writing: &mut Option<JoinHandle<Pending>>) -> Pending {
+    match writing {
+        Some(batch) => batch.await.unwrap_or_default(),
+        None => std::future::pending().await,
     }
 }
 
