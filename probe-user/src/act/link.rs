@@ -122,7 +122,7 @@ impl PacketSocket {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 // A link that went down is reported once on the socket; nothing to drain.
-                Err(e) if e.raw_os_error() == Some(libc::ENETDOWN) => {}
+                Err(e) if went_down(&e) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -138,7 +138,7 @@ impl PacketSocket {
             let mut guard = self.fd.readable().await?;
             match guard.try_io(|fd| recv_frame(fd.get_ref(), buf)) {
                 Ok(Ok((_, pkttype))) if pkttype == libc::PACKET_OUTGOING => continue,
-                Ok(Err(e)) if e.raw_os_error() == Some(libc::ENETDOWN) => continue,
+                Ok(Err(e)) if went_down(&e) => continue,
                 Ok(result) => return result.map(|(len, _)| len),
                 Err(_would_block) => continue,
             }
@@ -245,11 +245,16 @@ fn recv_frame(socket: &Socket, buf: &mut [u8]) -> io::Result<(usize, u8)> {
     Ok((len, from.sll_pkttype))
 }
 
+/// ENETDOWN: the link went down (a frame not sent or not received, no failure).
+fn went_down(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ENETDOWN)
+}
+
 /// A link that went down leaves ENETDOWN pending on a packet socket, reported by the next
 /// send even once the link is up again: one more try.
 fn retry_once_if_down(mut send: impl FnMut() -> io::Result<()>) -> io::Result<()> {
     match send() {
-        Err(e) if e.raw_os_error() == Some(libc::ENETDOWN) => send(),
+        Err(e) if went_down(&e) => send(),
         result => result,
     }
 }

@@ -262,7 +262,7 @@ mod tests {
             "{t}"
         );
         assert!(
-            t.contains("198.51.100.7") && t.contains("UP") && t.contains("n2:up:4"),
+            t.contains(&format!("{:<40} {:<8} n2:up:4\n", "198.51.100.7", "UP")),
             "{t}"
         );
     }

@@ -45,6 +45,11 @@ pub enum Slot {
 }
 
 impl Slot {
+    /// The full key, under `prefix` (which ends with `/`).
+    pub fn under(&self, prefix: &str) -> String {
+        format!("{prefix}{}", self.key())
+    }
+
     /// The key below the prefix.
     pub fn key(&self) -> String {
         match self {

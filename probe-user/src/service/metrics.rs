@@ -370,11 +370,21 @@ mod tests {
         let s = Snapshot::default();
         assert!(Exposition::OpenMetrics.render(&s).ends_with("# EOF\n"));
         assert!(!Exposition::Text.render(&s).contains("# EOF"));
-        assert!(Exposition::Text
-            .content_type()
-            .starts_with("text/plain; version=0.0.4"));
-        assert!(Exposition::OpenMetrics
-            .content_type()
-            .starts_with("application/openmetrics-text"));
+        // The content type says what the body is: OpenMetrics (with its `# EOF`) or the
+        // classic text format, version 0.0.4.
+        for format in [Exposition::OpenMetrics, Exposition::Text] {
+            let (body, kind) = (format.render(&s), format.content_type());
+            let open = body.ends_with("# EOF\n");
+            assert_eq!(
+                open,
+                kind.starts_with("application/openmetrics-text"),
+                "{kind}"
+            );
+            assert_eq!(
+                !open,
+                kind.starts_with("text/plain; version=0.0.4"),
+                "{kind}"
+            );
+        }
     }
 }

@@ -17,7 +17,7 @@ use tokio::{sync::watch, time::Instant};
 
 use crate::{
     config::cluster::ClusterSettings,
-    model::cluster::{LeaseClock, Mirror, Slot, Standing},
+    model::cluster::{GroupView, Judge, LeaseClock, Mirror, Slot, Standing},
 };
 
 /// What the session publishes: this node's lease clock (its standing is read from it at the
@@ -71,7 +71,7 @@ impl Cluster {
 
     /// The full etcd key of `slot`.
     pub fn key(&self, slot: &Slot) -> String {
-        format!("{}{}", self.settings.prefix, slot.key())
+        slot.under(&self.settings.prefix)
     }
 
     /// At shutdown, a VIP of ours stays on the interface: do not revoke the lease (the next
@@ -85,6 +85,22 @@ impl Cluster {
     pub fn client(&self) -> Client {
         self.client.clone()
     }
+}
+
+/// A group as this node sees it now (`held_off`: a revoked holder may still hold its VIP);
+/// what its seat acts on, and what `/status` shows.
+pub fn judge(cluster: &Cluster, state: &ClusterState, group: &str, held_off: bool) -> GroupView {
+    let settings = &cluster.settings;
+    let judge = Judge {
+        node: &settings.node,
+        standing: state.standing(),
+        lease: state.lease,
+        synced: state.synced,
+        held_off,
+        quorum: settings.quorum,
+        on_quorum_loss: settings.on_quorum_loss,
+    };
+    judge.view(&state.mirror.group(group), &state.mirror.voters())
 }
 
 /// Sleeps until `at`; forever without one (a `select!` branch that is off).

@@ -15,7 +15,7 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::{request_timeout, Cluster, ClusterState};
+use super::{judge, request_timeout, Cluster, ClusterState};
 use crate::model::{
     cluster::{Slot, Standing, Verdict},
     events::HostEvent,
@@ -111,12 +111,12 @@ impl Reporter {
                     }
                 }
             }
-            self.write().await;
+            self.write();
         }
     }
 
     /// Starts writing what is pending, if the last batch is done and our lease is live.
-    async fn write(&mut self) {
+    fn write(&mut self) {
         let state = self.state.borrow().clone();
         let (Standing::Live, Some(lease)) = (state.standing(), state.lease) else {
             return;
@@ -139,21 +139,19 @@ impl Reporter {
     fn publish_status(&self, share: usize) {
         let state = self.state.borrow().clone();
         let settings = &self.cluster.settings;
-        let live = state.mirror.voters();
-        let needed = settings.quorum.needed(live.len()) as u64;
+        // Counted as the seats count (without a seat's hold-off, which only sets the mandate).
         let groups = state
             .mirror
             .groups
-            .iter()
-            .map(|(group, keys)| {
-                let counted = keys.verdicts.iter().filter(|(n, _)| live.contains(n));
-                let down = counted.clone().filter(|(_, v)| v.down).count() as u64;
+            .keys()
+            .map(|group| {
+                let view = judge(&self.cluster, &state, group, false);
                 ClusterGroupStatus {
                     group: group.clone(),
-                    holder: keys.holder.as_ref().map(|(n, _)| n.clone()),
-                    down,
-                    up: counted.count() as u64 - down,
-                    needed,
+                    holder: view.holder,
+                    down: view.down as u64,
+                    up: view.up as u64,
+                    needed: view.needed as u64,
                 }
             })
             .collect();

@@ -17,7 +17,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{request_timeout, sleep_or_never, Cluster, ClusterState};
+use super::{judge, request_timeout, sleep_or_never, Cluster, ClusterState};
 use crate::{
     act::{
         hooks::{fire, HookFacts},
@@ -26,7 +26,7 @@ use crate::{
     config::hooks::{HookEvent, Hooks},
     model::{
         cluster::{
-            campaign, hold_off, revoked_and_gone, suspected_by_quorum, Campaign, GroupView, Judge,
+            campaign, hold_off, revoked_and_gone, suspected_by_quorum, Campaign, GroupView,
             Mandate, Slot, Standing, Verdict, UNKNOWN_VERDICT,
         },
         events::Site,
@@ -146,21 +146,6 @@ async fn retire_once(cluster: &Cluster, group: &str, vip_left: bool) {
     if !matches!((deleted, released), (Ok(Ok(_)), Ok(Ok(_)))) {
         warn!(%group, "cluster: could not remove a removed group's keys; they go with our lease");
     }
-}
-
-/// The group as this node sees it now.
-fn judge(cluster: &Cluster, state: &ClusterState, group: &str, held_off: bool) -> GroupView {
-    let settings = &cluster.settings;
-    let judge = Judge {
-        node: &settings.node,
-        standing: state.standing(),
-        lease: state.lease,
-        synced: state.synced,
-        held_off,
-        quorum: settings.quorum,
-        on_quorum_loss: settings.on_quorum_loss,
-    };
-    judge.view(&state.mirror.group(group), &state.mirror.voters())
 }
 
 struct Seat {

@@ -83,7 +83,7 @@ pub async fn start(
         client: client.clone(),
         members,
         tx,
-        mirror: Mirror::default(),
+        mirror: Arc::new(Mirror::default()),
         synced: false,
         lease: None,
         failures: 0,
@@ -116,7 +116,9 @@ struct Session {
     /// A client for each member alone.
     members: Vec<Client>,
     tx: watch::Sender<ClusterState>,
-    mirror: Mirror,
+    /// Shared with what was published: cloned only when a watch message changes it, not at
+    /// every publication (several a period), and compared by pointer when unchanged.
+    mirror: Arc<Mirror>,
     synced: bool,
     lease: Option<i64>,
     /// Failed attempts in a row at granting a lease (for the backoff and the log).
@@ -153,7 +155,7 @@ impl Session {
     }
 
     fn key(&self, slot: &Slot) -> String {
-        format!("{}{}", self.settings.prefix, slot.key())
+        slot.under(&self.settings.prefix)
     }
 
     /// Publishes the lease clock, lease and mirror if anything changed; logs standing changes.
@@ -162,7 +164,7 @@ impl Session {
             clock: self.clock,
             origin: self.origin,
             lease: self.lease,
-            mirror: Arc::new(self.mirror.clone()),
+            mirror: Arc::clone(&self.mirror),
             synced: self.synced,
             beating: beating(
                 &self.mirror,
@@ -213,7 +215,7 @@ impl Session {
                     );
                     // Its keys are gone in etcd: forget them here too, so that our name on a
                     // holder key under it never looks like something to inherit.
-                    self.mirror.forget_lease(lease);
+                    Arc::make_mut(&mut self.mirror).forget_lease(lease);
                     self.lease = None;
                     self.clock.lost();
                     self.publish();
@@ -492,7 +494,7 @@ impl Session {
         // before it could have seen them beat.
         let now = self.now();
         self.beats = mirror.members.keys().map(|m| (m.clone(), now)).collect();
-        self.mirror = mirror;
+        self.mirror = Arc::new(mirror);
         self.synced = true;
         streams.watch = Some(watch);
     }
@@ -524,9 +526,9 @@ impl Session {
                     if let Some(Slot::Member(node)) = Slot::parse(rest) {
                         self.beats.insert(node, self.origin.elapsed());
                     }
-                    self.mirror.put(rest, value, kv.lease())
+                    Arc::make_mut(&mut self.mirror).put(rest, value, kv.lease())
                 }
-                EventType::Delete => self.mirror.delete(rest),
+                EventType::Delete => Arc::make_mut(&mut self.mirror).delete(rest),
             }
         }
         true

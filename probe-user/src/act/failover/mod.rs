@@ -142,8 +142,7 @@ impl Failover {
             .as_mut()
             .map(|c| c.view.borrow_and_update().clone())
         {
-            let actions = run.policy.cluster(&view, run.now());
-            for action in actions {
+            for action in self.on_view(&mut run, &view) {
                 self.act(&mut run, action, None).await;
             }
         }
