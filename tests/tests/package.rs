@@ -1,27 +1,20 @@
 //! The Debian package (`cargo xtask dist`): it installs with dpkg (into a scratch root, so the
 //! test leaves the machine alone), and what it installs works: the binary checks the shipped
-//! config, the unit verifies, the man page is there, and the installed binary runs the way the
-//! unit starts it: as an unprivileged user with exactly the unit's capabilities.
+//! config, the unit verifies, the man page and completions are there, and the installed binary
+//! runs `check` the way the unit starts it: as nobody, with no capability but the unit's
+//! (tests/tests/service.rs checks the capabilities of the running service itself).
 
 /// Needs root: dpkg into a scratch root, a lab namespace, setpriv to another user.
 mod privileged {
-    use std::{path::PathBuf, process::Command};
+    use std::process::Command;
 
-    use xdprobe_harness::run;
+    use xdprobe_harness::{run, xdprobe_deb};
 
     /// The package under test: `$XDPROBE_DEB`, set by `cargo xtask test` after building it.
-    fn deb() -> PathBuf {
-        let deb = std::env::var_os("XDPROBE_DEB").map(PathBuf::from).expect(
-            "XDPROBE_DEB not set: run the suite with `cargo xtask test`, which builds the package",
-        );
-        assert!(deb.is_file(), "{} missing", deb.display());
-        deb
-    }
-
     #[test]
     fn the_package_installs_with_dpkg_and_its_files_work() {
         xdprobe_harness::require_root();
-        let deb = deb();
+        let deb = xdprobe_deb();
         let listing = String::from_utf8(
             run(&["dpkg-deb", "-c", deb.to_str().unwrap()])
                 .unwrap()

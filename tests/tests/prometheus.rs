@@ -185,7 +185,7 @@ mod privileged {
         for host in HOSTS {
             assert!(hosts.iter().any(|h| h == host), "{host} not in {hosts:?}");
         }
-        // It scraped OpenMetrics (it asks for it first) and took it.
+        // Its scrape of the daemon succeeded (the target is healthy).
         let (_, targets) = fetch(&lab, "http://127.0.0.1:9090/api/v1/targets", None);
         assert!(targets.contains("\"health\":\"up\""), "{targets}");
     }

@@ -6,15 +6,12 @@
 
 /// Needs root: namespaces, a container, XDP.
 mod privileged {
-    use std::{
-        path::PathBuf,
-        time::{Duration, Instant},
-    };
+    use std::time::{Duration, Instant};
 
     use xdprobe_harness::{
         container::Container,
         traffic::{longest_gap, Pinger},
-        AddrWatch, Lab,
+        xdprobe_deb, AddrWatch, Lab,
     };
 
     const VIP: &str = "192.0.2.100";
@@ -22,14 +19,6 @@ mod privileged {
     const CONFIG: &str = "/etc/xdprobe/xdprobe.toml";
     /// CAP_NET_ADMIN (12), CAP_NET_RAW (13), CAP_PERFMON (38), CAP_BPF (39).
     const FOUR_CAPS: u64 = (1 << 12) | (1 << 13) | (1 << 38) | (1 << 39);
-
-    fn deb() -> PathBuf {
-        let deb = std::env::var_os("XDPROBE_DEB").map(PathBuf::from).expect(
-            "XDPROBE_DEB not set: run the suite with `cargo xtask test`, which builds the package",
-        );
-        assert!(deb.is_file(), "{} missing", deb.display());
-        deb
-    }
 
     fn config(extra: &str) -> String {
         format!(
@@ -53,7 +42,7 @@ mod privileged {
         )
         .expect("VIP on primary");
         let container = Container::boot(&lab.ns("standby")).expect("booting the container");
-        let bytes = std::fs::read(deb()).unwrap();
+        let bytes = std::fs::read(xdprobe_deb()).unwrap();
         container
             .write("/var/tmp/xdprobe_0.1.0_amd64.deb", &bytes)
             .unwrap();

@@ -30,6 +30,8 @@ pub const FARM_HOST: &str = "192.0.2.60";
 pub const FARM: &str = "198.51.100.0/24";
 /// nftables table that cuts a node off from etcd (see [`ClusterLab::cut_off_from_etcd`]).
 const CUT_TABLE: &str = "xdprobe_cut_etcd";
+/// nftables table that drops a node's probes to the primary ([`ClusterLab::deafen_to_primary`]).
+const DEAF_TABLE: &str = "xdprobe_deaf";
 
 /// One xdprobe node of the lab.
 pub struct Node {
@@ -333,54 +335,44 @@ impl ClusterLab {
         Ok(())
     }
 
+    /// `nft ARGS` in node `i`'s namespace.
+    fn nft(&self, i: usize, args: &[&str]) -> anyhow::Result<()> {
+        let all = [&["nft"][..], args].concat();
+        self.lab.exec(&self.nodes[i].name, &all).map(drop)
+    }
+
     /// Cuts node `i` off from etcd (every packet to or from the etcd client port, both ways,
     /// with nftables in its namespace); it stays on the LAN.
     pub fn cut_off_from_etcd(&self, i: usize) -> anyhow::Result<()> {
-        let ns = self.lab.ns(&self.nodes[i].name);
-        let rules = format!(
-            "table inet {CUT_TABLE} {{ \
-               chain input {{ type filter hook input priority 0; tcp sport 2379 drop; }}; \
-               chain output {{ type filter hook output priority 0; tcp dport 2379 drop; }}; }}"
-        );
-        cmd::run(&["ip", "netns", "exec", &ns, "nft", &rules])?;
-        Ok(())
+        self.nft(
+            i,
+            &[&format!(
+                "table inet {CUT_TABLE} {{ \
+                   chain input {{ type filter hook input priority 0; tcp sport 2379 drop; }}; \
+                   chain output {{ type filter hook output priority 0; tcp dport 2379 drop; }}; }}"
+            )],
+        )
     }
 
     pub fn reconnect_to_etcd(&self, i: usize) -> anyhow::Result<()> {
-        let ns = self.lab.ns(&self.nodes[i].name);
-        cmd::run(&[
-            "ip", "netns", "exec", &ns, "nft", "delete", "table", "inet", CUT_TABLE,
-        ])?;
-        Ok(())
+        self.nft(i, &["delete", "table", "inet", CUT_TABLE])
     }
 
     /// Makes node `i`'s probes to the primary vanish (nftables in its namespace, on the way
     /// out: the replies would be counted by XDP before any input hook): its own false DOWN.
     /// Undone by [`ClusterLab::hear_primary`].
     pub fn deafen_to_primary(&self, i: usize) -> anyhow::Result<()> {
-        let ns = self.lab.ns(&self.nodes[i].name);
-        let rules = format!(
-            "table inet xdprobe_deaf {{ chain output {{ type filter hook output priority 0; \
-             ip daddr {PRIMARY} icmp type echo-request drop; }}; }}"
-        );
-        cmd::run(&["ip", "netns", "exec", &ns, "nft", &rules])?;
-        Ok(())
+        self.nft(
+            i,
+            &[&format!(
+                "table inet {DEAF_TABLE} {{ chain output {{ type filter hook output priority 0; \
+                 ip daddr {PRIMARY} icmp type echo-request drop; }}; }}"
+            )],
+        )
     }
 
     pub fn hear_primary(&self, i: usize) -> anyhow::Result<()> {
-        let ns = self.lab.ns(&self.nodes[i].name);
-        cmd::run(&[
-            "ip",
-            "netns",
-            "exec",
-            &ns,
-            "nft",
-            "delete",
-            "table",
-            "inet",
-            "xdprobe_deaf",
-        ])?;
-        Ok(())
+        self.nft(i, &["delete", "table", "inet", DEAF_TABLE])
     }
 
     /// Who held the VIP when, from every node's address events so far (drained).
@@ -399,15 +391,19 @@ impl ClusterLab {
 }
 
 /// Checks that at most one node held the VIP at every event of `events` and at every 5 ms
-/// from `from` to `to` (the set of holders replayed from the events; nobody held it at
-/// `from`). Returns the number of 5 ms samples taken, or the first moment with two holders.
+/// from `from` to `to` (the set of holders replayed from the events, starting from
+/// `held_at_from`, the node holding it at `from`, if any). Returns the number of 5 ms samples taken, or the first moment with two holders.
 pub fn at_most_one_holder(
     events: &[HoldEvent],
     nodes: usize,
+    held_at_from: Option<usize>,
     from: Instant,
     to: Instant,
 ) -> Result<usize, String> {
     let mut holding = vec![false; nodes];
+    if let Some(holder) = held_at_from {
+        holding[holder] = true;
+    }
     let mut next = 0;
     let mut samples = 0;
     let mut t = from;

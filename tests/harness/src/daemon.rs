@@ -42,6 +42,16 @@ pub fn xdprobe_bin() -> PathBuf {
     path
 }
 
+/// The package under test: `$XDPROBE_DEB`, which `cargo xtask test` builds and sets. Panics
+/// if it is not there: tests never skip.
+pub fn xdprobe_deb() -> PathBuf {
+    let deb = std::env::var_os("XDPROBE_DEB").map(PathBuf::from).expect(
+        "XDPROBE_DEB not set: run the suite with `cargo xtask test`, which builds the package",
+    );
+    assert!(deb.is_file(), "{} missing", deb.display());
+    deb
+}
+
 /// The number after the last `key` in a log (e.g. `windows=31` in xdprobe's stop summary).
 pub fn log_number(log: &str, key: &str) -> Option<u64> {
     let rest = &log[log.rfind(key)? + key.len()..];

@@ -42,7 +42,7 @@ pub mod smtp;
 pub mod traffic;
 
 pub use cmd::run;
-pub use daemon::{log_number, logged_number, xdprobe_bin, Daemon};
+pub use daemon::{log_number, logged_number, xdprobe_bin, xdprobe_deb, Daemon};
 pub use etcd::EtcdCluster;
 pub use far::{far_hosts, FarHost, FarLab};
 pub use files::{write_script, TempDir, TempFile};
