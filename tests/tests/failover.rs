@@ -18,11 +18,7 @@ mod privileged {
         let lab = Lab::with_hosts(&[("primary", "192.0.2.1/24"), ("standby", "192.0.2.2/24")])
             .expect("building the lab");
         // The primary holds the VIP, as in production.
-        lab.ip(
-            "primary",
-            &["addr", "add", VIP_NET, "dev", "eth0", "label", "eth0:1"],
-        )
-        .expect("VIP on primary");
+        lab.add_vip("primary", VIP_NET).expect("VIP on primary");
         lab
     }
 

@@ -26,21 +26,16 @@ mod privileged {
             ("client", "192.0.2.3/24"),
         ])
         .expect("building the lab");
-        lab.ip(
-            "primary",
-            &["addr", "add", VIP_NET, "dev", "eth0", "label", "eth0:1"],
-        )
-        .expect("VIP on primary");
+        lab.add_vip("primary", VIP_NET).expect("VIP on primary");
         lab
     }
 
     /// `xdprobe run` on the standby with `vip`, expected to exit by itself (a daemon that
     /// keeps running fails the test after 60 s); exit code and output.
     fn run_with_vip(lab: &Lab, vip: &str) -> (Option<i32>, String) {
-        #[rustfmt::skip]
-        let args = ["run", "--iface", "eth0", "--watch", "192.0.2.1", "--vip", vip,
-                    "--window", "50ms", "--on-exit", "release"];
-        let daemon = Daemon::start(&lab.ns("standby"), &args).expect("starting xdprobe");
+        let ns = lab.ns("standby");
+        let daemon = Daemon::standby(&ns, "192.0.2.1", vip, 50, &["--on-exit", "release"], false)
+            .expect("starting xdprobe");
         let (status, log) = daemon.wait().expect("xdprobe exits by itself");
         (status.code(), log)
     }
@@ -117,17 +112,14 @@ mod privileged {
 
         // Control: the same daemon with a VIP that is free starts and probes.
         lab.ip("standby", &["link", "del", "dum0"]).unwrap();
-        let mut daemon = Daemon::start(
-            &lab.ns("standby"),
-            &[
-                "run",
-                "--iface",
-                "eth0",
-                "--watch",
-                "192.0.2.1",
-                "--vip",
-                VIP_NET,
-            ],
+        let ns = lab.ns("standby");
+        let mut daemon = Daemon::standby(
+            &ns,
+            "192.0.2.1",
+            VIP_NET,
+            50,
+            &["--on-exit", "release"],
+            false,
         )
         .expect("starting xdprobe");
         daemon

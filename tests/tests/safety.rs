@@ -41,11 +41,7 @@ mod privileged {
         hosts.extend_from_slice(extra);
         let lab = Lab::with_hosts(&hosts).expect("building the lab");
         if vip_on_primary {
-            lab.ip(
-                "primary",
-                &["addr", "add", VIP_NET, "dev", "eth0", "label", "eth0:1"],
-            )
-            .expect("VIP on primary");
+            lab.add_vip("primary", VIP_NET).expect("VIP on primary");
         }
         lab
     }
@@ -530,11 +526,7 @@ mod privileged {
     fn a_restart_while_holding_adopts_the_vip() {
         // The primary is already dead and the standby already holds the VIP: a restart.
         let lab = lab(&[], false);
-        lab.ip(
-            "standby",
-            &["addr", "add", VIP_NET, "dev", "eth0", "label", "eth0:1"],
-        )
-        .unwrap();
+        lab.add_vip("standby", VIP_NET).unwrap();
         lab.kill("primary").unwrap();
         let watch = lab.watch_addrs("standby").unwrap();
         let mut daemon = start(&lab, &[], false);

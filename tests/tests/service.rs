@@ -36,11 +36,7 @@ mod privileged {
             ("client", "192.0.2.9/24"),
         ])
         .expect("building the lab");
-        lab.ip(
-            "primary",
-            &["addr", "add", VIP_NET, "dev", "eth0", "label", "eth0:1"],
-        )
-        .expect("VIP on primary");
+        lab.add_vip("primary", VIP_NET).expect("VIP on primary");
         let container = Container::boot(&lab.ns("standby")).expect("booting the container");
         let bytes = std::fs::read(xdprobe_deb()).unwrap();
         container

@@ -53,11 +53,7 @@ mod privileged {
             if vip.contains(':') {
                 add6(&lab, "primary", vip);
             } else {
-                lab.ip(
-                    "primary",
-                    &["addr", "add", vip, "dev", "eth0", "label", "eth0:1"],
-                )
-                .expect("VIP on the primary");
+                lab.add_vip("primary", vip).expect("VIP on the primary");
             }
         }
         lab
@@ -176,21 +172,18 @@ mod privileged {
         assert!(status.success(), "{log}");
         assert!(addrs6(&lab, "standby").contains(VIP6_NET), "kept on exit");
         // Restarted: ours (marked `proto 120` when added), so adopted, not refused.
-        let window = format!("{WINDOW_MS}ms");
-        #[rustfmt::skip]
-        let args = ["run", "--iface", "eth0", "--watch", PRIMARY6, "--vip", VIP6_NET,
-                    "--window", &window];
-        let mut again = Daemon::start(&lab.ns("standby"), &args).expect("restarting xdprobe");
+        let ns = lab.ns("standby");
+        let mut again = Daemon::standby(&ns, PRIMARY6, VIP6_NET, WINDOW_MS, &[], false)
+            .expect("restarting xdprobe");
         again
             .wait_for_log("adopting it", Duration::from_secs(3))
             .expect("the IPv6 VIP is adopted");
         let (status, log) = again.stop().expect("stop");
         assert!(status.success(), "{log}");
         // The standby's own IPv6 address as the VIP: refused, and left alone.
-        #[rustfmt::skip]
-        let args = ["run", "--iface", "eth0", "--watch", PRIMARY6, "--vip", "2001:db8::2/64",
-                    "--window", &window, "--on-exit", "release"];
-        let refused = Daemon::start(&lab.ns("standby"), &args).expect("starting xdprobe");
+        let release = ["--on-exit", "release"];
+        let refused = Daemon::standby(&ns, PRIMARY6, "2001:db8::2/64", WINDOW_MS, &release, false)
+            .expect("starting xdprobe");
         let (status, log) = refused.wait().expect("exits by itself");
         assert_eq!(status.code(), Some(2), "{log}");
         assert!(
@@ -354,11 +347,7 @@ mod privileged {
         // The standby held both, the primary is dead; the IPv6 half went while xdprobe was
         // not running.
         let lab = lab(&[], &[]);
-        lab.ip(
-            "standby",
-            &["addr", "add", VIP4_NET, "dev", "eth0", "label", "eth0:1"],
-        )
-        .unwrap();
+        lab.add_vip("standby", VIP4_NET).unwrap();
         lab.kill("primary").unwrap();
         let both = format!("{VIP4_NET},{VIP6_NET}");
         let window = format!("{WINDOW_MS}ms");

@@ -18,7 +18,6 @@ use crate::{
     cmd,
     etcd::{DEFAULT_TIMING, LAB_TIMING},
     files::TempDir,
-    lab::IFACE,
     AddrWatch, Daemon, EtcdCluster, Lab,
 };
 
@@ -123,10 +122,7 @@ impl ClusterLab {
             .map(|(n, a)| (n.as_str(), a.as_str()))
             .collect();
         let mut lab = Lab::with_hosts(&pairs)?;
-        lab.ip(
-            "primary",
-            &["addr", "add", VIP_NET, "dev", IFACE, "label", "eth0:1"],
-        )?;
+        lab.add_vip("primary", VIP_NET)?;
         let etcd = EtcdCluster::start_with(&mut lab, 3, timing, tls)?;
         // The TLS files, unless the test names its own.
         let tls_keys = match etcd.tls() {

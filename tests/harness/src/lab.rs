@@ -183,6 +183,13 @@ impl Lab {
             .map(str::to_string))
     }
 
+    /// Adds `net` (a VIP, `ADDR/PREFIX`) to host `name`'s `eth0` with the label `eth0:1`, as a
+    /// primary holds its VIP in production.
+    pub fn add_vip(&self, name: &str, net: &str) -> anyhow::Result<()> {
+        self.ip(name, &["addr", "add", net, "dev", IFACE, "label", "eth0:1"])
+            .map(drop)
+    }
+
     /// Brings a host's link back up.
     pub fn revive(&self, name: &str) -> anyhow::Result<()> {
         self.ip(name, &["link", "set", IFACE, "up"]).map(drop)
